@@ -1,0 +1,124 @@
+"""Table-driven over the registry: a new backbone entry is covered with no test edit."""
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import test_input_size
+from zoo import build_model, list_backbones
+from zoo.backbones import BACKBONES, PREPROCESSING_MODES
+from zoo.factory import compatible_heads, set_trainable
+from zoo.heads import HEADS
+
+KERAS_AUTO_NAME = re.compile(r"(activation|conv2d|batch_normalization|zero_padding2d|max_pooling2d|add|concatenate|"
+                             r"layer_normalization|re_lu|dense|normalization|rescaling)_\d+")
+EXPECTED = {"mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet50", "resnet101",
+            "resnet152", "resnet50_v2", "resnet101_v2", "resnet152_v2", "vgg16", "vgg19", "densenet121",
+            "densenet169", "densenet201", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
+            "efficientnet_b3", "efficientnet_v2_b0", "convnext_tiny", "xception", "inception_v3",
+            "baseline_cnn", "unet"}
+
+
+def test_registry_holds_the_backbones_users_choose_from():
+    assert EXPECTED <= set(list_backbones())
+    assert list_backbones("vgg*") == ["vgg16", "vgg19"]
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_metadata_is_complete(name):
+    spec = BACKBONES.get(name)
+    assert spec.preprocessing in PREPROCESSING_MODES
+    assert spec.min_size <= spec.default_size
+    assert spec.license and spec.paper and spec.family
+    assert set(spec.feature_layers_by_stride) <= {2, 4, 8, 16, 32}
+    if spec.has_imagenet_weights:
+        assert spec.imagenet_no_top.file_name.endswith(".h5") and spec.imagenet_no_top.url.startswith("https://")
+        assert spec.imagenet_no_top.url.endswith(spec.imagenet_no_top.file_name)
+
+
+def trainable_count(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
+    spec = BACKBONES.get(name)
+    size = test_input_size(spec)
+
+    # Feature layers are names that exist and sit at their stated stride.
+    base = spec.build((size, size, 3))
+    for stride, layer_name in spec.feature_layers_by_stride.items():
+        assert not KERAS_AUTO_NAME.fullmatch(layer_name), f"{layer_name} is an unstable auto-generated name"
+        height = base.get_layer(layer_name).output.shape[1]
+        # 'valid' padding (Inception, Xception) loses a few pixels per stage.
+        assert size // stride - 3 <= height <= size // stride, (layer_name, height)
+    assert size // spec.output_stride - 3 <= base.output.shape[1] <= size // spec.output_stride
+
+    heads = compatible_heads(name)
+    assert {"linear", "mlp", "flatten", "distribution", "fcn"} <= set(heads)
+    for head in heads:
+        channels = 3 if HEADS.get(head).task == "classification" else 4
+        model = build_model(name, head, num_classes=5, input_shape=(size, size, channels))
+        x = rng.uniform(0, 255, (2, size, size, channels)).astype("float32")
+        y = np.asarray(model(x, training=False))
+        expected = (2, 5) if HEADS.get(head).task != "segmentation" else (2, size, size, 5)
+        assert y.shape == expected, head
+        np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-4)
+
+    # Save and reload in safe mode: identical outputs.
+    head = "unet" if "unet" in heads else "fcn"
+    model = build_model(name, head, num_classes=3, input_shape=(size, size, 4))
+    x = rng.uniform(0, 255, (1, size, size, 4)).astype("float32")
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_allclose(np.asarray(reloaded(x, training=False)), np.asarray(model(x, training=False)),
+                               atol=1e-6)
+
+    # Trainable-weight counts for each fine-tuning mode.
+    model = build_model(name, "linear", num_classes=5, input_shape=(size, size, 3))
+    backbone = model.get_layer("backbone")
+    head_count = sum(int(np.prod(w.shape)) for layer in model.layers[2:] for w in layer.trainable_weights)
+    all_count = trainable_count(model)
+    assert all_count == head_count + trainable_count(backbone) and all_count > head_count
+
+    set_trainable(model, "frozen")
+    assert trainable_count(model) == head_count
+    assert all(not layer.trainable for layer in backbone.layers)
+
+    set_trainable(model, "top:10")
+    top = backbone.layers[-10:]
+    expected_top = sum(int(np.prod(w.shape)) for layer in top
+                       if not isinstance(layer, keras.layers.BatchNormalization) for w in layer.trainable_weights)
+    assert trainable_count(model) == head_count + expected_top
+    assert all(not layer.trainable for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
+
+    set_trainable(model, "all")
+    assert trainable_count(model) == all_count
+
+
+def test_incompatible_pair_fails_at_once_with_the_heads_that_fit():
+    with pytest.raises(ValueError) as error:
+        build_model("unet", "fpn", num_classes=3, input_shape=(64, 64, 4))
+    message = str(error.value)
+    assert "encoder-decoder" in message and "fcn" in message and "linear" in message
+
+
+def test_too_small_input_and_bad_trainable_are_rejected():
+    with pytest.raises(ValueError, match="at least 75x75"):
+        build_model("inception_v3", "linear", 3, (64, 64, 3))
+    with pytest.raises(ValueError, match="top:N"):
+        build_model("baseline_cnn", "linear", 3, (32, 32, 3), trainable="top")
+
+
+def test_unet_matches_the_land_cover_reference_size():
+    model = BACKBONES.get("unet").build((256, 256, 4))
+    assert model.count_params() == pytest.approx(31.1e6, rel=0.01)
+
+
+def test_baseline_cnn_is_the_dog_breed_baseline():
+    model = BACKBONES.get("baseline_cnn").build((64, 64, 3))
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [32, 64, 64, 64]
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 4
+    assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers) == 4

@@ -1,0 +1,116 @@
+"""build_model: any registered backbone with any compatible head."""
+from __future__ import annotations
+
+import re
+
+from zoo.backbones import BACKBONES, BackboneSpec
+from zoo.heads import HEADS, HeadSpec
+
+BACKBONE_LAYER_NAME = "backbone"
+_TOP_N = re.compile(r"top:(\d+)")
+
+
+class IncompatibleError(ValueError):
+    """A backbone/head/input combination that cannot be assembled."""
+
+
+def compatible_heads(backbone: str | BackboneSpec) -> list[str]:
+    """Names of the heads that fit ``backbone``."""
+    spec = BACKBONES.get(backbone) if isinstance(backbone, str) else backbone
+    return [name for name, head in HEADS.items() if head.incompatibility(spec) is None]
+
+
+def check_compatible(backbone: BackboneSpec, head: HeadSpec) -> None:
+    reason = head.incompatibility(backbone)
+    if reason:
+        raise IncompatibleError(f"head {head.name!r} does not fit backbone {backbone.name!r}: {reason}. "
+                                f"Heads that fit {backbone.name}: {', '.join(compatible_heads(backbone))}")
+
+
+def check_input_shape(backbone: BackboneSpec, input_shape) -> tuple:
+    if len(input_shape) != 3:
+        raise IncompatibleError(f"input_shape must be (height, width, channels), got {tuple(input_shape)}")
+    height, width, channels = input_shape
+    if min(height, width) < backbone.min_size:
+        raise IncompatibleError(f"{backbone.name} needs inputs of at least {backbone.min_size}x{backbone.min_size} "
+                                f"pixels, got {height}x{width}; raise image_size")
+    if channels < 1:
+        raise IncompatibleError(f"input_shape needs at least one channel, got {channels}")
+    return (int(height), int(width), int(channels))
+
+
+def parse_trainable(trainable: str) -> tuple[str, int]:
+    """``"frozen"``, ``"all"`` or ``"top:N"`` as (mode, N)."""
+    if trainable in ("frozen", "all"):
+        return trainable, 0
+    match = _TOP_N.fullmatch(str(trainable))
+    if not match:
+        raise ValueError(f"trainable must be 'frozen', 'all' or 'top:N' (N a whole number), got {trainable!r}")
+    return "top", int(match.group(1))
+
+
+def set_trainable(model, trainable: str) -> None:
+    """Apply a fine-tuning mode to an assembled model's backbone; the head stays trainable.
+
+    ``frozen``: no backbone layer trains, and BatchNorm runs in inference mode.
+    ``top:N``: only the last N backbone layers train, BatchNorm layers excepted, so their
+    statistics are not wrecked by small fine-tuning batches (the Keras guide's advice).
+    """
+    import keras
+
+    mode, count = parse_trainable(trainable)
+    model.trainable = True
+    backbone = model.get_layer(BACKBONE_LAYER_NAME)
+    if mode == "all":
+        for layer in backbone.layers:
+            layer.trainable = True
+        return
+    if mode == "frozen":
+        backbone.trainable = False
+        return
+    first_trainable = len(backbone.layers) - count
+    for index, layer in enumerate(backbone.layers):
+        is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = index >= first_trainable and not is_batch_norm
+
+
+def build_model(backbone: str, head: str, num_classes: int, input_shape, weights=None,
+                trainable: str = "all", backbone_options: dict | None = None):
+    """Assemble ``backbone`` and ``head`` into one ``keras.Model``.
+
+    Args:
+        backbone: registered backbone name (``zoo list backbones``).
+        head: registered head name (``zoo list heads``).
+        num_classes: number of output classes.
+        input_shape: (height, width, channels); any channel count.
+        weights: None (random init), ``"imagenet"``, or the path of a backbone weights file
+            (3-channel files are adapted to other channel counts).
+        trainable: ``"all"``, ``"frozen"`` or ``"top:N"``.
+        backbone_options: extra arguments of the backbone's builder (e.g. ``depth`` of ``unet``).
+
+    The backbone is a nested model named ``"backbone"``; the output is float32 softmax.
+    """
+    import keras
+
+    from zoo.weights import build_backbone_with_weights
+
+    backbone_spec, head_spec = BACKBONES.get(backbone), HEADS.get(head)
+    check_compatible(backbone_spec, head_spec)
+    input_shape = check_input_shape(backbone_spec, input_shape)
+    parse_trainable(trainable)
+    if num_classes < 2:
+        raise IncompatibleError(f"num_classes must be at least 2, got {num_classes}")
+
+    base = build_backbone_with_weights(backbone_spec, input_shape, weights, **(backbone_options or {}))
+    strides = sorted(backbone_spec.feature_layers_by_stride) if head_spec.needs_pyramid else []
+    taps = [base.get_layer(backbone_spec.feature_layers_by_stride[s]).output for s in strides]
+    extractor = keras.Model(base.input, [base.output, *taps], name=BACKBONE_LAYER_NAME)
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    outputs = extractor(inputs)
+    last, *pyramid = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    features = {"last": last, "by_stride": dict(zip(strides, pyramid))}
+    outputs = head_spec.build(features, num_classes, input_shape)
+    model = keras.Model(inputs, outputs, name=f"{backbone}_{head}")
+    set_trainable(model, trainable)
+    return model

@@ -1,0 +1,185 @@
+"""Pretrained weights: resolving ImageNet files offline-first, and loading a 3-channel
+weights file into a backbone with any number of input channels.
+
+Resolution order for ``weights="imagenet"``: ``$ZOO_WEIGHTS_DIR/<file>``, then the Keras
+cache (``$KERAS_HOME/models/<file>``, by default ``~/.keras/models``), then a download
+into the Keras cache. Files are checked against the hash Keras publishes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from zoo.backbones import BackboneSpec, WeightsFile
+
+WEIGHTS_DIR_ENV = "ZOO_WEIGHTS_DIR"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The weights file is neither on disk nor downloadable."""
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded application weights."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
+
+
+def file_matches_hash(path: Path, file_hash: str | None) -> bool:
+    """True when ``path``'s md5 or sha256 (chosen by the hash's length, as Keras does) matches."""
+    if not file_hash:
+        return True
+    digest = hashlib.sha256() if len(file_hash) == 64 else hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == file_hash
+
+
+def weights_file(spec: BackboneSpec, include_top: bool = False) -> WeightsFile:
+    weights = spec.imagenet_top if include_top else spec.imagenet_no_top
+    if weights is None:
+        raise WeightsUnavailableError(
+            f"backbone {spec.name!r} has no ImageNet weights (it is trained from scratch); "
+            f"use weights=None")
+    return weights
+
+
+def candidate_paths(weights: WeightsFile) -> list[Path]:
+    paths = []
+    if os.environ.get(WEIGHTS_DIR_ENV):
+        paths.append(Path(os.environ[WEIGHTS_DIR_ENV]).expanduser() / weights.file_name)
+    paths.append(keras_cache_dir() / weights.file_name)
+    return paths
+
+
+def resolve_imagenet_weights(spec: BackboneSpec, include_top: bool = False,
+                             download: bool = True) -> Path:
+    """Path of a hash-checked ImageNet weights file for ``spec``, downloading only if needed."""
+    weights = weights_file(spec, include_top)
+    rejected = []
+    for path in candidate_paths(weights):
+        if path.is_file():
+            if file_matches_hash(path, weights.file_hash):
+                return path
+            rejected.append(f"{path} (hash differs from {weights.file_hash}: incomplete or a different file)")
+    if download:
+        try:
+            return download_weights(weights, keras_cache_dir())
+        except Exception as error:  # urllib, socket and SSL errors all mean "not reachable"
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    else:
+        reason = "downloading was disabled"
+    looked = "\n".join(f"  - {p}" for p in candidate_paths(weights))
+    bad = "".join(f"\n  rejected {r}" for r in rejected)
+    raise WeightsUnavailableError(
+        f"ImageNet weights for {spec.name!r} are not available: {weights.file_name}\n"
+        f"Looked in:\n{looked}{bad}\n"
+        f"Download failed ({reason}) from {weights.url}\n"
+        f"Fix: on a machine with internet run `zoo weights fetch {spec.name} --dest DIR` "
+        f"(or download the URL above), copy the file into a folder here and set "
+        f"{WEIGHTS_DIR_ENV}=that folder, or put it in {keras_cache_dir()}.")
+
+
+def download_weights(weights: WeightsFile, dest: Path) -> Path:
+    """Download ``weights`` into ``dest`` and check its hash; a partial file never remains."""
+    import keras
+
+    dest.mkdir(parents=True, exist_ok=True)
+    path = keras.utils.get_file(weights.file_name, weights.url, file_hash=weights.file_hash,
+                                cache_dir=str(dest.parent), cache_subdir=dest.name)
+    path = Path(path)
+    if path.parent.resolve() != dest.resolve():
+        shutil.copy2(path, dest / weights.file_name)
+        path = dest / weights.file_name
+    return path
+
+
+# --- N-channel adaptation -------------------------------------------------------------
+
+def adapt_input_kernel(kernel: np.ndarray, channels: int) -> np.ndarray:
+    """Adapt a (h, w, 3, out) convolution kernel to ``channels`` inputs, as timm does.
+
+    One channel: the RGB kernels summed (a grey image gives the response of R=G=B).
+    Otherwise the RGB kernel is repeated over the new channels and rescaled by 3/N, so an
+    input whose channels repeat RGB gives exactly the 3-channel response.
+    """
+    if kernel.ndim != 4 or kernel.shape[2] != 3:
+        raise ValueError(f"expected a (h, w, 3, out) kernel, got shape {kernel.shape}")
+    if channels == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    repeats = -(-channels // 3)
+    tiled = np.concatenate([kernel] * repeats, axis=2)[:, :, :channels, :]
+    return tiled * (3.0 / channels)
+
+
+def adapt_weight(value: np.ndarray, target_shape: tuple, where: str) -> np.ndarray:
+    """One weight of a 3-channel model reshaped for the N-channel model, or an error."""
+    if tuple(value.shape) == tuple(target_shape):
+        return value
+    channels = target_shape[2] if len(target_shape) == 4 else target_shape[-1]
+    if value.ndim == 4 and value.shape[2] == 3 and value.shape[:2] + value.shape[3:] == target_shape[:2] + target_shape[3:]:
+        return adapt_input_kernel(value, channels)
+    if value.shape[-1] == 3 and value.shape[:-1] == tuple(target_shape[:-1]):
+        # Per-channel input statistics (a Normalization layer inside the model): the new
+        # channels get the RGB average, matching zoo.preprocessing.
+        extended = np.repeat(value.mean(axis=-1, keepdims=True), channels, axis=-1)
+        if channels >= 3:
+            extended[..., :3] = value
+        return extended
+    raise ValueError(f"cannot adapt weight of {where} from shape {value.shape} to {tuple(target_shape)}")
+
+
+def copy_weights_adapting_channels(source, target) -> None:
+    """Copy every layer's weights from a 3-channel model into the same architecture with N channels."""
+    if len(source.layers) != len(target.layers):
+        raise ValueError("source and target models differ in architecture")
+    for source_layer, target_layer in zip(source.layers, target.layers):
+        values = source_layer.get_weights()
+        if not values:
+            continue
+        shapes = [tuple(w.shape) for w in target_layer.weights]
+        target_layer.set_weights([adapt_weight(v, s, target_layer.name) for v, s in zip(values, shapes)])
+        if hasattr(target_layer, "finalize_state"):
+            target_layer.finalize_state()  # Normalization derives its broadcast stats from its weights
+
+
+def build_backbone_with_weights(spec: BackboneSpec, input_shape, weights, **options):
+    """Build ``spec`` at ``input_shape`` and load ``weights`` (None, "imagenet" or a file path).
+
+    A weights file for 3 channels is adapted to any other channel count.
+    """
+    input_shape = tuple(input_shape)
+    with warnings.catch_warnings():
+        # keras.applications warns on channel counts other than 1 or 3, which zoo supports.
+        warnings.filterwarnings("ignore", message=".*input channels.*")
+        warnings.filterwarnings("ignore", message=".*input_shape. is undefined or non-square.*")
+        return _build_and_load(spec, input_shape, weights, options)
+
+
+def _build_and_load(spec, input_shape, weights, options):
+    if weights is None or weights == "none":
+        return spec.build(input_shape, **options)
+    imagenet = weights == "imagenet"
+    if imagenet:
+        if options:
+            raise ValueError(f"ImageNet weights exist only for the default {spec.name}; drop {sorted(options)}")
+        path = resolve_imagenet_weights(spec)
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} does not exist; expected a backbone weights file "
+                                    f"such as one saved from keras.applications with include_top=False")
+    model = spec.build(input_shape, **options)
+    channels = input_shape[-1]
+    source = model if channels == 3 else spec.build(input_shape[:-1] + (3,), **options)
+    source.load_weights(str(path))
+    if imagenet and spec.after_imagenet_load is not None:
+        spec.after_imagenet_load(source)
+    if source is not model:
+        copy_weights_adapting_channels(source, model)
+    return model
