@@ -26,7 +26,7 @@ def cmd_list(args) -> int:
         from zoo.data import DATASETS
 
         for name in DATASETS.list(args.pattern):
-            card = DATASETS.get(name).card
+            card = DATASETS.get(name)
             print(f"{name}\t{card['task']}\t{card.get('source', '')}\t{len(card.get('class_names', []))} classes")
     return 0
 
@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--dest", required=True, help="folder to put the files in (then set ZOO_WEIGHTS_DIR to it)")
     fetch.add_argument("--include-top", action="store_true", help="also the files with the ImageNet classifier")
     fetch.set_defaults(func=cmd_weights)
+
+    from zoo.data.commands import add_data_commands
+
+    add_data_commands(commands)
 
     return parser
 

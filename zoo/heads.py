@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from zoo.backbones.baselines import BATCH_NORM_MOMENTUM
 from zoo.registry import Registry
 
 # What a head predicts, and so which datasets and losses it goes with.
@@ -77,7 +78,7 @@ def conv_bn_relu(x, width, name, kernel=3):
     from keras import layers
 
     x = layers.Conv2D(width, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

@@ -1,0 +1,276 @@
+"""Datasets: tfds sources on mock data, the land-cover builder on files in the challenge layout,
+folders with broken files, the embedded synthetic data, split carving and the pipeline."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+import tifffile
+from PIL import Image
+
+from zoo.cli import main
+from zoo.data import open_source
+from zoo.data.pipeline import PipelineOptions, build_pipeline, class_weights_from_counts
+from zoo.data.splits import plan_splits
+from zoo.data.synthetic import make_synthetic_landcover, make_synthetic_terrain
+from zoo.errors import DataError
+
+
+def batches(source, split="train", indices=None, training=False, **options):
+    options = {"image_size": 32, "batch_size": 4, **options}
+    return list(build_pipeline(source.examples(split, indices), source.info, PipelineOptions(**options), training))
+
+
+# --- tensorflow-datasets sources ------------------------------------------------------
+
+@pytest.mark.parametrize("name, channels", [("eurosat_rgb", 3), ("eurosat_ms", 13)])
+def test_eurosat_on_mock_data(name, channels, tmp_path):
+    with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
+        source = open_source({"name": name, "data_dir": str(tmp_path)})
+        assert source.info.splits == {"train": 20} and source.info.num_classes == 10
+        assert source.info.class_names[0] == "AnnualCrop"
+        labels = source.labels("train")
+        assert len(labels) == 20 and labels.max() < 10
+        images, targets = batches(source, indices=[0, 3, 5])[0]
+        assert images.shape == (3, 32, 32, channels) and targets.shape == (3,)
+
+
+def _fake_dogs(builder, split, decoders=None, read_config=None, **kwargs):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (int(rng.integers(20, 50)), int(rng.integers(20, 50)), 3), dtype=np.uint8)
+              for _ in range(12)]
+    labels = np.arange(12) % 3
+    def generate():
+        for image, label in zip(images, labels):
+            yield {"image": image, "label": label, "image/filename": "x.jpg"}
+    return tf.data.Dataset.from_generator(generate, output_signature={
+        "image": tf.TensorSpec([None, None, 3], tf.uint8), "label": tf.TensorSpec([], tf.int64),
+        "image/filename": tf.TensorSpec([], tf.string)})
+
+
+def test_stanford_dogs_on_mock_data_resizes_photos_of_any_size(tmp_path):
+    # The default mock generator draws invalid bounding boxes for this builder, so examples come from here.
+    with tfds.testing.mock_data(as_dataset_fn=_fake_dogs, policy=tfds.testing.MockPolicy.USE_CODE):
+        source = open_source({"name": "stanford_dogs", "data_dir": str(tmp_path)})
+        assert source.info.num_classes == 120
+        assert source.info.splits == {"train": 12, "test": 12}
+        plan = plan_splits({"train": 12, "test": 12}, {"val": 0.25}, 0, {"train": source.labels("train")})
+        assert plan["test"] == ("test", None) and plan["val"][0] == "train" and len(plan["val"][1]) == 3
+        images, _ = batches(source, indices=plan["val"][1], image_size=40)[0]
+        assert images.shape == (3, 40, 40, 3)
+
+
+def test_missing_tfds_data_says_what_to_do(tmp_path):
+    with pytest.raises(DataError) as error:
+        open_source({"name": "eurosat_rgb", "data_dir": str(tmp_path)})
+    assert "zoo data prepare eurosat_rgb" in str(error.value) and "90 MiB" in str(error.value)
+
+
+# --- land cover in the exact challenge layout -------------------------------------------
+
+def write_challenge_files(root, train=5, test=2, bad_mask=False):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("test", test)):
+        (root / split / "images").mkdir(parents=True)
+        if split == "train":
+            (root / split / "masks").mkdir()
+        for index in range(count):
+            sample_id = 10000 + index + (0 if split == "train" else 500)
+            tifffile.imwrite(root / split / "images" / f"{sample_id}.tif",
+                             rng.integers(1, 24356, (256, 256, 4), dtype=np.uint16))
+            if split == "train":
+                mask = rng.integers(0, 10, (256, 256), dtype=np.uint8)
+                if bad_mask and index == 1:
+                    mask[0, 0] = 12
+                tifffile.imwrite(root / split / "masks" / f"{sample_id}.tif", mask)
+
+
+def test_landcover_builder_reads_the_challenge_layout(tmp_path, capsys):
+    raw, built = tmp_path / "raw", tmp_path / "tfds"
+    write_challenge_files(raw)
+    assert main(["data", "info", "landcover_ens", "--data-dir", str(raw), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["splits"] == {"train": 5, "test": 2}
+
+    assert main(["data", "prepare", "landcover_ens", "--data-dir", str(raw), "--tfds-dir", str(built)]) == 0
+    source = open_source({"name": "landcover_ens", "data_dir": str(built)})
+    assert source.info.splits == {"train": 5, "test": 2} and source.info.ignore_classes == [0, 1]
+    example = next(ex for ex in source.as_dataset("train") if ex["sample_id"].numpy() == b"10000")
+    np.testing.assert_array_equal(example["image"].numpy(), tifffile.imread(raw / "train" / "images" / "10000.tif"))
+    np.testing.assert_array_equal(example["mask"].numpy(), tifffile.imread(raw / "train" / "masks" / "10000.tif"))
+    assert bool(example["has_mask"]) and next(iter(source.as_dataset("test")))["has_mask"].numpy() == False  # noqa: E712
+    images, masks, weights = batches(source, image_size=64)[0]
+    assert images.shape == (4, 64, 64, 4) and masks.shape == (4, 64, 64)
+    assert float(tf.reduce_max(tf.where(masks < 2, weights, 0.0))) == 0.0  # ignored classes weigh nothing
+
+
+def test_landcover_builder_rejects_a_mask_value_outside_the_classes(tmp_path):
+    raw = tmp_path / "raw"
+    write_challenge_files(raw, bad_mask=True)
+    with pytest.raises(Exception, match="10001.tif: mask value 12 outside classes"):
+        main(["data", "prepare", "landcover_ens", "--data-dir", str(raw), "--tfds-dir", str(tmp_path / "tfds")])
+
+
+# --- folders --------------------------------------------------------------------------
+
+def make_classification_folder(root, per_class=6):
+    rng = np.random.default_rng(1)
+    for label, name in enumerate(["dune", "forest"]):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            array = np.full((20 + index, 24, 3), 40 + 150 * label, np.uint8) + rng.integers(0, 20, (20 + index, 24, 3), dtype=np.uint8)
+            suffix = [".png", ".jpg", ".bmp"][index % 3]
+            Image.fromarray(array).save(folder / f"{index}{suffix}")
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(root / "dune" / "grey.gif")
+    (root / "forest" / "notes.txt").write_text("not an image")
+    (root / "forest" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    good = root / "dune" / "0.png"
+    (root / "dune" / "truncated.jpg").write_bytes(
+        (lambda buffer: buffer[: len(buffer) // 2])(_jpeg_bytes(np.zeros((64, 64, 3), np.uint8) + 128)))
+    return good
+
+
+def _jpeg_bytes(array):
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_folder_skips_and_names_broken_files_and_trains_through_an_epoch(tmp_path, capsys):
+    make_classification_folder(tmp_path / "photos")
+    assert main(["data", "info", str(tmp_path / "photos"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["task"] == "classification" and info["class_names"] == ["dune", "forest"]
+    assert info["channels"] == 3 and info["splits"] == {"train": 13}
+    reasons = {item["path"].split("/")[-1]: item["reason"] for item in info["skipped"]}
+    assert set(reasons) == {"notes.txt", "corrupt.png", "truncated.jpg"}
+    assert "not an image" in reasons["notes.txt"] and "unreadable" in reasons["corrupt.png"]
+
+    source = open_source({"name": "photos", "source": "folder", "path": str(tmp_path / "photos")})
+    seen = sum(int(images.shape[0]) for images, _ in batches(source, training=True, augment=True))
+    assert seen == 13  # the grey GIF is expanded to RGB, nothing crashes mid-epoch
+
+
+def test_folder_with_split_subfolders_and_16_bit_multiband_tiff(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            folder = tmp_path / "tiles" / split / label
+            folder.mkdir(parents=True)
+            for index in range(3):
+                tifffile.imwrite(folder / f"{index}.tif", rng.integers(0, 65535, (16, 16, 5), dtype=np.uint16))
+    source = open_source({"name": "tiles", "source": "folder", "path": str(tmp_path / "tiles")})
+    assert source.info.splits == {"train": 6, "test": 6} and source.info.channels == 5
+    assert source.info.max_pixel_value == 65535
+    images, _ = batches(source)[0]
+    assert images.shape == (4, 32, 32, 5) and 200 < float(tf.reduce_max(images)) <= 255.0  # 16-bit scaled to 0-255
+
+
+def make_segmentation_folder(root, mask_shape=(16, 16), top_value=2):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for index in range(4):
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "images" / f"{index}.png")
+        mask = np.zeros(mask_shape, np.uint8)
+        mask[0, 0] = top_value if index == 2 else 0
+        Image.fromarray(mask).save(root / "masks" / f"{index}.png")
+
+
+@pytest.mark.parametrize("problem, kwargs, message", [
+    ("size", {"mask_shape": (8, 16)}, "masks must match their images"),
+    ("value", {"top_value": 7}, "mask value 7 is outside the 3 classes"),
+])
+def test_segmentation_folder_problems_fail_before_training_naming_the_file(tmp_path, problem, kwargs, message):
+    make_segmentation_folder(tmp_path / "seg", **kwargs)
+    with pytest.raises(DataError, match=message) as error:
+        open_source({"name": "seg", "source": "folder", "path": str(tmp_path / "seg"),
+                     "class_names": ["bare", "crop", "water"]})
+    assert "masks/" in str(error.value)
+
+
+def test_single_class_and_empty_split_are_rejected(tmp_path):
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "one" / "only" / "a.png")
+    with pytest.raises(DataError, match="single class"):
+        open_source({"name": "one", "source": "folder", "path": str(tmp_path / "one")})
+    make_classification_folder(tmp_path / "split" / "train")
+    (tmp_path / "split" / "test" / "dune").mkdir(parents=True)
+    with pytest.raises(DataError, match="split 'test'.*no usable image"):
+        open_source({"name": "split", "source": "folder", "path": str(tmp_path / "split")})
+
+
+# --- synthetic data, splits, pipeline --------------------------------------------------
+
+def test_synthetic_data_is_deterministic_from_its_seed():
+    a, b = make_synthetic_terrain(60, 32, seed=3), make_synthetic_terrain(60, 32, seed=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], make_synthetic_terrain(60, 32, seed=4)[0])
+    images, masks = make_synthetic_landcover(5, 32, seed=1)
+    assert images.dtype == np.uint16 and images.shape == (5, 32, 32, 4) and masks.max() < 10
+
+
+def test_synthetic_terrain_is_learnable_far_above_chance():
+    import keras
+
+    from zoo import build_model
+
+    keras.utils.set_random_seed(0)
+    source = open_source("synthetic_terrain")
+    plan = plan_splits(source.info.splits, {"val": 0.15, "test": 0.15}, 0, {"train": source.labels("train")})
+    options = dict(image_size=32, batch_size=32)
+    train = build_pipeline(source.examples("train", plan["train"][1]), source.info,
+                           PipelineOptions(**options), training=True)
+    test = build_pipeline(source.examples("train", plan["test"][1]), source.info, PipelineOptions(**options), False)
+    model = build_model("baseline_cnn", "linear", source.info.num_classes, (32, 32, 3))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train, epochs=5, verbose=0)
+    accuracy = model.evaluate(test, verbose=0)[1]
+    majority = np.bincount(source.labels("train")).max() / len(source.labels("train"))
+    assert accuracy > 0.8 > majority + 0.4
+
+
+def test_split_carving_is_stratified_seeded_and_disjoint():
+    labels = np.repeat(np.arange(4), [400, 300, 200, 100])
+    plan = plan_splits({"train": 1000}, {"val": 0.15, "test": 0.15}, 7, {"train": labels})
+    sizes = {name: len(indices) for name, (_, indices) in plan.items()}
+    assert sizes == {"train": 700, "val": 150, "test": 150}
+    assert not set(plan["val"][1]) & set(plan["test"][1]) and not set(plan["train"][1]) & set(plan["test"][1])
+    np.testing.assert_array_equal(np.bincount(labels[plan["test"][1]]), [60, 45, 30, 15])
+    again = plan_splits({"train": 1000}, {"val": 0.15, "test": 0.15}, 7, {"train": labels})
+    np.testing.assert_array_equal(plan["test"][1], again["test"][1])
+
+
+def test_segmentation_augmentation_moves_image_and_mask_together():
+    masks = np.random.default_rng(0).integers(0, 4, (8, 16, 16)).astype(np.uint8)
+    images = np.repeat(masks[..., None], 3, axis=-1).astype(np.float32)
+
+    class Info:
+        task, channels, max_pixel_value, num_classes, ignore_classes = "segmentation", 3, 255.0, 4, []
+    examples = tf.data.Dataset.from_tensor_slices((images, masks))
+    options = PipelineOptions(image_size=16, batch_size=8, augment=True, seed=3)
+    augmented, augmented_masks, _ = next(iter(build_pipeline(examples, Info, options, training=True)))
+    np.testing.assert_array_equal(augmented.numpy()[..., 0].astype(np.uint8), augmented_masks.numpy())
+    moved = [not any(np.array_equal(out, m) for m in masks) for out in augmented_masks.numpy()]
+    assert sum(moved) >= 4  # most examples were flipped or rotated
+
+
+def test_proportion_targets_and_balanced_class_weights():
+    source = open_source("synthetic_landcover")
+    images, proportions = batches(source, indices=list(range(6)), target="proportions")[0]
+    np.testing.assert_allclose(proportions.numpy().sum(axis=1), 1.0, rtol=1e-5)
+    assert float(tf.reduce_max(proportions[:, :2])) == 0.0  # no_data and clouds dropped
+    weights = class_weights_from_counts([0, 10, 30, 10], ignore_classes=[1])
+    assert weights == [0.0, 0.0, pytest.approx(40 / 60), pytest.approx(2.0)]
+
+
+@pytest.mark.parametrize("steps", [["grayscale"], ["equalize"], ["whiten"]])
+def test_study_preprocessing_keeps_shape(steps):
+    source = open_source("synthetic_terrain")
+    images, _ = batches(source, indices=list(range(4)), extra_preprocessing=steps)[0]
+    assert images.shape == (4, 32, 32, 3)
+    if steps == ["grayscale"]:
+        np.testing.assert_allclose(images[..., 0], images[..., 2])

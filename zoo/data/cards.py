@@ -1,0 +1,45 @@
+"""Dataset cards: one YAML file per dataset in the repository's ``datasets/`` folder.
+
+A card is the single description of a dataset (task, classes, channels, splits, licence,
+citation, reference results) and names its ``source`` kind, which says how to load it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from zoo.registry import Registry
+
+CARDS_DIR_ENV = "ZOO_DATASETS_DIR"
+REQUIRED_CARD_KEYS = ("name", "task", "source", "description", "license", "citation")
+TASKS = ("classification", "segmentation")
+
+
+def cards_dir() -> Path:
+    if os.environ.get(CARDS_DIR_ENV):
+        return Path(os.environ[CARDS_DIR_ENV])
+    return Path(__file__).resolve().parents[2] / "datasets"
+
+
+def read_card(path: Path) -> dict:
+    card = yaml.safe_load(Path(path).read_text())
+    missing = [key for key in REQUIRED_CARD_KEYS if key not in card]
+    if missing:
+        raise ValueError(f"dataset card {path} lacks {', '.join(missing)}")
+    if card["task"] not in TASKS:
+        raise ValueError(f"dataset card {path}: task must be one of {TASKS}, got {card['task']!r}")
+    return card
+
+
+def load_cards() -> Registry:
+    registry: Registry[dict] = Registry("dataset")
+    folder = cards_dir()
+    for path in sorted(folder.glob("*.yaml")):
+        card = read_card(path)
+        registry.register(card["name"], card)
+    return registry
+
+
+DATASETS = load_cards()

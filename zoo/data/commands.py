@@ -1,0 +1,88 @@
+"""`zoo data info` and `zoo data prepare`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zoo.data.cards import DATASETS
+from zoo.data.sources import open_source
+from zoo.errors import DataError
+
+
+def dataset_info(name_or_path: str, data_dir: str | None = None) -> dict:
+    """The info of a registered dataset or of a folder, as a plain dict."""
+    if name_or_path not in DATASETS and Path(name_or_path).expanduser().exists():
+        entry = {"name": Path(name_or_path).name, "source": "folder", "path": name_or_path}
+        return open_source(entry).info.to_dict()
+    card = DATASETS.get(name_or_path)
+    if card["source"] == "landcover_ens" and data_dir:
+        # --data-dir is the unzipped challenge folder: read it directly, nothing to build.
+        from zoo.data.landcover_ens import check_challenge_layout
+
+        counts = check_challenge_layout(Path(data_dir).expanduser())
+        return {"name": card["name"], "task": card["task"], "num_classes": len(card["class_names"]),
+                "class_names": card["class_names"], "channels": card["channels"],
+                "image_shape": card["native_size"], "splits": counts, "skipped": [],
+                "ignore_classes": card.get("ignore_classes", []), "max_pixel_value": card["max_pixel_value"],
+                "labelled_splits": card.get("labelled_splits", ["train"])}
+    return open_source(card["name"], data_dir=data_dir).info.to_dict()
+
+
+def format_info(info: dict) -> str:
+    lines = [f"name:        {info['name']}", f"task:        {info['task']}",
+             f"classes:     {info['num_classes']} ({', '.join(map(str, info['class_names'][:12]))}"
+             f"{', ...' if info['num_classes'] > 12 else ''})",
+             f"channels:    {info['channels']}",
+             f"image shape: {info['image_shape'] or 'varies'}",
+             "splits:      " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()),
+             f"skipped:     {len(info['skipped'])} file(s)"]
+    lines += [f"  {item['path']}: {item['reason']}" for item in info["skipped"]]
+    return "\n".join(lines)
+
+
+def cmd_data_info(args) -> int:
+    info = dataset_info(args.name, args.data_dir)
+    print(json.dumps(info) if args.json else format_info(info))
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    card = DATASETS.get(args.name)
+    if card["source"] == "synthetic":
+        print(f"{args.name} is embedded (generated on the fly); nothing to prepare")
+        return 0
+    if card["source"] == "folder":
+        raise DataError(f"{args.name} is a folder dataset; point a suite's `path:` at it instead")
+    import tensorflow_datasets as tfds
+
+    if card["source"] == "landcover_ens":
+        if not args.data_dir:
+            raise DataError("landcover_ens needs --data-dir DIR, the unzipped challenge folder holding "
+                            "train/ and test/ (manual download from https://challengedata.ens.fr)")
+        from zoo.data.landcover_ens import LandcoverEns, check_challenge_layout
+
+        check_challenge_layout(Path(args.data_dir).expanduser())
+        builder = LandcoverEns(data_dir=args.tfds_dir)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(Path(args.data_dir).expanduser())))
+    else:
+        builder = tfds.builder(card["tfds_name"], data_dir=args.data_dir)
+        builder.download_and_prepare()
+    print(f"{args.name} prepared in {builder.data_dir}")
+    return 0
+
+
+def add_data_commands(commands) -> None:
+    data = commands.add_parser("data", help="inspect and prepare datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    info = data_commands.add_parser("info", help="task, classes, channels, split sizes, skipped files")
+    info.add_argument("name", help="a dataset name (zoo list datasets) or a folder of images")
+    info.add_argument("--data-dir", help="tensorflow-datasets folder; for landcover_ens the folder holding train/ and test/")
+    info.add_argument("--json", action="store_true", help="one JSON object")
+    info.set_defaults(func=cmd_data_info)
+    prepare = data_commands.add_parser("prepare", help="download and/or build a dataset")
+    prepare.add_argument("name")
+    prepare.add_argument("--data-dir", help="tensorflow-datasets folder; for landcover_ens the unzipped challenge folder")
+    prepare.add_argument("--tfds-dir", help="landcover_ens only: where to write the built dataset "
+                                            "(default: tensorflow-datasets' own folder)")
+    prepare.set_defaults(func=cmd_data_prepare)

@@ -1,0 +1,277 @@
+"""Dataset sources: each yields (image, target) examples per split in the data's own units.
+
+Images come out as float32 (H, W, C) in native units (``info.max_pixel_value`` is full
+scale); targets are int32 class indices (classification) or uint8 (H, W) masks.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from zoo.data.cards import DATASETS
+from zoo.errors import ConfigError, DataError
+from zoo.registry import Registry
+
+
+@dataclass
+class DatasetInfo:
+    """What `zoo data info` shows and what the harness needs to build models."""
+
+    name: str
+    task: str
+    class_names: list
+    channels: int
+    image_shape: list | None
+    splits: dict  # the source's own splits -> example count (before any carving)
+    skipped: list = field(default_factory=list)
+    ignore_classes: list = field(default_factory=list)
+    max_pixel_value: float = 255.0
+    labelled_splits: list = field(default_factory=lambda: ["train"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "num_classes": self.num_classes}
+
+
+class Source:
+    """Base class. Subclasses set ``self.info`` and implement ``labels`` and ``examples``."""
+
+    info: DatasetInfo
+
+    def labels(self, split: str) -> np.ndarray | None:
+        """Class index per example (classification), for stratified carving; None otherwise."""
+        return None
+
+    def examples(self, split: str, indices=None):
+        """A tf.data.Dataset of (image, target) for ``split``, restricted to ``indices`` if given."""
+        raise NotImplementedError
+
+
+def select(dataset, indices, size):
+    """Keep the examples at ``indices`` of a streamed dataset (nothing is held in memory)."""
+    import tensorflow as tf
+
+    if indices is None:
+        return dataset
+    keep = np.zeros(size, dtype=bool)
+    keep[np.asarray(indices)] = True
+    keep = tf.constant(keep)
+    return dataset.enumerate().filter(lambda index, example: keep[index]).map(lambda index, example: example)
+
+
+SOURCES: Registry[type] = Registry("source")
+
+
+def register_source(kind):
+    def decorate(cls):
+        SOURCES.register(kind, cls)
+        return cls
+    return decorate
+
+
+# --- tensorflow-datasets ----------------------------------------------------------------
+
+WORDNET_PREFIX = re.compile(r"^n\d{8}-")
+
+
+@register_source("tfds")
+class TfdsSource(Source):
+    """A tensorflow-datasets builder named by the card's ``tfds_name``."""
+
+    def __init__(self, card: dict, data_dir=None, **_):
+        import tensorflow_datasets as tfds
+
+        self.card = card
+        self.image_key, self.label_key = card.get("image_key", "image"), card.get("label_key", "label")
+        self.builder = self.make_builder(card, data_dir)
+        features = self.builder.info.features
+        names = list(features[self.label_key].names) if hasattr(features[self.label_key], "names") else []
+        if not names or names == [str(i) for i in range(len(names))]:
+            names = card.get("class_names") or names  # names exist only once the data is prepared
+        self.info = DatasetInfo(
+            name=card["name"], task=card["task"], class_names=[WORDNET_PREFIX.sub("", n) for n in names],
+            channels=int(card["channels"]), image_shape=card.get("native_size"),
+            splits={}, ignore_classes=list(card.get("ignore_classes", [])),
+            max_pixel_value=float(card.get("max_pixel_value", 255)),
+            labelled_splits=list(card.get("labelled_splits", card.get("splits", {"train": 0}).keys())))
+        self.info.splits = {split: self.count(split) for split in card.get("splits", {"train": 0})}
+        self._tfds = tfds
+
+    def make_builder(self, card, data_dir):
+        import tensorflow_datasets as tfds
+
+        return tfds.builder(card["tfds_name"], data_dir=data_dir)
+
+    def missing_data_message(self) -> str:
+        return (f"dataset {self.card['name']!r} is not prepared in {self.builder.data_dir}. "
+                f"{self.card.get('download', '').strip()} "
+                f"Run `zoo data prepare {self.card['name']}` (add --data-dir DIR to choose where it goes).")
+
+    def as_dataset(self, split, **kwargs):
+        try:
+            return self.builder.as_dataset(split=split, **kwargs)
+        except AssertionError as error:
+            if "could not find data" in str(error):
+                raise DataError(self.missing_data_message()) from None
+            raise
+
+    def count(self, split) -> int:
+        known = self.builder.info.splits
+        if split in known and known[split].num_examples:
+            return int(known[split].num_examples)
+        return len(self._read_targets(split))
+
+    def _read_targets(self, split) -> np.ndarray:
+        import tensorflow_datasets as tfds
+
+        dataset = self.as_dataset(split, decoders={self.image_key: tfds.decode.SkipDecoding()})
+        targets = dataset.map(lambda example: example[self.label_key]).batch(4096)
+        return np.concatenate([batch.numpy().reshape(len(batch), -1)[:, 0] for batch in targets] or [np.zeros(0)])
+
+    def labels(self, split):
+        if self.info.task != "classification":
+            return None
+        return self._read_targets(split).astype(np.int64)
+
+    def examples(self, split, indices=None):
+        import tensorflow as tf
+
+        dataset = self.as_dataset(split)
+        dataset = select(dataset, indices, self.info.splits.get(split) or self.count(split))
+        image_key, label_key = self.image_key, self.label_key
+        return dataset.map(lambda ex: (tf.cast(ex[image_key], tf.float32), ex[label_key]),
+                           num_parallel_calls=tf.data.AUTOTUNE)
+
+
+@register_source("landcover_ens")
+class LandcoverSource(TfdsSource):
+    """The land-cover challenge via zoo's own manual-download builder."""
+
+    def __init__(self, card, data_dir=None, manual_dir=None, **_):
+        self.manual_dir = manual_dir
+        super().__init__(card, data_dir=data_dir)
+
+    def make_builder(self, card, data_dir):
+        from zoo.data.landcover_ens import LandcoverEns
+
+        return LandcoverEns(data_dir=data_dir)
+
+    def _read_targets(self, split):
+        return np.zeros(sum(1 for _ in self.as_dataset(split).map(lambda ex: ex["has_mask"])))
+
+
+# --- embedded synthetic data ------------------------------------------------------------
+
+@register_source("synthetic")
+class SyntheticSource(Source):
+    """Generated in memory from the card's ``generator``, ``num_examples``, ``image_size``, ``seed``."""
+
+    def __init__(self, card, **_):
+        from zoo.data import synthetic
+
+        self.card = card
+        generate = getattr(synthetic, card["generator"])
+        self.images, self.targets = generate(card["num_examples"], card["image_size"], card.get("seed", 0))
+        self.info = DatasetInfo(
+            name=card["name"], task=card["task"], class_names=list(card["class_names"]),
+            channels=int(self.images.shape[-1]), image_shape=list(self.images.shape[1:3]),
+            splits={"train": len(self.images)}, ignore_classes=list(card.get("ignore_classes", [])),
+            max_pixel_value=float(card.get("max_pixel_value", 255)))
+
+    def labels(self, split):
+        return self.targets if self.info.task == "classification" else None
+
+    def examples(self, split, indices=None):
+        import tensorflow as tf
+
+        chosen = slice(None) if indices is None else np.asarray(indices)
+        return tf.data.Dataset.from_tensor_slices((self.images[chosen].astype(np.float32), self.targets[chosen]))
+
+
+# --- the user's folders -----------------------------------------------------------------
+
+@register_source("folder")
+class FolderSource(Source):
+    """Images in a folder tree; see zoo.data.folder for the layouts."""
+
+    def __init__(self, card, cache_dir=None, **_):
+        from zoo.data.folder import FolderScan
+
+        if not card.get("path"):
+            raise ConfigError(f"dataset {card.get('name')!r}: source 'folder' needs `path: /folder/of/images`")
+        self.scan = FolderScan(card["path"], cache_dir=cache_dir, class_names=card.get("class_names"),
+                               max_pixel_value=card.get("max_pixel_value"))
+        self.info = DatasetInfo(
+            name=card.get("name") or Path(card["path"]).name, task=self.scan.task,
+            class_names=self.scan.class_names, channels=self.scan.channels, image_shape=None,
+            splits={split: len(items) for split, items in self.scan.examples.items()},
+            skipped=self.scan.skipped, ignore_classes=list(card.get("ignore_classes", [])),
+            max_pixel_value=self.scan.max_pixel_value, labelled_splits=list(self.scan.examples))
+
+    def labels(self, split):
+        if self.info.task != "classification":
+            return None
+        return np.array([label for _, label in self.scan.examples[split]], dtype=np.int64)
+
+    def examples(self, split, indices=None):
+        import tensorflow as tf
+
+        from zoo.data.folder import read_image, read_mask
+
+        items = self.scan.examples[split]
+        if indices is not None:
+            items = [items[i] for i in indices]
+        paths = [str(path) for path, _ in items]
+        channels = self.info.channels
+
+        def load_image(path):
+            array = read_image(path.decode())
+            if array.shape[-1] != channels:  # a grey photo among colour ones
+                array = np.repeat(array, channels, axis=-1)
+            return array.astype(np.float32)
+
+        def load(path, target):
+            image = tf.numpy_function(load_image, [path], tf.float32)
+            image.set_shape([None, None, channels])
+            return image, target
+
+        if self.info.task == "classification":
+            targets = tf.constant([label for _, label in items], dtype=tf.int64)
+        else:
+            mask_paths = [str(mask) for _, mask in items]
+
+            def load_mask(path):
+                return read_mask(path.decode()).astype(np.uint8)
+
+            targets = tf.data.Dataset.from_tensor_slices(mask_paths).map(
+                lambda p: tf.ensure_shape(tf.numpy_function(load_mask, [p], tf.uint8), [None, None]))
+            return tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(paths), targets).map(
+                load, num_parallel_calls=tf.data.AUTOTUNE)
+        return tf.data.Dataset.from_tensor_slices((paths, targets)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def resolve_dataset_config(entry: dict) -> dict:
+    """A suite's dataset entry merged over the card of the same name (the entry wins)."""
+    if not isinstance(entry, dict) or not entry.get("name"):
+        raise ConfigError("each dataset needs at least `name:` (a card such as eurosat_rgb, or your own name "
+                          "with `source: folder` and `path:`)")
+    if entry["name"] in DATASETS:
+        return {**DATASETS.get(entry["name"]), **entry}
+    if entry.get("source") != "folder":
+        raise ConfigError(f"{DATASETS.unknown_message(entry['name'])} For your own images use "
+                          f"`source: folder` with `path:`.")
+    return {"task": None, **entry}
+
+
+def open_source(entry: dict, cache_dir=None, data_dir=None, manual_dir=None) -> Source:
+    """Open the dataset described by a suite entry or card name."""
+    config = resolve_dataset_config({"name": entry} if isinstance(entry, str) else entry)
+    source_class = SOURCES.get(config["source"])
+    return source_class(config, cache_dir=cache_dir, data_dir=config.get("data_dir", data_dir),
+                        manual_dir=config.get("manual_dir", manual_dir))

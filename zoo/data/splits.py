@@ -1,0 +1,52 @@
+"""Carving validation and test splits, seeded and stratified, where the data has none."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from zoo.errors import ConfigError
+
+DEFAULT_FRACTIONS = {"val": 0.15, "test": 0.15}
+
+
+def _split(indices, fraction, labels, seed):
+    stratify = labels[indices] if labels is not None else None
+    try:
+        return train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError:
+        # A class too small to stratify (tiny data): fall back to a plain seeded split.
+        return train_test_split(indices, test_size=fraction, random_state=seed)
+
+
+def plan_splits(labelled_splits: dict[str, int], fractions: dict | None, seed: int,
+                labels: dict[str, np.ndarray | None]) -> dict[str, tuple[str, np.ndarray | None]]:
+    """Map train/val/test to (source split, indices or None for all of it).
+
+    ``labelled_splits``: the source's splits that have targets, with their sizes.
+    ``fractions``: {"val": f, "test": f}, used only for the splits the source lacks.
+    """
+    fractions = {**DEFAULT_FRACTIONS, **(fractions or {})}
+    unknown = set(fractions) - set(DEFAULT_FRACTIONS)
+    if unknown:
+        raise ConfigError(f"split: unknown key(s) {sorted(unknown)}; allowed: val, test")
+    for key, value in fractions.items():
+        if not 0 < float(value) < 1:
+            raise ConfigError(f"split.{key} must be a fraction between 0 and 1, got {value}")
+    if "train" not in labelled_splits:
+        raise ConfigError(f"the data has no 'train' split (it has {sorted(labelled_splits)})")
+    plan: dict[str, tuple[str, np.ndarray | None]] = {}
+    pool = np.arange(labelled_splits["train"])
+    train_labels = labels.get("train")
+    for name in ("test", "val"):
+        if name in labelled_splits:
+            plan[name] = (name, None)
+            continue
+        # Fractions are of the whole source split, so val 0.15 / test 0.15 leaves train 0.70.
+        fraction = float(fractions[name]) * labelled_splits["train"] / len(pool)
+        pool, carved = _split(pool, fraction, train_labels, seed)
+        plan[name] = ("train", np.sort(carved))
+    plan["train"] = ("train", None if len(pool) == labelled_splits["train"] else np.sort(pool))
+    for name, (_, indices) in plan.items():
+        if indices is not None and len(indices) == 0:
+            raise ConfigError(f"the {name} split came out empty; the data is too small for split fractions {fractions}")
+    return {name: plan[name] for name in ("train", "val", "test")}
