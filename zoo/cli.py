@@ -57,6 +57,28 @@ def cmd_weights(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_run(args) -> int:
+    from pathlib import Path
+
+    from zoo.harness.runner import run_suite
+    from zoo.harness.suite import load_suite
+
+    suite = load_suite(args.suite, args.set)
+    out = Path(args.out) if args.out else Path("runs") / suite["name"]
+    return run_suite(suite, out, only=args.only, force=args.force, isolate=not args.in_process,
+                     report=not args.no_report)
+
+
+def cmd_predict(args) -> int:
+    from zoo.harness.runner import predict_images
+
+    for answer in predict_images(args.run_dir, args.images, args.top_k):
+        print(answer["image"])
+        for name, probability in answer["top"]:
+            print(f"  {probability:6.1%}  {name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--dest", required=True, help="folder to put the files in (then set ZOO_WEIGHTS_DIR to it)")
     fetch.add_argument("--include-top", action="store_true", help="also the files with the ImageNet classifier")
     fetch.set_defaults(func=cmd_weights)
+
+    run = commands.add_parser("run", help="train and evaluate every run of a suite file")
+    run.add_argument("suite", help="suite YAML file, e.g. benchmarks/quickstart.yaml")
+    run.add_argument("--out", help="output folder (default: runs/<suite name>)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a suite key, e.g. --set train.epochs=1 (repeatable)")
+    run.add_argument("--only", metavar="PATTERN", help="run only the runs whose id matches this glob")
+    run.add_argument("--force", action="store_true", help="redo finished runs too")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument("--in-process", action="store_true",
+                     help="run in this process (debugging; a hard crash then stops the suite)")
+    run.set_defaults(func=cmd_run)
+
+    predict = commands.add_parser("predict", help="classify image files with a finished run's model")
+    predict.add_argument("run_dir", help="a run folder: OUT/runs/<run_id>")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.set_defaults(func=cmd_predict)
 
     from zoo.data.commands import add_data_commands
 

@@ -27,6 +27,7 @@ class PipelineOptions:
     seed: int = 0
     target: str = "labels"                # labels | masks | proportions
     class_weights: list | None = None     # per class; segmentation gets per-pixel sample weights
+    one_hot: bool = False                 # classification labels as one-hot (for the focal loss)
 
 
 def class_weights_from_counts(counts, ignore_classes=()) -> list[float]:
@@ -157,6 +158,8 @@ def build_pipeline(examples, info, options: PipelineOptions, training: bool):
             return image, counts / tf.maximum(tf.reduce_sum(counts), 1.0)
         if segmentation:
             return image, target, tf.gather(pixel_weights, target)
+        if options.one_hot:
+            return image, tf.one_hot(target, num_classes)
         return image, target
 
     augmenter = _classification_augmenter(options.seed) if (training and options.augment and not segmentation) else None

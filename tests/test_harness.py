@@ -1,0 +1,171 @@
+"""The harness end to end on the embedded data: runs, results store, resume, failures, CLI."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from zoo.cli import main
+from zoo.errors import ConfigError
+from zoo.harness.runner import run_suite
+from zoo.harness.suite import expand_suite, load_suite
+from zoo.results import RESULT_COLUMNS
+
+HERE = Path(__file__).parent
+TINY = {"name": "tiny", "datasets": ["synthetic_terrain", "synthetic_landcover"], "backbones": ["baseline_cnn"],
+        "heads": ["linear", "fcn", "distribution"],
+        "train": {"image_size": 32, "batch_size": 32, "epochs": 2, "steps_per_epoch": 6}}
+
+
+@pytest.fixture(scope="module")
+def tiny_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    assert run_suite(load_suite(TINY), out, isolate=False, report=False, log=lambda *_: None) == 0
+    return out
+
+
+def test_results_table_has_one_documented_row_per_run(tiny_out):
+    frame = pd.read_csv(tiny_out / "results.csv")
+    assert list(frame.columns) == list(RESULT_COLUMNS)
+    assert len(frame) == 3 and set(frame["status"]) == {"ok"}
+    assert set(frame["task"]) == {"classification", "segmentation", "distribution"}
+    assert frame["device"].str.startswith("CPU").all() and set(frame["precision"]) == {"float32"}
+    for column in ("train_seconds", "first_epoch_seconds", "epoch_seconds", "images_per_second", "latency_ms",
+                   "params", "model_megabytes"):
+        assert (frame[column] > 0).all(), column
+    classification = frame[frame["task"] == "classification"].iloc[0]
+    assert np.isnan(classification["miou"]) and classification["accuracy"] > 0
+    assert not np.isnan(frame[frame["task"] == "segmentation"].iloc[0]["miou"])
+
+
+def test_run_folder_holds_everything_a_report_needs(tiny_out):
+    frame = pd.read_csv(tiny_out / "results.csv")
+    for _, row in frame.iterrows():
+        run_dir = tiny_out / "runs" / row["run_id"]
+        for name in ("run.json", "environment.json", "history.csv", "metrics.json", "predictions.npz",
+                     "model.keras", "split.json", "dataset.json", "result.json"):
+            assert (run_dir / name).is_file(), (row["run_id"], name)
+        assert list((run_dir / "tensorboard").rglob("events.out.tfevents*"))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        environment = json.loads((run_dir / "environment.json").read_text())
+        assert environment["tensorflow"] and environment["device"] == row["device"]
+        predictions = np.load(run_dir / "predictions.npz")
+        assert {"y_true", "y_pred"} <= set(predictions.files)
+        if row["task"] == "classification":
+            assert metrics["accuracy"] == pytest.approx(row["accuracy"])
+            assert predictions["probabilities"].shape == (len(predictions["y_true"]), 6)
+            assert metrics["accuracy"] == pytest.approx(np.mean(predictions["y_true"] == predictions["y_pred"]))
+            assert len(metrics["per_class"]) == 6 and "proportion" in metrics["per_class"][0]
+        if row["task"] == "segmentation":
+            assert metrics["miou"] == pytest.approx(row["miou"]) and "no_data" not in metrics["class_names"]
+
+
+def test_rerun_skips_finished_runs_and_force_redoes_them(tiny_out):
+    before = pd.read_csv(tiny_out / "results.csv")
+    messages = []
+    suite = load_suite(TINY)
+    assert run_suite(suite, tiny_out, isolate=False, report=False, log=messages.append) == 0
+    assert "3 already finished, 0 to run" in messages[0]
+    pd.testing.assert_frame_equal(before, pd.read_csv(tiny_out / "results.csv"))
+    only = "*linear*"
+    assert run_suite(suite, tiny_out, only=only, force=True, isolate=False, report=False, log=messages.append) == 0
+    after = pd.read_csv(tiny_out / "results.csv")
+    assert len(after) == 3
+    redone = after["run_id"].str.contains("linear")
+    assert (after[redone]["finished_at"] >= before[redone]["finished_at"]).all()
+    # Same suite, same seed, on a CPU: the same metrics.
+    assert after[redone]["accuracy"].iloc[0] == before[redone]["accuracy"].iloc[0]
+    assert after[redone]["macro_f1"].iloc[0] == before[redone]["macro_f1"].iloc[0]
+
+
+def test_predict_prints_top_classes(tiny_out, tmp_path, capsys):
+    from PIL import Image
+
+    from zoo.data.synthetic import TERRAIN_CLASSES, make_synthetic_terrain
+
+    images, labels = make_synthetic_terrain(6, 64, seed=5)
+    Image.fromarray(images[0]).save(tmp_path / "tile.png")
+    run_dir = next((tiny_out / "runs").glob("synthetic_terrain-*"))
+    assert main(["predict", str(run_dir), str(tmp_path / "tile.png"), "--top-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("tile.png") and len(lines) == 4
+    assert all(line.split()[-1] in TERRAIN_CLASSES for line in lines[1:])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"trian": {}}, "unknown key 'trian' (did you mean 'train'?)"),
+    ({"train": {"epochs": 0}}, "train.epochs must be a positive whole number"),
+    ({"train": {"optimizer": "adagrad"}}, "use one of adam, adamw, sgd, rmsprop, nadam"),
+    ({"backbones": ["resnt50"]}, "Did you mean resnet50"),
+    ({"backbones": ["unet"], "heads": ["fpn"], "datasets": ["synthetic_landcover"]}, "Heads that fit unet"),
+    ({"heads": ["unet"], "datasets": ["synthetic_terrain"]}, "heads for classification: linear, mlp, flatten"),
+    ({"trainable": "top"}, "top:N"),
+    ({"weights": "/no/such/file.h5"}, "neither none, imagenet nor an existing weights file"),
+    ({"datasets": ["eurosat_rbg"]}, "Did you mean eurosat_rgb"),
+])
+def test_bad_suite_fails_before_training_naming_the_key(change, message):
+    with pytest.raises(ConfigError) as error:
+        expand_suite(load_suite({**TINY, **change}))
+    assert message in str(error.value)
+
+
+def test_sweeps_and_overrides_expand_into_distinct_runs():
+    suite = load_suite({**TINY, "heads": ["linear"], "datasets": ["synthetic_terrain"],
+                        "train": {"optimizer": ["adam", "sgd"], "learning_rate": [0.01, 0.001]}},
+                       overrides=["seeds=[0, 1]", "train.epochs=1"])
+    runs = expand_suite(suite)
+    assert len(runs) == 8 and len({r.run_id for r in runs}) == 8
+    assert all(r.train["epochs"] == 1 for r in runs)
+    assert {r.swept["optimizer"] for r in runs} == {"adam", "sgd"}
+    assert [r.run_id for r in expand_suite(suite)] == [r.run_id for r in runs]  # stable ids
+
+
+def zoo_command(*args):
+    return [sys.executable, "-m", "zoo.cli", *args]
+
+
+def test_failing_runs_are_recorded_and_the_suite_goes_on(tmp_path):
+    suite = tmp_path / "faults.yaml"
+    suite.write_text(json.dumps({
+        "name": "faults", "datasets": ["synthetic_terrain"], "heads": ["linear"],
+        "backbones": ["crash_backbone", "baseline_cnn", "nan_backbone"], "plugins": [str(HERE / "plugin_faults.py")],
+        "train": {"image_size": 32, "epochs": 1, "steps_per_epoch": 3}}))
+    out = tmp_path / "out"
+    result = subprocess.run(zoo_command("run", str(suite), "--out", str(out), "--no-report"),
+                            capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr[-2000:]
+    frame = pd.read_csv(out / "results.csv").set_index("backbone")
+    assert frame.loc["baseline_cnn", "status"] == "ok"
+    assert frame.loc["crash_backbone", "status"] == "failed"
+    assert "killed by SIGKILL" in frame.loc["crash_backbone", "error"]
+    assert "NaN" in frame.loc["nan_backbone", "error"]
+    assert "2 of 3 runs failed" in result.stdout
+
+
+def test_killed_suite_resumes_to_exactly_one_row_per_run(tmp_path):
+    suite = tmp_path / "resume.yaml"
+    suite.write_text(json.dumps({"name": "resume", "datasets": ["synthetic_terrain"], "heads": ["linear", "mlp"],
+                                 "train": {"image_size": 32, "epochs": 1, "steps_per_epoch": 3}}))
+    out = tmp_path / "out"
+    process = subprocess.Popen(zoo_command("run", str(suite), "--out", str(out), "--no-report"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((out / "runs").glob(".*.partial/history.csv")):
+        time.sleep(0.2)  # wait until a run is mid-training
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    if (out / "results.csv").exists():
+        assert pd.read_csv(out / "results.csv")["status"].eq("ok").all()  # never a half-written table
+    result = subprocess.run(zoo_command("run", str(suite), "--out", str(out), "--no-report"), capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout[-2000:]
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == 2 and frame["run_id"].is_unique and set(frame["status"]) == {"ok"}
+    assert not list((out / "runs").glob(".*"))

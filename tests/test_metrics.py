@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from zoo.metrics import METRICS, classification_metrics, kl_score, pixel_confusion, segmentation_metrics
+
+NAMES = ["a", "b", "c"]
+
+
+def one_hot(labels, classes=3):
+    return np.eye(classes)[labels]
+
+
+def test_perfect_classifier():
+    y = np.array([0, 1, 2, 2, 1, 0, 2])
+    result = classification_metrics(y, one_hot(y), NAMES)
+    assert result["accuracy"] == result["macro_precision"] == result["macro_recall"] == result["macro_f1"] == 1.0
+    assert result["confusion_matrix"] == [[2, 0, 0], [0, 2, 0], [0, 0, 3]]
+    assert [row["support"] for row in result["per_class"]] == [2, 2, 3]
+
+
+def test_constant_classifier_scores_the_majority_share():
+    y = np.array([2, 2, 2, 0, 1, 2])
+    result = classification_metrics(y, np.tile([0.1, 0.2, 0.7], (6, 1)), NAMES)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    table = {row["class"]: row for row in result["per_class"]}
+    assert table["c"]["precision"] == pytest.approx(4 / 6) and table["c"]["recall"] == 1.0
+    assert table["a"]["recall"] == 0.0 and table["a"]["precision"] == 0.0
+    assert result["macro_recall"] == pytest.approx(1 / 3)
+    assert table["c"]["proportion"] == pytest.approx(4 / 6)
+
+
+def test_hand_computed_precision_recall_and_top_k():
+    y_true = np.array([0, 0, 1, 1, 2])
+    probabilities = np.array([[.8, .1, .1], [.2, .7, .1], [.1, .8, .1], [.6, .3, .1], [.3, .3, .4]])
+    result = classification_metrics(y_true, probabilities, NAMES)
+    # predictions 0, 1, 1, 0, 2: class a P=1/2 R=1/2; b P=1/2 R=1/2; c P=1 R=1
+    assert result["accuracy"] == pytest.approx(3 / 5)
+    assert result["macro_precision"] == pytest.approx((0.5 + 0.5 + 1) / 3)
+    assert result["top5_accuracy"] == pytest.approx(1.0)  # k = 2 of 3 classes; every truth is in the top 2
+
+
+def test_segmentation_metrics_leave_ignored_classes_out():
+    truth = np.array([[0, 1, 2], [2, 3, 3]])
+    predicted = np.array([[2, 2, 2], [3, 3, 2]])
+    names = ["no_data", "clouds", "x", "y"]
+    result = segmentation_metrics(pixel_confusion(truth, predicted, 4), names, ignore_classes=[0, 1])
+    # kept pixels (truth x or y): x->x, x->y, y->y, y->x. IoU(x) = 1 / (2 + 2 - 1) = 1/3, same for y
+    assert result["class_names"] == ["x", "y"]
+    assert result["pixel_accuracy"] == pytest.approx(0.5)
+    assert result["miou"] == pytest.approx(1 / 3)
+    assert result["confusion_matrix"] == [[1, 1], [1, 1]]
+
+
+def test_kl_score_matches_the_challenge_definition():
+    truth = np.array([[0, 0, 5, 5], [0, 0, 10, 0]], dtype=float)
+    assert kl_score(truth, truth, ignore_classes=[0, 1]) == pytest.approx(0.0, abs=1e-12)
+    predicted = np.array([[0, 0, 2, 8], [0, 0, 10, 0]], dtype=float)
+    eps = 1e-7
+    y = np.array([0.5, 0.5]) + eps
+    y_hat = np.array([0.2, 0.8]) + eps
+    expected = (np.sum(y * np.log(y / y_hat)) + 0.0) / 2
+    assert kl_score(truth, predicted, ignore_classes=[0, 1]) == pytest.approx(expected)
+
+
+def test_metric_registry_knows_which_way_is_better():
+    assert METRICS.get("accuracy").higher_is_better and not METRICS.get("kl_score").higher_is_better

@@ -1,0 +1,358 @@
+"""One run: train, evaluate, measure and record, inside a run folder.
+
+The runner starts this in its own process (``python -m zoo.harness.worker RUN_DIR``) so
+that a hard crash (out of memory, a segfault) loses one run, not the suite. Whatever
+happens, the last file written is ``result.json``: the run's row of results.csv.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keras warns that fit's shuffle=True is ignored for tf.data input; zoo shuffles in the pipeline.
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*shuffle=True. was passed.*")
+
+import numpy as np
+
+from zoo.results import RESULTS_VERSION, write_json
+
+
+class RunFailed(RuntimeError):
+    """A run that cannot finish, with a message for the results table."""
+
+
+def environment(precision: str, device: str, replicas: int) -> dict:
+    import keras
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    import zoo
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(zoo.__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "tensorflow_datasets": tfds.__version__, "numpy": np.__version__, "zoo": zoo.__version__,
+            "git_commit": commit, "device": device, "replicas": replicas, "precision": precision,
+            "platform": platform.platform(), "cpu_count": os.cpu_count()}
+
+
+def make_optimizer(name: str, learning_rate):
+    import keras
+
+    makers = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "rmsprop": keras.optimizers.RMSprop,
+              "nadam": keras.optimizers.Nadam,
+              "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9)}
+    return makers[name](learning_rate=learning_rate)
+
+
+def make_loss(task: str, loss: str):
+    import keras
+
+    if task == "distribution":
+        return keras.losses.KLDivergence()
+    if loss == "focal":
+        return keras.losses.CategoricalFocalCrossentropy()
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def head_task(head: str) -> str:
+    from zoo.heads import HEADS
+
+    return HEADS.get(head).task
+
+
+class Run:
+    """Everything one run needs, resolved from its run.json."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+        self.spec = json.loads((self.dir / "run.json").read_text())
+        self.train = self.spec["train"]
+        self.task = head_task(self.spec["head"])
+        self.timer = None
+
+    # -- data -----------------------------------------------------------------------
+    def open_data(self):
+        from zoo.backbones import BACKBONES
+        from zoo.data.pipeline import PipelineOptions, class_counts, class_weights_from_counts
+        from zoo.data.sources import open_source
+        from zoo.data.splits import plan_splits
+
+        cache_dir = self.dir.parent.parent / "cache"
+        self.source = open_source(self.spec["dataset"], cache_dir=cache_dir)
+        info = self.info = self.source.info
+        fractions = self.train.get("split") or self.spec["dataset"].get("split")
+        labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
+        self.plan = plan_splits(labelled, fractions, self.spec["seed"],
+                                {"train": self.source.labels("train") if "train" in labelled else None})
+        sizes = {name: (len(idx) if idx is not None else labelled[split]) for name, (split, idx) in self.plan.items()}
+        train_counts = class_counts(self.source, *self.plan["train"], info.num_classes)
+        write_json(self.dir / "split.json", {"seed": self.spec["seed"], "sizes": sizes,
+                                             "sources": {k: v[0] for k, v in self.plan.items()},
+                                             "train_class_counts": train_counts})
+        np.savez_compressed(self.dir / "split_indices.npz",
+                            **{k: (v[1] if v[1] is not None else np.arange(labelled[v[0]])) for k, v in self.plan.items()})
+        write_json(self.dir / "dataset.json", info.to_dict())
+
+        weights = None
+        if self.train["class_weights"]:
+            weights = class_weights_from_counts(train_counts, info.ignore_classes)
+        self.class_weight_dict = ({i: w for i, w in enumerate(weights)}
+                                  if weights and self.task == "classification" else None)
+        steps = [s for s in str(self.train["preprocessing"]).split("+") if s and s != "none"]
+        cache = self.train["cache"]
+        self.options = dict(
+            image_size=self.train["image_size"], batch_size=self.global_batch,
+            preprocessing=BACKBONES.get(self.spec["backbone"]).preprocessing, extra_preprocessing=steps,
+            seed=self.spec["seed"], class_weights=weights if self.task != "classification" else None,
+            target={"classification": "labels", "segmentation": "masks", "distribution": "proportions"}[self.task],
+            one_hot=self.train["loss"] == "focal" and self.task == "classification")
+        self.sizes = sizes
+
+        def pipeline(name, training):
+            split, indices = self.plan[name]
+            option_cache = None if cache == "none" else ("memory" if cache == "memory" else
+                                                          str(cache_dir / f"{self.spec['run_id']}-{name}"))
+            options = PipelineOptions(**self.options, augment=bool(self.train["augment"]) and training,
+                                      cache=option_cache)
+            return build_pipeline_for(self.source.examples(split, indices), info, options, training)
+
+        from zoo.data.pipeline import build_pipeline as build_pipeline_for
+
+        self.pipelines = {name: pipeline(name, name == "train") for name in ("train", "val", "test")}
+
+    # -- model ----------------------------------------------------------------------
+    def build(self):
+        import keras
+        import tensorflow as tf
+
+        from zoo.harness.timing import describe_device
+
+        gpus = tf.config.list_physical_devices("GPU")
+        self.precision = "float32"
+        if self.train["precision"] == "mixed":
+            self.precision = "mixed_float16" if gpus else "mixed_bfloat16"
+            keras.mixed_precision.set_global_policy(self.precision)
+        self.strategy = (tf.distribute.MirroredStrategy() if len(tf.config.list_logical_devices("GPU")) > 1
+                         else tf.distribute.get_strategy())
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.global_batch = self.train["batch_size"] * self.replicas
+        self.device = describe_device()
+        write_json(self.dir / "environment.json", environment(self.precision, self.device, self.replicas))
+
+    def make_model(self):
+        from zoo import build_model
+
+        size, channels = self.train["image_size"], self.info.channels
+        with self.strategy.scope():
+            self.model = build_model(self.spec["backbone"], self.spec["head"], self.info.num_classes,
+                                     (size, size, channels), weights=None if self.spec["weights"] == "none"
+                                     else self.spec["weights"], trainable=self.spec["trainable"],
+                                     backbone_options=self.spec["backbone_options"])
+
+    def compile(self, learning_rate, epochs):
+        import keras
+
+        schedule = learning_rate
+        if self.train["lr_schedule"] == "cosine":
+            steps = self.train["steps_per_epoch"] or max(1, math.ceil(self.sizes["train"] / self.global_batch))
+            schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps * epochs)
+        metrics = {"classification": ["accuracy"], "segmentation": [], "distribution": []}[self.task]
+        weighted = ["accuracy"] if self.task == "segmentation" else None
+        with self.strategy.scope():
+            self.model.compile(optimizer=make_optimizer(self.train["optimizer"], schedule),
+                               loss=make_loss(self.task, self.train["loss"]), metrics=metrics,
+                               weighted_metrics=weighted, jit_compile=bool(self.train["xla"]))
+
+    def callbacks(self, append: bool):
+        import keras
+
+        from zoo.harness.timing import EpochTimer
+
+        self.timer = self.timer or EpochTimer()
+        callbacks = [self.timer, keras.callbacks.TerminateOnNaN(),
+                     keras.callbacks.CSVLogger(str(self.dir / "history.csv"), append=append),
+                     keras.callbacks.ModelCheckpoint(str(self.dir / "best.weights.h5"), monitor="val_loss",
+                                                     save_best_only=True, save_weights_only=True),
+                     keras.callbacks.TensorBoard(str(self.dir / "tensorboard"), write_graph=False, profile_batch=0)]
+        if self.train["early_stopping"]:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.train["early_stopping"],
+                                                           restore_best_weights=True))
+        if self.train["lr_schedule"] == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2,
+                                                               patience=max(1, self.train["early_stopping"] // 2 or 2)))
+        return callbacks
+
+    def fit(self, epochs, initial_epoch=0, append=False):
+        history = self.model.fit(self.pipelines["train"], validation_data=self.pipelines["val"],
+                                 epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
+                                 steps_per_epoch=self.train["steps_per_epoch"], class_weight=self.class_weight_dict,
+                                 callbacks=self.callbacks(append), verbose=2)
+        losses = history.history.get("loss", [])
+        if not losses or any(not math.isfinite(v) for v in losses):
+            raise RunFailed(f"the training loss became NaN or infinite at epoch {initial_epoch + len(losses)}; "
+                            f"lower train.learning_rate or check the data")
+        return len(losses)
+
+    # -- evaluation -----------------------------------------------------------------
+    def evaluate(self) -> dict:
+        from zoo import metrics
+
+        start = time.perf_counter()
+        names, ignore = self.info.class_names, self.info.ignore_classes
+        if self.task == "classification":
+            truth, probabilities = [], []
+            for images, labels in self.pipelines["test"]:
+                probabilities.append(np.asarray(self.model.predict_on_batch(images)))
+                labels = np.asarray(labels)
+                truth.append(labels.argmax(axis=-1) if labels.ndim == 2 else labels)
+            y_true, y_prob = np.concatenate(truth), np.concatenate(probabilities)
+            eval_seconds = time.perf_counter() - start
+            result = metrics.classification_metrics(y_true, y_prob, names)
+            predictions = {"y_true": y_true, "y_pred": y_prob.argmax(axis=1), "probabilities": y_prob}
+        elif self.task == "segmentation":
+            confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+            masks, predicted, true_props, predicted_props = [], [], [], []
+            for images, batch_masks, _ in self.pipelines["test"]:
+                probabilities = np.asarray(self.model.predict_on_batch(images))
+                batch_masks = np.asarray(batch_masks)
+                batch_pred = probabilities.argmax(axis=-1)
+                confusion += metrics.pixel_confusion(batch_masks, batch_pred, len(names))
+                true_props.append(np.stack([np.bincount(m.ravel(), minlength=len(names)) for m in batch_masks]))
+                predicted_props.append(probabilities.mean(axis=(1, 2)))
+                masks.append(batch_masks.astype(np.uint8))
+                predicted.append(batch_pred.astype(np.uint8))
+            eval_seconds = time.perf_counter() - start
+            result = metrics.segmentation_metrics(confusion, names, ignore, np.concatenate(true_props),
+                                                  np.concatenate(predicted_props))
+            predictions = {"y_true": np.concatenate(masks), "y_pred": np.concatenate(predicted),
+                           "proportions_true": np.concatenate(true_props),
+                           "proportions_pred": np.concatenate(predicted_props)}
+        else:
+            truth, predicted = [], []
+            for images, proportions in self.pipelines["test"]:
+                predicted.append(np.asarray(self.model.predict_on_batch(images)))
+                truth.append(np.asarray(proportions))
+            y_true, y_pred = np.concatenate(truth), np.concatenate(predicted)
+            eval_seconds = time.perf_counter() - start
+            result = metrics.distribution_metrics(y_true, y_pred, names, ignore)
+            predictions = {"y_true": y_true, "y_pred": y_pred}
+        result["eval_seconds"] = eval_seconds
+        return result, predictions
+
+    def execute(self) -> dict:
+        import keras
+        import tensorflow as tf
+
+        keras.utils.set_random_seed(self.spec["seed"])
+        tf.config.experimental.enable_op_determinism()
+        self.build()
+        self.open_data()
+        self.make_model()
+        self.compile(self.train["learning_rate"], self.train["epochs"])
+        epochs_run = self.fit(self.train["epochs"])
+        trainable = self.spec["trainable"]
+        finetune = self.spec.get("finetune")
+        if finetune:
+            from zoo.factory import set_trainable
+
+            self.restore_best()
+            set_trainable(self.model, finetune["trainable"])
+            self.compile(finetune["learning_rate"], finetune["epochs"])
+            epochs_run += self.fit(finetune["epochs"], initial_epoch=epochs_run, append=True)
+            trainable = f"{trainable}+finetune {finetune['trainable']}"
+        self.restore_best()
+        result, predictions = self.evaluate()
+
+        from zoo.harness.timing import inference_speed
+
+        size = self.train["image_size"]
+        speed = inference_speed(self.model, (size, size, self.info.channels), self.global_batch)
+        model_path = self.dir / "model.keras"
+        self.model.save(model_path)
+        np.savez_compressed(self.dir / "predictions.npz", **predictions)
+        result.update(self.timer.summary(), **speed)
+        write_json(self.dir / "metrics.json", result)
+        return self.row("ok", "", result, epochs_run, trainable, model_path)
+
+    def restore_best(self):
+        best = self.dir / "best.weights.h5"
+        if best.is_file() and not self.train["early_stopping"]:
+            self.model.load_weights(best)  # early stopping already restored the best epoch
+
+    def row(self, status, error, result, epochs_run, trainable, model_path) -> dict:
+        import keras
+
+        model = getattr(self, "model", None)
+        count = lambda weights: int(sum(np.prod(w.shape) for w in weights))  # noqa: E731
+        result = result or {}
+        return {"run_id": self.spec["run_id"], "suite": self.spec["suite"], "dataset": self.spec["dataset"]["name"],
+                "task": self.task,
+                "backbone": self.spec["backbone"], "head": self.spec["head"], "weights": self.spec["weights"],
+                "trainable": trainable, "seed": self.spec["seed"],
+                "swept": ";".join(f"{k}={v}" for k, v in sorted(self.spec["swept"].items())),
+                "status": status, "error": error,
+                **{k: result.get(k) for k in ("accuracy", "top5_accuracy", "macro_precision", "macro_recall",
+                                              "macro_f1", "miou", "kl_score", "accuracy_smoothed", "train_seconds",
+                                              "first_epoch_seconds", "epoch_seconds", "eval_seconds",
+                                              "images_per_second", "latency_ms")},
+                "params": model.count_params() if model is not None else None,
+                "trainable_params": count(model.trainable_weights) if model is not None else None,
+                "model_megabytes": model_path.stat().st_size / 1e6 if model_path and model_path.is_file() else None,
+                "epochs_run": epochs_run, "batch_size": getattr(self, "global_batch", self.train["batch_size"]),
+                "image_size": self.train["image_size"], "device": getattr(self, "device", None),
+                "precision": getattr(self, "precision", None), "results_version": RESULTS_VERSION,
+                "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "keras": keras.__version__}
+
+
+def describe_error(error: BaseException) -> str:
+    name = type(error).__name__
+    text = str(error).strip().splitlines()
+    message = text[0] if text else ""
+    if "ResourceExhausted" in name or "OOM" in message or "out of memory" in message.lower():
+        return f"out of memory ({name}): lower train.batch_size or train.image_size"
+    return f"{name}: {message}"[:500] if not isinstance(error, RunFailed) else message
+
+
+def execute_run(run_dir) -> dict:
+    """Train, evaluate and record one run; never raises for a failed run (it is recorded)."""
+    run = Run(Path(run_dir))
+    try:
+        row = run.execute()
+    except Exception as error:  # any failure is this run's, recorded, and the suite goes on
+        (run.dir / "traceback.txt").write_text(traceback.format_exc())
+        row = run.row("failed", describe_error(error), None, 0, run.spec["trainable"], None)
+    write_json(run.dir / "result.json", row)
+    return row
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m zoo.harness.worker RUN_DIR", file=sys.stderr)
+        return 2
+    from zoo.harness.suite import load_plugins
+
+    spec = json.loads((Path(argv[0]) / "run.json").read_text())
+    load_plugins(spec.get("plugins"))
+    execute_run(argv[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Classification and segmentation metrics, on scikit-learn where it does the job.
+
+Each headline metric is registered with ``higher_is_better`` so reports rank correctly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+
+from zoo.registry import Registry
+
+KL_EPSILON = 1e-7
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    higher_is_better: bool
+    description: str
+
+
+METRICS: Registry[MetricSpec] = Registry("metric")
+for _spec in [
+    MetricSpec("accuracy", True, "fraction of test images classified correctly"),
+    MetricSpec("top5_accuracy", True, "fraction whose true class is among the 5 most probable"),
+    MetricSpec("macro_precision", True, "precision averaged over classes, each class weighing the same"),
+    MetricSpec("macro_recall", True, "recall averaged over classes, each class weighing the same"),
+    MetricSpec("macro_f1", True, "F1 averaged over classes"),
+    MetricSpec("pixel_accuracy", True, "fraction of non-ignored test pixels classified correctly"),
+    MetricSpec("miou", True, "mean intersection-over-union over non-ignored classes present"),
+    MetricSpec("kl_score", False, "land-cover challenge score: mean KL(true || predicted) of class proportions"),
+]:
+    METRICS.register(_spec.name, _spec)
+
+
+def per_class_table(class_names, support, precision, recall, f1, iou=None) -> list[dict]:
+    total = max(int(np.sum(support)), 1)
+    rows = []
+    for index, name in enumerate(class_names):
+        row = {"class": name, "support": int(support[index]), "proportion": float(support[index]) / total,
+               "precision": float(precision[index]), "recall": float(recall[index]), "f1": float(f1[index])}
+        if iou is not None:
+            row["iou"] = float(iou[index])
+        rows.append(row)
+    return rows
+
+
+def classification_metrics(y_true, probabilities, class_names) -> dict:
+    """Accuracy, top-5, macro/weighted P/R/F1, one-vs-all per-class table, confusion matrix."""
+    y_true = np.asarray(y_true)
+    probabilities = np.asarray(probabilities)
+    labels = np.arange(len(class_names))
+    y_pred = probabilities.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    result = {"accuracy": float(accuracy_score(y_true, y_pred)),
+              "top5_accuracy": float(top_k_accuracy_score(y_true, probabilities, k=min(5, len(labels) - 1),
+                                                          labels=labels)) if len(labels) > 2 else None}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)
+        result.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
+    result["per_class"] = per_class_table(class_names, support, precision, recall, f1)
+    result["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    result["class_names"] = list(class_names)
+    return result
+
+
+def kl_score(true_proportions, predicted_proportions, ignore_classes=()) -> float:
+    """The land-cover challenge metric: per image normalise both vectors, add 1e-7, drop the
+    ignored columns, sum y * log(y / y_hat); mean over images. 0 is perfect; lower is better."""
+    def prepare(values):
+        values = np.asarray(values, dtype=np.float64)
+        values = values / np.maximum(values.sum(axis=1, keepdims=True), 1e-12) + KL_EPSILON
+        keep = [c for c in range(values.shape[1]) if c not in set(ignore_classes)]
+        return values[:, keep]
+    y, y_hat = prepare(true_proportions), prepare(predicted_proportions)
+    return float(np.mean(np.sum(y * np.log(y / y_hat), axis=1)))
+
+
+def pixel_confusion(y_true, y_pred, num_classes) -> np.ndarray:
+    """Confusion matrix of a batch of masks (accumulate over batches; full class range)."""
+    return confusion_matrix(np.ravel(y_true), np.ravel(y_pred), labels=np.arange(num_classes))
+
+
+def segmentation_metrics(confusion, class_names, ignore_classes=(), true_proportions=None,
+                         predicted_proportions=None) -> dict:
+    """Pixel accuracy, per-class IoU/precision/recall and mIoU from an accumulated confusion matrix
+    (rows: truth), ignored classes left out; plus the KL score when proportions are given."""
+    confusion = np.asarray(confusion, dtype=np.int64)
+    kept = [c for c in range(len(class_names)) if c not in set(ignore_classes)]
+    matrix = confusion[np.ix_(kept, kept)]  # pixels of ignored truth or ignored prediction drop out
+    true_positive = np.diag(matrix).astype(np.float64)
+    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    union = support + predicted - true_positive
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, true_positive / union, 0.0)
+        precision = np.where(predicted > 0, true_positive / predicted, 0.0)
+        recall = np.where(support > 0, true_positive / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    present = union > 0
+    names = [class_names[c] for c in kept]
+    result = {"pixel_accuracy": float(true_positive.sum() / max(matrix.sum(), 1)),
+              "miou": float(iou[present].mean()) if present.any() else 0.0,
+              "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
+              "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
+              "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+              "per_class": per_class_table(names, support, precision, recall, f1, iou),
+              "confusion_matrix": matrix.tolist(), "class_names": names}
+    result["accuracy"] = result["pixel_accuracy"]
+    if true_proportions is not None:
+        result["kl_score"] = kl_score(true_proportions, predicted_proportions, ignore_classes)
+    return result
+
+
+def distribution_metrics(true_proportions, predicted_proportions, class_names, ignore_classes=()) -> dict:
+    """For the distribution head: the KL score, and how often the dominant class is right."""
+    true_proportions, predicted_proportions = np.asarray(true_proportions), np.asarray(predicted_proportions)
+    kept = [c for c in range(len(class_names)) if c not in set(ignore_classes)]
+    dominant_true = true_proportions[:, kept].argmax(axis=1)
+    dominant_pred = predicted_proportions[:, kept].argmax(axis=1)
+    return {"kl_score": kl_score(true_proportions, predicted_proportions, ignore_classes),
+            "dominant_class_accuracy": float(accuracy_score(dominant_true, dominant_pred)),
+            "mean_absolute_proportion_error": float(np.abs(true_proportions[:, kept] - predicted_proportions[:, kept]).mean()),
+            "class_names": [class_names[c] for c in kept]}

@@ -1,0 +1,7 @@
+"""Comparison reports (markdown and HTML) from a results store."""
+
+
+def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budget_ms=None):
+    from zoo.report.render import write_report as _write
+
+    return _write(out_dir, formats=formats, report_dir=report_dir, latency_budget_ms=latency_budget_ms)

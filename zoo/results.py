@@ -1,0 +1,119 @@
+"""The results store: one folder per run and results.csv, an index rebuilt from those folders.
+
+Every file is written atomically (temporary file, fsync, rename), so a suite killed at any
+moment leaves either the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+RESULTS_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+# Column -> meaning. Empty cells mean "does not apply" (e.g. miou for classification).
+RESULT_COLUMNS = {
+    "run_id": "unique run name: dataset-backbone-head[-swept=value]-s<seed>-<config hash>",
+    "suite": "suite name",
+    "dataset": "dataset name",
+    "task": "classification | segmentation | distribution",
+    "backbone": "backbone name",
+    "head": "head name",
+    "weights": "none | imagenet | weights file",
+    "trainable": "frozen | all | top:N (then '+finetune top:N' when a second phase ran)",
+    "seed": "random seed",
+    "swept": "the swept train keys of this run, as key=value;...",
+    "status": "ok | failed",
+    "error": "why the run failed (empty when ok)",
+    "accuracy": "test accuracy (pixel accuracy for segmentation)",
+    "top5_accuracy": "test top-5 accuracy (classification, more than 2 classes)",
+    "macro_precision": "test precision averaged over classes",
+    "macro_recall": "test recall averaged over classes",
+    "macro_f1": "test F1 averaged over classes",
+    "miou": "test mean IoU over non-ignored classes (segmentation)",
+    "kl_score": "land-cover KL score of class proportions, lower is better (segmentation, distribution)",
+    "accuracy_smoothed": "test accuracy after smoothing along tracks (datasets with tracks)",
+    "train_seconds": "wall-clock seconds of all training epochs, both phases",
+    "first_epoch_seconds": "seconds of the first epoch, which includes tracing and compilation",
+    "epoch_seconds": "median seconds of the later epochs (empty with a single epoch)",
+    "eval_seconds": "seconds to predict the whole test split",
+    "images_per_second": "inference throughput at the run's batch size, after warm-up",
+    "latency_ms": "median inference latency of one image (batch 1), after warm-up",
+    "params": "total parameters",
+    "trainable_params": "trainable parameters in the (last) training phase",
+    "model_megabytes": "size of the saved .keras model on disk",
+    "epochs_run": "epochs actually trained (early stopping may cut them)",
+    "batch_size": "batch size (global, across replicas)",
+    "image_size": "input height and width in pixels",
+    "device": "device the run trained on (GPU name or CPU model, with count)",
+    "precision": "float32 | mixed_float16 | mixed_bfloat16",
+    "finished_at": "UTC time the run ended",
+}
+
+
+def write_atomic(path, content) -> None:
+    """Write text or bytes to ``path`` so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = content.encode() if isinstance(content, str) else content
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are for sharing
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path, value) -> None:
+    write_atomic(path, json.dumps(value, indent=2, default=_to_plain) + "\n")
+
+
+def _to_plain(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def read_result(run_dir) -> dict | None:
+    """The results row a finished run wrote last, or None if it has not finished."""
+    path = Path(run_dir) / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def write_results_csv(out_dir, run_ids) -> Path:
+    """Rebuild OUT/results.csv from the run folders of ``run_ids`` (finished ones only)."""
+    import pandas as pd
+
+    rows = [row for row in (read_result(Path(out_dir) / "runs" / run_id) for run_id in run_ids) if row]
+    frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    path = Path(out_dir) / "results.csv"
+    write_atomic(path, frame.to_csv(index=False))
+    return path
+
+
+def read_results(out_dir):
+    """OUT/results.csv as a pandas DataFrame (with the documented columns)."""
+    import pandas as pd
+
+    path = Path(out_dir) / "results.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `zoo run SUITE --out {out_dir}` first")
+    return pd.read_csv(path, dtype={"error": str, "swept": str})
