@@ -122,3 +122,11 @@ def test_baseline_cnn_is_the_dog_breed_baseline():
     assert [c.filters for c in convs] == [32, 64, 64, 64]
     assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 4
     assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers) == 4
+
+
+def test_batchnorm_momentum_reaches_nested_backbone_layers():
+    model = build_model("mobilenet_v2", "unet", 3, (64, 64, 3), batchnorm_momentum=0.9)
+    momenta = {layer.momentum for layer in model.get_layer("backbone").layers
+               if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}
+    assert {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)} <= {0.9}

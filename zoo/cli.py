@@ -69,6 +69,15 @@ def cmd_run(args) -> int:
                      report=not args.no_report)
 
 
+def cmd_report(args) -> int:
+    from zoo.report import write_report
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    for path in write_report(args.out, formats=formats, report_dir=args.o, latency_budget_ms=args.latency_budget):
+        print(path)
+    return 0
+
+
 def cmd_predict(args) -> int:
     from zoo.harness.runner import predict_images
 
@@ -108,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--in-process", action="store_true",
                      help="run in this process (debugging; a hard crash then stops the suite)")
     run.set_defaults(func=cmd_run)
+
+    report = commands.add_parser("report", help="write markdown/HTML comparison reports from a results folder")
+    report.add_argument("out", help="the folder `zoo run` wrote (holding results.csv)")
+    report.add_argument("--format", default="md,html", help="md, html or both (default md,html)")
+    report.add_argument("-o", metavar="DIR", help="report folder (default: reports/<suite name>)")
+    report.add_argument("--latency-budget", type=float, metavar="MS", help="also name the best model within this latency")
+    report.set_defaults(func=cmd_report)
 
     predict = commands.add_parser("predict", help="classify image files with a finished run's model")
     predict.add_argument("run_dir", help="a run folder: OUT/runs/<run_id>")

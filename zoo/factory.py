@@ -74,8 +74,29 @@ def set_trainable(model, trainable: str) -> None:
         layer.trainable = index >= first_trainable and not is_batch_norm
 
 
+def set_batchnorm_momentum(model, momentum: float) -> int:
+    """Set the momentum of every BatchNormalization layer (nested ones too); returns how many.
+
+    Keras applications use 0.99-0.999, tuned for ImageNet's million steps; trained from
+    scratch for a few hundred steps, their moving statistics stay far from the batch
+    statistics and evaluation collapses while training accuracy is high.
+    """
+    import keras
+
+    def walk(layer):
+        yield layer
+        for inner in getattr(layer, "layers", []):
+            yield from walk(inner)
+
+    layers = [layer for layer in walk(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.momentum = float(momentum)
+    return len(layers)
+
+
 def build_model(backbone: str, head: str, num_classes: int, input_shape, weights=None,
-                trainable: str = "all", backbone_options: dict | None = None):
+                trainable: str = "all", backbone_options: dict | None = None,
+                batchnorm_momentum: float | None = None):
     """Assemble ``backbone`` and ``head`` into one ``keras.Model``.
 
     Args:
@@ -87,6 +108,8 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
             (3-channel files are adapted to other channel counts).
         trainable: ``"all"``, ``"frozen"`` or ``"top:N"``.
         backbone_options: extra arguments of the backbone's builder (e.g. ``depth`` of ``unet``).
+        batchnorm_momentum: if given, the momentum of every BatchNorm layer (see
+            :func:`set_batchnorm_momentum`); None keeps each model's own.
 
     The backbone is a nested model named ``"backbone"``; the output is float32 softmax.
     """
@@ -113,4 +136,6 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
     outputs = head_spec.build(features, num_classes, input_shape)
     model = keras.Model(inputs, outputs, name=f"{backbone}_{head}")
     set_trainable(model, trainable)
+    if batchnorm_momentum is not None:
+        set_batchnorm_momentum(model, batchnorm_momentum)
     return model

@@ -26,7 +26,7 @@ SUITE_DEFAULTS = {
     "datasets": None,          # required: card names or inline entries (source: folder, path: ...)
     "backbones": ["baseline_cnn"],  # names or glob patterns
     "heads": ["linear"],
-    "weights": "none",         # none | imagenet | path to a backbone weights file
+    "weights": "none",         # none | imagenet (from-scratch baselines then stay none) | path to a weights file
     "trainable": "all",        # frozen | all | top:N (first phase when finetune is set)
     "backbone_options": {},    # extra builder arguments, e.g. {depth: 2} for unet
     "seeds": [0],
@@ -52,6 +52,7 @@ TRAIN_DEFAULTS = {
     "cache": "none",               # none | memory | disk: cache decoded, resized images
     "cache_features": "auto",      # auto | true | false: train heads on cached frozen-backbone features
     "steps_per_epoch": None,       # cap batches per epoch (quick checks); None = whole split
+    "batchnorm_momentum": None,    # None keeps each model's own; 0.9 suits short from-scratch training
     "split": None,                 # per-run override of the dataset's split fractions
 }
 FINETUNE_DEFAULTS = {"trainable": "top:20", "epochs": 4, "learning_rate": 1e-5}
@@ -157,6 +158,9 @@ def validate_train(train: dict, where: str) -> None:
             raise ConfigError(f"{where}.{key} must be a positive whole number, got {train[key]!r}")
     if not isinstance(train["learning_rate"], (int, float)) or train["learning_rate"] <= 0:
         raise ConfigError(f"{where}.learning_rate must be a positive number, got {train['learning_rate']!r}")
+    momentum = train["batchnorm_momentum"]
+    if momentum is not None and not (isinstance(momentum, (int, float)) and 0 < momentum < 1):
+        raise ConfigError(f"{where}.batchnorm_momentum must be a number between 0 and 1 or null, got {momentum!r}")
     if not isinstance(train["early_stopping"], int) or train["early_stopping"] < 0:
         raise ConfigError(f"{where}.early_stopping is a patience in epochs (0 = off), got {train['early_stopping']!r}")
     steps = [s for s in str(train["preprocessing"]).split("+") if s and s != "none"]
@@ -217,11 +221,6 @@ def expand_suite(suite: dict) -> list[RunSpec]:
     weights = str(suite["weights"])
     if weights not in ("none", "imagenet") and not Path(weights).expanduser().is_file():
         raise ConfigError(f"weights: {weights!r} is neither none, imagenet nor an existing weights file")
-    if weights == "imagenet":
-        without = [b for b in backbones if not BACKBONES.get(b).has_imagenet_weights]
-        if without:
-            raise ConfigError(f"weights: imagenet, but {', '.join(without)} have no ImageNet weights; "
-                              f"list them in a suite with weights: none")
     seeds = [int(s) for s in _as_list(suite["seeds"])]
 
     swept_keys = [k for k, v in suite["train"].items() if isinstance(v, (list, tuple)) and k != "split"]
@@ -249,14 +248,18 @@ def expand_suite(suite: dict) -> list[RunSpec]:
                     check_input_shape(BACKBONES.get(backbone), (train["image_size"], train["image_size"], 3))
                 except IncompatibleError as error:
                     raise ConfigError(f"suite: {error}") from None
+                # From-scratch baselines have no ImageNet weights: with weights: imagenet they
+                # train from scratch beside the pretrained backbones, and their rows say so.
+                run_weights = "none" if weights == "imagenet" and not BACKBONES.get(backbone).has_imagenet_weights \
+                    else weights
                 for seed in seeds:
-                    resolved = {"dataset": dataset, "backbone": backbone, "head": head, "weights": weights,
+                    resolved = {"dataset": dataset, "backbone": backbone, "head": head, "weights": run_weights,
                                 "trainable": suite["trainable"], "seed": seed, "train": train,
                                 "finetune": suite["finetune"], "postprocess": suite["postprocess"],
                                 "backbone_options": suite["backbone_options"]}
                     run_id = make_run_id(dataset["name"], backbone, head, seed, swept, resolved)
                     runs.append(RunSpec(run_id=run_id, suite=suite["name"], dataset=dataset, backbone=backbone,
-                                        head=head, weights=weights, trainable=suite["trainable"], seed=seed,
+                                        head=head, weights=run_weights, trainable=suite["trainable"], seed=seed,
                                         train=train, finetune=suite["finetune"], postprocess=suite["postprocess"],
                                         backbone_options=suite["backbone_options"] or {},
                                         plugins=[str(Path(p).resolve()) if str(p).endswith(".py") else p

@@ -162,7 +162,8 @@ class Run:
             self.model = build_model(self.spec["backbone"], self.spec["head"], self.info.num_classes,
                                      (size, size, channels), weights=None if self.spec["weights"] == "none"
                                      else self.spec["weights"], trainable=self.spec["trainable"],
-                                     backbone_options=self.spec["backbone_options"])
+                                     backbone_options=self.spec["backbone_options"],
+                                     batchnorm_momentum=self.train.get("batchnorm_momentum"))
 
     def compile(self, learning_rate, epochs):
         import keras

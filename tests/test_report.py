@@ -1,0 +1,110 @@
+"""Reports rendered from a results store made by a real tiny suite."""
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from zoo.cli import main
+from zoo.harness.runner import run_suite
+from zoo.harness.suite import load_suite
+from zoo.report.figures import pareto_front
+
+HERE = Path(__file__).parent
+NASTY = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(["plain", NASTY]):
+        folder = root / "images" / name
+        folder.mkdir(parents=True)
+        for index in range(16):
+            pixels = np.full((16, 16, 3), 60 + 120 * label, np.uint8) + rng.integers(0, 30, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{index}.png")
+    suite = load_suite({"name": "report-test", "description": "a tiny suite <b>for</b> the report tests",
+                        "datasets": [{"name": "tiles", "source": "folder", "path": str(root / "images"),
+                                      "split": {"val": 0.25, "test": 0.25}}],
+                        "backbones": ["baseline_cnn", "nan_backbone"], "heads": ["linear"], "seeds": [0, 1],
+                        "plugins": [str(HERE / "plugin_faults.py")],
+                        "train": {"image_size": 16, "batch_size": 8, "epochs": 2}})
+    out = root / "out"
+    assert run_suite(suite, out, isolate=False, report=False, log=lambda *_: None) == 1  # nan_backbone fails
+    report_dir = root / "report"
+    assert main(["report", str(out), "-o", str(report_dir), "--latency-budget", "50"]) == 0
+    return out, report_dir
+
+
+def markdown_table(text, header_start):
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))])))
+    return rows
+
+
+def test_leaderboard_numbers_equal_the_results_table(store):
+    out, report_dir = store
+    results = pd.read_csv(out / "results.csv")
+    ok = results[results["status"] == "ok"]
+    board = markdown_table((report_dir / "report.md").read_text(), "| rank | model | accuracy")
+    assert len(board) == 1 and board[0]["model"] == "baseline_cnn/linear" and board[0]["seeds"] == "2"
+    accuracy = ok["accuracy"].to_numpy()
+    assert board[0]["accuracy"] == f"{accuracy.mean():.4f} ± {accuracy.std(ddof=1):.4f}"
+    latency = ok["latency_ms"].to_numpy()
+    assert board[0]["latency ms"] == f"{latency.mean():.2f} ± {latency.std(ddof=1):.2f}"
+    assert board[0]["params"] == f"{int(ok['params'].iloc[0]):,}"
+
+
+def test_report_has_per_class_tables_figures_recommendation_and_failures(store):
+    out, report_dir = store
+    text = (report_dir / "report.md").read_text()
+    assert "Best accuracy: **baseline_cnn/linear**" in text
+    assert "Best within the 50 ms latency budget" in text
+    per_class = markdown_table(text, "| class | images | proportion")
+    assert [row["class"] for row in per_class] == sorted(["plain", NASTY])  # folder names, sorted
+    assert "### Failed runs" in text and "nan_backbone/linear" in text and "NaN" in text
+    for name in re.findall(r"\]\((figures/[^)]+)\)", text):
+        assert (report_dir / name).is_file()
+    assert len(list((report_dir / "figures").glob("confusion-*.png"))) == 2
+
+
+def test_html_escapes_everything_from_data_and_is_self_contained(store):
+    _, report_dir = store
+    page = (report_dir / "report.html").read_text()
+    assert NASTY not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "<b>for</b>" not in page and "&lt;b&gt;for&lt;/b&gt;" in page
+    assert 'src="data:image/png;base64,' in page and 'src="figures/' not in page
+
+
+def test_pareto_front():
+    points = [(0.9, 100), (0.8, 500), (0.7, 50), (0.85, 500)]
+    assert sorted(pareto_front(points)) == [0, 3]
+    assert sorted(pareto_front([(0.2, 10), (0.5, 20)], higher_is_better=False)) == [0, 1]
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Chromium is not installed (.ci/run installs it)")
+def test_html_opens_in_headless_chromium(store, tmp_path):
+    _, report_dir = store
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    url = (report_dir / "report.html").resolve().as_uri()
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True, text=True, timeout=90)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Uncaught" not in dom.stderr and "Leaderboard" in dom.stdout and 'class="leaderboard"' in dom.stdout
+    screenshot = tmp_path / "report.png"
+    shot = subprocess.run(["chromium", *flags, f"--screenshot={screenshot}", "--window-size=1280,2400", url],
+                          capture_output=True, text=True, timeout=90)
+    assert shot.returncode == 0 and screenshot.stat().st_size > 20_000, shot.stderr[-2000:]
+    assert Image.open(screenshot).size == (1280, 2400)

@@ -1,0 +1,82 @@
+"""Report figures (matplotlib, no display needed): confusion matrices, training curves,
+score against inference throughput with the Pareto front."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(figure, path):
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def confusion_heatmap(matrix, class_names, title, path):
+    matrix = np.asarray(matrix, dtype=float)
+    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = min(12, 4.5 + 0.3 * len(class_names))
+    figure, axes = plt.subplots(figsize=(size, size * 0.85))
+    image = axes.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    if len(class_names) <= 30:
+        axes.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
+        axes.set_yticks(range(len(class_names)), class_names, fontsize=8)
+        if len(class_names) <= 12:
+            for (row, column), value in np.ndenumerate(matrix):
+                axes.text(column, row, f"{int(value)}", ha="center", va="center", fontsize=7,
+                          color="white" if normalised[row, column] > 0.5 else "black")
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
+    return _save(figure, path)
+
+
+def training_curves(histories: dict, metric: str, title, path):
+    """histories: label -> DataFrame of history.csv."""
+    figure, (loss_axes, metric_axes) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, history in histories.items():
+        line, = loss_axes.plot(history["epoch"] + 1, history["loss"], label=label)
+        if "val_loss" in history:
+            loss_axes.plot(history["epoch"] + 1, history["val_loss"], "--", color=line.get_color())
+        if metric in history:
+            metric_axes.plot(history["epoch"] + 1, history[metric], color=line.get_color())
+            if f"val_{metric}" in history:
+                metric_axes.plot(history["epoch"] + 1, history[f"val_{metric}"], "--", color=line.get_color())
+    loss_axes.set(xlabel="epoch", ylabel="loss (solid: train, dashed: validation)")
+    metric_axes.set(xlabel="epoch", ylabel=metric)
+    loss_axes.legend(fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    return _save(figure, path)
+
+
+def pareto_front(points, higher_is_better=True):
+    """Indices of points (score, speed) no other point beats on both (speed: higher is better)."""
+    front = []
+    for i, (score, speed) in enumerate(points):
+        better = lambda a, b: a >= b if higher_is_better else a <= b  # noqa: E731
+        dominated = any(better(s2, score) and sp2 >= speed and (s2 != score or sp2 != speed)
+                        for j, (s2, sp2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def score_vs_speed(labels, scores, speeds, metric, higher_is_better, title, path):
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    axes.scatter(speeds, scores, color="tab:blue")
+    for label, x, y in zip(labels, speeds, scores):
+        axes.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    front = sorted(pareto_front(list(zip(scores, speeds)), higher_is_better), key=lambda i: speeds[i])
+    if front:
+        axes.plot([speeds[i] for i in front], [scores[i] for i in front], "-o", color="tab:red",
+                  label="Pareto front: nothing is both better and faster")
+        axes.legend(fontsize=7)
+    axes.set_xscale("log")
+    axes.set(xlabel="inference images/s (log scale)", ylabel=f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
+    axes.set_title(title, fontsize=9)
+    return _save(figure, path)
