@@ -132,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     from zoo.data.commands import add_data_commands
+    from zoo.harness.speed import add_speed_command
 
     add_data_commands(commands)
+    add_speed_command(commands)
 
     return parser
 

@@ -39,6 +39,8 @@ RESULT_COLUMNS = {
     "first_epoch_seconds": "seconds of the first epoch, which includes tracing and compilation",
     "epoch_seconds": "median seconds of the later epochs (empty with a single epoch)",
     "eval_seconds": "seconds to predict the whole test split",
+    "features": "off | computed | reused: whether the head trained on cached frozen-backbone features",
+    "feature_seconds": "seconds to compute the cached features (0 when reused; not part of train_seconds)",
     "images_per_second": "inference throughput at the run's batch size, after warm-up",
     "latency_ms": "median inference latency of one image (batch 1), after warm-up",
     "params": "total parameters",

@@ -1,5 +1,6 @@
 """Datasets: cards, sources, split carving and the tf.data input pipeline."""
 from zoo.data.cards import DATASETS
 from zoo.data.sources import SOURCES, DatasetInfo, Source, open_source, resolve_dataset_config
+from zoo.data import tracks  # noqa: F401,E402  (registers the track sources)
 
 __all__ = ["DATASETS", "SOURCES", "DatasetInfo", "Source", "open_source", "resolve_dataset_config"]

@@ -48,6 +48,14 @@ class Source:
         """Class index per example (classification), for stratified carving; None otherwise."""
         return None
 
+    def groups(self, split: str) -> np.ndarray | None:
+        """A group per example that splits must not cut (e.g. a track); None if independent."""
+        return None
+
+    def tracks(self, split: str, indices=None) -> dict | None:
+        """track_id, position and point_id per example, for sources whose points lie on tracks."""
+        return None
+
     def examples(self, split: str, indices=None):
         """A tf.data.Dataset of (image, target) for ``split``, restricted to ``indices`` if given."""
         raise NotImplementedError

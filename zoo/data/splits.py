@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from zoo.errors import ConfigError
 
 DEFAULT_FRACTIONS = {"val": 0.15, "test": 0.15}
 
 
-def _split(indices, fraction, labels, seed):
+def _split(indices, fraction, labels, seed, groups=None):
+    if groups is not None:
+        # Whole groups (tracks) go to one side, so smoothing along a track sees all of it.
+        keep, carved = next(GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+                            .split(indices, groups=groups[indices]))
+        return indices[keep], indices[carved]
     stratify = labels[indices] if labels is not None else None
     try:
         return train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
@@ -19,11 +24,13 @@ def _split(indices, fraction, labels, seed):
 
 
 def plan_splits(labelled_splits: dict[str, int], fractions: dict | None, seed: int,
-                labels: dict[str, np.ndarray | None]) -> dict[str, tuple[str, np.ndarray | None]]:
+                labels: dict[str, np.ndarray | None], groups: np.ndarray | None = None
+                ) -> dict[str, tuple[str, np.ndarray | None]]:
     """Map train/val/test to (source split, indices or None for all of it).
 
     ``labelled_splits``: the source's splits that have targets, with their sizes.
     ``fractions``: {"val": f, "test": f}, used only for the splits the source lacks.
+    ``groups``: for the train split, a group per example (a track) that carving keeps whole.
     """
     fractions = {**DEFAULT_FRACTIONS, **(fractions or {})}
     unknown = set(fractions) - set(DEFAULT_FRACTIONS)
@@ -43,7 +50,7 @@ def plan_splits(labelled_splits: dict[str, int], fractions: dict | None, seed: i
             continue
         # Fractions are of the whole source split, so val 0.15 / test 0.15 leaves train 0.70.
         fraction = float(fractions[name]) * labelled_splits["train"] / len(pool)
-        pool, carved = _split(pool, fraction, train_labels, seed)
+        pool, carved = _split(pool, fraction, train_labels, seed, groups)
         plan[name] = ("train", np.sort(carved))
     plan["train"] = ("train", None if len(pool) == labelled_splits["train"] else np.sort(pool))
     for name, (_, indices) in plan.items():

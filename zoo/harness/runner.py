@@ -64,8 +64,12 @@ def run_one(run: RunSpec, runs_dir: Path, isolate: bool) -> dict:
     return row
 
 
+def _log(message):
+    print(message, flush=True)
+
+
 def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False, isolate: bool = True,
-              report: bool = True, log=print) -> int:
+              report: bool = True, log=_log) -> int:
     """Run every run of ``suite`` not yet finished; 0 if all succeeded, 1 if any failed."""
     out_dir = Path(out_dir)
     runs = expand_suite(suite)

@@ -56,6 +56,9 @@ TRAIN_DEFAULTS = {
     "split": None,                 # per-run override of the dataset's split fractions
 }
 FINETUNE_DEFAULTS = {"trainable": "top:20", "epochs": 4, "learning_rate": 1e-5}
+POSTPROCESS_DEFAULTS = {"method": "hmm", "window": 5, "switch_penalty": 4.0,
+                        "transitions": None}  # None: switch_penalty; "estimate": counted on training tracks
+TRACK_SOURCES = ("tracks", "synthetic_tracks")
 CHOICES = {
     "optimizer": ("adam", "adamw", "sgd", "rmsprop", "nadam"),
     "lr_schedule": ("constant", "cosine", "plateau"),
@@ -197,6 +200,15 @@ def load_suite(path_or_dict, overrides: list[str] | None = None) -> dict:
     if suite["finetune"] is not None:
         _unknown_keys(suite["finetune"], FINETUNE_DEFAULTS, "finetune")
         suite["finetune"] = {**FINETUNE_DEFAULTS, **suite["finetune"]}
+    if suite["postprocess"] is not None:
+        _unknown_keys(suite["postprocess"], POSTPROCESS_DEFAULTS, "postprocess")
+        post = suite["postprocess"] = {**POSTPROCESS_DEFAULTS, **suite["postprocess"]}
+        if post["method"] not in ("window", "hmm"):
+            raise ConfigError(f"postprocess.method: {post['method']!r} is not allowed; use window or hmm")
+        if not isinstance(post["window"], int) or post["window"] < 1 or post["window"] % 2 == 0:
+            raise ConfigError(f"postprocess.window must be an odd whole number, got {post['window']!r}")
+        if post["transitions"] not in (None, "estimate"):
+            raise ConfigError("postprocess.transitions: use null (switch_penalty) or estimate (from training tracks)")
     return suite
 
 
@@ -230,6 +242,9 @@ def expand_suite(suite: dict) -> list[RunSpec]:
     for entry in _as_list(suite["datasets"]):
         dataset = resolve_dataset_config({"name": entry} if isinstance(entry, str) else entry)
         task = dataset.get("task") or _folder_task(dataset)
+        if suite["postprocess"] and dataset.get("source") not in TRACK_SOURCES:
+            raise ConfigError(f"postprocess smooths predictions along tracks, but dataset {dataset['name']!r} has "
+                              f"none; use synthetic_tracks or `source: tracks` with a track manifest")
         # A head goes with the datasets of its task: classification heads with classification
         # data; segmentation and distribution heads with segmentation masks.
         wanted = ("classification",) if task == "classification" else ("segmentation", "distribution")
@@ -252,6 +267,11 @@ def expand_suite(suite: dict) -> list[RunSpec]:
                 # train from scratch beside the pretrained backbones, and their rows say so.
                 run_weights = "none" if weights == "imagenet" and not BACKBONES.get(backbone).has_imagenet_weights \
                     else weights
+                if train["cache_features"] is True and not (suite["trainable"] == "frozen" and not suite["finetune"]
+                                                             and not train["augment"]):
+                    raise ConfigError("train.cache_features: true needs trainable: frozen, no finetune and "
+                                      "augment: false (otherwise the backbone's features change every epoch); "
+                                      "use auto to cache only where it applies")
                 for seed in seeds:
                     resolved = {"dataset": dataset, "backbone": backbone, "head": head, "weights": run_weights,
                                 "trainable": suite["trainable"], "seed": seed, "train": train,

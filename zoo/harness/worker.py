@@ -75,6 +75,27 @@ def head_task(head: str) -> str:
     return HEADS.get(head).task
 
 
+LOGICAL_CPUS_ENV = "ZOO_LOGICAL_CPUS"
+
+
+def choose_strategy():
+    """MirroredStrategy over all GPUs when there are several, else the default strategy.
+
+    With ZOO_LOGICAL_CPUS=N (N > 1) the CPU is split into N logical devices and mirrored
+    over, which exercises the multi-device path on a machine without GPUs.
+    """
+    import tensorflow as tf
+
+    logical_cpus = int(os.environ.get(LOGICAL_CPUS_ENV, "0") or 0)
+    if logical_cpus > 1 and not tf.config.list_physical_devices("GPU"):
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+        return tf.distribute.MirroredStrategy([f"/cpu:{index}" for index in range(logical_cpus)])
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
 class Run:
     """Everything one run needs, resolved from its run.json."""
 
@@ -98,7 +119,8 @@ class Run:
         fractions = self.train.get("split") or self.spec["dataset"].get("split")
         labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
         self.plan = plan_splits(labelled, fractions, self.spec["seed"],
-                                {"train": self.source.labels("train") if "train" in labelled else None})
+                                {"train": self.source.labels("train") if "train" in labelled else None},
+                                groups=self.source.groups("train"))
         sizes = {name: (len(idx) if idx is not None else labelled[split]) for name, (split, idx) in self.plan.items()}
         train_counts = class_counts(self.source, *self.plan["train"], info.num_classes)
         write_json(self.dir / "split.json", {"seed": self.spec["seed"], "sizes": sizes,
@@ -133,6 +155,7 @@ class Run:
 
         from zoo.data.pipeline import build_pipeline as build_pipeline_for
 
+        self.make_pipeline = pipeline
         self.pipelines = {name: pipeline(name, name == "train") for name in ("train", "val", "test")}
 
     # -- model ----------------------------------------------------------------------
@@ -147,8 +170,7 @@ class Run:
         if self.train["precision"] == "mixed":
             self.precision = "mixed_float16" if gpus else "mixed_bfloat16"
             keras.mixed_precision.set_global_policy(self.precision)
-        self.strategy = (tf.distribute.MirroredStrategy() if len(tf.config.list_logical_devices("GPU")) > 1
-                         else tf.distribute.get_strategy())
+        self.strategy = choose_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.global_batch = self.train["batch_size"] * self.replicas
         self.device = describe_device()
@@ -165,6 +187,16 @@ class Run:
                                      backbone_options=self.spec["backbone_options"],
                                      batchnorm_momentum=self.train.get("batchnorm_momentum"))
 
+    def predictor(self):
+        """model(x) as one compiled function: correct under any distribution strategy (Keras's
+        predict_on_batch under MirroredStrategy returns one copy of the batch per replica)."""
+        import tensorflow as tf
+
+        if getattr(self, "_predict", None) is None:
+            model = self.model
+            self._predict = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+        return lambda images: np.asarray(self._predict(images))
+
     def compile(self, learning_rate, epochs):
         import keras
 
@@ -175,7 +207,7 @@ class Run:
         metrics = {"classification": ["accuracy"], "segmentation": [], "distribution": []}[self.task]
         weighted = ["accuracy"] if self.task == "segmentation" else None
         with self.strategy.scope():
-            self.model.compile(optimizer=make_optimizer(self.train["optimizer"], schedule),
+            self.trained_model.compile(optimizer=make_optimizer(self.train["optimizer"], schedule),
                                loss=make_loss(self.task, self.train["loss"]), metrics=metrics,
                                weighted_metrics=weighted, jit_compile=bool(self.train["xla"]))
 
@@ -199,7 +231,8 @@ class Run:
         return callbacks
 
     def fit(self, epochs, initial_epoch=0, append=False):
-        history = self.model.fit(self.pipelines["train"], validation_data=self.pipelines["val"],
+        train, val = self.fit_data
+        history = self.trained_model.fit(train, validation_data=val,
                                  epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
                                  steps_per_epoch=self.train["steps_per_epoch"], class_weight=self.class_weight_dict,
                                  callbacks=self.callbacks(append), verbose=2)
@@ -213,12 +246,13 @@ class Run:
     def evaluate(self) -> dict:
         from zoo import metrics
 
+        predict = self.predictor()
         start = time.perf_counter()
         names, ignore = self.info.class_names, self.info.ignore_classes
         if self.task == "classification":
             truth, probabilities = [], []
             for images, labels in self.pipelines["test"]:
-                probabilities.append(np.asarray(self.model.predict_on_batch(images)))
+                probabilities.append(predict(images))
                 labels = np.asarray(labels)
                 truth.append(labels.argmax(axis=-1) if labels.ndim == 2 else labels)
             y_true, y_prob = np.concatenate(truth), np.concatenate(probabilities)
@@ -229,7 +263,7 @@ class Run:
             confusion = np.zeros((len(names), len(names)), dtype=np.int64)
             masks, predicted, true_props, predicted_props = [], [], [], []
             for images, batch_masks, _ in self.pipelines["test"]:
-                probabilities = np.asarray(self.model.predict_on_batch(images))
+                probabilities = predict(images)
                 batch_masks = np.asarray(batch_masks)
                 batch_pred = probabilities.argmax(axis=-1)
                 confusion += metrics.pixel_confusion(batch_masks, batch_pred, len(names))
@@ -246,7 +280,7 @@ class Run:
         else:
             truth, predicted = [], []
             for images, proportions in self.pipelines["test"]:
-                predicted.append(np.asarray(self.model.predict_on_batch(images)))
+                predicted.append(predict(images))
                 truth.append(np.asarray(proportions))
             y_true, y_pred = np.concatenate(truth), np.concatenate(predicted)
             eval_seconds = time.perf_counter() - start
@@ -264,6 +298,20 @@ class Run:
         self.build()
         self.open_data()
         self.make_model()
+        # What fit trains: the full model, or only the head on cached frozen-backbone features.
+        self.trained_model, self.fit_data = self.model, (self.pipelines["train"], self.pipelines["val"])
+        self.feature_cache = None
+        from zoo.harness import features
+
+        if features.wanted(self.spec):
+            from zoo.backbones import BACKBONES
+            from zoo.heads import HEADS
+
+            with self.strategy.scope():
+                self.feature_cache = features.prepare(self, HEADS.get(self.spec["head"]),
+                                                      BACKBONES.get(self.spec["backbone"]))
+            self.trained_model = self.feature_cache["head_model"]
+            self.fit_data = (self.feature_cache["train"], self.feature_cache["val"])
         self.compile(self.train["learning_rate"], self.train["epochs"])
         epochs_run = self.fit(self.train["epochs"])
         trainable = self.spec["trainable"]
@@ -272,28 +320,64 @@ class Run:
             from zoo.factory import set_trainable
 
             self.restore_best()
-            set_trainable(self.model, finetune["trainable"])
+            set_trainable(self.model, finetune["trainable"])  # never with cached features (features.applies)
             self.compile(finetune["learning_rate"], finetune["epochs"])
             epochs_run += self.fit(finetune["epochs"], initial_epoch=epochs_run, append=True)
             trainable = f"{trainable}+finetune {finetune['trainable']}"
         self.restore_best()
         result, predictions = self.evaluate()
+        if self.spec.get("postprocess"):
+            self.smooth(result, predictions)
 
         from zoo.harness.timing import inference_speed
 
         size = self.train["image_size"]
-        speed = inference_speed(self.model, (size, size, self.info.channels), self.global_batch)
+        speed = inference_speed(self.predictor(), (size, size, self.info.channels), self.global_batch)
         model_path = self.dir / "model.keras"
         self.model.save(model_path)
         np.savez_compressed(self.dir / "predictions.npz", **predictions)
         result.update(self.timer.summary(), **speed)
+        cache = self.feature_cache
+        result["features"] = "off" if cache is None else ("reused" if cache["reused"] else "computed")
+        result["feature_seconds"] = None if cache is None else cache["seconds"]
         write_json(self.dir / "metrics.json", result)
         return self.row("ok", "", result, epochs_run, trainable, model_path)
+
+    def smooth(self, result, predictions):
+        """Smooth test predictions along their tracks; metrics before stay, after go to 'smoothed'."""
+        from zoo import metrics
+        from zoo.postprocess import estimate_transitions, smooth_tracks
+
+        params = dict(self.spec["postprocess"])
+        method = params.pop("method")
+        if params.pop("transitions") == "estimate":
+            train = self.source.tracks(*self.plan["train"])
+            labels = self.source.labels(self.plan["train"][0])
+            labels = labels if self.plan["train"][1] is None else labels[self.plan["train"][1]]
+            params["transitions"] = estimate_transitions(labels, train["track_id"], train["position"],
+                                                         self.info.num_classes)
+        if method == "window":
+            params.pop("switch_penalty"), params.pop("transitions", None)
+        else:
+            params.pop("window")
+        tracks = self.source.tracks(*self.plan["test"])
+        smoothed = smooth_tracks(predictions["probabilities"], tracks["track_id"], tracks["position"], method,
+                                 point_ids=tracks["point_id"], **params)
+        after = metrics.classification_metrics(predictions["y_true"], np.eye(self.info.num_classes)[smoothed],
+                                               self.info.class_names)
+        result["smoothed"] = {k: after[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1",
+                                                     "per_class", "confusion_matrix")}
+        result["accuracy_smoothed"] = after["accuracy"]
+        predictions["y_pred_smoothed"] = smoothed
 
     def restore_best(self):
         best = self.dir / "best.weights.h5"
         if best.is_file() and not self.train["early_stopping"]:
-            self.model.load_weights(best)  # early stopping already restored the best epoch
+            self.trained_model.load_weights(best)  # early stopping already restored the best epoch
+        if self.trained_model is not self.model:
+            from zoo.harness.features import copy_head_weights
+
+            copy_head_weights(self.trained_model, self.model)
 
     def row(self, status, error, result, epochs_run, trainable, model_path) -> dict:
         import keras
@@ -310,7 +394,7 @@ class Run:
                 **{k: result.get(k) for k in ("accuracy", "top5_accuracy", "macro_precision", "macro_recall",
                                               "macro_f1", "miou", "kl_score", "accuracy_smoothed", "train_seconds",
                                               "first_epoch_seconds", "epoch_seconds", "eval_seconds",
-                                              "images_per_second", "latency_ms")},
+                                              "images_per_second", "latency_ms", "features", "feature_seconds")},
                 "params": model.count_params() if model is not None else None,
                 "trainable_params": count(model.trainable_weights) if model is not None else None,
                 "model_megabytes": model_path.stat().st_size / 1e6 if model_path and model_path.is_file() else None,

@@ -91,6 +91,7 @@ class ReportBuilder:
                 "weights": first["weights"], "trainable": first["trainable"], "swept": first["swept"],
                 "seeds": len(group), "score": float(score.mean()), "score_text": _mean_std(score),
                 "miou_text": _mean_std(group["miou"].astype(float)),
+                "smoothed_text": _mean_std(group["accuracy_smoothed"].astype(float)),
                 "macro_precision_text": _mean_std(group["macro_precision"].astype(float)),
                 "macro_recall_text": _mean_std(group["macro_recall"].astype(float)),
                 "train_seconds_text": _mean_std(group["train_seconds"].astype(float), 1),
@@ -154,8 +155,12 @@ class ReportBuilder:
         histories = {}
         for _, row in ok.iterrows():
             metrics = self.metrics_of(row["run_id"])
+            smoothed = {c["class"]: c for c in metrics.get("smoothed", {}).get("per_class", [])}
+            per_class = [{**c, "precision_smoothed": smoothed.get(c["class"], {}).get("precision"),
+                          "recall_smoothed": smoothed.get(c["class"], {}).get("recall")}
+                         for c in metrics.get("per_class", [])]
             entry = {"run_id": row["run_id"], "label": _label(row) + f" seed {row['seed']}",
-                     "per_class": metrics.get("per_class", []), "has_iou": task != "classification",
+                     "per_class": per_class, "has_iou": task != "classification", "smoothed": bool(smoothed),
                      "confusion": None}
             if metrics.get("confusion_matrix"):
                 path = figures.confusion_heatmap(metrics["confusion_matrix"], metrics["class_names"], entry["label"],
@@ -179,6 +184,7 @@ class ReportBuilder:
             tradeoff = self.figure(path)
         failed = frame[frame["status"] != "ok"]
         return {"name": dataset, "task": task, "metric": metric, "higher_is_better": higher,
+                "smoothing": bool(ok["accuracy_smoothed"].notna().any()),
                 "leaderboard": board, "recommendation": self.recommendation(board, metric, higher),
                 "runs": runs, "curves": curves, "tradeoff": tradeoff,
                 "failed": [{"run_id": r["run_id"], "label": f"{_label(r)} seed {r['seed']}", "error": r["error"]} for _, r in failed.iterrows()]}

@@ -1,0 +1,89 @@
+"""Harness overhead: seconds per epoch of a zoo run against a plain Keras fit of the same model
+on the same data (same pipeline, optimizer, loss, batch size, validation each epoch).
+
+    python benchmarks/harness_overhead.py [--backbone baseline_cnn] [--size 64] [--epochs 6]
+
+Prints the median later-epoch seconds of each (the first epoch, with tracing, is reported
+apart) and the ratio zoo / plain; target <= 1.05. Both are measured twice, interleaved.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def plain_keras(backbone, size, epochs, batch):
+    import keras
+
+    from zoo import build_model
+    from zoo.backbones import BACKBONES
+    from zoo.data import open_source
+    from zoo.data.pipeline import PipelineOptions, build_pipeline
+    from zoo.data.splits import plan_splits
+
+    keras.utils.set_random_seed(0)
+    source = open_source("synthetic_terrain")
+    plan = plan_splits(source.info.splits, None, 0, {"train": source.labels("train")})
+    options = dict(image_size=size, batch_size=batch, preprocessing=BACKBONES.get(backbone).preprocessing, seed=0)
+    train = build_pipeline(source.examples("train", plan["train"][1]), source.info, PipelineOptions(**options), True)
+    val = build_pipeline(source.examples("train", plan["val"][1]), source.info, PipelineOptions(**options), False)
+    model = build_model(backbone, "linear", source.info.num_classes, (size, size, 3))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=False)
+    seconds = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds.append(time.perf_counter() - self.start)
+
+    model.fit(train, validation_data=val, epochs=epochs, callbacks=[Timer()], verbose=0)
+    return seconds[0], statistics.median(seconds[1:])
+
+
+def zoo_run(backbone, size, epochs, batch):
+    import pandas as pd
+
+    from zoo.harness.runner import run_suite
+    from zoo.harness.suite import load_suite
+
+    suite = load_suite({"name": "overhead", "datasets": ["synthetic_terrain"], "backbones": [backbone],
+                        "heads": ["linear"], "train": {"image_size": size, "batch_size": batch, "epochs": epochs,
+                                                       "cache_features": False}})
+    with tempfile.TemporaryDirectory() as out:
+        run_suite(suite, out, isolate=False, report=False, log=lambda *_: None)
+        row = pd.read_csv(os.path.join(out, "results.csv")).iloc[0]
+    return row["first_epoch_seconds"], row["epoch_seconds"], row["device"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="baseline_cnn")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+    plain, harness = [], []
+    for _ in range(2):
+        plain.append(plain_keras(args.backbone, args.size, args.epochs, args.batch))
+        harness.append(zoo_run(args.backbone, args.size, args.epochs, args.batch))
+    device = harness[0][2]
+    plain_epoch = min(p[1] for p in plain)
+    zoo_epoch = min(h[1] for h in harness)
+    print(f"device: {device}; float32; {args.backbone}/linear, synthetic_terrain {args.size}px, batch {args.batch}")
+    print(f"plain keras fit: first epoch {plain[0][0]:.2f}s, later epochs median {plain_epoch:.3f}s")
+    print(f"zoo run:         first epoch {harness[0][0]:.2f}s, later epochs median {zoo_epoch:.3f}s")
+    print(f"ratio zoo/plain seconds per epoch: {zoo_epoch / plain_epoch:.3f} (target <= 1.05)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Feature cache, zoo speed, mixed precision, XLA and multi-device training."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from zoo.cli import main
+from zoo.harness.runner import run_suite
+from zoo.harness.suite import load_suite
+
+FROZEN = {"name": "frozen", "datasets": ["synthetic_terrain"], "backbones": ["baseline_cnn"],
+          "heads": ["linear", "mlp"], "trainable": "frozen",
+          "train": {"image_size": 32, "batch_size": 32, "epochs": 3, "learning_rate": 0.003}}
+
+
+def run_in_process(suite, out, **overrides):
+    return run_suite(load_suite(suite, [f"{k}={v}" for k, v in overrides.items()]), out, isolate=False,
+                     report=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def cached_and_uncached(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    assert run_in_process(FROZEN, root / "off", **{"train.cache_features": "false"}) == 0
+    assert run_in_process(FROZEN, root / "on") == 0  # auto: frozen, no augmentation -> cached
+    return [pd.read_csv(root / name / "results.csv").set_index("head") for name in ("off", "on")]
+
+
+def test_feature_cache_is_computed_once_and_reused_by_the_next_head(cached_and_uncached):
+    off, on = cached_and_uncached
+    assert set(off["features"]) == {"off"}
+    assert sorted(on["features"]) == ["computed", "reused"]
+    assert on.loc[on["features"] == "reused", "feature_seconds"].iloc[0] == 0
+
+
+def test_feature_cache_gives_the_same_metrics_within_noise(cached_and_uncached):
+    off, on = cached_and_uncached
+    for head in ("linear", "mlp"):
+        assert abs(on.loc[head, "accuracy"] - off.loc[head, "accuracy"]) <= 0.1, head
+        assert on.loc[head, "params"] == off.loc[head, "params"]
+        assert on.loc[head, "trainable_params"] == off.loc[head, "trainable_params"]
+
+
+def test_feature_cache_key_follows_its_inputs_and_ignores_partial_folders(tmp_path):
+    from zoo.harness.features import cache_key
+
+    spec = {"dataset": {"name": "d"}, "backbone": "baseline_cnn", "backbone_options": {}, "weights": "none",
+            "train": {"image_size": 32, "preprocessing": "none"}}
+    plan = {"train": ("train", np.arange(5)), "val": ("train", np.arange(5, 7)), "test": ("train", np.arange(7, 9))}
+    base = cache_key(spec, plan, False, "float32")
+    assert base == cache_key(spec, plan, False, "float32")
+    changed = [cache_key({**spec, "train": {**spec["train"], "image_size": 48}}, plan, False, "float32"),
+               cache_key({**spec, "backbone": "mobilenet_v2"}, plan, False, "float32"),
+               cache_key({**spec, "train": {**spec["train"], "preprocessing": "equalize"}}, plan, False, "float32"),
+               cache_key(spec, {**plan, "train": ("train", np.arange(4))}, False, "float32"),
+               cache_key(spec, plan, True, "float32"), cache_key(spec, plan, False, "mixed_bfloat16")]
+    assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_cache_features_true_where_it_cannot_apply_is_a_config_error():
+    from zoo.errors import ConfigError
+    from zoo.harness.suite import expand_suite
+
+    with pytest.raises(ConfigError, match="needs trainable: frozen"):
+        expand_suite(load_suite({**FROZEN, "trainable": "all", "train": {"cache_features": True}}))
+
+
+def test_speed_rows_and_batch_halving_on_out_of_memory(tmp_path, monkeypatch, capsys):
+    import keras
+
+    original = keras.Model.predict_on_batch
+
+    def small_memory(self, x):
+        if x.shape[0] > 8:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return original(self, x)
+
+    monkeypatch.setattr(keras.Model, "predict_on_batch", small_memory)
+    out = tmp_path / "speed.csv"
+    assert main(["speed", "baseline_cnn", "--size", "32", "--batch", "32", "--out", str(out)]) == 0
+    row = pd.read_csv(out).iloc[0]
+    assert row["batch_size"] == 8 and row["infer_images_per_second"] > 0 and row["train_images_per_second"] > 0
+    assert row["device"].startswith("CPU") and row["precision"] == "float32" and row["params"] > 0
+
+
+@pytest.mark.parametrize("setting, expected_precision", [("train.precision=mixed", "mixed_bfloat16"),
+                                                         ("train.xla=true", "float32")])
+def test_mixed_precision_and_xla_runs(tmp_path, setting, expected_precision):
+    suite = {**FROZEN, "trainable": "all", "heads": ["linear"],
+             "train": {"image_size": 32, "batch_size": 16, "epochs": 1, "steps_per_epoch": 3}}
+    key, value = setting.split("=")
+    assert run_in_process(suite, tmp_path, **{key: value}) == 0
+    row = pd.read_csv(tmp_path / "results.csv").iloc[0]
+    assert row["precision"] == expected_precision and row["status"] == "ok"
+
+
+def test_mirrored_training_over_two_logical_cpus(tmp_path):
+    suite = tmp_path / "mirrored.yaml"
+    suite.write_text(json.dumps({**FROZEN, "trainable": "all", "heads": ["linear"],
+                                 "train": {"image_size": 32, "batch_size": 8, "epochs": 1, "steps_per_epoch": 3}}))
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "run", str(suite), "--out", str(tmp_path / "out"),
+                             "--no-report"], env={**os.environ, "ZOO_LOGICAL_CPUS": "2"}, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    row = pd.read_csv(tmp_path / "out" / "results.csv").iloc[0]
+    assert row["batch_size"] == 16  # 8 per replica, scaled and recorded
+    environment = json.loads((tmp_path / "out" / "runs" / row["run_id"] / "environment.json").read_text())
+    assert environment["replicas"] == 2

@@ -1,0 +1,125 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from zoo.data import open_source
+from zoo.postprocess import estimate_transitions, smooth_tracks
+
+METHODS = ["window", "hmm"]
+
+
+def confident(labels, classes=3, strength=0.8):
+    probabilities = np.full((len(labels), classes), (1 - strength) / (classes - 1))
+    probabilities[np.arange(len(labels)), labels] = strength
+    return probabilities
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_isolated_wrong_point_is_corrected(method):
+    predicted = np.array([0, 0, 0, 0, 1, 0, 0, 0, 0])
+    smoothed = smooth_tracks(confident(predicted), np.zeros(9), np.arange(9), method)
+    assert smoothed.tolist() == [0] * 9
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_true_segment_longer_than_the_window_survives(method):
+    truth = np.array([0] * 6 + [2] * 7 + [1] * 6)
+    smoothed = smooth_tracks(confident(truth), np.zeros(len(truth)), np.arange(len(truth)), method, window=5)
+    assert smoothed.tolist() == truth.tolist()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tracks_are_never_mixed_even_when_rows_interleave(method):
+    # Track 7 is all class 2; track 3 is all class 0 except one point. Rows are interleaved and
+    # positions overlap, so any mixing would pull track 3's odd point towards class 2.
+    labels = np.array([2, 0, 2, 0, 2, 1, 2, 0, 2, 0])
+    tracks = np.array([7, 3, 7, 3, 7, 3, 7, 3, 7, 3])
+    positions = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    smoothed = smooth_tracks(confident(labels), tracks, positions, method)
+    assert smoothed[tracks == 7].tolist() == [2] * 5
+    assert smoothed[tracks == 3].tolist() == [0] * 5
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_crossing_point_gets_one_answer_for_both_tracks(method):
+    # Track A runs through class 1; track B runs from class 2 into class 1 at the crossing.
+    # The model is unsure at the crossing point (shared point id 99).
+    rows_a = [1, 1, 1, 1, 1, 1, 1]
+    rows_b = [2, 2, 2, 1, 1, 1, 1]
+    probabilities = np.vstack([confident(np.array(rows_a)), confident(np.array(rows_b))])
+    probabilities[3] = probabilities[10] = [0.1, 0.45, 0.45]
+    tracks = np.array([0] * 7 + [1] * 7)
+    positions = np.r_[np.arange(7), np.arange(7)]
+    points = np.r_[np.arange(7), np.arange(10, 13), 99, np.arange(14, 17)]
+    points[3] = 99
+    smoothed = smooth_tracks(probabilities, tracks, positions, method, point_ids=points)
+    assert smoothed[3] == smoothed[10] == 1
+
+
+def simulated_probabilities(labels, accuracy, seed, classes=6):
+    """A classifier that is right with probability `accuracy`, with independent errors."""
+    rng = np.random.default_rng(seed)
+    probabilities = 0.5 * rng.dirichlet(np.full(classes, 0.5), len(labels))
+    right = rng.random(len(labels)) < accuracy
+    guess = np.where(right, labels, (labels + rng.integers(1, classes, len(labels))) % classes)
+    probabilities[np.arange(len(labels)), guess] += 0.5
+    return probabilities
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_default_smoothing_never_lowers_accuracy_on_the_synthetic_tracks(method):
+    rows = open_source("synthetic_tracks").rows
+    labels = rows["label"]
+    for accuracy in (0.5, 0.7, 0.9, 0.97):
+        for seed in range(3):
+            probabilities = simulated_probabilities(labels, accuracy, seed)
+            before = np.mean(probabilities.argmax(axis=1) == labels)
+            after = np.mean(smooth_tracks(probabilities, rows["track_id"], rows["position"], method,
+                                          point_ids=rows["point"]) == labels)
+            assert after >= before, (accuracy, seed, before, after)
+
+
+def test_transitions_estimated_from_tracks_favour_staying():
+    rows = open_source("synthetic_tracks").rows
+    matrix = estimate_transitions(rows["label"], rows["track_id"], rows["position"], 6)
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
+    assert (np.diag(matrix) > 0.5).all()
+
+
+def test_synthetic_tracks_are_deterministic_and_cross(tmp_path):
+    first, second = open_source("synthetic_tracks"), open_source("synthetic_tracks")
+    for key in ("label", "track_id", "position", "point"):
+        np.testing.assert_array_equal(first.rows[key], second.rows[key])
+    shared = pd.DataFrame({"point": first.rows["point"], "track": first.rows["track_id"]})
+    assert (shared.groupby("point")["track"].nunique() > 1).sum() > 10  # tracks cross one another
+
+
+def test_tracks_suite_reports_accuracy_before_and_after_smoothing(tmp_path):
+    from zoo.harness.runner import run_suite
+    from zoo.harness.suite import load_suite
+    from zoo.report import write_report
+
+    suite = load_suite({"name": "tracks-test", "datasets": ["synthetic_tracks"], "heads": ["linear"],
+                        "train": {"image_size": 32, "epochs": 2, "batchnorm_momentum": 0.9},
+                        "postprocess": {"method": "hmm", "transitions": "estimate"}})
+    assert run_suite(suite, tmp_path / "out", isolate=False, report=False, log=lambda *_: None) == 0
+    row = pd.read_csv(tmp_path / "out" / "results.csv").iloc[0]
+    assert 0 < row["accuracy"] <= 1 and 0 < row["accuracy_smoothed"] <= 1
+    run_dir = tmp_path / "out" / "runs" / row["run_id"]
+    predictions = np.load(run_dir / "predictions.npz")
+    assert np.mean(predictions["y_pred_smoothed"] == predictions["y_true"]) == pytest.approx(row["accuracy_smoothed"])
+    split = pd.read_json(run_dir / "split.json", typ="series")
+    assert split["sizes"]["test"] > 0
+    text = write_report(tmp_path / "out", formats=("md",), report_dir=tmp_path / "report")[0].read_text()
+    assert "accuracy after smoothing along tracks" in text and "recall after smoothing" in text
+    assert f"{row['accuracy_smoothed']:.4f}" in text
+
+
+def test_postprocess_needs_a_dataset_with_tracks():
+    from zoo.errors import ConfigError
+    from zoo.harness.suite import expand_suite, load_suite
+
+    with pytest.raises(ConfigError, match="has none; use synthetic_tracks"):
+        expand_suite(load_suite({"name": "x", "datasets": ["synthetic_terrain"], "postprocess": {"method": "hmm"}}))
+    with pytest.raises(ConfigError, match="postprocess.window must be an odd"):
+        load_suite({"name": "x", "datasets": ["synthetic_tracks"], "postprocess": {"method": "window", "window": 4}})

@@ -1,0 +1,158 @@
+"""Tiles along GPS tracks: a manifest CSV of the user's tracks, and the embedded
+``synthetic_tracks`` (random walks over a synthetic terrain map).
+
+Each row is one point of one track: ``path, label, track_id, position``. A point where
+tracks cross appears in several rows (one per track) with the same tile; its ``point_id``
+(the path) ties them together. Splits are carved by whole tracks.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from zoo.data.sources import DatasetInfo, Source, register_source
+from zoo.data.synthetic import TERRAIN_CLASSES, TERRAIN_PROPORTIONS, _smooth_noise, _terrain_tile
+from zoo.errors import DataError
+
+MANIFEST_COLUMNS = ("path", "label", "track_id", "position")
+
+
+def make_terrain_map(map_size, seed):
+    """A map of terrain classes in irregular regions (class proportions like the terrain tiles)."""
+    rng = np.random.default_rng(seed)
+    regions = max(len(TERRAIN_CLASSES), map_size * map_size // 90)
+    centres = rng.uniform(0, map_size, (regions, 2))
+    yy, xx = np.mgrid[0:map_size, 0:map_size]
+    distance = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
+    distance = distance + 6 * np.stack([_smooth_noise(rng, map_size, 2) for _ in range(regions)])
+    # Every class gets a region; the rest follow the terrain tiles' proportions.
+    extra = rng.choice(len(TERRAIN_CLASSES), size=max(0, regions - len(TERRAIN_CLASSES)), p=TERRAIN_PROPORTIONS)
+    classes = rng.permutation(np.concatenate([np.arange(len(TERRAIN_CLASSES)), extra]))
+    return classes[distance.argmin(axis=0)]
+
+
+def random_walk(rng, map_size, length, keep_heading=0.85):
+    """A vehicle's path over map cells: mostly straight, sometimes turning 45 degrees."""
+    headings = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
+    heading = int(rng.integers(8))
+    y, x = (int(v) for v in rng.integers(0, map_size, 2))
+    cells = [(y, x)]
+    for _ in range(length - 1):
+        if rng.random() > keep_heading:
+            heading = (heading + int(rng.choice([-1, 1]))) % 8
+        dy, dx = headings[heading]
+        if not (0 <= y + dy < map_size and 0 <= x + dx < map_size):
+            heading = (heading + 4) % 8  # turn back at the map's edge
+            dy, dx = headings[heading]
+        y, x = y + dy, x + dx
+        cells.append((y, x))
+    return cells
+
+
+def make_synthetic_tracks(num_tracks=30, map_size=28, image_size=32, seed=0, min_length=30, max_length=70):
+    """(tiles per visited cell, rows) where rows hold point, label, track_id, position."""
+    rng = np.random.default_rng(seed)
+    terrain = make_terrain_map(map_size, seed)
+    rows = []
+    for track in range(num_tracks):
+        for position, (y, x) in enumerate(random_walk(rng, map_size, int(rng.integers(min_length, max_length)))):
+            rows.append((y * map_size + x, int(terrain[y, x]), track, position))
+    cells = sorted({row[0] for row in rows})
+    tile_of_cell = {cell: index for index, cell in enumerate(cells)}
+    tiles = np.stack([_terrain_tile(rng, int(terrain.flat[cell]), image_size) for cell in cells])
+    table = np.array([(tile_of_cell[cell], label, track, position) for cell, label, track, position in rows])
+    return tiles, {"point": table[:, 0], "label": table[:, 1], "track_id": table[:, 2], "position": table[:, 3]}
+
+
+class _TrackSource(Source):
+    """Shared by the manifest and synthetic sources: rows, groups by track, track arrays."""
+
+    rows: dict
+
+    def labels(self, split):
+        return self.rows["label"].astype(np.int64)
+
+    def groups(self, split):
+        return self.rows["track_id"]
+
+    def tracks(self, split, indices=None) -> dict:
+        chosen = slice(None) if indices is None else np.asarray(indices)
+        return {"track_id": self.rows["track_id"][chosen], "position": self.rows["position"][chosen],
+                "point_id": self.rows["point"][chosen]}
+
+
+@register_source("synthetic_tracks")
+class SyntheticTracksSource(_TrackSource):
+    def __init__(self, card, **_):
+        self.card = card
+        self.tiles, self.rows = make_synthetic_tracks(card["num_tracks"], card["map_size"], card["image_size"],
+                                                      card.get("seed", 0))
+        self.info = DatasetInfo(name=card["name"], task="classification", class_names=list(card["class_names"]),
+                                channels=3, image_shape=[card["image_size"]] * 2,
+                                splits={"train": len(self.rows["label"])}, max_pixel_value=255.0)
+
+    def examples(self, split, indices=None):
+        import tensorflow as tf
+
+        chosen = slice(None) if indices is None else np.asarray(indices)
+        images = self.tiles[self.rows["point"][chosen]].astype(np.float32)
+        return tf.data.Dataset.from_tensor_slices((images, self.rows["label"][chosen]))
+
+
+@register_source("tracks")
+class TrackManifestSource(_TrackSource):
+    """A CSV manifest (path, label, track_id, position) beside a folder of tiles."""
+
+    def __init__(self, card, cache_dir=None, **_):
+        import pandas as pd
+
+        from zoo.data.folder import probe_files
+
+        manifest = Path(card.get("path", "")).expanduser()
+        if not manifest.is_file():
+            raise DataError(f"dataset {card.get('name')!r}: `path` must be a track manifest CSV with columns "
+                            f"{', '.join(MANIFEST_COLUMNS)}; {manifest} does not exist")
+        table = pd.read_csv(manifest)
+        missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
+        if missing:
+            raise DataError(f"{manifest}: missing column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)}")
+        table["file"] = [str((manifest.parent / p).resolve()) for p in table["path"]]
+        files = sorted({Path(f) for f in table["file"]})
+        probes = probe_files(files, cache_dir)
+        bad = {f: p["error"] for f, p in probes.items() if "error" in p}
+        self.skipped = [{"path": f, "reason": f"unreadable: {reason}"} for f, reason in bad.items()]
+        table = table[~table["file"].isin(bad)].reset_index(drop=True)
+        class_names = list(card.get("class_names") or sorted(table["label"].astype(str).unique()))
+        unknown = sorted(set(table["label"].astype(str)) - set(class_names))
+        if unknown:
+            raise DataError(f"{manifest}: label(s) {unknown} are not among class_names {class_names}")
+        self.files = sorted(table["file"].unique())
+        point = {f: i for i, f in enumerate(self.files)}
+        self.rows = {"point": table["file"].map(point).to_numpy(),
+                     "label": table["label"].astype(str).map({n: i for i, n in enumerate(class_names)}).to_numpy(),
+                     "track_id": table["track_id"].to_numpy(), "position": table["position"].to_numpy()}
+        channels = next(iter(p for p in probes.values() if "error" not in p))["shape"][-1]
+        self.info = DatasetInfo(name=card.get("name") or manifest.stem, task="classification",
+                                class_names=class_names, channels=channels, image_shape=None,
+                                splits={"train": len(table)}, skipped=self.skipped,
+                                max_pixel_value=float(card.get("max_pixel_value", 255)))
+
+    def examples(self, split, indices=None):
+        import tensorflow as tf
+
+        from zoo.data.folder import read_image
+
+        chosen = slice(None) if indices is None else np.asarray(indices)
+        paths = [self.files[p] for p in self.rows["point"][chosen]]
+
+        def load(path):
+            return read_image(path.decode()).astype(np.float32)
+
+        def decode(path, label):
+            image = tf.numpy_function(load, [path], tf.float32)
+            image.set_shape([None, None, self.info.channels])
+            return image, label
+
+        return tf.data.Dataset.from_tensor_slices((paths, self.rows["label"][chosen])).map(
+            decode, num_parallel_calls=tf.data.AUTOTUNE)

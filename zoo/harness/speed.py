@@ -1,0 +1,102 @@
+"""`zoo speed`: inference and training throughput of backbones on synthetic input.
+
+In the manner of timm's benchmark.py: warm-up steps before timing, the batch halved and
+retried on out-of-memory, and every row carries its conditions (device, precision, XLA,
+batch and input size, parameters, versions).
+"""
+from __future__ import annotations
+
+import platform
+import time
+
+import numpy as np
+
+SPEED_COLUMNS = ["backbone", "head", "device", "precision", "xla", "batch_size", "image_size", "params",
+                 "infer_images_per_second", "infer_step_ms", "train_images_per_second", "train_step_ms",
+                 "tensorflow", "keras", "python", "error"]
+
+
+def _timed(step, warmup, min_seconds, max_steps=50):
+    for _ in range(warmup):
+        step()
+    count, start = 0, time.perf_counter()
+    while count < 3 or (time.perf_counter() - start < min_seconds and count < max_steps):
+        step()
+        count += 1
+    return (time.perf_counter() - start) / count
+
+
+def measure(backbone: str, image_size: int, batch_size: int, precision: str = "float32", xla: bool = False,
+            num_classes: int = 1000, warmup: int = 3, min_seconds: float = 2.0) -> dict:
+    """One row of speed figures for ``backbone`` with the linear head."""
+    import keras
+    import tensorflow as tf
+
+    from zoo import build_model
+    from zoo.harness.timing import describe_device
+
+    gpus = tf.config.list_physical_devices("GPU")
+    policy = "float32" if precision == "float32" else ("mixed_float16" if gpus else "mixed_bfloat16")
+    keras.mixed_precision.set_global_policy(policy)
+    row = {"backbone": backbone, "head": "linear", "device": describe_device(), "precision": policy, "xla": xla,
+           "image_size": image_size, "tensorflow": tf.__version__, "keras": keras.__version__,
+           "python": platform.python_version(), "error": ""}
+    try:
+        while True:
+            try:
+                keras.backend.clear_session()
+                model = build_model(backbone, "linear", num_classes, (image_size, image_size, 3))
+                model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy",
+                              jit_compile=xla)
+                rng = np.random.default_rng(0)
+                images = tf.constant(rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32"))
+                labels = tf.constant(rng.integers(0, num_classes, batch_size))
+                infer = _timed(lambda: model.predict_on_batch(images), warmup, min_seconds)
+                train = _timed(lambda: model.train_on_batch(images, labels), warmup, min_seconds)
+                break
+            except tf.errors.ResourceExhaustedError:
+                if batch_size == 1:
+                    raise
+                batch_size //= 2  # out of memory: halve and retry, as timm does
+        row.update(batch_size=batch_size, params=model.count_params(),
+                   infer_images_per_second=batch_size / infer, infer_step_ms=infer * 1000,
+                   train_images_per_second=batch_size / train, train_step_ms=train * 1000)
+    except Exception as error:  # one backbone failing must not stop the table
+        row.update(batch_size=batch_size, error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return row
+
+
+def cmd_speed(args) -> int:
+    import pandas as pd
+
+    from zoo.backbones import BACKBONES
+    from zoo.results import write_atomic
+
+    names = BACKBONES.expand(args.patterns or ["*"])
+    rows = []
+    for name in names:
+        row = measure(name, args.size, args.batch, args.precision, args.xla)
+        rows.append(row)
+        if row["error"]:
+            print(f"{name:20s} failed: {row['error']}")
+        else:
+            print(f"{name:20s} infer {row['infer_images_per_second']:9.1f} img/s ({row['infer_step_ms']:8.1f} ms/step)  "
+                  f"train {row['train_images_per_second']:8.1f} img/s ({row['train_step_ms']:8.1f} ms/step)  "
+                  f"batch {row['batch_size']}  {row['precision']}  {row['device']}", flush=True)
+    if args.out:
+        write_atomic(args.out, pd.DataFrame(rows, columns=SPEED_COLUMNS).to_csv(index=False))
+        print(f"wrote {args.out}")
+    return 1 if any(r["error"] for r in rows) else 0
+
+
+def add_speed_command(commands) -> None:
+    speed = commands.add_parser("speed", help="inference and training images/s of backbones on synthetic input")
+    speed.add_argument("patterns", nargs="*", help="backbone names or globs (default: all)")
+    speed.add_argument("--size", type=int, default=224)
+    speed.add_argument("--batch", type=int, default=64)
+    speed.add_argument("--precision", choices=["float32", "mixed"], default="float32")
+    speed.add_argument("--xla", action="store_true", help="XLA-compile the steps")
+    speed.add_argument("--out", help="write the table as CSV")
+    speed.set_defaults(func=cmd_speed)
