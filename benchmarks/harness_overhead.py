@@ -4,7 +4,9 @@ on the same data (same pipeline, optimizer, loss, batch size, validation each ep
     python benchmarks/harness_overhead.py [--backbone baseline_cnn] [--size 64] [--epochs 6]
 
 Prints the median later-epoch seconds of each (the first epoch, with tracing, is reported
-apart) and the ratio zoo / plain; target <= 1.05. Both are measured twice, interleaved.
+apart) and the ratio zoo / plain; target <= 1.05. Both are measured twice, interleaved, with
+TensorFlow op determinism on for both (zoo turns it on for reproducible runs, and it changes
+kernel choice and speed, so a plain fit without it would not be the same computation).
 """
 from __future__ import annotations
 
@@ -71,6 +73,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
     plain, harness = [], []
     for _ in range(2):
         plain.append(plain_keras(args.backbone, args.size, args.epochs, args.batch))
@@ -78,7 +83,8 @@ def main() -> int:
     device = harness[0][2]
     plain_epoch = min(p[1] for p in plain)
     zoo_epoch = min(h[1] for h in harness)
-    print(f"device: {device}; float32; {args.backbone}/linear, synthetic_terrain {args.size}px, batch {args.batch}")
+    print(f"device: {device}; float32; op determinism on for both; {args.backbone}/linear, "
+          f"synthetic_terrain {args.size}px, batch {args.batch}")
     print(f"plain keras fit: first epoch {plain[0][0]:.2f}s, later epochs median {plain_epoch:.3f}s")
     print(f"zoo run:         first epoch {harness[0][0]:.2f}s, later epochs median {zoo_epoch:.3f}s")
     print(f"ratio zoo/plain seconds per epoch: {zoo_epoch / plain_epoch:.3f} (target <= 1.05)")

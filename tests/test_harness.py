@@ -169,3 +169,25 @@ def test_killed_suite_resumes_to_exactly_one_row_per_run(tmp_path):
     frame = pd.read_csv(out / "results.csv")
     assert len(frame) == 2 and frame["run_id"].is_unique and set(frame["status"]) == {"ok"}
     assert not list((out / "runs").glob(".*"))
+
+
+def test_predict_matches_the_runs_own_test_predictions_with_study_preprocessing(tmp_path):
+    from PIL import Image
+
+    from zoo.data import DATASETS
+    from zoo.data.synthetic import make_synthetic_terrain
+    from zoo.harness.runner import predict_images
+
+    suite = load_suite({**TINY, "datasets": ["synthetic_terrain"], "heads": ["linear"],
+                        "train": {**TINY["train"], "preprocessing": "equalize", "epochs": 1}})
+    assert run_suite(suite, tmp_path / "out", isolate=False, report=False, log=lambda *_: None) == 0
+    run_dir = next((tmp_path / "out" / "runs").iterdir())
+    card = DATASETS.get("synthetic_terrain")
+    images, _ = make_synthetic_terrain(card["num_examples"], card["image_size"], card["seed"])
+    first_test = int(np.load(run_dir / "split_indices.npz")["test"][0])
+    Image.fromarray(images[first_test]).save(tmp_path / "tile.png")
+    answer = predict_images(run_dir, [tmp_path / "tile.png"], top_k=6)[0]
+    recorded = np.load(run_dir / "predictions.npz")["probabilities"][0]
+    names = json.loads((run_dir / "dataset.json").read_text())["class_names"]
+    for name, probability in answer["top"]:
+        assert probability == pytest.approx(recorded[names.index(name)], abs=1e-4)

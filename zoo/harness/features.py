@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 FEATURE_CACHE_VERSION = 1
+IN_MEMORY_BYTES = 1 << 30  # larger caches are read from memory-mapped files batch by batch
 
 
 def applies(spec: dict) -> bool:
@@ -77,12 +78,22 @@ def compute_features(extractor, pipelines: dict, folder: Path) -> None:
 
 
 def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int | None, shuffle_buffer: int = 2048):
-    """tf.data of ((features...), target[, sample weights]) read from the cache (memory-mapped)."""
+    """tf.data of ((features...), target[, sample weights]) from the cache: in memory up to
+    IN_MEMORY_BYTES, else read batch by batch from memory-mapped files."""
     import tensorflow as tf
 
     features = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{split}-feature*.npy"))]
     targets = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{split}-target*.npy"))]
     count = len(targets[0])
+    if sum(a.nbytes for a in features + targets) <= IN_MEMORY_BYTES:
+        # Small enough: serve from memory, with the image pipeline's shuffle, so the head sees
+        # the batches the full model would.
+        arrays = tuple(np.asarray(a) for a in features)
+        inputs = arrays if len(arrays) > 1 else arrays[0]
+        dataset = tf.data.Dataset.from_tensor_slices((inputs, *[np.asarray(t) for t in targets]))
+        if shuffle_seed is not None:
+            dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     def take(indices):
         indices = np.sort(indices)

@@ -121,6 +121,7 @@ def predict_images(run_dir, image_paths, top_k: int = 5) -> list[dict]:
 
     from zoo.backbones import BACKBONES
     from zoo.data.folder import read_image
+    from zoo.data.pipeline import apply_extra_preprocessing
     from zoo.errors import ConfigError
     from zoo.preprocessing import preprocess
 
@@ -132,6 +133,7 @@ def predict_images(run_dir, image_paths, top_k: int = 5) -> list[dict]:
     model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
     size = spec["train"]["image_size"]
     mode = BACKBONES.get(spec["backbone"]).preprocessing
+    steps = [step for step in str(spec["train"]["preprocessing"]).split("+") if step and step != "none"]
     answers = []
     for path in image_paths:
         array = read_image(path).astype("float32")
@@ -141,6 +143,8 @@ def predict_images(run_dir, image_paths, top_k: int = 5) -> list[dict]:
             else:
                 raise ConfigError(f"{path} has {array.shape[-1]} channels; the model expects {info['channels']}")
         image = tf.image.resize(array * (255.0 / info["max_pixel_value"]), (size, size))
+        if steps:
+            image = apply_extra_preprocessing(image, steps)
         probabilities = np.asarray(model.predict_on_batch(preprocess(image, mode)[None]))[0]
         if probabilities.ndim == 3:  # segmentation: report class proportions of the image
             probabilities = probabilities.reshape(-1, probabilities.shape[-1]).mean(axis=0)

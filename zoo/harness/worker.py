@@ -122,7 +122,9 @@ class Run:
                                 {"train": self.source.labels("train") if "train" in labelled else None},
                                 groups=self.source.groups("train"))
         sizes = {name: (len(idx) if idx is not None else labelled[split]) for name, (split, idx) in self.plan.items()}
-        train_counts = class_counts(self.source, *self.plan["train"], info.num_classes)
+        # Pixel counts mean reading every training mask: only when class weights need them.
+        needs_counts = self.task == "classification" or self.train["class_weights"]
+        train_counts = class_counts(self.source, *self.plan["train"], info.num_classes) if needs_counts else None
         write_json(self.dir / "split.json", {"seed": self.spec["seed"], "sizes": sizes,
                                              "sources": {k: v[0] for k, v in self.plan.items()},
                                              "train_class_counts": train_counts})
