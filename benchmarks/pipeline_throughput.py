@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ def main() -> int:
 
     from zoo.data import open_source
     from zoo.data.pipeline import PipelineOptions, build_pipeline
+    from zoo.harness.timing import describe_device
 
     entry = ({"name": Path(args.dataset).name, "source": "folder", "path": args.dataset}
              if Path(args.dataset).exists() else args.dataset)
@@ -46,8 +46,7 @@ def main() -> int:
     for _ in range(args.batches):
         next(iterator)
     pipeline_rate = args.batches * args.batch / (time.perf_counter() - start)
-    print(f"device: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}; tensorflow {tf.__version__}")
+    print(f"device: {describe_device()}; float32; tensorflow {tf.__version__}")
     print(f"pipeline  {source.info.name} {args.size}px batch {args.batch} augment={args.augment}: "
           f"{pipeline_rate:,.0f} images/s")
     if args.model:

@@ -196,7 +196,10 @@ class ReportBuilder:
         for section in sections:
             for row in section["leaderboard"]:  # best configuration of each backbone on the dataset
                 cells.setdefault(row["backbone"], {}).setdefault(section["name"], row["score_text"])
-        return {"datasets": datasets, "metrics": [s["metric"] for s in sections],
+        # The direction goes in the header: a column of KL scores reads the other way from accuracy.
+        return {"datasets": datasets,
+                "metrics": [f"{s['metric']}, {'higher' if s['higher_is_better'] else 'lower'} is better"
+                            for s in sections],
                 "rows": [{"backbone": b, "cells": [cells.get(b, {}).get(d, "") for d in datasets]} for b in backbones]}
 
     def build(self) -> dict:
