@@ -20,9 +20,6 @@ import numpy as np
 
 FEATURE_CACHE_VERSION = 1
 IN_MEMORY_BYTES = 1 << 30  # larger caches are read from memory-mapped files batch by batch
-# A head on features takes well under a millisecond a step, so Keras's per-step Python round
-# trip would dominate: run this many steps inside one compiled call (same steps, same order).
-HEAD_STEPS_PER_EXECUTION = 32
 
 
 def applies(spec: dict) -> bool:

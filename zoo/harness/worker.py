@@ -208,14 +208,10 @@ class Run:
             schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps * epochs)
         metrics = {"classification": ["accuracy"], "segmentation": [], "distribution": []}[self.task]
         weighted = ["accuracy"] if self.task == "segmentation" else None
-        from zoo.harness.features import HEAD_STEPS_PER_EXECUTION
-
-        steps_per_execution = HEAD_STEPS_PER_EXECUTION if self.trained_model is not self.model else 1
         with self.strategy.scope():
             self.trained_model.compile(optimizer=make_optimizer(self.train["optimizer"], schedule),
                                        loss=make_loss(self.task, self.train["loss"]), metrics=metrics,
-                                       weighted_metrics=weighted, jit_compile=bool(self.train["xla"]),
-                                       steps_per_execution=steps_per_execution)
+                                       weighted_metrics=weighted, jit_compile=bool(self.train["xla"]))
 
     def callbacks(self, append: bool):
         import keras
