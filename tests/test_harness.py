@@ -191,3 +191,12 @@ def test_predict_matches_the_runs_own_test_predictions_with_study_preprocessing(
     names = json.loads((run_dir / "dataset.json").read_text())["class_names"]
     for name, probability in answer["top"]:
         assert probability == pytest.approx(recorded[names.index(name)], abs=1e-4)
+
+
+def test_frozen_backbone_without_pretrained_weights_is_warned_about(tmp_path):
+    messages = []
+    suite = load_suite({**TINY, "datasets": ["synthetic_terrain"], "heads": ["linear"], "trainable": "frozen",
+                        "train": {**TINY["train"], "image_size": 16, "epochs": 1, "steps_per_epoch": 1}})
+    assert run_suite(suite, tmp_path / "out", isolate=False, report=False, log=messages.append) == 0
+    warning = next(m for m in messages if m.startswith("warning:"))
+    assert "baseline_cnn" in warning and "weights: none" in warning

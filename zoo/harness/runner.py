@@ -89,6 +89,12 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     todo = [r for r in selected if force or (read_result(runs_dir / r.run_id) or {}).get("status") != "ok"]
     log(f"suite {suite['name']}: {len(runs)} runs, {len(selected) - len(todo)} already finished, "
         f"{len(todo)} to run -> {out_dir}")
+    random_frozen = sorted({r.backbone for r in todo if r.weights == "none" and r.trainable != "all"})
+    if random_frozen:
+        # Legal, but almost never meant: BatchNorm in inference mode over random weights gives
+        # near-constant features, and the head then predicts one class.
+        log(f"warning: {', '.join(random_frozen)} will not train ({suite['trainable']}) but have no pretrained "
+            f"weights (weights: none); set weights: imagenet or a weights file, or trainable: all")
     for index, run in enumerate(todo, start=1):
         log(f"[{index}/{len(todo)}] {run.run_id}  ({_eta(durations, len(todo) - index + 1)})")
         start = time.perf_counter()
