@@ -41,11 +41,13 @@ def pretrain_backbone(backbone, size, folder) -> tuple[str, float]:
                                   "batchnorm_momentum": 0.9}})
     out = os.path.join(folder, "pretrain")
     run_suite(suite, out, isolate=False, report=False, log=lambda *_: None)
-    run_dir = next(p for p in os.scandir(os.path.join(out, "runs")) if p.is_dir())
-    model = keras.saving.load_model(os.path.join(run_dir.path, "model.keras"))
+    row = pd.read_csv(os.path.join(out, "results.csv")).iloc[0]
+    if row["status"] != "ok":
+        raise SystemExit(f"pretraining {backbone} failed: {row['error']}")
+    model = keras.saving.load_model(os.path.join(out, "runs", row["run_id"], "model.keras"))
     path = os.path.join(folder, f"{backbone}-pretrained.weights.h5")
     model.get_layer("backbone").save_weights(path)
-    return path, float(pd.read_csv(os.path.join(out, "results.csv"))["accuracy"].iloc[0])
+    return path, float(row["accuracy"])
 
 
 def sweep(backbone, size, epochs, examples, weights, cache, folder):

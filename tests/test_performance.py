@@ -46,6 +46,24 @@ def test_feature_cache_gives_the_same_metrics_within_noise(cached_and_uncached):
         assert on.loc[head, "trainable_params"] == off.loc[head, "trainable_params"]
 
 
+@pytest.mark.parametrize("in_memory_bytes", [1 << 30, 0], ids=["in-memory", "memory-mapped"])
+def test_feature_dataset_serves_every_cached_example_once_per_epoch(tmp_path, monkeypatch, in_memory_bytes):
+    from zoo.harness import features
+
+    monkeypatch.setattr(features, "IN_MEMORY_BYTES", in_memory_bytes)
+    values = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    np.save(tmp_path / "train-feature0.npy", values)
+    np.save(tmp_path / "train-feature1.npy", values * 2)
+    np.save(tmp_path / "train-target0.npy", np.arange(10))
+    batches = list(features.feature_dataset(tmp_path, "train", batch_size=4, shuffle_seed=0))
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
+    first, second = (np.concatenate([np.asarray(b[0][i]) for b in batches]) for i in (0, 1))
+    labels = np.concatenate([np.asarray(b[1]) for b in batches])
+    assert sorted(labels) == list(range(10))  # each example once
+    np.testing.assert_array_equal(first, values[labels])  # features stay with their targets
+    np.testing.assert_array_equal(second, values[labels] * 2)
+
+
 def test_feature_cache_key_follows_its_inputs_and_ignores_partial_folders(tmp_path):
     from zoo.harness.features import cache_key
 

@@ -55,6 +55,11 @@ def equalize_histogram(image):
     return tf.stack([one_channel(c) for c in channels], axis=-1)
 
 
+def preprocessing_steps(setting) -> list[str]:
+    """The steps of a ``train.preprocessing`` setting such as ``"equalize+whiten"`` (none: [])."""
+    return [step for step in str(setting).split("+") if step and step != "none"]
+
+
 def apply_extra_preprocessing(image, steps):
     """The dog-breed study's optional preprocessing, on one 0-255 image (H, W, C)."""
     import tensorflow as tf

@@ -84,7 +84,6 @@ def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int
 
     features = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{split}-feature*.npy"))]
     targets = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{split}-target*.npy"))]
-    count = len(targets[0])
     if sum(a.nbytes for a in features + targets) <= IN_MEMORY_BYTES:
         # Small enough: serve from memory, with the image pipeline's shuffle, so the head sees
         # the batches the full model would.
@@ -100,7 +99,7 @@ def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int
         return tuple(np.ascontiguousarray(a[indices]) for a in features + targets)
 
     signature = [tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in features + targets]
-    dataset = tf.data.Dataset.range(count)
+    dataset = tf.data.Dataset.range(len(targets[0]))
     if shuffle_seed is not None:
         # The image pipeline's seed and buffer: the head sees the batches the full model would.
         dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)

@@ -127,7 +127,7 @@ def predict_images(run_dir, image_paths, top_k: int = 5) -> list[dict]:
 
     from zoo.backbones import BACKBONES
     from zoo.data.folder import read_image
-    from zoo.data.pipeline import apply_extra_preprocessing
+    from zoo.data.pipeline import apply_extra_preprocessing, preprocessing_steps
     from zoo.errors import ConfigError
     from zoo.preprocessing import preprocess
 
@@ -139,7 +139,7 @@ def predict_images(run_dir, image_paths, top_k: int = 5) -> list[dict]:
     model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
     size = spec["train"]["image_size"]
     mode = BACKBONES.get(spec["backbone"]).preprocessing
-    steps = [step for step in str(spec["train"]["preprocessing"]).split("+") if step and step != "none"]
+    steps = preprocessing_steps(spec["train"]["preprocessing"])
     answers = []
     for path in image_paths:
         array = read_image(path).astype("float32")

@@ -67,7 +67,6 @@ CHOICES = {
     "cache": ("none", "memory", "disk"),
     "cache_features": ("auto", True, False),
 }
-PREPROCESSING_STEPS = ("grayscale", "equalize", "whiten")
 
 
 def _unknown_keys(given: dict, allowed: dict, where: str) -> None:
@@ -166,11 +165,12 @@ def validate_train(train: dict, where: str) -> None:
         raise ConfigError(f"{where}.batchnorm_momentum must be a number between 0 and 1 or null, got {momentum!r}")
     if not isinstance(train["early_stopping"], int) or train["early_stopping"] < 0:
         raise ConfigError(f"{where}.early_stopping is a patience in epochs (0 = off), got {train['early_stopping']!r}")
-    steps = [s for s in str(train["preprocessing"]).split("+") if s and s != "none"]
-    bad = [s for s in steps if s not in PREPROCESSING_STEPS]
+    from zoo.data.pipeline import EXTRA_PREPROCESSING, preprocessing_steps
+
+    bad = [s for s in preprocessing_steps(train["preprocessing"]) if s not in EXTRA_PREPROCESSING]
     if bad:
         raise ConfigError(f"{where}.preprocessing: unknown step(s) {bad}; use none or steps of "
-                          f"{', '.join(PREPROCESSING_STEPS)} joined with '+'")
+                          f"{', '.join(EXTRA_PREPROCESSING)} joined with '+'")
 
 
 def load_suite(path_or_dict, overrides: list[str] | None = None) -> dict:

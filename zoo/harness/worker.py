@@ -109,7 +109,7 @@ class Run:
     # -- data -----------------------------------------------------------------------
     def open_data(self):
         from zoo.backbones import BACKBONES
-        from zoo.data.pipeline import PipelineOptions, class_counts, class_weights_from_counts
+        from zoo.data.pipeline import PipelineOptions, class_counts, class_weights_from_counts, preprocessing_steps
         from zoo.data.sources import open_source
         from zoo.data.splits import plan_splits
 
@@ -137,7 +137,7 @@ class Run:
             weights = class_weights_from_counts(train_counts, info.ignore_classes)
         self.class_weight_dict = ({i: w for i, w in enumerate(weights)}
                                   if weights and self.task == "classification" else None)
-        steps = [s for s in str(self.train["preprocessing"]).split("+") if s and s != "none"]
+        steps = preprocessing_steps(self.train["preprocessing"])
         cache = self.train["cache"]
         self.options = dict(
             image_size=self.train["image_size"], batch_size=self.global_batch,
