@@ -11,6 +11,8 @@ def isolated_caches(tmp_path, monkeypatch):
     """Tests never read or write the user's Keras cache or weights folder."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     monkeypatch.delenv("ZOO_WEIGHTS_DIR", raising=False)
+    # No test probes or downloads from the internet: readiness checks report missing weights.
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
 
 
 @pytest.fixture

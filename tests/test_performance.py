@@ -115,6 +115,7 @@ def test_mixed_precision_and_xla_runs(tmp_path, setting, expected_precision):
     assert run_in_process(suite, tmp_path, **{key: value}) == 0
     row = pd.read_csv(tmp_path / "results.csv").iloc[0]
     assert row["precision"] == expected_precision and row["status"] == "ok"
+    assert row["precise_bn_batches"] > 0  # BatchNorm recalibrated under mixed precision and XLA too
 
 
 def test_mirrored_training_over_two_logical_cpus(tmp_path):
@@ -127,5 +128,6 @@ def test_mirrored_training_over_two_logical_cpus(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     row = pd.read_csv(tmp_path / "out" / "results.csv").iloc[0]
     assert row["batch_size"] == 16  # 8 per replica, scaled and recorded
+    assert row["status"] == "ok" and row["precise_bn_batches"] > 0  # recalibrated under the strategy
     environment = json.loads((tmp_path / "out" / "runs" / row["run_id"] / "environment.json").read_text())
     assert environment["replicas"] == 2

@@ -1,4 +1,4 @@
-"""The ``zoo`` command line: list | run | report | predict | data | weights | speed."""
+"""The ``zoo`` command line: list | run | plan | report | compare | predict | data | weights | speed."""
 from __future__ import annotations
 
 import argparse
@@ -65,8 +65,22 @@ def cmd_run(args) -> int:
 
     suite = load_suite(args.suite, args.set)
     out = Path(args.out) if args.out else Path("runs") / suite["name"]
+    if args.dry_run:
+        from zoo.harness.runner import plan_suite
+
+        return plan_suite(suite, out, only=args.only)
     return run_suite(suite, out, only=args.only, force=args.force, isolate=not args.in_process,
-                     report=not args.no_report)
+                     report=not args.no_report, prepare=args.prepare, suite_path=args.suite)
+
+
+def cmd_plan(args) -> int:
+    from pathlib import Path
+
+    from zoo.harness.runner import plan_suite
+    from zoo.harness.suite import load_suite
+
+    suite = load_suite(args.suite, args.set)
+    return plan_suite(suite, Path(args.out) if args.out else Path("runs") / suite["name"], only=args.only)
 
 
 def cmd_report(args) -> int:
@@ -75,6 +89,24 @@ def cmd_report(args) -> int:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     for path in write_report(args.out, formats=formats, report_dir=args.o, latency_budget_ms=args.latency_budget):
         print(path)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from zoo.stats import SIGNIFICANCE, compare_runs
+
+    result = compare_runs(args.out, args.run_a, args.run_b, args.metric)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    direction = "higher" if result["higher_is_better"] else "lower"
+    print(f"{result['metric']} ({direction} is better) on {result['n']:,} paired test examples")
+    print(f"  A {result['a']}: {result['value_a']:.4f}" + (f"  ({len(result['runs_a'])} seeds)" if len(result['runs_a']) > 1 else ""))
+    print(f"  B {result['b']}: {result['value_b']:.4f}" + (f"  ({len(result['runs_b'])} seeds)" if len(result['runs_b']) > 1 else ""))
+    print(f"  A - B = {result['difference']:+.4f}, 95 % interval [{result['ci_low']:+.4f}, {result['ci_high']:+.4f}], "
+          f"p = {result['p_value']:.3g} ({result['test']})")
+    verdict = "significant" if result["p_value"] < SIGNIFICANCE else "not significant"
+    print(f"  the difference is {verdict} at {SIGNIFICANCE:g}")
     return 0
 
 
@@ -116,7 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.add_argument("--in-process", action="store_true",
                      help="run in this process (debugging; a hard crash then stops the suite)")
+    run.add_argument("--prepare", action="store_true",
+                     help="first download/build the datasets and weights the runs need")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list every run with its status and an estimated time; train nothing (= zoo plan)")
     run.set_defaults(func=cmd_run)
+
+    plan = commands.add_parser("plan", help="every run of a suite with its status, readiness and estimated time")
+    plan.add_argument("suite")
+    plan.add_argument("--out", help="output folder (default: runs/<suite name>)")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    plan.add_argument("--only", metavar="PATTERN")
+    plan.set_defaults(func=cmd_plan)
 
     report = commands.add_parser("report", help="write markdown/HTML comparison reports from a results folder")
     report.add_argument("out", help="the folder `zoo run` wrote (holding results.csv)")
@@ -124,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", metavar="DIR", help="report folder (default: reports/<suite name>)")
     report.add_argument("--latency-budget", type=float, metavar="MS", help="also name the best model within this latency")
     report.set_defaults(func=cmd_report)
+
+    compare = commands.add_parser("compare", help="paired significance test of two runs (or two models' seeds)")
+    compare.add_argument("out", help="the folder `zoo run` wrote")
+    compare.add_argument("run_a", help="a run id, or a glob gathering the seeds of one model")
+    compare.add_argument("run_b", help="a run id, or a glob gathering the seeds of one model")
+    compare.add_argument("--metric", help="accuracy or macro_f1 (classification); kl_score, miou or accuracy "
+                                          "(segmentation); default: the headline metric")
+    compare.add_argument("--json", action="store_true", help="print one JSON object")
+    compare.set_defaults(func=cmd_compare)
 
     predict = commands.add_parser("predict", help="classify image files with a finished run's model")
     predict.add_argument("run_dir", help="a run folder: OUT/runs/<run_id>")

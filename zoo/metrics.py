@@ -66,16 +66,22 @@ def classification_metrics(y_true, probabilities, class_names) -> dict:
     return result
 
 
-def kl_score(true_proportions, predicted_proportions, ignore_classes=()) -> float:
-    """The land-cover challenge metric: per image normalise both vectors, add 1e-7, drop the
-    ignored columns, sum y * log(y / y_hat); mean over images. 0 is perfect; lower is better."""
+def kl_per_image(true_proportions, predicted_proportions, ignore_classes=()) -> np.ndarray:
+    """The land-cover challenge's per-image term: normalise both vectors, add 1e-7, drop the
+    ignored columns, sum y * log(y / y_hat)."""
     def prepare(values):
         values = np.asarray(values, dtype=np.float64)
         values = values / np.maximum(values.sum(axis=1, keepdims=True), 1e-12) + KL_EPSILON
         keep = [c for c in range(values.shape[1]) if c not in set(ignore_classes)]
         return values[:, keep]
     y, y_hat = prepare(true_proportions), prepare(predicted_proportions)
-    return float(np.mean(np.sum(y * np.log(y / y_hat), axis=1)))
+    return np.sum(y * np.log(y / y_hat), axis=1)
+
+
+def kl_score(true_proportions, predicted_proportions, ignore_classes=()) -> float:
+    """The land-cover challenge metric: the mean over images of :func:`kl_per_image`. 0 is
+    perfect; lower is better."""
+    return float(np.mean(kl_per_image(true_proportions, predicted_proportions, ignore_classes)))
 
 
 def pixel_confusion(y_true, y_pred, num_classes) -> np.ndarray:

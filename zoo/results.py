@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 # Column -> meaning. Empty cells mean "does not apply" (e.g. miou for classification).
@@ -23,17 +23,26 @@ RESULT_COLUMNS = {
     "head": "head name",
     "weights": "none | imagenet | weights file",
     "trainable": "frozen | all | top:N (then '+finetune top:N' when a second phase ran)",
-    "seed": "random seed",
+    "seed": "random seed of initialisation, shuffling and augmentation",
+    "split_seed": "seed of the carved validation/test split: runs with the same one are tested on the same images",
     "swept": "the swept train keys of this run, as key=value;...",
+    "overrides": "the suite's overrides applied to this run, as '#index key=pattern' (empty when none)",
     "status": "ok | failed",
     "error": "why the run failed (empty when ok)",
     "accuracy": "test accuracy (pixel accuracy for segmentation)",
+    "accuracy_ci_low": "lower end of the 95 % bootstrap interval of accuracy over test examples",
+    "accuracy_ci_high": "upper end of that interval",
     "top5_accuracy": "test top-5 accuracy (classification, more than 2 classes)",
     "macro_precision": "test precision averaged over classes",
     "macro_recall": "test recall averaged over classes",
     "macro_f1": "test F1 averaged over classes",
     "miou": "test mean IoU over non-ignored classes (segmentation)",
+    "miou_ci_low": "lower end of the 95 % bootstrap interval of mIoU over test tiles",
+    "miou_ci_high": "upper end of that interval",
     "kl_score": "land-cover KL score of class proportions, lower is better (segmentation, distribution)",
+    "kl_score_ci_low": "lower end of the 95 % bootstrap interval of the KL score over test tiles",
+    "kl_score_ci_high": "upper end of that interval",
+    "test_examples": "test images (tiles for segmentation) the metrics were computed on",
     "accuracy_smoothed": "test accuracy after smoothing along tracks (datasets with tracks)",
     "train_seconds": "wall-clock seconds of all training epochs, both phases",
     "first_epoch_seconds": "seconds of the first epoch, which includes tracing and compilation",
@@ -41,6 +50,8 @@ RESULT_COLUMNS = {
     "eval_seconds": "seconds to predict the whole test split",
     "features": "off | computed | reused: whether the head trained on cached frozen-backbone features",
     "feature_seconds": "seconds to compute the cached features (0 when reused; not part of train_seconds)",
+    "precise_bn_batches": "training batches over which BatchNorm population statistics were recomputed before "
+                          "evaluation (0: off, or no BatchNorm layer trained)",
     "images_per_second": "inference throughput at the run's batch size, after warm-up",
     "latency_ms": "median inference latency of one image (batch 1), after warm-up",
     "params": "total parameters",
@@ -118,4 +129,4 @@ def read_results(out_dir):
     path = Path(out_dir) / "results.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `zoo run SUITE --out {out_dir}` first")
-    return pd.read_csv(path, dtype={"error": str, "swept": str})
+    return pd.read_csv(path, dtype={"error": str, "swept": str, "overrides": str})

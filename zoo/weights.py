@@ -20,6 +20,13 @@ from zoo.backbones import BackboneSpec, WeightsFile
 WEIGHTS_DIR_ENV = "ZOO_WEIGHTS_DIR"
 
 
+OFFLINE_ENV = "ZOO_OFFLINE"  # "1": never download (air-gapped machines, tests)
+
+
+def downloads_allowed() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("1", "true", "yes")
+
+
 class WeightsUnavailableError(RuntimeError):
     """The weights file is neither on disk nor downloadable."""
 
@@ -67,13 +74,13 @@ def resolve_imagenet_weights(spec: BackboneSpec, include_top: bool = False,
             if file_matches_hash(path, weights.file_hash):
                 return path
             rejected.append(f"{path} (hash differs from {weights.file_hash}: incomplete or a different file)")
-    if download:
+    if download and downloads_allowed():
         try:
             return download_weights(weights, keras_cache_dir())
         except Exception as error:  # urllib, socket and SSL errors all mean "not reachable"
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     else:
-        reason = "downloading was disabled"
+        reason = "downloading was disabled" + (f" ({OFFLINE_ENV} is set)" if download else "")
     looked = "\n".join(f"  - {p}" for p in candidate_paths(weights))
     bad = "".join(f"\n  rejected {r}" for r in rejected)
     raise WeightsUnavailableError(

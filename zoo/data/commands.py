@@ -46,29 +46,38 @@ def cmd_data_info(args) -> int:
     return 0
 
 
-def cmd_data_prepare(args) -> int:
-    card = DATASETS.get(args.name)
+def prepare_dataset(name: str, data_dir: str | None = None, tfds_dir: str | None = None):
+    """Download and/or build a registered dataset; returns the builder (None when embedded).
+    For landcover_ens ``data_dir`` is the unzipped challenge folder and ``tfds_dir`` where to build."""
+    card = DATASETS.get(name)
     if card["source"] == "synthetic":
-        print(f"{args.name} is embedded (generated on the fly); nothing to prepare")
-        return 0
+        return None
     if card["source"] == "folder":
-        raise DataError(f"{args.name} is a folder dataset; point a suite's `path:` at it instead")
+        raise DataError(f"{name} is a folder dataset; point a suite's `path:` at it instead")
     import tensorflow_datasets as tfds
 
     if card["source"] == "landcover_ens":
-        if not args.data_dir:
+        if not data_dir:
             raise DataError("landcover_ens needs --data-dir DIR, the unzipped challenge folder holding "
                             "train/ and test/ (manual download from https://challengedata.ens.fr)")
         from zoo.data.landcover_ens import LandcoverEns, check_challenge_layout
 
-        check_challenge_layout(Path(args.data_dir).expanduser())
-        builder = LandcoverEns(data_dir=args.tfds_dir)
+        check_challenge_layout(Path(data_dir).expanduser())
+        builder = LandcoverEns(data_dir=tfds_dir)
         builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(Path(args.data_dir).expanduser())))
+            download_config=tfds.download.DownloadConfig(manual_dir=str(Path(data_dir).expanduser())))
     else:
-        builder = tfds.builder(card["tfds_name"], data_dir=args.data_dir)
+        builder = tfds.builder(card["tfds_name"], data_dir=data_dir)
         builder.download_and_prepare()
-    print(f"{args.name} prepared in {builder.data_dir}")
+    return builder
+
+
+def cmd_data_prepare(args) -> int:
+    builder = prepare_dataset(args.name, args.data_dir, args.tfds_dir)
+    if builder is None:
+        print(f"{args.name} is embedded (generated on the fly); nothing to prepare")
+    else:
+        print(f"{args.name} prepared in {builder.data_dir}")
     return 0
 
 

@@ -60,6 +60,12 @@ class Source:
         """A tf.data.Dataset of (image, target) for ``split``, restricted to ``indices`` if given."""
         raise NotImplementedError
 
+    def example_ids(self, split: str, indices=None) -> list[str]:
+        """A stable name per example, in ``examples`` order: predictions of two runs are aligned by
+        these, not by position. ``split/index`` here; the user's files by their path."""
+        indices = range(self.info.splits[split]) if indices is None else indices
+        return [f"{split}/{int(i)}" for i in indices]
+
 
 def select(dataset, indices, size):
     """Keep the examples at ``indices`` of a streamed dataset (nothing is held in memory)."""
@@ -226,6 +232,11 @@ class FolderSource(Source):
         if self.info.task != "classification":
             return None
         return np.array([label for _, label in self.scan.examples[split]], dtype=np.int64)
+
+    def example_ids(self, split, indices=None):
+        items = self.scan.examples[split]
+        items = items if indices is None else [items[i] for i in indices]
+        return [str(Path(path).relative_to(self.scan.root)) for path, _ in items]
 
     def examples(self, split, indices=None):
         import tensorflow as tf

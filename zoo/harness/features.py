@@ -150,6 +150,6 @@ def prepare(run, head_spec, backbone_spec) -> dict:
     head_model = build_head_model(run.model, head_spec, backbone_spec, run.info.num_classes,
                                   (run.train["image_size"], run.train["image_size"], run.info.channels))
     copy_head_weights(run.model, head_model)  # start from the full model's initial head
-    return {"key": key, "reused": reused, "seconds": seconds, "head_model": head_model,
+    return {"key": key, "folder": folder, "reused": reused, "seconds": seconds, "head_model": head_model,
             "train": feature_dataset(folder, "train", run.global_batch, run.spec["seed"]),
             "val": feature_dataset(folder, "val", run.global_batch, None)}

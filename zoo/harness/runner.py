@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from zoo.harness.suite import RunSpec, expand_suite
+from zoo.errors import ConfigError
+from zoo.harness.suite import RunSpec, expand_suite, suite_warnings
 from zoo.results import read_result, write_atomic, write_json, write_results_csv
 
 
@@ -68,17 +69,40 @@ def _log(message):
     print(message, flush=True)
 
 
-def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False, isolate: bool = True,
-              report: bool = True, log=_log) -> int:
-    """Run every run of ``suite`` not yet finished; 0 if all succeeded, 1 if any failed."""
-    out_dir = Path(out_dir)
+def select_runs(suite: dict, only: str | None) -> tuple[list[RunSpec], list[RunSpec]]:
+    """All runs of a validated suite, and those ``--only`` selects."""
     runs = expand_suite(suite)
     selected = [r for r in runs if not only or fnmatch.fnmatchcase(r.run_id, only)
                 or fnmatch.fnmatchcase(r.run_id, f"*{only}*")]
-    if not selected:
-        log(f"--only {only!r} matches none of the {len(runs)} runs")
-        return 1
+    if only and not selected:
+        raise ConfigError(f"--only {only!r} matches none of the {len(runs)} runs; `zoo plan SUITE` lists them")
+    return runs, selected
+
+
+def pending_runs(selected: list[RunSpec], runs_dir: Path, force: bool) -> list[RunSpec]:
+    return [r for r in selected if force or (read_result(runs_dir / r.run_id) or {}).get("status") != "ok"]
+
+
+def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False, isolate: bool = True,
+              report: bool = True, log=_log, prepare: bool = False, suite_path: str | None = None) -> int:
+    """Run every run of ``suite`` not yet finished; 0 if all succeeded, 1 if any failed.
+
+    Before anything is written, every pending run's data and weights are checked; any problem
+    raises NotReadyError listing them all (``prepare=True`` first fetches what it can).
+    """
+    from zoo.harness.preflight import NotReadyError, check_readiness, format_problems, prepare_missing
+
+    out_dir = Path(out_dir)
+    runs, selected = select_runs(suite, only)
     runs_dir = out_dir / "runs"
+    todo = pending_runs(selected, runs_dir, force)
+    if todo:
+        _, problems = check_readiness(todo)
+        if problems and prepare:
+            prepare_missing(todo, problems, log)
+            _, problems = check_readiness(todo)
+        if problems:
+            raise NotReadyError(format_problems(problems, None if prepare else suite_path))
     runs_dir.mkdir(parents=True, exist_ok=True)
     for stale in runs_dir.glob(".*.partial"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed suite
@@ -86,15 +110,10 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     all_ids = [r.run_id for r in runs]
 
     durations: list[float] = []
-    todo = [r for r in selected if force or (read_result(runs_dir / r.run_id) or {}).get("status") != "ok"]
     log(f"suite {suite['name']}: {len(runs)} runs, {len(selected) - len(todo)} already finished, "
         f"{len(todo)} to run -> {out_dir}")
-    random_frozen = sorted({r.backbone for r in todo if r.weights == "none" and r.trainable != "all"})
-    if random_frozen:
-        # Legal, but almost never meant: BatchNorm in inference mode over random weights gives
-        # near-constant features, and the head then predicts one class.
-        log(f"warning: {', '.join(random_frozen)} will not train ({suite['trainable']}) but have no pretrained "
-            f"weights (weights: none); set weights: imagenet or a weights file, or trainable: all")
+    for warning in suite_warnings(todo):
+        log(warning)
     for index, run in enumerate(todo, start=1):
         log(f"[{index}/{len(todo)}] {run.run_id}  ({_eta(durations, len(todo) - index + 1)})")
         start = time.perf_counter()
@@ -117,6 +136,22 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
         for row in failed:
             log(f"  {row['run_id']}: {row['error']}")
     return 1 if failed else 0
+
+
+def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log) -> int:
+    """``zoo plan`` / ``zoo run --dry-run``: every run with its status and readiness, and time
+    estimates for the pending ones; trains nothing and writes nothing. 2 if a run cannot start."""
+    from zoo.harness.preflight import check_readiness, format_plan, format_problems, make_plan
+
+    out_dir = Path(out_dir)
+    _, selected = select_runs(suite, only)
+    todo = pending_runs(selected, out_dir / "runs", force=False)
+    sources, problems = check_readiness(todo)
+    log(format_plan(make_plan(selected, out_dir, sources, log=log)))
+    if problems:
+        log(format_problems(problems))
+        return 2
+    return 0
 
 
 def predict_images(run_dir, image_paths, top_k: int = 5) -> list[dict]:

@@ -29,11 +29,13 @@ SUITE_DEFAULTS = {
     "weights": "none",         # none | imagenet (from-scratch baselines then stay none) | path to a weights file
     "trainable": "all",        # frozen | all | top:N (first phase when finetune is set)
     "backbone_options": {},    # extra builder arguments, e.g. {depth: 2} for unet
-    "seeds": [0],
+    "seeds": [0],              # initialisation, shuffling, augmentation
+    "split_seed": 0,           # the carved validation/test split, the same for every run; a list sweeps it
     "train": {},
     "finetune": None,          # {trainable: "top:20", epochs: 4, learning_rate: 1e-5}
     "postprocess": None,       # track smoothing, for datasets with tracks
     "plugins": [],             # Python modules or .py files that register more backbones/heads
+    "overrides": [],           # [{match: {backbone: glob, ...}, set: {weights: ..., train: {...}}}], in order
 }
 TRAIN_DEFAULTS = {
     "image_size": 64,
@@ -52,9 +54,14 @@ TRAIN_DEFAULTS = {
     "cache": "none",               # none | memory | disk: cache decoded, resized images
     "cache_features": "auto",      # auto | true | false: train heads on cached frozen-backbone features
     "steps_per_epoch": None,       # cap batches per epoch (quick checks); None = whole split
-    "batchnorm_momentum": None,    # None keeps each model's own; 0.9 suits short from-scratch training
+    "batchnorm_momentum": None,    # None keeps each model's own
+    "precise_bn": {"batches": 200},  # BatchNorm population statistics over N unaugmented training batches
+                                   # before evaluation (and a few before each validation); false = off
     "split": None,                 # per-run override of the dataset's split fractions
 }
+OVERRIDE_KEYS = {"match": None, "set": None}
+OVERRIDE_MATCH_KEYS = {"dataset": None, "backbone": None, "head": None}
+OVERRIDE_SET_KEYS = {"weights": None, "trainable": None, "finetune": None, "train": None, "backbone_options": None}
 FINETUNE_DEFAULTS = {"trainable": "top:20", "epochs": 4, "learning_rate": 1e-5}
 POSTPROCESS_DEFAULTS = {"method": "hmm", "window": 5, "switch_penalty": 4.0,
                         "transitions": None}  # None: switch_penalty; "estimate": counted on training tracks
@@ -130,12 +137,14 @@ class RunSpec:
     weights: str
     trainable: str
     seed: int
+    split_seed: int
     train: dict
     finetune: dict | None
     postprocess: dict | None
     backbone_options: dict
     plugins: list
     swept: dict
+    overrides: list = None  # the overrides applied, as "#index key=pattern,..."
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -173,6 +182,20 @@ def validate_train(train: dict, where: str) -> None:
                           f"{', '.join(EXTRA_PREPROCESSING)} joined with '+'")
 
 
+def normalize_precise_bn(value, where: str = "train.precise_bn"):
+    """``train.precise_bn`` as ``{"batches": N}`` or False (``true`` means the default batches)."""
+    if value is False or value is None:
+        return False
+    if value is True:
+        return dict(TRAIN_DEFAULTS["precise_bn"])
+    if isinstance(value, dict):
+        _unknown_keys(value, TRAIN_DEFAULTS["precise_bn"], where)
+        batches = value.get("batches", TRAIN_DEFAULTS["precise_bn"]["batches"])
+        if isinstance(batches, int) and not isinstance(batches, bool) and batches >= 1:
+            return {"batches": batches}
+    raise ConfigError(f"{where}: use false, true or {{batches: N}} with N a positive whole number, got {value!r}")
+
+
 def load_suite(path_or_dict, overrides: list[str] | None = None) -> dict:
     """Read, override and validate a suite; returns it with defaults filled in."""
     if isinstance(path_or_dict, dict):
@@ -197,6 +220,9 @@ def load_suite(path_or_dict, overrides: list[str] | None = None) -> dict:
         raise ConfigError(f"suite.name {suite['name']!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
     _unknown_keys(suite["train"] or {}, TRAIN_DEFAULTS, "train")
     suite["train"] = {**TRAIN_DEFAULTS, **(suite["train"] or {})}
+    precise = suite["train"]["precise_bn"]
+    suite["train"]["precise_bn"] = ([normalize_precise_bn(v) for v in precise] if isinstance(precise, list)
+                                    else normalize_precise_bn(precise))
     if suite["finetune"] is not None:
         _unknown_keys(suite["finetune"], FINETUNE_DEFAULTS, "finetune")
         suite["finetune"] = {**FINETUNE_DEFAULTS, **suite["finetune"]}
@@ -216,7 +242,6 @@ def expand_suite(suite: dict) -> list[RunSpec]:
     """All runs of a validated suite; fails on any impossible combination before training."""
     from zoo.backbones import BACKBONES
     from zoo.data.sources import resolve_dataset_config
-    from zoo.factory import IncompatibleError, check_compatible, check_input_shape, parse_trainable
     from zoo.heads import HEADS
 
     load_plugins(suite["plugins"])
@@ -225,18 +250,17 @@ def expand_suite(suite: dict) -> list[RunSpec]:
         heads = HEADS.expand([str(p) for p in _as_list(suite["heads"])])
     except KeyError as error:
         raise ConfigError(f"suite: {error}") from None
-    for mode in [suite["trainable"]] + ([suite["finetune"]["trainable"]] if suite["finetune"] else []):
-        try:
-            parse_trainable(mode)
-        except ValueError as error:
-            raise ConfigError(f"trainable: {error}") from None
     weights = str(suite["weights"])
-    if weights not in ("none", "imagenet") and not Path(weights).expanduser().is_file():
-        raise ConfigError(f"weights: {weights!r} is neither none, imagenet nor an existing weights file")
-    seeds = [int(s) for s in _as_list(suite["seeds"])]
+    overrides = _validated_overrides(suite.get("overrides"))
+    matched = [False] * len(overrides)
+    seeds = _whole_numbers(suite["seeds"], "seeds")
+    split_seeds = _whole_numbers(suite["split_seed"], "split_seed")
 
     swept_keys = [k for k, v in suite["train"].items() if isinstance(v, (list, tuple)) and k != "split"]
-    combos = list(itertools.product(*[suite["train"][k] for k in swept_keys])) or [()]
+    # A list of split seeds measures split variance on purpose: then it is a sweep axis.
+    split_axis = isinstance(suite["split_seed"], (list, tuple))
+    combos = [(dict(zip(swept_keys, combo)), split_seed)
+              for combo in itertools.product(*[suite["train"][k] for k in swept_keys]) for split_seed in split_seeds]
     runs = []
     used_heads: set[str] = set()
     for entry in _as_list(suite["datasets"]):
@@ -253,43 +277,151 @@ def expand_suite(suite: dict) -> list[RunSpec]:
             raise ConfigError(f"none of the heads {heads} fits dataset {dataset['name']!r} ({task}); heads for "
                               f"{task}: {', '.join(n for n, h in HEADS.items() if h.task in wanted)}")
         used_heads.update(fitting)
-        for combo in combos:
-            swept = dict(zip(swept_keys, combo))
-            train = {**suite["train"], **swept}
-            validate_train(train, "train")
+        for train_swept, split_seed in combos:
+            swept = {**train_swept, **({"split_seed": split_seed} if split_axis else {})}
             for backbone, head in itertools.product(backbones, fitting):
-                try:
-                    check_compatible(BACKBONES.get(backbone), HEADS.get(head))
-                    check_input_shape(BACKBONES.get(backbone), (train["image_size"], train["image_size"], 3))
-                except IncompatibleError as error:
-                    raise ConfigError(f"suite: {error}") from None
                 # From-scratch baselines have no ImageNet weights: with weights: imagenet they
                 # train from scratch beside the pretrained backbones, and their rows say so.
                 run_weights = "none" if weights == "imagenet" and not BACKBONES.get(backbone).has_imagenet_weights \
                     else weights
-                if train["cache_features"] is True and not (suite["trainable"] == "frozen" and not suite["finetune"]
-                                                             and not train["augment"]):
-                    raise ConfigError("train.cache_features: true needs trainable: frozen, no finetune and "
-                                      "augment: false (otherwise the backbone's features change every epoch); "
-                                      "use auto to cache only where it applies")
+                settings = {"weights": run_weights, "trainable": suite["trainable"], "finetune": suite["finetune"],
+                            "train": {**suite["train"], **train_swept},
+                            "backbone_options": suite["backbone_options"] or {}}
+                applied = []
+                for index, override in enumerate(overrides):
+                    if _override_matches(override["match"], dataset["name"], backbone, head):
+                        settings = _apply_override(settings, override["set"], f"overrides[{index}]")
+                        matched[index] = True
+                        applied.append(f"#{index} " + ",".join(f"{k}={v}" for k, v in override["match"].items()))
+                _check_run_settings(settings, BACKBONES.get(backbone), HEADS.get(head),
+                                    "train" if not applied else f"train (after {'; '.join(applied)})")
+                train = settings["train"]
                 for seed in seeds:
-                    resolved = {"dataset": dataset, "backbone": backbone, "head": head, "weights": run_weights,
-                                "trainable": suite["trainable"], "seed": seed, "train": train,
-                                "finetune": suite["finetune"], "postprocess": suite["postprocess"],
-                                "backbone_options": suite["backbone_options"]}
+                    resolved = {"dataset": dataset, "backbone": backbone, "head": head, "weights": settings["weights"],
+                                "trainable": settings["trainable"], "seed": seed, "split_seed": split_seed,
+                                "train": train, "finetune": settings["finetune"], "postprocess": suite["postprocess"],
+                                "backbone_options": settings["backbone_options"]}
                     run_id = make_run_id(dataset["name"], backbone, head, seed, swept, resolved)
                     runs.append(RunSpec(run_id=run_id, suite=suite["name"], dataset=dataset, backbone=backbone,
-                                        head=head, weights=run_weights, trainable=suite["trainable"], seed=seed,
-                                        train=train, finetune=suite["finetune"], postprocess=suite["postprocess"],
-                                        backbone_options=suite["backbone_options"] or {},
+                                        head=head, weights=settings["weights"], trainable=settings["trainable"],
+                                        seed=seed, split_seed=split_seed, train=train, finetune=settings["finetune"],
+                                        postprocess=suite["postprocess"], backbone_options=settings["backbone_options"],
                                         plugins=[str(Path(p).resolve()) if str(p).endswith(".py") else p
                                                  for p in _as_list(suite["plugins"] or [])],
-                                        swept=swept))
+                                        swept=swept, overrides=applied))
+    for index, hit in enumerate(matched):
+        if not hit:
+            raise ConfigError(f"overrides[{index}].match {overrides[index]['match']} matches none of the suite's "
+                              f"runs (datasets, backbones and heads after expansion); check the names or remove it")
     unused = [h for h in heads if h not in used_heads]
     if unused:
         raise ConfigError(f"heads {unused} fit none of the suite's datasets (their tasks: "
                           f"{', '.join(sorted({HEADS.get(h).task for h in unused}))})")
     return runs
+
+
+def suite_warnings(runs: list[RunSpec]) -> list[str]:
+    """Settings that are legal but almost never meant, as one line each."""
+    random_frozen = sorted({r.backbone for r in runs if r.weights == "none" and r.trainable != "all"})
+    if not random_frozen:
+        return []
+    # BatchNorm in inference mode over random weights gives near-constant features, and the
+    # head then predicts one class.
+    modes = sorted({r.trainable for r in runs if r.backbone in random_frozen and r.weights == "none"})
+    return [f"warning: {', '.join(random_frozen)} will not train ({', '.join(modes)}) but have no pretrained "
+            f"weights (weights: none); set weights: imagenet or a weights file, trainable: all, or an override "
+            f"for {'them' if len(random_frozen) > 1 else 'it'} (overrides: [{{match: {{backbone: "
+            f"{random_frozen[0]}}}, set: {{trainable: all}}}}])"]
+
+
+def _validated_overrides(overrides) -> list[dict]:
+    """The suite's ``overrides`` list with every key checked (values are checked per run)."""
+    overrides = overrides or []
+    if not isinstance(overrides, list):
+        raise ConfigError("overrides: a list of {match: {...}, set: {...}} entries")
+    result = []
+    for index, override in enumerate(overrides):
+        where = f"overrides[{index}]"
+        if not isinstance(override, dict) or not isinstance(override.get("match"), dict) \
+                or not isinstance(override.get("set"), dict) or not override["match"] or not override["set"]:
+            raise ConfigError(f"{where}: give `match:` (any of dataset, backbone, head: names or glob patterns) and "
+                              f"`set:` (any of {', '.join(OVERRIDE_SET_KEYS)})")
+        _unknown_keys(override, OVERRIDE_KEYS, where)
+        _unknown_keys(override["match"], OVERRIDE_MATCH_KEYS, f"{where}.match")
+        _unknown_keys(override["set"], OVERRIDE_SET_KEYS, f"{where}.set")
+        if "train" in override["set"]:
+            if not isinstance(override["set"]["train"], dict):
+                raise ConfigError(f"{where}.set.train: a mapping of train keys, e.g. {{epochs: 30}}")
+            _unknown_keys(override["set"]["train"], TRAIN_DEFAULTS, f"{where}.set.train")
+        if override["set"].get("finetune") is not None:
+            if not isinstance(override["set"]["finetune"], dict):
+                raise ConfigError(f"{where}.set.finetune: null or a mapping like {{trainable: 'top:20', epochs: 4}}")
+            _unknown_keys(override["set"]["finetune"], FINETUNE_DEFAULTS, f"{where}.set.finetune")
+        result.append({"match": {k: str(v) for k, v in override["match"].items()}, "set": override["set"]})
+    return result
+
+
+def _override_matches(match: dict, dataset: str, backbone: str, head: str) -> bool:
+    import fnmatch
+
+    names = {"dataset": dataset, "backbone": backbone, "head": head}
+    return all(fnmatch.fnmatchcase(names[key], pattern) for key, pattern in match.items())
+
+
+def _apply_override(settings: dict, changes: dict, where: str) -> dict:
+    settings = copy.deepcopy(settings)
+    for key, value in changes.items():
+        if key == "train":
+            settings["train"] = {**settings["train"], **value}
+            if "precise_bn" in value:
+                settings["train"]["precise_bn"] = normalize_precise_bn(value["precise_bn"], f"{where}.set.train.precise_bn")
+        elif key == "finetune":
+            settings["finetune"] = None if value is None else {**FINETUNE_DEFAULTS, **value}
+        elif key == "backbone_options":
+            settings["backbone_options"] = dict(value or {})
+        else:
+            settings[key] = str(value)
+    return settings
+
+
+def _check_run_settings(settings: dict, backbone, head, where: str) -> None:
+    """Everything about one run's settings that can fail before training."""
+    from zoo.factory import IncompatibleError, check_compatible, check_input_shape, parse_trainable
+
+    train = settings["train"]
+    swept = [k for k, v in train.items() if isinstance(v, (list, tuple)) and k != "split"]
+    if swept:
+        raise ConfigError(f"{where}: {', '.join(swept)} must be single values in an override (sweep in `train:`)")
+    validate_train(train, where)
+    for mode in [settings["trainable"]] + ([settings["finetune"]["trainable"]] if settings["finetune"] else []):
+        try:
+            parse_trainable(mode)
+        except ValueError as error:
+            raise ConfigError(f"trainable: {error}") from None
+    weights = settings["weights"]
+    if weights not in ("none", "imagenet") and not Path(weights).expanduser().is_file():
+        raise ConfigError(f"weights: {weights!r} is neither none, imagenet nor an existing weights file")
+    if weights == "imagenet" and not backbone.has_imagenet_weights:
+        raise ConfigError(f"weights: imagenet for {backbone.name}, which has no ImageNet weights (it trains from "
+                          f"scratch); set weights: none for it")
+    try:
+        check_compatible(backbone, head)
+        check_input_shape(backbone, (train["image_size"], train["image_size"], 3))
+    except IncompatibleError as error:
+        raise ConfigError(f"suite: {error}") from None
+    if train["cache_features"] is True and not (settings["trainable"] == "frozen" and not settings["finetune"]
+                                                 and not train["augment"]):
+        raise ConfigError("train.cache_features: true needs trainable: frozen, no finetune and "
+                          "augment: false (otherwise the backbone's features change every epoch); "
+                          "use auto to cache only where it applies")
+
+
+def _whole_numbers(value, key: str) -> list[int]:
+    values = _as_list(value)
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"{key}: give a whole number or a non-empty list of whole numbers, e.g. [0, 1, 2]; "
+                          f"got {value!r}")
+    return values
 
 
 def _folder_task(dataset: dict) -> str:

@@ -32,6 +32,18 @@ class EpochTimer(keras.callbacks.Callback):
                 "epoch_seconds": float(statistics.median(later)) if later else None}
 
 
+def compiled_predict(model):
+    """``model(images, training=False)`` as one compiled function returning NumPy; correct under any
+    distribution strategy (Keras's predict_on_batch under MirroredStrategy returns one copy of
+    the batch per replica)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        compiled = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+        return lambda images: keras.ops.convert_to_numpy(compiled(images))
+    return lambda images: keras.ops.convert_to_numpy(model(images, training=False))
+
+
 def inference_speed(predict, input_shape, batch_size, min_seconds=1.0, warmup=3) -> dict:
     """Images/s at ``batch_size`` and median batch-1 latency (ms) of ``predict(images)``
     (returning a NumPy array, so the time includes the result), both after warm-up, on

@@ -118,14 +118,14 @@ class Run:
         info = self.info = self.source.info
         fractions = self.train.get("split") or self.spec["dataset"].get("split")
         labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
-        self.plan = plan_splits(labelled, fractions, self.spec["seed"],
+        self.plan = plan_splits(labelled, fractions, self.spec["split_seed"],
                                 {"train": self.source.labels("train") if "train" in labelled else None},
                                 groups=self.source.groups("train"))
         sizes = {name: (len(idx) if idx is not None else labelled[split]) for name, (split, idx) in self.plan.items()}
         # Pixel counts mean reading every training mask: only when class weights need them.
         needs_counts = self.task == "classification" or self.train["class_weights"]
         train_counts = class_counts(self.source, *self.plan["train"], info.num_classes) if needs_counts else None
-        write_json(self.dir / "split.json", {"seed": self.spec["seed"], "sizes": sizes,
+        write_json(self.dir / "split.json", {"split_seed": self.spec["split_seed"], "sizes": sizes,
                                              "sources": {k: v[0] for k, v in self.plan.items()},
                                              "train_class_counts": train_counts})
         np.savez_compressed(self.dir / "split_indices.npz",
@@ -147,12 +147,12 @@ class Run:
             one_hot=self.train["loss"] == "focal" and self.task == "classification")
         self.sizes = sizes
 
-        def pipeline(name, training):
+        def pipeline(name, training, augment=None):
             split, indices = self.plan[name]
             option_cache = None if cache == "none" else ("memory" if cache == "memory" else
                                                           str(cache_dir / f"{self.spec['run_id']}-{name}"))
-            options = PipelineOptions(**self.options, augment=bool(self.train["augment"]) and training,
-                                      cache=option_cache)
+            augment = bool(self.train["augment"]) and training if augment is None else augment
+            options = PipelineOptions(**self.options, augment=augment, cache=option_cache)
             return build_pipeline_for(self.source.examples(split, indices), info, options, training)
 
         from zoo.data.pipeline import build_pipeline as build_pipeline_for
@@ -190,14 +190,12 @@ class Run:
                                      batchnorm_momentum=self.train.get("batchnorm_momentum"))
 
     def predictor(self):
-        """model(x) as one compiled function: correct under any distribution strategy (Keras's
-        predict_on_batch under MirroredStrategy returns one copy of the batch per replica)."""
-        import tensorflow as tf
+        """The model's compiled inference function (see zoo.harness.timing.compiled_predict)."""
+        from zoo.harness.timing import compiled_predict
 
         if getattr(self, "_predict", None) is None:
-            model = self.model
-            self._predict = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
-        return lambda images: np.asarray(self._predict(images))
+            self._predict = compiled_predict(self.model)
+        return self._predict
 
     def compile(self, learning_rate, epochs):
         import keras
@@ -208,22 +206,45 @@ class Run:
             schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps * epochs)
         metrics = {"classification": ["accuracy"], "segmentation": [], "distribution": []}[self.task]
         weighted = ["accuracy"] if self.task == "segmentation" else None
+        self.calibration_forward = None  # traced again: trainable flags may have changed
         with self.strategy.scope():
             self.trained_model.compile(optimizer=make_optimizer(self.train["optimizer"], schedule),
                                        loss=make_loss(self.task, self.train["loss"]), metrics=metrics,
                                        weighted_metrics=weighted, jit_compile=bool(self.train["xla"]))
 
+    def calibration_batches(self, repeat: bool):
+        """Training batches without augmentation (the statistics serve evaluation on unaugmented
+        images), shuffled with the run's seed: images, or cached features for a head on features."""
+        if self.trained_model is self.model:
+            batches = self.make_pipeline("train", True, augment=False)
+        else:
+            from zoo.harness.features import feature_dataset
+
+            batches = feature_dataset(self.feature_cache["folder"], "train", self.global_batch, self.spec["seed"])
+        return batches.repeat() if repeat else batches
+
     def callbacks(self, append: bool):
         import keras
 
+        from zoo.harness.precise_bn import (forward_in_training_mode, precise_bn_callback, trained_batchnorm_layers,
+                                            validation_batches)
         from zoo.harness.timing import EpochTimer
 
         self.timer = self.timer or EpochTimer()
-        callbacks = [self.timer, keras.callbacks.TerminateOnNaN(),
-                     keras.callbacks.CSVLogger(str(self.dir / "history.csv"), append=append),
-                     keras.callbacks.ModelCheckpoint(str(self.dir / "best.weights.h5"), monitor="val_loss",
-                                                     save_best_only=True, save_weights_only=True),
-                     keras.callbacks.TensorBoard(str(self.dir / "tensorboard"), write_graph=False, profile_batch=0)]
+        callbacks = [self.timer, keras.callbacks.TerminateOnNaN()]
+        precise = self.train["precise_bn"]
+        if precise and trained_batchnorm_layers(self.trained_model):
+            # Keras runs validation inside fit before on_epoch_end: this callback's on_test_begin
+            # recalibrates first, so checkpointing, early stopping and schedules judge current statistics.
+            steps = self.train["steps_per_epoch"] or max(1, math.ceil(self.sizes["train"] / self.global_batch))
+            self.validation_calibration_batches = validation_batches(steps, precise["batches"])
+            self.calibration_forward = forward_in_training_mode(self.trained_model)
+            callbacks.append(precise_bn_callback(lambda: self.calibration_batches(repeat=True),
+                                                 self.validation_calibration_batches, self.calibration_forward))
+        callbacks += [keras.callbacks.CSVLogger(str(self.dir / "history.csv"), append=append),
+                      keras.callbacks.ModelCheckpoint(str(self.dir / "best.weights.h5"), monitor="val_loss",
+                                                      save_best_only=True, save_weights_only=True),
+                      keras.callbacks.TensorBoard(str(self.dir / "tensorboard"), write_graph=False, profile_batch=0)]
         if self.train["early_stopping"]:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.train["early_stopping"],
                                                            restore_best_weights=True))
@@ -289,7 +310,31 @@ class Run:
             result = metrics.distribution_metrics(y_true, y_pred, names, ignore)
             predictions = {"y_true": y_true, "y_pred": y_pred}
         result["eval_seconds"] = eval_seconds
+        predictions["example_ids"] = np.array(self.source.example_ids(*self.plan["test"]))
+        self.add_uncertainty(result, predictions)
         return result, predictions
+
+    def add_uncertainty(self, result, predictions) -> None:
+        """95 % bootstrap intervals of the test metrics over test examples, and a flag on classes
+        with too few test examples to judge (see zoo.stats)."""
+        from zoo import stats
+
+        for metric in stats.METRICS_BY_TASK[self.task]:
+            if metric == "macro_f1":
+                continue  # intervals of the headline metrics only; zoo compare gives any metric's
+            scores = stats.example_scores(predictions, self.task, metric, self.info.num_classes,
+                                          self.info.ignore_classes)
+            result[f"{metric}_ci_low"], result[f"{metric}_ci_high"] = stats.interval(scores)
+        result["confidence_level"] = stats.CONFIDENCE
+        result["test_examples"] = len(predictions["example_ids"])
+        if self.task == "segmentation":  # tiles showing each class, by name
+            present = (np.asarray(predictions["proportions_true"]) > 0).sum(axis=0)
+            examples = dict(zip(self.info.class_names, present.tolist()))
+        else:
+            examples = {row["class"]: row["support"] for row in result.get("per_class", [])}
+        for row in result.get("per_class", []):
+            row["test_examples"] = int(examples[row["class"]])
+            row["too_few_to_judge"] = row["test_examples"] < stats.MIN_CLASS_EXAMPLES
 
     def execute(self) -> dict:
         import keras
@@ -327,7 +372,9 @@ class Run:
             epochs_run += self.fit(finetune["epochs"], initial_epoch=epochs_run, append=True)
             trainable = f"{trainable}+finetune {finetune['trainable']}"
         self.restore_best()
-        result, predictions = self.evaluate()
+        result = {"precise_bn": self.recalibrate()}
+        evaluation, predictions = self.evaluate()
+        result.update(evaluation)
         if self.spec.get("postprocess"):
             self.smooth(result, predictions)
 
@@ -342,6 +389,7 @@ class Run:
         cache = self.feature_cache
         result["features"] = "off" if cache is None else ("reused" if cache["reused"] else "computed")
         result["feature_seconds"] = None if cache is None else cache["seconds"]
+        result["precise_bn_batches"] = result["precise_bn"]["batches"]
         write_json(self.dir / "metrics.json", result)
         return self.row("ok", "", result, epochs_run, trainable, model_path)
 
@@ -372,6 +420,24 @@ class Run:
         result["accuracy_smoothed"] = after["accuracy"]
         predictions["y_pred_smoothed"] = smoothed
 
+    def recalibrate(self) -> dict:
+        """Population statistics for the trained BatchNorm layers before evaluation, speed
+        measurement and saving (see zoo.harness.precise_bn); what was done, for metrics.json."""
+        from zoo.harness.precise_bn import recalibrate_batchnorm, trained_batchnorm_layers
+
+        precise = self.train["precise_bn"]
+        layers = len(trained_batchnorm_layers(self.trained_model)) if precise else 0
+        start = time.perf_counter()
+        batches = recalibrate_batchnorm(self.trained_model, self.calibration_batches(repeat=False),
+                                        precise["batches"], self.calibration_forward) if layers else 0
+        if batches and self.trained_model is not self.model:
+            from zoo.harness.features import copy_head_weights
+
+            copy_head_weights(self.trained_model, self.model)
+        return {"batches": batches, "layers": layers, "augmented": False,
+                "seconds": time.perf_counter() - start,
+                "before_validation_batches": getattr(self, "validation_calibration_batches", 0) if layers else 0}
+
     def restore_best(self):
         best = self.dir / "best.weights.h5"
         if best.is_file() and not self.train["early_stopping"]:
@@ -390,13 +456,17 @@ class Run:
         return {"run_id": self.spec["run_id"], "suite": self.spec["suite"], "dataset": self.spec["dataset"]["name"],
                 "task": self.task,
                 "backbone": self.spec["backbone"], "head": self.spec["head"], "weights": self.spec["weights"],
-                "trainable": trainable, "seed": self.spec["seed"],
+                "trainable": trainable, "seed": self.spec["seed"], "split_seed": self.spec["split_seed"],
                 "swept": ";".join(f"{k}={v}" for k, v in sorted(self.spec["swept"].items())),
+                "overrides": "; ".join(self.spec.get("overrides") or []),
                 "status": status, "error": error,
-                **{k: result.get(k) for k in ("accuracy", "top5_accuracy", "macro_precision", "macro_recall",
-                                              "macro_f1", "miou", "kl_score", "accuracy_smoothed", "train_seconds",
+                **{k: result.get(k) for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "top5_accuracy",
+                                              "macro_precision", "macro_recall", "macro_f1", "miou", "miou_ci_low",
+                                              "miou_ci_high", "kl_score", "kl_score_ci_low", "kl_score_ci_high",
+                                              "test_examples", "accuracy_smoothed", "train_seconds",
                                               "first_epoch_seconds", "epoch_seconds", "eval_seconds",
-                                              "images_per_second", "latency_ms", "features", "feature_seconds")},
+                                              "images_per_second", "latency_ms", "features", "feature_seconds",
+                                              "precise_bn_batches")},
                 "params": model.count_params() if model is not None else None,
                 "trainable_params": count(model.trainable_weights) if model is not None else None,
                 "model_megabytes": model_path.stat().st_size / 1e6 if model_path and model_path.is_file() else None,

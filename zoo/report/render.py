@@ -15,11 +15,11 @@ import pandas as pd
 import yaml
 from jinja2 import Environment, PackageLoader
 
+from zoo import stats
 from zoo.metrics import METRICS
 from zoo.report import figures
 from zoo.results import RESULT_COLUMNS, read_results, write_atomic
 
-ONE_POINT = 0.01  # "within one point": one percentage point of accuracy/mIoU, 0.01 of KL score
 GROUP_KEYS = ["backbone", "head", "weights", "trainable", "swept"]
 
 
@@ -51,6 +51,13 @@ def _label(row) -> str:
     trainable = "" if row["trainable"] == "all" else f" ({row['trainable']})"
     weights = "" if row["weights"] == "none" else f" +{row['weights']}"
     return f"{row['backbone']}/{row['head']}{weights}{trainable}{swept}"
+
+
+def _class_note(row: dict, task: str) -> str:
+    if not row.get("too_few_to_judge"):
+        return ""
+    unit = "test images" if task == "classification" else "test tiles showing it"
+    return f"only {row['test_examples']} {unit}: too few to judge"
 
 
 def _slug(text) -> str:
@@ -104,34 +111,91 @@ class ReportBuilder:
                 "params": int(first["params"]), "params_text": _fmt(int(first["params"])),
                 "model_megabytes_text": _fmt(float(first["model_megabytes"]), 2),
                 "device": first["device"], "precision": first["precision"],
-                "run_ids": list(group["run_id"]),
+                "run_ids": list(group["run_id"]), "task": first["task"],
+                "test_examples": int(first["test_examples"]) if pd.notna(first.get("test_examples")) else None,
             })
         rows.sort(key=lambda r: -r["score"] if higher else r["score"])
         for rank, row in enumerate(rows, start=1):
             row["rank"] = rank
         return rows
 
+    def scores_of(self, row: dict, metric: str) -> stats.ExampleScores:
+        """The headline metric's per-example scores of a leaderboard row, its seeds pooled."""
+        info = json.loads((self.run_dir(row["run_ids"][0]) / "dataset.json").read_text())
+        scores = []
+        for run_id in row["run_ids"]:
+            with np.load(self.run_dir(run_id) / "predictions.npz") as predictions:
+                scores.append(stats.example_scores(predictions, row["task"], metric, len(info["class_names"]),
+                                                   info.get("ignore_classes", [])))
+        return stats.pool(scores)
+
+    def add_significance(self, board: list[dict], metric: str) -> None:
+        """Each row's 95 % interval, and whether it is significantly worse than the best: a paired
+        test on the same test examples, Holm-corrected over the comparisons with the best."""
+        for row in board:
+            row.update(interval_text="", tie=None, p_text="", compared=False)
+            try:
+                row["scores"] = self.scores_of(row, metric)
+                low, high = stats.interval(row["scores"])
+                row["interval_text"] = f"[{low:.4f}, {high:.4f}]"
+            except (OSError, KeyError, ValueError) as error:
+                row["scores"], row["p_text"] = None, f"not tested: {error}"
+        if not board or board[0]["scores"] is None:
+            return
+        best = board[0]
+        best.update(tie=True, compared=True, p_text="best")
+        tested = []
+        for row in board[1:]:
+            if row["scores"] is None:
+                continue
+            try:
+                row["comparison"] = stats.compare(row["scores"], best["scores"], row["seeds"], best["seeds"])
+                tested.append(row)
+            except stats.ComparisonError as error:
+                row["p_text"] = f"not compared: {error}"
+        for row, adjusted in zip(tested, stats.holm([r["comparison"]["p_value"] for r in tested])):
+            row.update(tie=adjusted >= stats.SIGNIFICANCE, compared=True, p_adjusted=adjusted,
+                       p_text=f"{adjusted:.3g}")
+        for row in board:
+            row["verdict"] = (row["p_text"] if row is best or not row["compared"] else
+                              f"{'tie' if row['tie'] else 'worse'} (p = {row['p_text']})")
+
     def recommendation(self, board: list[dict], metric: str, higher: bool) -> list[str]:
         if not board:
             return []
         name = {"accuracy": "accuracy", "kl_score": "KL score"}.get(metric, metric)
         best = board[0]
-        close = [r for r in board if abs(r["score"] - best["score"]) <= ONE_POINT + 1e-12]
-        fastest = max(close, key=lambda r: r["images_per_second"])
-        smallest = min(close, key=lambda r: r["params"])
-        sentences = [f"Best {name}: **{best['label']}** with {best['score_text']} "
+        examples = (f"{best['test_examples']:,} test {'images' if best['task'] == 'classification' else 'tiles'}"
+                    if best.get("test_examples") else "this test set")
+        interval = f" {best['interval_text']}" if best.get("interval_text") else ""
+        sentences = [f"Best {name}: **{best['label']}** with {best['score_text']}{interval} "
                      f"({best['images_per_second']:,.0f} images/s, {best['params']:,} parameters)."]
+        if not best.get("compared"):
+            sentences.append("No significance test was possible (see the leaderboard), so no tie is claimed.")
+        ties = [r for r in board if r.get("tie")]
+        others = [r for r in ties if r is not best]
+        if best.get("compared") and not others:
+            compared = sum(1 for r in board[1:] if r.get("compared"))
+            sentences.append(f"Every other model compared ({compared}) is significantly worse on these {examples} "
+                             f"(paired test, Holm-corrected, 0.05)." if compared else
+                             "It is the only model that could be compared.")
+        fastest = max(ties or [best], key=lambda r: r["images_per_second"])
+        smallest = min(ties or [best], key=lambda r: r["params"])
         if fastest is not best:
-            sentences.append(f"Fastest within one point ({ONE_POINT:g}) of the best: **{fastest['label']}**, "
-                             f"{fastest['score_text']} at {fastest['images_per_second']:,.0f} images/s "
-                             f"({fastest['images_per_second'] / best['images_per_second']:.1f}x the best's speed).")
-        else:
-            sentences.append("The best is also the fastest of those within one point of it.")
-        if smallest is not best:
-            sentences.append(f"Smallest within one point: **{smallest['label']}**, {smallest['score_text']} with "
-                             f"{smallest['params']:,} parameters ({smallest['params'] / best['params']:.2f}x the best's).")
-        else:
-            sentences.append("The best is also the smallest of those within one point of it.")
+            sentences.append(f"**{fastest['label']}** is statistically indistinguishable from {best['label']} on "
+                             f"these {examples} ({fastest['score_text']}, paired test p = {fastest['p_text']} "
+                             f"after Holm's correction) and {fastest['images_per_second'] / best['images_per_second']:.1f}x "
+                             f"faster ({fastest['images_per_second']:,.0f} images/s).")
+        elif others:
+            sentences.append(f"{len(others)} other model(s) are statistically indistinguishable from it; the best is "
+                             f"also the fastest of them.")
+        if smallest is not best and smallest is not fastest:
+            sentences.append(f"Smallest of the models indistinguishable from the best: **{smallest['label']}**, "
+                             f"{smallest['score_text']} with {smallest['params']:,} parameters "
+                             f"({smallest['params'] / best['params']:.2f}x the best's).")
+        elif smallest is not best:
+            sentences.append(f"It is also the smallest of them ({smallest['params']:,} parameters, "
+                             f"{smallest['params'] / best['params']:.2f}x the best's).")
         if self.latency_budget_ms is not None:
             within = [r for r in board if r["latency_ms"] <= self.latency_budget_ms]
             if within:
@@ -151,13 +215,15 @@ class ReportBuilder:
         higher = METRICS.get(metric).higher_is_better
         ok = frame[frame["status"] == "ok"]
         board = self.leaderboard(ok, metric, higher)
+        self.add_significance(board, metric)
         runs = []
         histories = {}
         for _, row in ok.iterrows():
             metrics = self.metrics_of(row["run_id"])
             smoothed = {c["class"]: c for c in metrics.get("smoothed", {}).get("per_class", [])}
             per_class = [{**c, "precision_smoothed": smoothed.get(c["class"], {}).get("precision"),
-                          "recall_smoothed": smoothed.get(c["class"], {}).get("recall")}
+                          "recall_smoothed": smoothed.get(c["class"], {}).get("recall"),
+                          "note": _class_note(c, task)}
                          for c in metrics.get("per_class", [])]
             entry = {"run_id": row["run_id"], "label": _label(row) + f" seed {row['seed']}",
                      "per_class": per_class, "has_iou": task != "classification", "smoothed": bool(smoothed),
@@ -195,7 +261,8 @@ class ReportBuilder:
         cells = {}
         for section in sections:
             for row in section["leaderboard"]:  # best configuration of each backbone on the dataset
-                cells.setdefault(row["backbone"], {}).setdefault(section["name"], row["score_text"])
+                cells.setdefault(row["backbone"], {}).setdefault(
+                    section["name"], f"{row['score_text']} {row.get('interval_text', '')}".strip())
         # The direction goes in the header: a column of KL scores reads the other way from accuracy.
         return {"datasets": datasets,
                 "metrics": [f"{s['metric']}, {'higher' if s['higher_is_better'] else 'lower'} is better"

@@ -1,0 +1,125 @@
+"""Pre-flight: readiness of data and weights before any run, the plan with estimates, overrides."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from zoo.cli import main
+from zoo.errors import ConfigError
+from zoo.harness.suite import expand_suite, load_suite, suite_warnings
+
+ROOT = Path(__file__).parent.parent
+QUICK = {"name": "pre", "datasets": ["synthetic_terrain"], "backbones": ["baseline_cnn", "mobilenet_v2"],
+         "heads": ["linear"], "train": {"image_size": 32, "epochs": 1}}
+
+
+def zoo(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def test_seeds_suite_without_prepared_data_stops_at_once_naming_every_dataset(tmp_path):
+    out = tmp_path / "out"
+    result = zoo("run", "benchmarks/seeds.yaml", "--out", str(out),
+                 env={"TFDS_DATA_DIR": str(tmp_path / "tfds"), "ZOO_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = result.stderr
+    for name in ("stanford_dogs", "eurosat_rgb"):
+        assert f"fix: zoo data prepare {name}" in message
+    assert "fix: zoo data prepare landcover_ens --data-dir DIR" in message
+    assert "zoo weights fetch 'resnet50'" in message and "baseline_cnn" not in message.split("weights")[-1]
+    assert "Traceback" not in message and not out.exists()
+
+
+def test_missing_imagenet_weights_are_named_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    suite = load_suite({**QUICK, "backbones": ["mobilenet_v2"], "weights": "imagenet", "trainable": "frozen"})
+    with pytest.raises(Exception) as error:
+        from zoo.harness.runner import run_suite
+
+        run_suite(suite, tmp_path / "out", isolate=False, report=False, log=lambda *_: None,
+                  suite_path="s.yaml")
+    text = str(error.value)
+    assert "weights mobilenet_v2" in text and "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5" in text
+    assert "zoo weights fetch 'mobilenet_v2' --dest DIR" in text and "zoo run s.yaml --prepare" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_lists_every_run_with_status_and_estimates_and_writes_nothing(tmp_path, capsys):
+    suite_file = tmp_path / "quick.yaml"
+    suite_file.write_text(json.dumps(QUICK))
+    out = tmp_path / "out"
+    assert main(["plan", str(suite_file), "--out", str(out)]) == 0
+    before = capsys.readouterr().out
+    assert not out.exists()
+    runs = expand_suite(load_suite(QUICK))
+    lines = {run.run_id: next(l for l in before.splitlines() if l.startswith(run.run_id)) for run in runs}
+    assert all(" pending " in line and " yes " in line for line in lines.values())
+    assert all(line.split()[-1] != "-" for line in lines.values())  # an estimate for every pending run
+    assert "suite: 0 finished, 2 to run, about" in before
+
+    assert main(["run", str(suite_file), "--out", str(out), "--only", "*baseline_cnn*", "--no-report",
+                 "--in-process"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(suite_file), "--out", str(out), "--dry-run"]) == 0
+    after = capsys.readouterr().out
+    finished = next(l for l in after.splitlines() if l.startswith(runs[0].run_id))
+    assert " finished " in finished and finished.split()[-1] == "-"
+    assert "suite: 1 finished, 1 to run" in after
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [runs[0].run_id]
+
+
+def test_overrides_apply_to_matching_runs_only_and_are_recorded():
+    suite = load_suite({**QUICK, "weights": "imagenet", "trainable": "frozen",
+                        "finetune": {"epochs": 2},
+                        "overrides": [{"match": {"backbone": "baseline_*"},
+                                       "set": {"weights": "none", "trainable": "all", "finetune": None,
+                                               "train": {"epochs": 7}}}]})
+    runs = {r.backbone: r for r in expand_suite(suite)}
+    baseline, mobilenet = runs["baseline_cnn"], runs["mobilenet_v2"]
+    assert (baseline.weights, baseline.trainable, baseline.finetune, baseline.train["epochs"]) == \
+        ("none", "all", None, 7)
+    assert baseline.overrides == ["#0 backbone=baseline_*"]
+    assert (mobilenet.weights, mobilenet.trainable, mobilenet.train["epochs"]) == ("imagenet", "frozen", 1)
+    assert mobilenet.finetune["epochs"] == 2 and mobilenet.overrides == []
+    plain = {r.backbone: r.run_id for r in expand_suite(load_suite({**QUICK, "weights": "imagenet",
+                                                                    "trainable": "frozen", "finetune": {"epochs": 2}}))}
+    assert plain["baseline_cnn"] != baseline.run_id and plain["mobilenet_v2"] == mobilenet.run_id
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([{"match": {"backbone": "resnet*"}, "set": {"trainable": "all"}}], "overrides[0].match"),
+    ([{"match": {"backbon": "x"}, "set": {"trainable": "all"}}], "unknown key 'backbon' (did you mean 'backbone'?)"),
+    ([{"match": {"head": "linear"}, "set": {"train": {"epoch": 3}}}], "overrides[0].set.train: unknown key 'epoch'"),
+    ([{"match": {"head": "linear"}, "set": {"trainable": "top"}}], "top:N"),
+    ([{"match": {"head": "linear"}}], "give `match:`"),
+])
+def test_bad_overrides_fail_before_training_naming_them(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        expand_suite(load_suite({**QUICK, "overrides": overrides}))
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_suite_validates_without_a_warning(path):
+    runs = expand_suite(load_suite(path))
+    assert runs and suite_warnings(runs) == []
+
+
+def test_seeds_baseline_trains_from_scratch_while_the_others_fine_tune():
+    runs = expand_suite(load_suite(ROOT / "benchmarks" / "seeds.yaml"))
+    for run in runs:
+        if run.backbone == "baseline_cnn":
+            assert (run.weights, run.trainable, run.finetune) == ("none", "all", None)
+        else:
+            assert (run.weights, run.trainable) == ("imagenet", "frozen") and run.finetune
+
+
+@pytest.mark.parametrize("seeds, message", [([], "seeds: give a whole number"), (["abc"], "seeds: give a whole")])
+def test_bad_seeds_are_a_clear_error(seeds, message):
+    with pytest.raises(ConfigError, match=message):
+        expand_suite(load_suite({**QUICK, "seeds": seeds}))

@@ -1,0 +1,146 @@
+"""Precise BatchNorm: population statistics instead of stale moving averages.
+
+Keras keeps BatchNorm's inference statistics as an exponential moving average (momentum
+0.99; 0.999 in Keras's MobileNets) tuned for ImageNet's million steps. After a few hundred
+steps the averages still hold mostly their initial values, and the model that is evaluated
+is not the model that trained: a MobileNetV2 that reaches 84 % scores 9 %. The established
+remedy ("precise BN": detectron2's ``PreciseBN`` hook, fvcore's ``update_bn_stats``, PyTorch's
+``swa_utils.update_bn``; Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm") recomputes each
+layer's mean and variance over a number of training batches with the weights fixed.
+
+Here every trained BatchNorm layer runs with momentum 0 for one forward pass per batch, so
+its moving statistics become exactly that batch's moments; the batch moments are pooled in
+float64 into the population mean and (biased, as Keras's) variance of the layer's inputs over
+all the batches. In training mode a BatchNorm layer normalises with its batch's moments, so
+no layer's inputs depend on another layer's moving statistics and one pass serves all layers.
+Only Keras ops and variables are touched: it runs on every backend and under mixed precision.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+DEFAULT_BATCHES = 200
+# Before each validation during training the recalibration uses this share of an epoch's
+# training steps (at least MIN_VALIDATION_BATCHES): a forward pass costs about a third of a
+# training step, so validation decisions see current statistics for a few percent of the time.
+VALIDATION_SHARE = 0.1
+MIN_VALIDATION_BATCHES = 2
+
+
+def walk_layers(layer):
+    """``layer`` and every layer nested inside it, depth first."""
+    yield layer
+    for inner in getattr(layer, "layers", []):
+        yield from walk_layers(inner)
+
+
+def trained_batchnorm_layers(model) -> list:
+    """The BatchNormalization layers of ``model`` that train (and so use batch statistics in
+    training mode); those kept in inference mode by ``frozen`` or ``top:N`` are left out."""
+    import keras
+
+    return [layer for layer in walk_layers(model)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable and not layer.renorm]
+
+
+def forward_in_training_mode(model):
+    """``model(images, training=True)``, compiled where the backend allows; trace it again after a
+    change of trainable flags (BatchNorm reads them when traced)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(lambda images: model(images, training=True), reduce_retracing=True)
+    return lambda images: model(images, training=True)
+
+
+def _inputs_of(batch):
+    """The model input of one batch: the first element of a (inputs, targets[, weights]) tuple."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def recalibrate_batchnorm(model, batches, max_batches: int = DEFAULT_BATCHES, forward=None) -> int:
+    """Set every trained BatchNorm layer's moving mean and variance of ``model`` to the
+    population statistics of its inputs over up to ``max_batches`` batches of ``batches``
+    (an iterable of input batches or of (inputs, targets, ...) tuples; batches smaller than the
+    first, an epoch's short last one, are skipped); returns the number of batches used (0 when
+    the model has no trained BatchNorm layer). Weights and every other variable are unchanged."""
+    import keras
+
+    layers = trained_batchnorm_layers(model)
+    if not layers or max_batches <= 0:
+        return 0
+    forward = forward or forward_in_training_mode(model)
+    momenta = [layer.momentum for layer in layers]
+    totals = [None] * len(layers)  # per layer: [examples, sum of batch means, sum of batch E[x^2]]
+    used = 0
+    try:
+        for layer in layers:
+            layer.momentum = 0.0
+        full_size = None
+        for batch in batches:
+            if used >= max_batches:
+                break
+            images = _inputs_of(batch)
+            first = images[0] if isinstance(images, (tuple, list)) else images
+            count = int(first.shape[0])
+            full_size = full_size or count
+            if count != full_size:
+                continue  # an epoch's short last batch: skipping it spares a second trace of the model
+            forward(images)
+            for index, layer in enumerate(layers):
+                mean = keras.ops.convert_to_numpy(layer.moving_mean).astype(np.float64)
+                variance = keras.ops.convert_to_numpy(layer.moving_variance).astype(np.float64)
+                if totals[index] is None:
+                    totals[index] = [0, np.zeros_like(mean), np.zeros_like(mean)]
+                # Every batch element has the same spatial size in one layer, so batch sizes weigh it.
+                totals[index][0] += count
+                totals[index][1] += count * mean
+                totals[index][2] += count * (variance + mean ** 2)
+            used += 1
+        if used:
+            for layer, (count, mean_sum, square_sum) in zip(layers, totals):
+                mean = mean_sum / count
+                layer.moving_mean.assign(mean.astype("float32"))
+                layer.moving_variance.assign(np.maximum(square_sum / count - mean ** 2, 0.0).astype("float32"))
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return used
+
+
+def validation_batches(steps_per_epoch: int, max_batches: int) -> int:
+    """Batches recalibrated before each validation during training (see VALIDATION_SHARE)."""
+    return min(max_batches, max(MIN_VALIDATION_BATCHES, math.ceil(VALIDATION_SHARE * steps_per_epoch)))
+
+
+def precise_bn_callback(make_batches, max_batches: int, forward=None):
+    """A Keras callback that recalibrates the fitted model's trained BatchNorm layers before every
+    validation inside ``fit`` (Keras calls ``on_test_begin`` there), so best-epoch selection,
+    early stopping and learning-rate schedules judge the statistics the model would be evaluated
+    with, not the stale moving averages. ``make_batches()`` returns an endless iterable of batches;
+    ``forward`` is the model's compiled training-mode call (made here when not given)."""
+    import keras
+
+    class PreciseBatchNorm(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = 0.0
+            self._forward = forward
+            self._batches = None
+
+        def on_test_begin(self, logs=None):
+            start = time.perf_counter()
+            if self._forward is None:
+                self._forward = forward_in_training_mode(self.model)
+            if self._batches is None:
+                self._batches = iter(make_batches())
+            # One endless stream, so successive validations see different training batches.
+            recalibrate_batchnorm(self.model, self._batches, max_batches, self._forward)
+            self.seconds += time.perf_counter() - start
+
+    return PreciseBatchNorm()

@@ -1,0 +1,319 @@
+"""Before any run: is everything the runs need there (readiness), and what will the suite cost (plan)?
+
+A study is hours of GPU time; its mistakes must surface in seconds, not as dozens of failed
+runs. ``check_readiness`` opens each dataset the pending runs use and looks for each ImageNet
+weights file, and returns every problem at once with the command that fixes it; the runner
+refuses to start (exit 2, no run folder written) while any remains. ``plan`` lists every run
+with its status and estimates the pending ones from a short measurement of each distinct
+architecture on this device.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from zoo.errors import ConfigError, DataError
+from zoo.weights import OFFLINE_ENV, downloads_allowed
+
+TFDS_SOURCES = ("tfds", "landcover_ens")
+
+
+class NotReadyError(DataError):
+    """The suite cannot start; the message lists every problem with its fix."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    subject: str  # what is missing: "dataset stanford_dogs", "weights resnet50", "package tensorflow-datasets"
+    message: str  # why, with the file or folder
+    fix: str      # the command that fixes it
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _dataset_key(dataset: dict) -> str:
+    return json.dumps(dataset, sort_keys=True, default=str)
+
+
+def open_datasets(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
+    """Each distinct dataset of ``runs`` opened (keyed by its configuration), and the problems of
+    those that cannot be."""
+    from zoo.data.sources import open_source
+
+    sources, problems = {}, []
+    for run in runs:
+        key = _dataset_key(run.dataset)
+        if key in sources or any(p.subject == f"dataset {run.dataset['name']}" for p in problems):
+            continue
+        name, kind = run.dataset["name"], run.dataset.get("source")
+        if kind in TFDS_SOURCES and importlib.util.find_spec("tensorflow_datasets") is None:
+            problems.append(Problem(f"dataset {name}", "reading it needs tensorflow-datasets, which is not "
+                                    "installed", "pip install tensorflow-datasets"))
+            continue
+        try:
+            sources[key] = open_source(run.dataset, cache_dir=cache_dir)
+        except (DataError, ConfigError, OSError) as error:
+            if kind == "landcover_ens":
+                fix = ("zoo data prepare landcover_ens --data-dir DIR  (DIR: the unzipped challenge download "
+                       "holding train/ and test/)")
+            elif kind in TFDS_SOURCES:
+                fix = f"zoo data prepare {name}"
+            else:
+                fix = f"fix or point `path:` of dataset {name!r} at a readable folder"
+            problems.append(Problem(f"dataset {name}", str(error).split(" Run `zoo data prepare")[0], fix))
+    return sources, problems
+
+
+def weights_problems(runs) -> list[Problem]:
+    """ImageNet weights files that are neither on disk nor downloadable from here."""
+    from zoo.backbones import BACKBONES
+    from zoo.weights import WEIGHTS_DIR_ENV, candidate_paths, file_matches_hash, weights_file
+
+    problems, checked_hosts = [], {}
+    for name in sorted({r.backbone for r in runs if r.weights == "imagenet"}):
+        weights = weights_file(BACKBONES.get(name))
+        paths = candidate_paths(weights)
+        if any(p.is_file() and file_matches_hash(p, weights.file_hash) for p in paths):
+            continue
+        if downloads_allowed():
+            host = urlparse(weights.url).hostname
+            if host not in checked_hosts:
+                checked_hosts[host] = reachable(weights.url)
+            if checked_hosts[host]:
+                continue  # downloaded (and hash-checked) by the first run that needs it
+            reason = f"{host} cannot be reached"
+        else:
+            reason = f"downloads are off ({OFFLINE_ENV}=1)"
+        problems.append(Problem(
+            f"weights {name}", f"{weights.file_name} is not in {' or '.join(str(p.parent) for p in paths)} and "
+            f"{reason}", f"zoo weights fetch '{name}' --dest DIR on a connected machine, then "
+            f"export {WEIGHTS_DIR_ENV}=DIR here"))
+    return problems
+
+
+def check_readiness(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
+    """Every problem that would stop a run of ``runs`` at its start, and the datasets opened."""
+    sources, problems = open_datasets(runs, cache_dir)
+    return sources, problems + weights_problems(runs)
+
+
+def format_problems(problems: list[Problem], suite_path: str | None = None) -> str:
+    lines = [f"the suite cannot start: {len(problems)} problem(s); nothing was run and no run folder was written"]
+    for problem in problems:
+        lines += [f"  - {problem.subject}: {problem.message}", f"      fix: {problem.fix}"]
+    if suite_path:
+        lines.append(f"or let zoo prepare what it can first: zoo run {suite_path} --prepare")
+    return "\n".join(lines)
+
+
+def prepare_missing(runs, problems: list[Problem], log=print) -> None:
+    """Fix what can be fixed automatically: download and build tensorflow-datasets, download weights.
+    What cannot (the land-cover manual download) stays a problem for the next check."""
+    from zoo.backbones import BACKBONES
+    from zoo.data.commands import prepare_dataset
+    from zoo.weights import resolve_imagenet_weights
+
+    by_name = {r.dataset["name"]: r.dataset for r in runs}
+    for problem in problems:
+        kind, name = problem.subject.split(" ", 1)
+        if kind == "dataset" and by_name[name].get("source") == "tfds":
+            log(f"preparing dataset {name} ...")
+            prepare_dataset(name, by_name[name].get("data_dir"))
+        elif kind == "dataset" and by_name[name].get("source") == "landcover_ens" and by_name[name].get("manual_dir"):
+            log(f"building dataset {name} from {by_name[name]['manual_dir']} ...")
+            prepare_dataset(name, by_name[name]["manual_dir"])
+        elif kind == "weights" and downloads_allowed():
+            log(f"downloading ImageNet weights of {name} ...")
+            try:
+                resolve_imagenet_weights(BACKBONES.get(name), download=True)
+            except Exception as error:  # reported again, with its fix, by the next readiness check
+                log(f"  could not download: {error}".splitlines()[0])
+
+
+# --- the plan -------------------------------------------------------------------------
+
+# Training a batch costs about this many times inferring it (backward pass and update), and
+# tracing the training step about this many times tracing the inference function: measured
+# for zoo's backbones on CPU (benchmarks/plan_accuracy.py checks the resulting estimates).
+TRAIN_STEP_FACTOR = 3.5
+TRAIN_TRACE_FACTOR = 25.0
+RUN_FIXED_SECONDS = 4.0  # speed measurement after warm-up, saving, writing the run folder
+
+
+def split_sizes(run, info) -> dict:
+    """Train/validation/test sizes of ``run`` as the worker will carve them."""
+    from zoo.data.splits import DEFAULT_FRACTIONS
+
+    labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
+    fractions = {**DEFAULT_FRACTIONS, **(run.train.get("split") or run.dataset.get("split") or {})}
+    total = labelled.get("train", 0)
+    sizes = {name: labelled[name] if name in labelled else round(float(fractions[name]) * total)
+             for name in ("val", "test")}
+    sizes["train"] = total - sum(sizes[name] for name in ("val", "test") if name not in labelled)
+    return sizes
+
+
+def architecture_key(run, info) -> tuple:
+    return (run.backbone, run.head, run.train["image_size"], run.train["batch_size"], info.channels,
+            info.num_classes, run.train["precision"], json.dumps(run.backbone_options, sort_keys=True),
+            run.trainable)
+
+
+def measure_architecture(run, info, repeats: int = 5) -> dict:
+    """Seconds to build the model, to trace its inference function, and per inference batch."""
+    import keras
+    import numpy as np
+
+    from zoo import build_model
+    from zoo.harness.precise_bn import trained_batchnorm_layers
+    from zoo.harness.timing import compiled_predict
+
+    size = run.train["image_size"]
+    keras.backend.clear_session()
+    start = time.perf_counter()
+    model = build_model(run.backbone, run.head, info.num_classes, (size, size, info.channels),
+                        trainable=run.trainable, backbone_options=run.backbone_options)
+    build_seconds = time.perf_counter() - start
+    predict = compiled_predict(model)
+    batch = np.random.default_rng(0).uniform(0, 255, (run.train["batch_size"], size, size, info.channels))
+    batch = batch.astype("float32")
+    start = time.perf_counter()
+    predict(batch)
+    trace_seconds = time.perf_counter() - start
+    steps = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        predict(batch)
+        steps.append(time.perf_counter() - tick)
+    return {"build_seconds": build_seconds, "trace_seconds": trace_seconds,
+            "infer_step_seconds": statistics.median(steps), "batchnorm": bool(trained_batchnorm_layers(model))}
+
+
+def estimate_seconds(run, sizes: dict, figures: dict, startup_seconds: float) -> float:
+    """Wall seconds of one run from its architecture's figures (see the factors above)."""
+    import math
+
+    from zoo.harness import features
+
+    batch = run.train["batch_size"]
+    infer_per_image = figures["infer_step_seconds"] / batch
+    train_trace = TRAIN_TRACE_FACTOR * figures["trace_seconds"]
+    steps = run.train["steps_per_epoch"]
+    train_images = min(sizes["train"], steps * batch) if steps else sizes["train"]
+    epoch = train_images * infer_per_image * TRAIN_STEP_FACTOR + sizes["val"] * infer_per_image
+    if features.wanted(run.to_dict()):
+        # One forward pass of train and validation images, then a head on features: its epochs cost
+        # next to nothing against the backbone's, but its training step is still traced.
+        training = (sizes["train"] + sizes["val"]) * infer_per_image + figures["trace_seconds"] * 2
+    else:
+        training = train_trace + run.train["epochs"] * epoch
+        if run.finetune:
+            training += train_trace + run.finetune["epochs"] * epoch
+    calibration = 0.0
+    if run.train["precise_bn"] and figures["batchnorm"]:
+        batches = min(run.train["precise_bn"]["batches"], math.ceil(sizes["train"] / batch))
+        calibration = 2 * figures["trace_seconds"] + batches * figures["infer_step_seconds"] * 1.5
+    evaluation = figures["trace_seconds"] + sizes["test"] * infer_per_image
+    return (startup_seconds + figures["build_seconds"] + training + calibration + evaluation
+            + RUN_FIXED_SECONDS)
+
+
+def run_status(run, runs_dir: Path) -> str:
+    from zoo.results import read_result
+
+    row = read_result(runs_dir / run.run_id)
+    return "pending" if row is None else ("finished" if row.get("status") == "ok" else row.get("status", "failed"))
+
+
+def make_plan(runs, out_dir, sources: dict, measure: bool = True, log=print) -> dict:
+    """Every run with its status and, for pending ones, an estimated wall time on this device."""
+    from zoo.harness.timing import describe_device
+
+    startup_seconds = _import_seconds()
+    runs_dir = Path(out_dir) / "runs"
+    figures, rows = {}, []
+    for run in runs:
+        status = run_status(run, runs_dir)
+        source = sources.get(_dataset_key(run.dataset))
+        row = {"run_id": run.run_id, "dataset": run.dataset["name"], "backbone": run.backbone, "head": run.head,
+               "weights": run.weights, "trainable": run.trainable + (f" then {run.finetune['trainable']} for "
+                                                                     f"{run.finetune['epochs']}" if run.finetune else ""),
+               "epochs": run.train["epochs"], "image_size": run.train["image_size"], "status": status,
+               "ready": source is not None, "estimate_seconds": None}
+        if status != "finished" and source is not None and measure:
+            key = architecture_key(run, source.info)
+            if key not in figures:
+                log(f"measuring {run.backbone}/{run.head} at {run.train['image_size']} px, batch "
+                    f"{run.train['batch_size']} ...")
+                figures[key] = measure_architecture(run, source.info)
+            row["estimate_seconds"] = estimate_seconds(run, split_sizes(run, source.info), figures[key],
+                                                       startup_seconds)
+        rows.append(row)
+    return {"rows": rows, "device": describe_device(), "architectures_measured": len(figures)}
+
+
+DEFAULT_IMPORT_SECONDS = 5.0
+_IMPORTED: dict = {}
+
+
+def _import_seconds() -> float:
+    """What a run's new process spends importing Keras and its backend: measured here when this
+    process has not imported them yet."""
+    import sys
+
+    if "keras" not in sys.modules and "seconds" not in _IMPORTED:
+        start = time.perf_counter()
+        import keras  # noqa: F401
+
+        _IMPORTED["seconds"] = time.perf_counter() - start + 0.5  # and the interpreter's own start
+    return _IMPORTED.get("seconds", DEFAULT_IMPORT_SECONDS)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def format_plan(plan: dict) -> str:
+    rows = plan["rows"]
+    header = ["run", "dataset", "backbone", "head", "weights", "trainable", "epochs", "size", "status", "ready",
+              "estimate"]
+    table = [[r["run_id"], r["dataset"], r["backbone"], r["head"], r["weights"], r["trainable"], str(r["epochs"]),
+              str(r["image_size"]), r["status"], "yes" if r["ready"] else "NO",
+              format_duration(r["estimate_seconds"])] for r in rows]
+    widths = [max(len(header[i]), *(len(t[i]) for t in table)) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(t, widths)) for t in table]
+    pending = [r for r in rows if r["status"] != "finished"]
+    lines.append("")
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in pending if r["dataset"] == dataset]
+        total = sum(r["estimate_seconds"] or 0 for r in mine)
+        lines.append(f"{dataset}: {len(mine)} pending run(s), about {format_duration(total)}")
+    total = sum(r["estimate_seconds"] or 0 for r in pending)
+    unknown = sum(1 for r in pending if r["estimate_seconds"] is None)
+    lines.append(f"suite: {len(rows) - len(pending)} finished, {len(pending)} to run, about "
+                 f"{format_duration(total)} on {plan['device']}"
+                 + (f" ({unknown} run(s) not estimated: their data is not ready)" if unknown else ""))
+    lines.append("Estimates: each architecture's inference measured here after tracing; training taken as "
+                 f"{TRAIN_STEP_FACTOR:g}x inference per image and its tracing as {TRAIN_TRACE_FACTOR:g}x; every epoch "
+                 "counted (early stopping can only shorten a run).")
+    return "\n".join(lines)

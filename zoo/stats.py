@@ -1,0 +1,277 @@
+"""How sure a test metric is, and whether two models really differ.
+
+Every run of a suite on a dataset is tested on the same images (the suite's ``split_seed``),
+and ``predictions.npz`` names each test example, so predictions of two runs are paired by
+example. Intervals are percentile bootstraps over test examples (images; tiles for
+segmentation) from ``scipy.stats.bootstrap``, seeded; the accuracy of two single runs is
+compared with McNemar's exact test from statsmodels, every other metric with a paired
+bootstrap. Several seeds of one model are pooled by averaging their per-example scores.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from zoo.errors import ConfigError
+
+CONFIDENCE = 0.95
+SIGNIFICANCE = 0.05
+MIN_CLASS_EXAMPLES = 30  # per-class figures on fewer test examples are flagged as too small to judge
+RESAMPLES_MEAN = 9999    # metrics that are means over examples: vectorised, cheap
+RESAMPLES_RATIO = 1000   # metrics recomputed from resampled confusion matrices (mIoU, pixel accuracy)
+BOOTSTRAP_SEED = 0
+
+
+class ComparisonError(ConfigError):
+    """Runs that cannot be compared (different test images, a metric they lack)."""
+
+
+@dataclass
+class ExampleScores:
+    """A metric of one model on its test examples, ready for resampling.
+
+    ``values``: one score per example when the metric is their mean (accuracy of a
+    classifier, the KL score); otherwise ``parts`` (per-example pieces, e.g. confusion
+    matrices of tiles) and ``aggregate(parts_subset) -> metric``.
+    """
+
+    metric: str
+    example_ids: np.ndarray
+    values: np.ndarray | None = None
+    parts: np.ndarray | None = None
+    aggregate: Callable | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.example_ids)
+
+    def value(self, indices=None) -> float:
+        if self.values is not None:
+            return float(np.mean(self.values if indices is None else self.values[indices]))
+        return float(self.aggregate(self.parts if indices is None else self.parts[indices]))
+
+    def take(self, order) -> "ExampleScores":
+        return ExampleScores(self.metric, self.example_ids[order],
+                             None if self.values is None else self.values[order],
+                             None if self.parts is None else self.parts[order], self.aggregate)
+
+
+def tile_confusions(y_true, y_pred, num_classes: int, kept) -> np.ndarray:
+    """One confusion matrix per tile (rows: truth), restricted to the kept classes."""
+    y_true = np.asarray(y_true, dtype=np.int64).reshape(len(y_true), -1)
+    y_pred = np.asarray(y_pred, dtype=np.int64).reshape(len(y_pred), -1)
+    tiles = np.arange(len(y_true))[:, None]
+    flat = (tiles * num_classes + y_true) * num_classes + y_pred
+    counts = np.bincount(flat.ravel(), minlength=len(y_true) * num_classes ** 2)
+    return counts.reshape(len(y_true), num_classes, num_classes)[:, kept][:, :, kept]
+
+
+def _miou(confusions) -> float:
+    matrix = confusions.sum(axis=0).astype(np.float64)
+    true_positive = np.diag(matrix)
+    union = matrix.sum(axis=0) + matrix.sum(axis=1) - true_positive
+    present = union > 0
+    return float((true_positive[present] / union[present]).mean()) if present.any() else 0.0
+
+
+def _pixel_accuracy(confusions) -> float:
+    matrix = confusions.sum(axis=0)
+    return float(np.trace(matrix) / max(matrix.sum(), 1))
+
+
+def _macro_f1(pairs) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(pairs[:, 0], pairs[:, 1], average="macro", zero_division=0))
+
+
+def example_scores(predictions, task: str, metric: str, num_classes: int, ignore_classes=()) -> ExampleScores:
+    """Per-example material of ``metric`` from a run's ``predictions.npz`` (a mapping of arrays)."""
+    from zoo.metrics import kl_per_image
+
+    files = set(predictions.keys()) if hasattr(predictions, "keys") else set(predictions.files)
+    if "example_ids" not in files:
+        raise ComparisonError("these predictions do not name their test examples (written by an older zoo); "
+                              "run the suite again with --force to pair its runs")
+    ids = np.asarray(predictions["example_ids"]).astype(str)
+    kept = [c for c in range(num_classes) if c not in set(ignore_classes)]
+    if task == "classification":
+        y_true, y_pred = np.asarray(predictions["y_true"]), np.asarray(predictions["y_pred"])
+        if metric == "accuracy":
+            return ExampleScores(metric, ids, values=(y_true == y_pred).astype(np.float64))
+        if metric == "macro_f1":
+            return ExampleScores(metric, ids, parts=np.stack([y_true, y_pred], axis=1), aggregate=_macro_f1)
+    elif task == "segmentation":
+        if metric == "kl_score":
+            return ExampleScores(metric, ids, values=kl_per_image(predictions["proportions_true"],
+                                                                  predictions["proportions_pred"], ignore_classes))
+        if metric in ("miou", "accuracy", "pixel_accuracy"):
+            confusions = tile_confusions(predictions["y_true"], predictions["y_pred"], num_classes, kept)
+            return ExampleScores(metric, ids, parts=confusions,
+                                 aggregate=_miou if metric == "miou" else _pixel_accuracy)
+    elif task == "distribution" and metric == "kl_score":
+        return ExampleScores(metric, ids, values=kl_per_image(predictions["y_true"], predictions["y_pred"],
+                                                              ignore_classes))
+    raise ComparisonError(f"no per-example form of {metric!r} for {task} runs; use "
+                          f"{', '.join(METRICS_BY_TASK[task])}")
+
+
+METRICS_BY_TASK = {"classification": ("accuracy", "macro_f1"),
+                   "segmentation": ("kl_score", "miou", "accuracy"),
+                   "distribution": ("kl_score",)}
+
+
+def pool(scores: list[ExampleScores]) -> ExampleScores:
+    """Several seeds of one model as one: per-example values averaged (for confusion-based
+    metrics the metric of each seed averaged on the same resampled examples)."""
+    first = scores[0]
+    if len(scores) == 1:
+        return first
+    aligned = [first] + [s.take(_alignment(first.example_ids, s.example_ids)) for s in scores[1:]]
+    if first.values is not None:
+        return ExampleScores(first.metric, first.example_ids, values=np.mean([s.values for s in aligned], axis=0))
+    parts = np.stack([s.parts for s in aligned], axis=1)  # (examples, seeds, ...)
+    aggregate = first.aggregate
+    return ExampleScores(first.metric, first.example_ids, parts=parts,
+                         aggregate=lambda chosen: float(np.mean([aggregate(chosen[:, k])
+                                                                 for k in range(chosen.shape[1])])))
+
+
+def _alignment(reference_ids, other_ids) -> np.ndarray:
+    """Positions in ``other_ids`` of each of ``reference_ids``; refuses different test sets."""
+    reference_ids, other_ids = np.asarray(reference_ids), np.asarray(other_ids)
+    if len(reference_ids) != len(other_ids) or set(reference_ids) != set(other_ids):
+        only_a = len(set(reference_ids) - set(other_ids))
+        only_b = len(set(other_ids) - set(reference_ids))
+        raise ComparisonError(f"the runs were tested on different images ({len(reference_ids)} and "
+                              f"{len(other_ids)} examples; {only_a} only in the first, {only_b} only in the "
+                              f"second): compare runs of one suite with the same split_seed")
+    position = {name: index for index, name in enumerate(other_ids)}
+    return np.array([position[name] for name in reference_ids])
+
+
+def _bootstrap(statistic_of_indices, n: int, vectorized_values=None, seed: int = BOOTSTRAP_SEED):
+    """scipy's percentile bootstrap over example indices; returns (low, high, distribution)."""
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(seed)
+    if vectorized_values is not None:
+        values = np.asarray(vectorized_values, dtype=np.float64)
+        if np.ptp(values) == 0:  # every resample gives the same value
+            return float(values[0]), float(values[0]), np.full(2, values[0])
+        result = bootstrap((values,), np.mean, vectorized=True, n_resamples=RESAMPLES_MEAN,
+                           confidence_level=CONFIDENCE, method="percentile", random_state=rng)
+    else:
+        result = bootstrap((np.arange(n),), lambda chosen: statistic_of_indices(chosen.astype(np.int64)),
+                           vectorized=False, n_resamples=RESAMPLES_RATIO, confidence_level=CONFIDENCE,
+                           method="percentile", random_state=rng)
+    distribution = np.asarray(result.bootstrap_distribution)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high), distribution
+
+
+def interval(scores: ExampleScores, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """The 95 % bootstrap interval of the metric over test examples."""
+    low, high, _ = _bootstrap(scores.value, scores.n, scores.values, seed)
+    return low, high
+
+
+def compare(a: ExampleScores, b: ExampleScores, seeds_a: int = 1, seeds_b: int = 1,
+            seed: int = BOOTSTRAP_SEED) -> dict:
+    """Paired comparison of two models on the same test examples: the difference a - b, its 95 %
+    paired-bootstrap interval and a two-sided p-value (McNemar's exact test for the accuracy of
+    two single runs; otherwise the paired bootstrap's)."""
+    b = b.take(_alignment(a.example_ids, b.example_ids))
+    value_a, value_b = a.value(), b.value()
+    if a.values is not None and b.values is not None:
+        low, high, distribution = _bootstrap(None, a.n, a.values - b.values, seed)
+    else:
+        low, high, distribution = _bootstrap(lambda chosen: a.value(chosen) - b.value(chosen), a.n, None, seed)
+    pooled = seeds_a > 1 or seeds_b > 1
+    if a.metric == "accuracy" and a.values is not None and not pooled and set(np.unique(a.values)) <= {0.0, 1.0}:
+        from statsmodels.stats.contingency_tables import mcnemar
+
+        right_a, right_b = a.values.astype(bool), b.values.astype(bool)
+        table = [[int(np.sum(right_a & right_b)), int(np.sum(right_a & ~right_b))],
+                 [int(np.sum(~right_a & right_b)), int(np.sum(~right_a & ~right_b))]]
+        p_value = float(mcnemar(table, exact=True).pvalue)
+        test = "McNemar's exact test"
+    else:
+        p_value = float(min(1.0, 2 * min(np.mean(distribution <= 0), np.mean(distribution >= 0))))
+        test = "paired bootstrap over test examples"
+    if pooled:
+        test += (f"; seeds pooled by averaging each example's score over the seeds of each model "
+                 f"({seeds_a} and {seeds_b})")
+    return {"metric": a.metric, "value_a": value_a, "value_b": value_b, "difference": value_a - value_b,
+            "ci_low": low, "ci_high": high, "p_value": p_value, "test": test, "n": a.n}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-adjusted p-values (statsmodels), for several comparisons against one model."""
+    if not p_values:
+        return []
+    from statsmodels.stats.multitest import multipletests
+
+    return [float(p) for p in multipletests(p_values, alpha=SIGNIFICANCE, method="holm")[1]]
+
+
+MODEL_KEYS = ("dataset", "backbone", "head", "weights", "trainable", "swept", "split_seed")
+
+
+def _matching_runs(out_dir, name: str) -> list[dict]:
+    """Finished runs of ``OUT`` whose id is ``name`` or matches it as a glob; several must be
+    seeds of one model."""
+    import fnmatch
+    from pathlib import Path
+
+    from zoo.results import read_result
+
+    runs_dir = Path(out_dir) / "runs"
+    if not runs_dir.is_dir():
+        raise ComparisonError(f"{out_dir} holds no runs/ folder: give the folder `zoo run` wrote")
+    rows = [row for row in (read_result(d) for d in sorted(runs_dir.iterdir()) if not d.name.startswith("."))
+            if row and row.get("status") == "ok"]
+    chosen = [r for r in rows if r["run_id"] == name] or [r for r in rows if fnmatch.fnmatchcase(r["run_id"], name)]
+    if not chosen:
+        import difflib
+
+        close = difflib.get_close_matches(name, [r["run_id"] for r in rows], n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `zoo report` lists the run ids"
+        raise ComparisonError(f"no finished run of {out_dir} is named {name!r}{hint}")
+    models = {tuple(str(r.get(k)) for k in MODEL_KEYS) for r in chosen}
+    if len(models) > 1:
+        raise ComparisonError(f"{name!r} matches runs of {len(models)} different models "
+                              f"({', '.join(r['run_id'] for r in chosen[:4])}, ...); a pattern may only "
+                              f"gather the seeds of one model")
+    return chosen
+
+
+def compare_runs(out_dir, name_a: str, name_b: str, metric: str | None = None) -> dict:
+    """``zoo compare``: model A against model B on the same test examples (see :func:`compare`).
+    Each name is a run id of ``out_dir`` or a glob gathering the seeds of one model."""
+    import json
+    from pathlib import Path
+
+    runs_a, runs_b = _matching_runs(out_dir, name_a), _matching_runs(out_dir, name_b)
+    task = runs_a[0]["task"]
+    if runs_a[0]["dataset"] != runs_b[0]["dataset"]:
+        raise ComparisonError(f"{name_a} ran on {runs_a[0]['dataset']} and {name_b} on {runs_b[0]['dataset']}: "
+                              f"compare runs on the same dataset")
+    metric = metric or ("accuracy" if task == "classification" else "kl_score")
+
+    def scores(runs):
+        run_dir = Path(out_dir) / "runs"
+        info = json.loads((run_dir / runs[0]["run_id"] / "dataset.json").read_text())
+        parts = []
+        for run in runs:
+            with np.load(run_dir / run["run_id"] / "predictions.npz") as predictions:
+                parts.append(example_scores(predictions, run["task"], metric, len(info["class_names"]),
+                                            info.get("ignore_classes", [])))
+        return pool(parts)
+
+    result = compare(scores(runs_a), scores(runs_b), len(runs_a), len(runs_b))
+    higher = metric != "kl_score"
+    return {"metric": metric, "a": name_a, "b": name_b, **{k: result[k] for k in (
+        "value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "test", "n")},
+        "higher_is_better": higher, "runs_a": [r["run_id"] for r in runs_a], "runs_b": [r["run_id"] for r in runs_b]}
