@@ -31,7 +31,7 @@ def store(tmp_path_factory):
     suite = load_suite({"name": "report-test", "description": "a tiny suite <b>for</b> the report tests",
                         "datasets": [{"name": "tiles", "source": "folder", "path": str(root / "images"),
                                       "split": {"val": 0.25, "test": 0.25}}],
-                        "backbones": ["baseline_cnn", "nan_backbone"], "heads": ["linear"], "seeds": [0, 1],
+                        "backbones": ["baseline_cnn", "nan_backbone"], "heads": ["linear", "mlp"], "seeds": [0, 1],
                         "plugins": [str(HERE / "plugin_faults.py")],
                         "train": {"image_size": 16, "batch_size": 8, "epochs": 2}})
     out = root / "out"
@@ -58,25 +58,43 @@ def test_leaderboard_numbers_equal_the_results_table(store):
     results = pd.read_csv(out / "results.csv")
     ok = results[results["status"] == "ok"]
     board = markdown_table((report_dir / "report.md").read_text(), "| rank | model | accuracy")
-    assert len(board) == 1 and board[0]["model"] == "baseline_cnn/linear" and board[0]["seeds"] == "2"
-    accuracy = ok["accuracy"].to_numpy()
-    assert board[0]["accuracy"] == f"{accuracy.mean():.4f} ± {accuracy.std(ddof=1):.4f}"
-    latency = ok["latency_ms"].to_numpy()
-    assert board[0]["latency ms"] == f"{latency.mean():.2f} ± {latency.std(ddof=1):.2f}"
-    assert board[0]["params"] == f"{int(ok['params'].iloc[0]):,}"
+    assert len(board) == 2 and all(row["seeds"] == "2" for row in board)
+    for row in board:
+        runs = ok[ok["head"] == row["model"].split("/")[1]]
+        accuracy = runs["accuracy"].to_numpy()
+        assert row["accuracy"] == f"{accuracy.mean():.4f} ± {accuracy.std(ddof=1):.4f}"
+        latency = runs["latency_ms"].to_numpy()
+        assert row["latency ms"] == f"{latency.mean():.2f} ± {latency.std(ddof=1):.2f}"
+        assert row["params"] == f"{int(runs['params'].iloc[0]):,}"
+        assert row["precise BN batches"].split(" ")[0] == str(int(runs["precise_bn_batches"].iloc[0]))
+        low, high = (float(v) for v in row["95 % interval"].strip("[]").split(", "))
+        assert low <= accuracy.mean() <= high
+
+
+def test_leaderboard_marks_models_not_significantly_worse_and_the_recommendation_says_so(store):
+    _, report_dir = store
+    text = (report_dir / "report.md").read_text()
+    best, second = markdown_table(text, "| rank | model | accuracy")
+    assert best["vs best"] == "best"
+    assert re.fullmatch(r"(tie|worse) \(p = [0-9.e-]+\)", second["vs best"])
+    if second["vs best"].startswith("tie"):  # 8 test images: the usual outcome
+        assert "statistically indistinguishable" in text or "the best is also the fastest" in text
+    else:
+        assert "significantly worse on these 8 test images" in text
+    assert "within one point" not in text
 
 
 def test_report_has_per_class_tables_figures_recommendation_and_failures(store):
     out, report_dir = store
     text = (report_dir / "report.md").read_text()
-    assert "Best accuracy: **baseline_cnn/linear**" in text
+    assert re.search(r"Best accuracy: \*\*baseline_cnn/(linear|mlp)\*\*", text)
     assert "Best within the 50 ms latency budget" in text
     per_class = markdown_table(text, "| class | images | proportion")
     assert [row["class"] for row in per_class] == sorted(["plain", NASTY])  # folder names, sorted
     assert "### Failed runs" in text and "nan_backbone/linear" in text and "NaN" in text
     for name in re.findall(r"\]\((figures/[^)]+)\)", text):
         assert (report_dir / name).is_file()
-    assert len(list((report_dir / "figures").glob("confusion-*.png"))) == 2
+    assert len(list((report_dir / "figures").glob("confusion-*.png"))) == 4
 
 
 def test_html_escapes_everything_from_data_and_is_self_contained(store):

@@ -63,6 +63,10 @@ def cmd_run(args) -> int:
     from zoo.harness.runner import run_suite
     from zoo.harness.suite import load_suite
 
+    if args.dry_run:
+        from zoo.harness.preflight import startup_seconds
+
+        startup_seconds()  # measured before anything imports Keras: the plan's per-run start-up
     suite = load_suite(args.suite, args.set)
     out = Path(args.out) if args.out else Path("runs") / suite["name"]
     if args.dry_run:
@@ -76,6 +80,9 @@ def cmd_run(args) -> int:
 def cmd_plan(args) -> int:
     from pathlib import Path
 
+    from zoo.harness.preflight import startup_seconds
+
+    startup_seconds()  # measured before anything imports Keras: the plan's per-run start-up
     from zoo.harness.runner import plan_suite
     from zoo.harness.suite import load_suite
 

@@ -146,12 +146,13 @@ def prepare_missing(runs, problems: list[Problem], log=print) -> None:
 
 # --- the plan -------------------------------------------------------------------------
 
-# Training a batch costs about this many times inferring it (backward pass and update), and
-# tracing the training step about this many times tracing the inference function: measured
-# for zoo's backbones on CPU (benchmarks/plan_accuracy.py checks the resulting estimates).
-TRAIN_STEP_FACTOR = 3.5
-TRAIN_TRACE_FACTOR = 25.0
-RUN_FIXED_SECONDS = 4.0  # speed measurement after warm-up, saving, writing the run folder
+# A training step inside fit (backward pass, update, metrics, callbacks) costs about this many
+# times an inference batch, and tracing it about this many times tracing the inference function:
+# fitted on the quickstart's six architectures on a 2-core CPU (5-17x and 20-31x measured there;
+# benchmarks/plan_accuracy.py compares estimates with measured runs, rerun it on other hardware).
+TRAIN_STEP_FACTOR = 6.0
+TRAIN_TRACE_FACTOR = 27.0
+RUN_FIXED_SECONDS = 6.0  # speed measurement after warm-up, saving, writing the run folder
 
 
 def split_sizes(run, info) -> dict:
@@ -203,11 +204,12 @@ def measure_architecture(run, info, repeats: int = 5) -> dict:
             "infer_step_seconds": statistics.median(steps), "batchnorm": bool(trained_batchnorm_layers(model))}
 
 
-def estimate_seconds(run, sizes: dict, figures: dict, startup_seconds: float) -> float:
+def estimate_seconds(run, sizes: dict, figures: dict, startup: float) -> float:
     """Wall seconds of one run from its architecture's figures (see the factors above)."""
     import math
 
     from zoo.harness import features
+    from zoo.harness.precise_bn import validation_batches
 
     batch = run.train["batch_size"]
     infer_per_image = figures["infer_step_seconds"] / batch
@@ -215,6 +217,9 @@ def estimate_seconds(run, sizes: dict, figures: dict, startup_seconds: float) ->
     steps = run.train["steps_per_epoch"]
     train_images = min(sizes["train"], steps * batch) if steps else sizes["train"]
     epoch = train_images * infer_per_image * TRAIN_STEP_FACTOR + sizes["val"] * infer_per_image
+    if run.train["precise_bn"] and figures["batchnorm"]:  # recalibration before each validation
+        epoch += validation_batches(math.ceil(train_images / batch), batch,
+                                    run.train["precise_bn"]["batches"]) * figures["infer_step_seconds"] * 1.5
     if features.wanted(run.to_dict()):
         # One forward pass of train and validation images, then a head on features: its epochs cost
         # next to nothing against the backbone's, but its training step is still traced.
@@ -228,7 +233,7 @@ def estimate_seconds(run, sizes: dict, figures: dict, startup_seconds: float) ->
         batches = min(run.train["precise_bn"]["batches"], math.ceil(sizes["train"] / batch))
         calibration = 2 * figures["trace_seconds"] + batches * figures["infer_step_seconds"] * 1.5
     evaluation = figures["trace_seconds"] + sizes["test"] * infer_per_image
-    return (startup_seconds + figures["build_seconds"] + training + calibration + evaluation
+    return (startup + figures["build_seconds"] + training + calibration + evaluation
             + RUN_FIXED_SECONDS)
 
 
@@ -243,7 +248,7 @@ def make_plan(runs, out_dir, sources: dict, measure: bool = True, log=print) -> 
     """Every run with its status and, for pending ones, an estimated wall time on this device."""
     from zoo.harness.timing import describe_device
 
-    startup_seconds = _import_seconds()
+    startup = startup_seconds()
     runs_dir = Path(out_dir) / "runs"
     figures, rows = {}, []
     for run in runs:
@@ -261,25 +266,27 @@ def make_plan(runs, out_dir, sources: dict, measure: bool = True, log=print) -> 
                     f"{run.train['batch_size']} ...")
                 figures[key] = measure_architecture(run, source.info)
             row["estimate_seconds"] = estimate_seconds(run, split_sizes(run, source.info), figures[key],
-                                                       startup_seconds)
+                                                       startup)
         rows.append(row)
     return {"rows": rows, "device": describe_device(), "architectures_measured": len(figures)}
 
 
-DEFAULT_IMPORT_SECONDS = 5.0
+DEFAULT_IMPORT_SECONDS = 8.0
 _IMPORTED: dict = {}
 
 
-def _import_seconds() -> float:
-    """What a run's new process spends importing Keras and its backend: measured here when this
-    process has not imported them yet."""
+def startup_seconds() -> float:
+    """What a run's new process spends importing Keras, its backend and tensorflow-datasets (the
+    worker records their versions): measured here when this process has not imported them yet."""
     import sys
 
     if "keras" not in sys.modules and "seconds" not in _IMPORTED:
         start = time.perf_counter()
         import keras  # noqa: F401
 
-        _IMPORTED["seconds"] = time.perf_counter() - start + 0.5  # and the interpreter's own start
+        if importlib.util.find_spec("tensorflow_datasets"):
+            import tensorflow_datasets  # noqa: F401
+        _IMPORTED["seconds"] = time.perf_counter() - start + 1.0  # and the interpreter's own start
     return _IMPORTED.get("seconds", DEFAULT_IMPORT_SECONDS)
 
 

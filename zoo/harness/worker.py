@@ -237,7 +237,7 @@ class Run:
             # Keras runs validation inside fit before on_epoch_end: this callback's on_test_begin
             # recalibrates first, so checkpointing, early stopping and schedules judge current statistics.
             steps = self.train["steps_per_epoch"] or max(1, math.ceil(self.sizes["train"] / self.global_batch))
-            self.validation_calibration_batches = validation_batches(steps, precise["batches"])
+            self.validation_calibration_batches = validation_batches(steps, self.global_batch, precise["batches"])
             self.calibration_forward = forward_in_training_mode(self.trained_model)
             callbacks.append(precise_bn_callback(lambda: self.calibration_batches(repeat=True),
                                                  self.validation_calibration_batches, self.calibration_forward))

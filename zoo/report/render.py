@@ -110,6 +110,7 @@ class ReportBuilder:
                 "latency_ms_text": _mean_std(group["latency_ms"].astype(float), 2),
                 "params": int(first["params"]), "params_text": _fmt(int(first["params"])),
                 "model_megabytes_text": _fmt(float(first["model_megabytes"]), 2),
+                "precise_bn_text": _mean_std(group["precise_bn_batches"].astype(float), 0),
                 "device": first["device"], "precision": first["precision"],
                 "run_ids": list(group["run_id"]), "task": first["task"],
                 "test_examples": int(first["test_examples"]) if pd.notna(first.get("test_examples")) else None,
