@@ -49,28 +49,30 @@ def test_missing_imagenet_weights_are_named_before_any_run(tmp_path, monkeypatch
     assert not (tmp_path / "out").exists()
 
 
-def test_plan_lists_every_run_with_status_and_estimates_and_writes_nothing(tmp_path, capsys):
-    suite_file = tmp_path / "quick.yaml"
-    suite_file.write_text(json.dumps(QUICK))
+def test_plan_of_the_quickstart_lists_every_run_with_status_and_estimates_and_writes_nothing(tmp_path, capsys):
+    suite_file = str(ROOT / "benchmarks" / "quickstart.yaml")
     out = tmp_path / "out"
-    assert main(["plan", str(suite_file), "--out", str(out)]) == 0
+    assert main(["plan", suite_file, "--out", str(out)]) == 0
     before = capsys.readouterr().out
     assert not out.exists()
-    runs = expand_suite(load_suite(QUICK))
+    runs = expand_suite(load_suite(suite_file))
     lines = {run.run_id: next(l for l in before.splitlines() if l.startswith(run.run_id)) for run in runs}
     assert all(" pending " in line and " yes " in line for line in lines.values())
-    assert all(line.split()[-1] != "-" for line in lines.values())  # an estimate for every pending run
-    assert "suite: 0 finished, 2 to run, about" in before
+    assert all(line.split()[-1] != "-" and line.split()[-1] != "0m00s" for line in lines.values())
+    assert f"suite: 0 finished, {len(runs)} to run, about" in before
 
-    assert main(["run", str(suite_file), "--out", str(out), "--only", "*baseline_cnn*", "--no-report",
-                 "--in-process"]) == 0
+    first = next(r for r in runs if r.backbone == "baseline_cnn" and r.head == "linear")
+    assert main(["run", suite_file, "--out", str(out), "--only", first.run_id, "--no-report", "--in-process",
+                 "--set", "train.epochs=1"]) == 2  # --set changes every run id: nothing matches
     capsys.readouterr()
-    assert main(["run", str(suite_file), "--out", str(out), "--dry-run"]) == 0
+    assert main(["run", suite_file, "--out", str(out), "--only", first.run_id, "--no-report", "--in-process"]) == 0
+    capsys.readouterr()
+    assert main(["run", suite_file, "--out", str(out), "--dry-run"]) == 0
     after = capsys.readouterr().out
-    finished = next(l for l in after.splitlines() if l.startswith(runs[0].run_id))
+    finished = next(l for l in after.splitlines() if l.startswith(first.run_id))
     assert " finished " in finished and finished.split()[-1] == "-"
-    assert "suite: 1 finished, 1 to run" in after
-    assert sorted(p.name for p in (out / "runs").iterdir()) == [runs[0].run_id]
+    assert f"suite: 1 finished, {len(runs) - 1} to run" in after
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [first.run_id]
 
 
 def test_overrides_apply_to_matching_runs_only_and_are_recorded():
