@@ -70,7 +70,7 @@ def test_plan_of_the_quickstart_lists_every_run_with_status_and_estimates_and_wr
     assert main(["run", suite_file, "--out", str(out), "--dry-run"]) == 0
     after = capsys.readouterr().out
     finished = next(l for l in after.splitlines() if l.startswith(first.run_id))
-    assert " finished " in finished and finished.split()[-1] == "-"
+    assert finished.split()[-3:] == ["finished", "-", "-"]  # needs nothing, no estimate
     assert f"suite: 1 finished, {len(runs) - 1} to run" in after
     assert sorted(p.name for p in (out / "runs").iterdir()) == [first.run_id]
 
@@ -125,3 +125,12 @@ def test_seeds_baseline_trains_from_scratch_while_the_others_fine_tune():
 def test_bad_seeds_are_a_clear_error(seeds, message):
     with pytest.raises(ConfigError, match=message):
         expand_suite(load_suite({**QUICK, "seeds": seeds}))
+
+
+def test_plan_marks_runs_that_cannot_start_and_exits_2(tmp_path):
+    result = zoo("plan", "benchmarks/seeds.yaml", "--out", str(tmp_path / "out"),
+                 env={"TFDS_DATA_DIR": str(tmp_path / "tfds"), "ZOO_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("stanford_dogs-", "eurosat_rgb-"))]
+    assert len(rows) == 36 and all(row[-3:] == ["pending", "NO", "-"] for row in rows)
+    assert "fix: zoo data prepare stanford_dogs" in result.stdout and not (tmp_path / "out").exists()

@@ -244,8 +244,9 @@ def run_status(run, runs_dir: Path) -> str:
     return "pending" if row is None else ("finished" if row.get("status") == "ok" else row.get("status", "failed"))
 
 
-def make_plan(runs, out_dir, sources: dict, measure: bool = True, log=print) -> dict:
-    """Every run with its status and, for pending ones, an estimated wall time on this device."""
+def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), measure: bool = True, log=print) -> dict:
+    """Every run with its status and readiness (None when finished: it needs nothing) and, for
+    pending ones, an estimated wall time on this device."""
     from zoo.harness.timing import describe_device
 
     startup = startup_seconds()
@@ -258,7 +259,10 @@ def make_plan(runs, out_dir, sources: dict, measure: bool = True, log=print) -> 
                "weights": run.weights, "trainable": run.trainable + (f" then {run.finetune['trainable']} for "
                                                                      f"{run.finetune['epochs']}" if run.finetune else ""),
                "epochs": run.train["epochs"], "image_size": run.train["image_size"], "status": status,
-               "ready": source is not None, "estimate_seconds": None}
+               "ready": None if status == "finished" else (
+                   source is not None and not any(p.subject == f"weights {run.backbone}" for p in problems
+                                                  if run.weights == "imagenet")),
+               "estimate_seconds": None}
         if status != "finished" and source is not None and measure:
             key = architecture_key(run, source.info)
             if key not in figures:
@@ -304,7 +308,7 @@ def format_plan(plan: dict) -> str:
     header = ["run", "dataset", "backbone", "head", "weights", "trainable", "epochs", "size", "status", "ready",
               "estimate"]
     table = [[r["run_id"], r["dataset"], r["backbone"], r["head"], r["weights"], r["trainable"], str(r["epochs"]),
-              str(r["image_size"]), r["status"], "yes" if r["ready"] else "NO",
+              str(r["image_size"]), r["status"], {True: "yes", False: "NO", None: "-"}[r["ready"]],
               format_duration(r["estimate_seconds"])] for r in rows]
     widths = [max(len(header[i]), *(len(t[i]) for t in table)) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]

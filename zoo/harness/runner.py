@@ -147,7 +147,7 @@ def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log) -> int:
     _, selected = select_runs(suite, only)
     todo = pending_runs(selected, out_dir / "runs", force=False)
     sources, problems = check_readiness(todo)
-    log(format_plan(make_plan(selected, out_dir, sources, log=log)))
+    log(format_plan(make_plan(selected, out_dir, sources, problems, log=log)))
     if problems:
         log(format_problems(problems))
         return 2
