@@ -121,6 +121,9 @@ def example_scores(predictions, task: str, metric: str, num_classes: int, ignore
 METRICS_BY_TASK = {"classification": ("accuracy", "macro_f1"),
                    "segmentation": ("kl_score", "miou", "accuracy"),
                    "distribution": ("kl_score",)}
+# The metrics every run records an interval of (zoo compare tests any of METRICS_BY_TASK).
+INTERVAL_METRICS = {"classification": ("accuracy",), "segmentation": ("accuracy", "miou", "kl_score"),
+                    "distribution": ("kl_score",)}
 
 
 def pool(scores: list[ExampleScores]) -> ExampleScores:
@@ -270,8 +273,10 @@ def compare_runs(out_dir, name_a: str, name_b: str, metric: str | None = None) -
                                             info.get("ignore_classes", [])))
         return pool(parts)
 
+    from zoo.metrics import METRICS
+
     result = compare(scores(runs_a), scores(runs_b), len(runs_a), len(runs_b))
-    higher = metric != "kl_score"
+    higher = METRICS.get(metric).higher_is_better
     return {"metric": metric, "a": name_a, "b": name_b, **{k: result[k] for k in (
         "value_a", "value_b", "difference", "ci_low", "ci_high", "p_value", "test", "n")},
         "higher_is_better": higher, "runs_a": [r["run_id"] for r in runs_a], "runs_b": [r["run_id"] for r in runs_b]}

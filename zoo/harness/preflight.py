@@ -216,8 +216,9 @@ def estimate_seconds(run, sizes: dict, figures: dict, startup: float) -> float:
     train_trace = TRAIN_TRACE_FACTOR * figures["trace_seconds"]
     steps = run.train["steps_per_epoch"]
     train_images = min(sizes["train"], steps * batch) if steps else sizes["train"]
+    recalibrates = bool(run.train["precise_bn"]) and figures["batchnorm"]
     epoch = train_images * infer_per_image * TRAIN_STEP_FACTOR + sizes["val"] * infer_per_image
-    if run.train["precise_bn"] and figures["batchnorm"]:  # recalibration before each validation
+    if recalibrates:  # before each validation
         epoch += validation_batches(math.ceil(train_images / batch), batch,
                                     run.train["precise_bn"]["batches"]) * figures["infer_step_seconds"] * 1.5
     if features.wanted(run.to_dict()):
@@ -229,7 +230,7 @@ def estimate_seconds(run, sizes: dict, figures: dict, startup: float) -> float:
         if run.finetune:
             training += train_trace + run.finetune["epochs"] * epoch
     calibration = 0.0
-    if run.train["precise_bn"] and figures["batchnorm"]:
+    if recalibrates:  # before evaluation
         batches = min(run.train["precise_bn"]["batches"], math.ceil(sizes["train"] / batch))
         calibration = 2 * figures["trace_seconds"] + batches * figures["infer_step_seconds"] * 1.5
     evaluation = figures["trace_seconds"] + sizes["test"] * infer_per_image
@@ -244,7 +245,7 @@ def run_status(run, runs_dir: Path) -> str:
     return "pending" if row is None else ("finished" if row.get("status") == "ok" else row.get("status", "failed"))
 
 
-def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), measure: bool = True, log=print) -> dict:
+def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=print) -> dict:
     """Every run with its status and readiness (None when finished: it needs nothing) and, for
     pending ones, an estimated wall time on this device."""
     from zoo.harness.timing import describe_device
@@ -263,7 +264,7 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), measur
                    source is not None and not any(p.subject == f"weights {run.backbone}" for p in problems
                                                   if run.weights == "imagenet")),
                "estimate_seconds": None}
-        if status != "finished" and source is not None and measure:
+        if status != "finished" and source is not None:
             key = architecture_key(run, source.info)
             if key not in figures:
                 log(f"measuring {run.backbone}/{run.head} at {run.train['image_size']} px, batch "
@@ -272,7 +273,7 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), measur
             row["estimate_seconds"] = estimate_seconds(run, split_sizes(run, source.info), figures[key],
                                                        startup)
         rows.append(row)
-    return {"rows": rows, "device": describe_device(), "architectures_measured": len(figures)}
+    return {"rows": rows, "device": describe_device()}
 
 
 DEFAULT_IMPORT_SECONDS = 8.0

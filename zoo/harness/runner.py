@@ -97,10 +97,11 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     runs_dir = out_dir / "runs"
     todo = pending_runs(selected, runs_dir, force)
     if todo:
-        _, problems = check_readiness(todo)
+        # The folder-scan cache under OUT/cache is the one the runs read: no folder is probed twice.
+        _, problems = check_readiness(todo, cache_dir=out_dir / "cache")
         if problems and prepare:
             prepare_missing(todo, problems, log)
-            _, problems = check_readiness(todo)
+            _, problems = check_readiness(todo, cache_dir=out_dir / "cache")
         if problems:
             raise NotReadyError(format_problems(problems, None if prepare else suite_path))
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +147,7 @@ def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log) -> int:
     out_dir = Path(out_dir)
     _, selected = select_runs(suite, only)
     todo = pending_runs(selected, out_dir / "runs", force=False)
-    sources, problems = check_readiness(todo)
+    sources, problems = check_readiness(todo, cache_dir=out_dir / "cache")
     log(format_plan(make_plan(selected, out_dir, sources, problems, log=log)))
     if problems:
         log(format_problems(problems))

@@ -319,9 +319,7 @@ class Run:
         with too few test examples to judge (see zoo.stats)."""
         from zoo import stats
 
-        for metric in stats.METRICS_BY_TASK[self.task]:
-            if metric == "macro_f1":
-                continue  # intervals of the headline metrics only; zoo compare gives any metric's
+        for metric in stats.INTERVAL_METRICS[self.task]:
             scores = stats.example_scores(predictions, self.task, metric, self.info.num_classes,
                                           self.info.ignore_classes)
             result[f"{metric}_ci_low"], result[f"{metric}_ci_high"] = stats.interval(scores)
