@@ -141,7 +141,8 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
 
 def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log) -> int:
     """``zoo plan`` / ``zoo run --dry-run``: every run with its status and readiness, and time
-    estimates for the pending ones; trains nothing and writes nothing but the folder-scan cache the runs reuse. 2 if a run cannot start."""
+    estimates for the pending ones; trains nothing and writes nothing but the folder-scan cache
+    the runs reuse. 2 if a run cannot start."""
     from zoo.harness.preflight import check_readiness, format_plan, format_problems, make_plan
 
     out_dir = Path(out_dir)
