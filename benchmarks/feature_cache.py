@@ -40,7 +40,7 @@ def pretrain_backbone(backbone, size, folder) -> tuple[str, float]:
                                   # frozen backbone uses, far from the data after a few hundred steps.
                                   "batchnorm_momentum": 0.9}})
     out = os.path.join(folder, "pretrain")
-    run_suite(suite, out, isolate=False, report=False, log=lambda *_: None)
+    run_suite(suite, out, executor="in-process", report=False, log=lambda *_: None)
     row = pd.read_csv(os.path.join(out, "results.csv")).iloc[0]
     if row["status"] != "ok":
         raise SystemExit(f"pretraining {backbone} failed: {row['error']}")
@@ -62,7 +62,7 @@ def sweep(backbone, size, epochs, examples, weights, cache, folder):
                         "train": {"image_size": size, "batch_size": 32, "epochs": epochs, "cache_features": cache,
                                   "learning_rate": LEARNING_RATES}})
     out = os.path.join(folder, f"sweep-{cache}")
-    run_suite(suite, out, isolate=False, report=False, log=lambda *_: None)
+    run_suite(suite, out, executor="in-process", report=False, log=lambda *_: None)
     frame = pd.read_csv(os.path.join(out, "results.csv"))
     # The last epoch's validation loss still differs where accuracy has saturated.
     frame["val_loss"] = [pd.read_csv(os.path.join(out, "runs", run_id, "history.csv"))["val_loss"].iloc[-1]

@@ -63,7 +63,7 @@ def zoo_run(backbone, size, epochs, batch, precise_bn=False):
                         "heads": ["linear"], "train": {"image_size": size, "batch_size": batch, "epochs": epochs,
                                                        "cache_features": False, "precise_bn": precise_bn}})
     with tempfile.TemporaryDirectory() as out:
-        run_suite(suite, out, isolate=False, report=False, log=lambda *_: None)
+        run_suite(suite, out, executor="in-process", report=False, log=lambda *_: None)
         row = pd.read_csv(os.path.join(out, "results.csv")).iloc[0]
     return row["first_epoch_seconds"], row["epoch_seconds"], row["device"]
 

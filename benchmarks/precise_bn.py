@@ -55,7 +55,7 @@ def main() -> int:
                           "split": {"val": 0.1, "test": 0.1}}],
             "train": {"image_size": args.size, "batch_size": args.batch, "epochs": args.epochs,
                       "precise_bn": [False, True]}})
-        run_suite(suite, work / "out", isolate=False, report=False, log=lambda *_: None)
+        run_suite(suite, work / "out", executor="in-process", report=False, log=lambda *_: None)
         frame = pd.read_csv(work / "out" / "results.csv")
         frame["recalibration_seconds"] = [
             json.loads((work / "out" / "runs" / run_id / "metrics.json").read_text())["precise_bn"]["seconds"]

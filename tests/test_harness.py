@@ -27,7 +27,7 @@ TINY = {"name": "tiny", "datasets": ["synthetic_terrain", "synthetic_landcover"]
 @pytest.fixture(scope="module")
 def tiny_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
-    assert run_suite(load_suite(TINY), out, isolate=False, report=False, log=lambda *_: None) == 0
+    assert run_suite(load_suite(TINY), out, executor="in-process", report=False, log=lambda *_: None) == 0
     return out
 
 
@@ -71,11 +71,11 @@ def test_rerun_skips_finished_runs_and_force_redoes_them(tiny_out):
     before = pd.read_csv(tiny_out / "results.csv")
     messages = []
     suite = load_suite(TINY)
-    assert run_suite(suite, tiny_out, isolate=False, report=False, log=messages.append) == 0
+    assert run_suite(suite, tiny_out, executor="in-process", report=False, log=messages.append) == 0
     assert "3 already finished, 0 to run" in messages[0]
     pd.testing.assert_frame_equal(before, pd.read_csv(tiny_out / "results.csv"))
     only = "*linear*"
-    assert run_suite(suite, tiny_out, only=only, force=True, isolate=False, report=False, log=messages.append) == 0
+    assert run_suite(suite, tiny_out, only=only, force=True, executor="in-process", report=False, log=messages.append) == 0
     after = pd.read_csv(tiny_out / "results.csv")
     assert len(after) == 3
     redone = after["run_id"].str.contains("linear")
@@ -180,7 +180,7 @@ def test_predict_matches_the_runs_own_test_predictions_with_study_preprocessing(
 
     suite = load_suite({**TINY, "datasets": ["synthetic_terrain"], "heads": ["linear"],
                         "train": {**TINY["train"], "preprocessing": "equalize", "epochs": 1}})
-    assert run_suite(suite, tmp_path / "out", isolate=False, report=False, log=lambda *_: None) == 0
+    assert run_suite(suite, tmp_path / "out", executor="in-process", report=False, log=lambda *_: None) == 0
     run_dir = next((tmp_path / "out" / "runs").iterdir())
     card = DATASETS.get("synthetic_terrain")
     images, _ = make_synthetic_terrain(card["num_examples"], card["image_size"], card["seed"])
@@ -197,6 +197,6 @@ def test_frozen_backbone_without_pretrained_weights_is_warned_about(tmp_path):
     messages = []
     suite = load_suite({**TINY, "datasets": ["synthetic_terrain"], "heads": ["linear"], "trainable": "frozen",
                         "train": {**TINY["train"], "image_size": 16, "epochs": 1, "steps_per_epoch": 1}})
-    assert run_suite(suite, tmp_path / "out", isolate=False, report=False, log=messages.append) == 0
+    assert run_suite(suite, tmp_path / "out", executor="in-process", report=False, log=messages.append) == 0
     warning = next(m for m in messages if m.startswith("warning:"))
     assert "baseline_cnn" in warning and "weights: none" in warning

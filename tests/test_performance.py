@@ -19,7 +19,7 @@ FROZEN = {"name": "frozen", "datasets": ["synthetic_terrain"], "backbones": ["ba
 
 
 def run_in_process(suite, out, **overrides):
-    return run_suite(load_suite(suite, [f"{k}={v}" for k, v in overrides.items()]), out, isolate=False,
+    return run_suite(load_suite(suite, [f"{k}={v}" for k, v in overrides.items()]), out, executor="in-process",
                      report=False, log=lambda *_: None)
 
 
@@ -64,20 +64,39 @@ def test_feature_dataset_serves_every_cached_example_once_per_epoch(tmp_path, mo
     np.testing.assert_array_equal(second, values[labels] * 2)
 
 
-def test_feature_cache_key_follows_its_inputs_and_ignores_partial_folders(tmp_path):
+def test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_splits():
     from zoo.harness.features import cache_key
 
     spec = {"dataset": {"name": "d"}, "backbone": "baseline_cnn", "backbone_options": {}, "weights": "none",
             "train": {"image_size": 32, "preprocessing": "none"}}
-    plan = {"train": ("train", np.arange(5)), "val": ("train", np.arange(5, 7)), "test": ("train", np.arange(7, 9))}
-    base = cache_key(spec, plan, False, "float32")
-    assert base == cache_key(spec, plan, False, "float32")
-    changed = [cache_key({**spec, "train": {**spec["train"], "image_size": 48}}, plan, False, "float32"),
-               cache_key({**spec, "backbone": "mobilenet_v2"}, plan, False, "float32"),
-               cache_key({**spec, "train": {**spec["train"], "preprocessing": "equalize"}}, plan, False, "float32"),
-               cache_key(spec, {**plan, "train": ("train", np.arange(4))}, False, "float32"),
-               cache_key(spec, plan, True, "float32"), cache_key(spec, plan, False, "mixed_bfloat16")]
+    content = {"train": "train:100"}
+    base = cache_key(spec, content, False, "float32")
+    assert base == cache_key({**spec, "dataset": {"name": "d", "split": {"val": 0.3, "test": 0.3}}}, content,
+                             False, "float32")  # carving is per run: the features are the same
+    changed = [cache_key({**spec, "train": {**spec["train"], "image_size": 48}}, content, False, "float32"),
+               cache_key({**spec, "backbone": "mobilenet_v2"}, content, False, "float32"),
+               cache_key({**spec, "train": {**spec["train"], "preprocessing": "equalize"}}, content, False, "float32"),
+               cache_key(spec, {"train": "train:101"}, False, "float32"),
+               cache_key(spec, content, True, "float32"), cache_key(spec, content, False, "mixed_bfloat16")]
     assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_a_seed_and_split_seed_sweep_computes_features_once_and_speed_once(tmp_path):
+    suite = {**FROZEN, "heads": ["linear"], "seeds": [0, 1], "split_seed": [0, 1],
+             "train": {**FROZEN["train"], "epochs": 1}}
+    assert run_in_process(suite, tmp_path) == 0
+    frame = pd.read_csv(tmp_path / "results.csv")
+    assert sorted(frame["features"]) == ["computed", "reused", "reused", "reused"]
+    assert len(list((tmp_path / "cache" / "features").iterdir())) == 1
+    measured = frame[frame["speed_measured_in"].isna()]
+    assert len(measured) == 1  # one architecture: its speed is measured by one run, reused by the rest
+    assert set(frame["speed_measured_in"].dropna()) == set(measured["run_id"])
+    assert frame["images_per_second"].nunique() == 1
+    # Different split seeds test on different images; the same split seed on the same ones.
+    tests = {row.run_id: tuple(np.load(tmp_path / "runs" / row.run_id / "split_indices.npz")["test"])
+             for row in frame.itertuples()}
+    by_split = frame.groupby("split_seed")["run_id"].apply(lambda ids: {tests[i] for i in ids})
+    assert all(len(sets) == 1 for sets in by_split) and by_split[0] != by_split[1]
 
 
 def test_cache_features_true_where_it_cannot_apply_is_a_config_error():

@@ -102,7 +102,7 @@ def test_tracks_suite_reports_accuracy_before_and_after_smoothing(tmp_path):
     suite = load_suite({"name": "tracks-test", "datasets": ["synthetic_tracks"], "heads": ["linear"],
                         "train": {"image_size": 32, "epochs": 2, "batchnorm_momentum": 0.9},
                         "postprocess": {"method": "hmm", "transitions": "estimate"}})
-    assert run_suite(suite, tmp_path / "out", isolate=False, report=False, log=lambda *_: None) == 0
+    assert run_suite(suite, tmp_path / "out", executor="in-process", report=False, log=lambda *_: None) == 0
     row = pd.read_csv(tmp_path / "out" / "results.csv").iloc[0]
     assert 0 < row["accuracy"] <= 1 and 0 < row["accuracy_smoothed"] <= 1
     run_dir = tmp_path / "out" / "runs" / row["run_id"]

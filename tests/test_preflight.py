@@ -41,7 +41,7 @@ def test_missing_imagenet_weights_are_named_before_any_run(tmp_path, monkeypatch
     with pytest.raises(Exception) as error:
         from zoo.harness.runner import run_suite
 
-        run_suite(suite, tmp_path / "out", isolate=False, report=False, log=lambda *_: None,
+        run_suite(suite, tmp_path / "out", executor="in-process", report=False, log=lambda *_: None,
                   suite_path="s.yaml")
     text = str(error.value)
     assert "weights mobilenet_v2" in text and "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5" in text

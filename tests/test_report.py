@@ -35,7 +35,7 @@ def store(tmp_path_factory):
                         "plugins": [str(HERE / "plugin_faults.py")],
                         "train": {"image_size": 16, "batch_size": 8, "epochs": 2}})
     out = root / "out"
-    assert run_suite(suite, out, isolate=False, report=False, log=lambda *_: None) == 1  # nan_backbone fails
+    assert run_suite(suite, out, executor="in-process", report=False, log=lambda *_: None) == 1  # nan_backbone fails
     report_dir = root / "report"
     assert main(["report", str(out), "-o", str(report_dir), "--latency-budget", "50"]) == 0
     return out, report_dir

@@ -81,7 +81,7 @@ def two_seeds_two_splits(tmp_path_factory):
                         "heads": ["linear"], "seeds": [0, 1], "split_seed": [0, 1],
                         "train": {"image_size": 16, "batch_size": 32, "epochs": 1, "steps_per_epoch": 2,
                                   "precise_bn": False}})
-    assert run_suite(suite, out, isolate=False, report=False, log=lambda *_: None) == 0
+    assert run_suite(suite, out, executor="in-process", report=False, log=lambda *_: None) == 0
     return out
 
 

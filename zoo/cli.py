@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
         from zoo.harness.runner import plan_suite
 
         return plan_suite(suite, out, only=args.only)
-    return run_suite(suite, out, only=args.only, force=args.force, isolate=not args.in_process,
+    return run_suite(suite, out, only=args.only, force=args.force, executor="in-process" if args.in_process else args.executor,
                      report=not args.no_report, prepare=args.prepare, suite_path=args.suite)
 
 
@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", metavar="PATTERN", help="run only the runs whose id matches this glob")
     run.add_argument("--force", action="store_true", help="redo finished runs too")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument("--executor", choices=["worker", "isolated"], default="worker",
+                     help="worker (default): runs one after another in one long-lived worker process, which "
+                          "pays start-up once; isolated: a new process for every run")
+    run.add_argument("--isolate", dest="executor", action="store_const", const="isolated",
+                     help="= --executor isolated")
     run.add_argument("--in-process", action="store_true",
                      help="run in this process (debugging; a hard crash then stops the suite)")
     run.add_argument("--prepare", action="store_true",

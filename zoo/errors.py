@@ -10,14 +10,25 @@ class DataError(ValueError):
     """Input data is missing or malformed; the message names the file and the fix."""
 
 
+class StorageError(OSError):
+    """The output folder cannot take more: read-only, full, or not ours to write."""
+
+
+STORAGE_ERRNOS = {28: "no space left on the device", 30: "the file system is read-only",
+                  13: "permission denied", 122: "the disk quota is exceeded"}
+
+
+def storage_problem(error: BaseException) -> str | None:
+    """What is wrong with the output folder, if ``error`` is a storage fault; else None."""
+    return STORAGE_ERRNOS.get(getattr(error, "errno", None))
+
+
 def _user_errors():
     from zoo.factory import IncompatibleError
     from zoo.weights import WeightsUnavailableError
 
     return (UnknownNameError, ConfigError, DataError, IncompatibleError, WeightsUnavailableError,
-            FileNotFoundError)
-
-
+            FileNotFoundError, StorageError)
 
 
 USER_ERRORS = _user_errors()

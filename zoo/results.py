@@ -27,8 +27,8 @@ RESULT_COLUMNS = {
     "split_seed": "seed of the carved validation/test split: runs with the same one are tested on the same images",
     "swept": "the swept train keys of this run, as key=value;...",
     "overrides": "the suite's overrides applied to this run, as '#index key=pattern' (empty when none)",
-    "status": "ok | failed",
-    "error": "why the run failed (empty when ok)",
+    "status": "ok | failed | interrupted (stopped by Ctrl-C or SIGTERM; the next `zoo run` redoes it)",
+    "error": "why the run failed or stopped (empty when ok)",
     "accuracy": "test accuracy (pixel accuracy for segmentation)",
     "accuracy_ci_low": "lower end of the 95 % bootstrap interval of accuracy over test examples",
     "accuracy_ci_high": "upper end of that interval",
@@ -54,6 +54,8 @@ RESULT_COLUMNS = {
                           "evaluation (0: off, or no BatchNorm layer trained)",
     "images_per_second": "inference throughput at the run's batch size, after warm-up",
     "latency_ms": "median inference latency of one image (batch 1), after warm-up",
+    "speed_measured_in": "run whose measurement of images_per_second and latency_ms this row reuses (the same "
+                         "architecture, input, batch, precision and device); empty when measured in this run",
     "params": "total parameters",
     "trainable_params": "trainable parameters in the (last) training phase",
     "model_megabytes": "size of the saved .keras model on disk",
@@ -100,15 +102,59 @@ def _to_plain(value):
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+# What a successful run leaves besides result.json; if any is missing or unreadable the run
+# counts as unfinished: `zoo run` redoes it and reports leave it out, naming it.
+OK_RUN_FILES = ("run.json", "metrics.json", "dataset.json")
+
+
+def unreadable_files(run_dir) -> list[str]:
+    """The files of a successful run folder that are missing or are not valid JSON."""
+    bad = []
+    for name in OK_RUN_FILES:
+        try:
+            json.loads((Path(run_dir) / name).read_text())
+        except (OSError, ValueError):
+            bad.append(name)
+    return bad
+
+
 def read_result(run_dir) -> dict | None:
-    """The results row a finished run wrote last, or None if it has not finished."""
+    """The results row a finished run wrote last, or None if it has not finished (or its
+    files cannot be read: then it is as good as unfinished)."""
     path = Path(run_dir) / "result.json"
-    if not path.is_file():
-        return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
+    if not isinstance(row, dict) or "run_id" not in row:
+        return None
+    if row.get("status") == "ok" and unreadable_files(run_dir):
+        return None
+    return row
+
+
+def run_row(spec: dict, task: str, status: str, error: str = "", values: dict | None = None) -> dict:
+    """A results row from a run's spec (its run.json); ``values`` fills the measured columns.
+
+    The driver builds the rows of runs whose process died or was stopped from the spec alone,
+    so that it never needs Keras."""
+    import datetime
+    from importlib.metadata import version
+
+    values = values or {}
+    row = {column: values.get(column) for column in RESULT_COLUMNS}
+    row.update({"run_id": spec["run_id"], "suite": spec["suite"], "dataset": spec["dataset"]["name"], "task": task,
+                "backbone": spec["backbone"], "head": spec["head"], "weights": spec["weights"],
+                "trainable": values.get("trainable", spec["trainable"]), "seed": spec["seed"],
+                "split_seed": spec["split_seed"],
+                "swept": ";".join(f"{k}={v}" for k, v in sorted(spec["swept"].items())),
+                "overrides": "; ".join(spec.get("overrides") or []), "status": status, "error": error,
+                "epochs_run": values.get("epochs_run", 0),
+                "batch_size": values.get("batch_size") or spec["train"]["batch_size"],
+                "image_size": spec["train"]["image_size"],
+                "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    row.update(results_version=RESULTS_VERSION, keras=version("keras"))
+    return row
 
 
 def write_results_csv(out_dir, run_ids) -> Path:

@@ -116,6 +116,9 @@ class FolderScan:
                                  else self._segmentation_candidates(folder))
         files = sorted({Path(p) for items in candidates.values() for item in items for p in item[:1]})
         probes = probe_files(files, cache_dir)
+        masks = sorted({Path(item[1]) for items in candidates.values() for item in items}) \
+            if self.task == "segmentation" else []
+        self.listing_key = _listing_key(files + masks)  # names, sizes and modification times of every file
         self.channels, dtype = self._dominant_format(probes)
         self.max_pixel_value = float(max_pixel_value or {"uint8": 255, "uint16": 65535}.get(dtype, 1.0))
         for split, items in candidates.items():

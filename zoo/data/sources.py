@@ -60,6 +60,12 @@ class Source:
         """A tf.data.Dataset of (image, target) for ``split``, restricted to ``indices`` if given."""
         raise NotImplementedError
 
+    def content_id(self, split: str) -> str:
+        """An identity of the images of ``split``: caches of per-image results (features) are
+        keyed by it. The dataset's configuration pins the data here; sources whose files can
+        change under the same configuration (the user's folders) add their listing."""
+        return f"{split}:{self.info.splits[split]}"
+
     def example_ids(self, split: str, indices=None) -> list[str]:
         """A stable name per example, in ``examples`` order: predictions of two runs are aligned by
         these, not by position. ``split/index`` here; the user's files by their path."""
@@ -232,6 +238,9 @@ class FolderSource(Source):
         if self.info.task != "classification":
             return None
         return np.array([label for _, label in self.scan.examples[split]], dtype=np.int64)
+
+    def content_id(self, split):
+        return f"{split}:{self.info.splits[split]}:{self.scan.listing_key}"
 
     def example_ids(self, split, indices=None):
         items = self.scan.examples[split]

@@ -1,11 +1,14 @@
 """Feature cache for frozen backbones.
 
 A frozen backbone (BatchNorm in inference mode, no augmentation) maps each image to the
-same features every epoch, so they are computed once per (dataset split, backbone, input
-size, weights, preprocessing) and the head trains on them: a sweep over heads, learning
-rates or seeds costs one forward pass of the data instead of one per epoch per run.
-The cache key covers every input that changes the features; a cache folder is written
-under a temporary name and renamed when complete, so a killed run never leaves half of one.
+same features every epoch, so they are computed once per image of the dataset (keyed by the
+dataset's content, backbone, weights, input size, preprocessing and precision, not by how a
+run carves its validation and test sets) and every run takes its train, validation and test
+rows by index: a sweep over seeds, split seeds, heads, learning rates or losses costs one
+forward pass of the data. The cache stores each example's plain target (label, mask or class
+proportions); what a run's loss needs on top (one-hot labels, class-weighted pixels) is
+applied per run. A cache folder is written under a temporary name and renamed when complete,
+so a killed run never leaves half of one.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-FEATURE_CACHE_VERSION = 1
+FEATURE_CACHE_VERSION = 2
 IN_MEMORY_BYTES = 1 << 30  # larger caches are read from memory-mapped files batch by batch
 
 
@@ -40,76 +43,84 @@ def _weights_identity(weights: str) -> str:
     return f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def cache_key(spec: dict, plan: dict, head_needs_pyramid: bool, precision: str) -> str:
+def cache_key(spec: dict, content: dict, head_needs_pyramid: bool, precision: str) -> str:
+    """The cache folder's name: everything that changes any image's features. ``content`` maps
+    each source split to an identity of its images (zoo.data.sources.Source.content_id)."""
     train = spec["train"]
+    dataset = {k: v for k, v in spec["dataset"].items() if k != "split"}  # carving is per run
     identity = {
-        "version": FEATURE_CACHE_VERSION, "dataset": spec["dataset"], "backbone": spec["backbone"],
+        "version": FEATURE_CACHE_VERSION, "dataset": dataset, "content": content, "backbone": spec["backbone"],
         "backbone_options": spec["backbone_options"], "image_size": train["image_size"],
         "weights": _weights_identity(spec["weights"]), "preprocessing": train["preprocessing"],
         "pyramid": head_needs_pyramid, "precision": precision,
-        "splits": {name: [split, hashlib.sha1(np.asarray(indices if indices is not None else []).tobytes()).hexdigest()]
-                   for name, (split, indices) in plan.items()},
     }
     return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def compute_features(extractor, pipelines: dict, folder: Path) -> None:
-    """Write extractor outputs and targets of every split as .npy files, atomically as a folder."""
+    """Write extractor outputs and the plain target of every example of each source split, in
+    index order, as .npy files, atomically as a folder."""
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    import tensorflow as tf
+    from zoo.harness.timing import compiled_function
 
-    extract = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
+    extract = compiled_function(lambda images: extractor(images, training=False))
     for split, dataset in pipelines.items():
-        outputs, extras = [], []
+        outputs, targets = [], []
         for batch in dataset:
             values = extract(batch[0])
             values = values if isinstance(values, (list, tuple)) else [values]
             outputs.append([np.asarray(v, dtype=np.float32) for v in values])
-            extras.append([np.asarray(t) for t in batch[1:]])
+            targets.append(np.asarray(batch[1]))
         for index in range(len(outputs[0])):
             np.save(partial / f"{split}-feature{index}.npy", np.concatenate([o[index] for o in outputs]))
-        for index in range(len(extras[0])):
-            np.save(partial / f"{split}-target{index}.npy", np.concatenate([e[index] for e in extras]))
+        np.save(partial / f"{split}-target0.npy", np.concatenate(targets))
     (partial / "complete").write_text("ok")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
 
 
-def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int | None, shuffle_buffer: int = 2048):
-    """tf.data of ((features...), target[, sample weights]) from the cache: in memory up to
-    IN_MEMORY_BYTES, else read batch by batch from memory-mapped files."""
+def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int | None, indices=None,
+                    finish=None, shuffle_buffer: int = 2048):
+    """tf.data of (features, target) batches from the cache: the rows ``indices`` of source split
+    ``split`` (all when None) in that order, shuffled like the image pipeline when
+    ``shuffle_seed`` is given; ``finish(target)`` returns the batch's (target, ...) as the
+    run's loss wants them. In memory up to IN_MEMORY_BYTES, else read from memory-mapped files."""
     import tensorflow as tf
 
     features = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{split}-feature*.npy"))]
     targets = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{split}-target*.npy"))]
-    if sum(a.nbytes for a in features + targets) <= IN_MEMORY_BYTES:
+    rows = np.arange(len(targets[0])) if indices is None else np.asarray(indices, dtype=np.int64)
+    finish = finish or (lambda *target: target)
+
+    def assemble(*arrays):
+        inputs = tuple(arrays[:len(features)])
+        return (inputs if len(inputs) > 1 else inputs[0], *finish(*arrays[len(features):]))
+
+    if sum(a.nbytes for a in features + targets) * len(rows) / max(1, len(targets[0])) <= IN_MEMORY_BYTES:
         # Small enough: serve from memory, with the image pipeline's shuffle, so the head sees
         # the batches the full model would.
-        arrays = tuple(np.asarray(a) for a in features)
-        inputs = arrays if len(arrays) > 1 else arrays[0]
-        dataset = tf.data.Dataset.from_tensor_slices((inputs, *[np.asarray(t) for t in targets]))
+        dataset = tf.data.Dataset.from_tensor_slices(tuple(np.asarray(a[rows]) for a in features + targets))
         if shuffle_seed is not None:
             dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return dataset.batch(batch_size).map(assemble).prefetch(tf.data.AUTOTUNE)
 
-    def take(indices):
-        indices = np.sort(indices)
-        return tuple(np.ascontiguousarray(a[indices]) for a in features + targets)
+    def take(positions):
+        chosen = np.sort(rows[positions])
+        return tuple(np.ascontiguousarray(a[chosen]) for a in features + targets)
 
     signature = [tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in features + targets]
-    dataset = tf.data.Dataset.range(len(targets[0]))
+    dataset = tf.data.Dataset.range(len(rows))
     if shuffle_seed is not None:
         # The image pipeline's seed and buffer: the head sees the batches the full model would.
         dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
 
-    def load(indices):
-        arrays = tf.numpy_function(take, [indices], [s.dtype for s in signature])
+    def load(positions):
+        arrays = tf.numpy_function(take, [positions], [s.dtype for s in signature])
         for array, spec in zip(arrays, signature):
             array.set_shape(spec.shape)
-        inputs = tuple(arrays[:len(features)])
-        return (inputs if len(inputs) > 1 else inputs[0], *arrays[len(features):])
+        return assemble(*arrays)
 
     return dataset.batch(batch_size).map(load).prefetch(tf.data.AUTOTUNE)
 
@@ -135,21 +146,47 @@ def copy_head_weights(source, target) -> None:
             target.get_layer(layer.name).set_weights(layer.get_weights())
 
 
+def target_finisher(task: str, num_classes: int, one_hot: bool, pixel_weights):
+    """What a run's loss needs from a batch of plain cached targets (see build_pipeline)."""
+    import tensorflow as tf
+
+    if task == "segmentation":
+        weights = tf.constant(pixel_weights, tf.float32)
+        return lambda masks: (masks, tf.gather(weights, tf.cast(masks, tf.int32)))
+    if one_hot:
+        return lambda labels: (tf.one_hot(labels, num_classes),)
+    return lambda target: (target,)
+
+
 def prepare(run, head_spec, backbone_spec) -> dict:
-    """Compute (or reuse) the features of ``run``; returns the head model and feature datasets."""
+    """Compute (or reuse) the per-image features of the source splits ``run`` draws from;
+    returns the head model and the run's train, validation and test feature datasets."""
+    from zoo.data.pipeline import PipelineOptions, build_pipeline
+
     cache_root = run.dir.parent.parent / "cache" / "features"
-    key = cache_key(run.spec, run.plan, head_spec.needs_pyramid, run.precision)
+    source_splits = sorted({split for split, _ in run.plan.values()})
+    content = {split: run.source.content_id(split) for split in source_splits}
+    key = cache_key(run.spec, content, head_spec.needs_pyramid, run.precision)
     folder = cache_root / key
     start = time.perf_counter()
     reused = (folder / "complete").is_file()
     if not reused:
         extractor = run.model.get_layer("backbone")
-        # In index order (no shuffling): the feature dataset shuffles like the image pipeline.
-        compute_features(extractor, {name: run.make_pipeline(name, False) for name in ("train", "val")}, folder)
+        # Every image of each split in index order, unaugmented, with plain targets.
+        options = PipelineOptions(**{**run.options, "class_weights": None, "one_hot": False}, augment=False)
+        pipelines = {split: build_pipeline(run.source.examples(split), run.info, options, training=False)
+                     for split in source_splits}
+        compute_features(extractor, pipelines, folder)
     seconds = 0.0 if reused else time.perf_counter() - start
     head_model = build_head_model(run.model, head_spec, backbone_spec, run.info.num_classes,
                                   (run.train["image_size"], run.train["image_size"], run.info.channels))
     copy_head_weights(run.model, head_model)  # start from the full model's initial head
+    finish = target_finisher(run.task, run.info.num_classes, run.options["one_hot"], run.pixel_weights)
+
+    def dataset(name, shuffle_seed):
+        split, indices = run.plan[name]
+        return feature_dataset(folder, split, run.global_batch, shuffle_seed, indices, finish)
+
     return {"key": key, "folder": folder, "reused": reused, "seconds": seconds, "head_model": head_model,
-            "train": feature_dataset(folder, "train", run.global_batch, run.spec["seed"]),
-            "val": feature_dataset(folder, "val", run.global_batch, None)}
+            "dataset": dataset, "train": dataset("train", run.spec["seed"]), "val": dataset("val", None),
+            "test": dataset("test", None)}

@@ -1,8 +1,10 @@
-"""Running a suite: every run in its own process, resumable, with progress and ETA.
+"""Running a suite: resumable, with progress and ETA, every run in a worker process.
 
 Each run works in ``OUT/runs/.<run_id>.partial`` and is renamed to ``OUT/runs/<run_id>``
 once its result.json is written, so a folder without the dot is always complete. After
-every run, results.csv is rebuilt atomically from the finished run folders.
+every run, results.csv is rebuilt atomically from the finished run folders. Where a run
+executes is the executor's business (zoo.harness.executors); this module owns the folders,
+the index, interrupts and storage faults.
 """
 from __future__ import annotations
 
@@ -11,24 +13,117 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
 import yaml
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, StorageError, storage_problem
+from zoo.harness.executors import WorkerDied, describe_exit, make_executor  # noqa: F401 (describe_exit re-exported)
 from zoo.harness.suite import RunSpec, expand_suite, suite_warnings
-from zoo.results import read_result, write_atomic, write_json, write_results_csv
+from zoo.results import read_result, run_row, write_atomic, write_json, write_results_csv
+
+SKIPPED_SHOWN = 3  # skipped files named in the log per dataset; dataset.json and the report list them all
 
 
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        name = signal.Signals(-returncode).name
-        hint = " (the system's out-of-memory killer sends this)" if name == "SIGKILL" else ""
-        return f"killed by {name}{hint}"
-    return f"exit code {returncode}"
+class SuiteInterrupted(BaseException):
+    """Ctrl-C or SIGTERM reached the driver; ``exit_code`` is the shell's (130 or 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+def _interrupt(signum, frame):
+    raise SuiteInterrupted(signum)
+
+
+class _InterruptHandlers:
+    """SIGINT and SIGTERM raise SuiteInterrupted while a suite runs (main thread only)."""
+
+    def __enter__(self):
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.saved[signum] = signal.signal(signum, _interrupt)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.saved.items():
+            signal.signal(signum, handler)
+
+
+def _task(run: RunSpec) -> str:
+    from zoo.heads import HEADS
+
+    return HEADS.get(run.head).task
+
+
+def _record_without_worker(run: RunSpec, partial: Path, status: str, error: str) -> dict:
+    """The row of a run whose process could not record it (died, stopped, disk full)."""
+    row = run_row(run.to_dict(), _task(run), status, error)
+    try:
+        write_json(partial / "result.json", row)
+    except OSError as write_error:
+        if not storage_problem(write_error):
+            raise
+        # No room even for the row: the half-written run is worth nothing, its space is.
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True, exist_ok=True)
+        write_json(partial / "run.json", run.to_dict())
+        write_json(partial / "result.json", row)
+    return row
+
+
+def _move_into_place(partial: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+
+
+def _run_megabytes(runs_dir: Path) -> float | None:
+    """The size of the largest finished run folder: roughly what the next run needs."""
+    sizes = [sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in runs_dir.iterdir()
+             if d.is_dir() and not d.name.startswith(".")]
+    return max(sizes) / 1e6 if sizes else None
+
+
+def run_one(run: RunSpec, runs_dir: Path, executor) -> dict:
+    """Execute one run into its partial folder, then move it into place; returns its row.
+
+    Raises SuiteInterrupted (the run is recorded ``interrupted``) and StorageError (the run is
+    recorded ``failed`` with the reason, space permitting); both stop the suite."""
+    partial = runs_dir / f".{run.run_id}.partial"
+    final = runs_dir / run.run_id
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    write_json(partial / "run.json", run.to_dict())
+    try:
+        row = executor.submit(partial)
+    except WorkerDied as died:
+        row = _record_without_worker(run, partial, "failed", str(died))
+    except SuiteInterrupted as interrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        executor.stop()
+        _record_without_worker(run, partial, "interrupted", f"interrupted by {signal.Signals(interrupt.signum).name}")
+        _move_into_place(partial, final)
+        raise
+    except OSError as error:
+        problem = storage_problem(error)
+        if not problem:
+            raise
+        executor.stop()
+        _record_without_worker(run, partial, "failed", f"{problem} (Errno {error.errno}) while writing the run")
+        _move_into_place(partial, final)
+        size = _run_megabytes(runs_dir)
+        need = f"; a finished run of this suite takes {size:.0f} MB" if size else ""
+        raise StorageError(error.errno, f"{problem} under {runs_dir.parent} (Errno {error.errno}): run "
+                           f"{run.run_id} failed and the suite stopped{need}. Free space and run the same "
+                           f"command to resume; finished runs are kept") from None
+    _move_into_place(partial, final)
+    return row
 
 
 def _eta(durations: list[float], remaining: int) -> str:
@@ -38,35 +133,32 @@ def _eta(durations: list[float], remaining: int) -> str:
     return f"ETA {int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def run_one(run: RunSpec, runs_dir: Path, isolate: bool) -> dict:
-    """Execute one run into its partial folder, then move it into place; returns its row."""
-    partial = runs_dir / f".{run.run_id}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    write_json(partial / "run.json", run.to_dict())
-    if isolate:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        process = subprocess.run([sys.executable, "-m", "zoo.harness.worker", str(partial)], env=env)
-        row = read_result(partial)
-        if row is None:
-            from zoo.harness.worker import Run
-
-            row = Run(partial).row("failed", f"the run's process died ({describe_exit(process.returncode)})",
-                                   None, 0, run.trainable, None)
-            write_json(partial / "result.json", row)
-    else:
-        from zoo.harness.worker import execute_run
-
-        row = execute_run(partial)
-    final = runs_dir / run.run_id
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    return row
-
-
 def _log(message):
     print(message, flush=True)
+
+
+def _storage_guard(out_dir: Path, action):
+    """Run ``action`` (the suite's first writes); a read-only or full output folder becomes
+    one StorageError naming it."""
+    try:
+        return action()
+    except OSError as error:
+        problem = storage_problem(error)
+        if not problem:
+            raise
+        raise StorageError(error.errno, f"cannot write to {out_dir}: {problem} (Errno {error.errno}); "
+                           f"choose another --out or free it") from None
+
+
+def log_skipped_files(sources: dict, log) -> None:
+    """How many files each dataset skipped at decode, and the first few with their reasons."""
+    for source in sources.values():
+        skipped = source.info.skipped or []
+        if skipped:
+            shown = "; ".join(f"{Path(s['path']).name}: {s['reason']}" for s in skipped[:SKIPPED_SHOWN])
+            more = f"; and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
+            log(f"dataset {source.info.name}: {len(skipped)} file(s) skipped ({shown}{more}); "
+                f"`zoo data info` lists them all")
 
 
 def select_runs(suite: dict, only: str | None) -> tuple[list[RunSpec], list[RunSpec]]:
@@ -83,12 +175,14 @@ def pending_runs(selected: list[RunSpec], runs_dir: Path, force: bool) -> list[R
     return [r for r in selected if force or (read_result(runs_dir / r.run_id) or {}).get("status") != "ok"]
 
 
-def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False, isolate: bool = True,
+def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False, executor: str = "worker",
               report: bool = True, log=_log, prepare: bool = False, suite_path: str | None = None) -> int:
-    """Run every run of ``suite`` not yet finished; 0 if all succeeded, 1 if any failed.
+    """Run every run of ``suite`` not yet finished; 0 if all succeeded, 1 if any failed, 130 or
+    143 when interrupted by SIGINT or SIGTERM (the run under way is recorded ``interrupted``).
 
     Before anything is written, every pending run's data and weights are checked; any problem
     raises NotReadyError listing them all (``prepare=True`` first fetches what it can).
+    ``executor``: worker (one long-lived process), isolated (one per run) or in-process.
     """
     from zoo.harness.preflight import NotReadyError, check_readiness, format_problems, prepare_missing
 
@@ -98,16 +192,21 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     todo = pending_runs(selected, runs_dir, force)
     if todo:
         # The folder-scan cache under OUT/cache is the one the runs read: no folder is probed twice.
-        _, problems = check_readiness(todo, cache_dir=out_dir / "cache")
+        sources, problems = _storage_guard(out_dir, lambda: check_readiness(todo, cache_dir=out_dir / "cache"))
         if problems and prepare:
             prepare_missing(todo, problems, log)
-            _, problems = check_readiness(todo, cache_dir=out_dir / "cache")
+            sources, problems = check_readiness(todo, cache_dir=out_dir / "cache")
         if problems:
             raise NotReadyError(format_problems(problems, None if prepare else suite_path))
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    for stale in runs_dir.glob(".*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed suite
-    write_atomic(out_dir / "suite.yaml", yaml.safe_dump(suite, sort_keys=False))
+        log_skipped_files(sources, log)
+
+    def set_up():
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for stale in runs_dir.glob(".*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed suite
+        write_atomic(out_dir / "suite.yaml", yaml.safe_dump(suite, sort_keys=False))
+
+    _storage_guard(out_dir, set_up)
     all_ids = [r.run_id for r in runs]
 
     durations: list[float] = []
@@ -115,15 +214,33 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
         f"{len(todo)} to run -> {out_dir}")
     for warning in suite_warnings(todo):
         log(warning)
-    for index, run in enumerate(todo, start=1):
-        log(f"[{index}/{len(todo)}] {run.run_id}  ({_eta(durations, len(todo) - index + 1)})")
-        start = time.perf_counter()
-        row = run_one(run, runs_dir, isolate)
-        durations.append(time.perf_counter() - start)
-        write_results_csv(out_dir, all_ids)
-        status = "ok" if row["status"] == "ok" else f"FAILED: {row['error']}"
-        log(f"[{index}/{len(todo)}] {run.run_id}: {status} ({durations[-1]:.0f}s)")
-    write_results_csv(out_dir, all_ids)
+    runner = make_executor(executor)
+    done = 0
+    try:
+        with _InterruptHandlers():
+            for index, run in enumerate(todo, start=1):
+                log(f"[{index}/{len(todo)}] {run.run_id}  ({_eta(durations, len(todo) - index + 1)})")
+                start = time.perf_counter()
+                row = run_one(run, runs_dir, runner)
+                durations.append(time.perf_counter() - start)
+                done = index
+                _write_index(out_dir, all_ids)
+                status = "ok" if row["status"] == "ok" else f"FAILED: {row['error']}"
+                log(f"[{index}/{len(todo)}] {run.run_id}: {status} ({durations[-1]:.0f}s)")
+            runner.close()
+    except SuiteInterrupted as interrupt:
+        runner.stop()
+        _write_index(out_dir, all_ids)
+        log(f"interrupted after {done} of {len(todo)} runs; run the same command to resume")
+        return interrupt.exit_code
+    except StorageError as error:
+        runner.stop()
+        _write_index(out_dir, all_ids)
+        log(f"zoo: error: {error.strerror}")
+        return 1
+    finally:
+        runner.stop()
+    _write_index(out_dir, all_ids)
 
     rows = [read_result(runs_dir / r.run_id) for r in selected]
     failed = [row for row in rows if row and row["status"] != "ok"]
@@ -137,6 +254,16 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
         for row in failed:
             log(f"  {row['run_id']}: {row['error']}")
     return 1 if failed else 0
+
+
+def _write_index(out_dir: Path, all_ids) -> None:
+    """Rebuild results.csv; on a full disk the previous one stays (atomic write) and is still right
+    for every run it lists."""
+    try:
+        write_results_csv(out_dir, all_ids)
+    except OSError as error:
+        if not storage_problem(error):
+            raise
 
 
 def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log) -> int:

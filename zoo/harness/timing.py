@@ -32,16 +32,22 @@ class EpochTimer(keras.callbacks.Callback):
                 "epoch_seconds": float(statistics.median(later)) if later else None}
 
 
+def compiled_function(function):
+    """``function`` traced into one graph on TensorFlow (retraced only for new shapes); as is on
+    backends whose eager calls are already compiled or that trace elsewhere."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function, reduce_retracing=True)
+    return function
+
+
 def compiled_predict(model):
     """``model(images, training=False)`` as one compiled function returning NumPy; correct under any
     distribution strategy (Keras's predict_on_batch under MirroredStrategy returns one copy of
     the batch per replica)."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        compiled = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
-        return lambda images: keras.ops.convert_to_numpy(compiled(images))
-    return lambda images: keras.ops.convert_to_numpy(model(images, training=False))
+    compiled = compiled_function(lambda images: model(images, training=False))
+    return lambda images: keras.ops.convert_to_numpy(compiled(images))
 
 
 def inference_speed(predict, input_shape, batch_size, min_seconds=1.0, warmup=3) -> dict:

@@ -1,12 +1,14 @@
 """One run: train, evaluate, measure and record, inside a run folder.
 
-The runner starts this in its own process (``python -m zoo.harness.worker RUN_DIR``) so
-that a hard crash (out of memory, a segfault) loses one run, not the suite. Whatever
-happens, the last file written is ``result.json``: the run's row of results.csv.
+A run is a function of its folder: ``run.json`` in, result files out, and whatever happens
+the last file written is ``result.json``, the run's row of results.csv. The runner executes
+runs in a long-lived worker process (``python -m zoo.harness.worker --serve FD``, see
+zoo.harness.executors) so that TensorFlow is imported once per suite, while a hard crash (out
+of memory, a segfault) still loses one run, not the suite.
 """
 from __future__ import annotations
 
-import datetime
+import hashlib
 import json
 import math
 import os
@@ -25,7 +27,7 @@ warnings.filterwarnings("ignore", message=".*shuffle=True. was passed.*")
 
 import numpy as np
 
-from zoo.results import RESULTS_VERSION, write_json
+from zoo.results import write_json
 
 
 class RunFailed(RuntimeError):
@@ -78,6 +80,9 @@ def head_task(head: str) -> str:
 LOGICAL_CPUS_ENV = "ZOO_LOGICAL_CPUS"
 
 
+_STRATEGY = []  # devices are configured once per process; later runs in a worker reuse the strategy
+
+
 def choose_strategy():
     """MirroredStrategy over all GPUs when there are several, else the default strategy.
 
@@ -86,14 +91,19 @@ def choose_strategy():
     """
     import tensorflow as tf
 
+    if _STRATEGY:
+        return _STRATEGY[0]
     logical_cpus = int(os.environ.get(LOGICAL_CPUS_ENV, "0") or 0)
     if logical_cpus > 1 and not tf.config.list_physical_devices("GPU"):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
-        return tf.distribute.MirroredStrategy([f"/cpu:{index}" for index in range(logical_cpus)])
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+        strategy = tf.distribute.MirroredStrategy([f"/cpu:{index}" for index in range(logical_cpus)])
+    elif len(tf.config.list_logical_devices("GPU")) > 1:
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        return tf.distribute.get_strategy()
+    _STRATEGY.append(strategy)
+    return strategy
 
 
 class Run:
@@ -137,6 +147,8 @@ class Run:
             weights = class_weights_from_counts(train_counts, info.ignore_classes)
         self.class_weight_dict = ({i: w for i, w in enumerate(weights)}
                                   if weights and self.task == "classification" else None)
+        # Per-pixel loss weights of segmentation: the class weights, else 0 for ignored classes.
+        self.pixel_weights = weights or [0.0 if c in info.ignore_classes else 1.0 for c in range(info.num_classes)]
         steps = preprocessing_steps(self.train["preprocessing"])
         cache = self.train["cache"]
         self.options = dict(
@@ -218,9 +230,7 @@ class Run:
         if self.trained_model is self.model:
             batches = self.make_pipeline("train", True, augment=False)
         else:
-            from zoo.harness.features import feature_dataset
-
-            batches = feature_dataset(self.feature_cache["folder"], "train", self.global_batch, self.spec["seed"])
+            batches = self.feature_cache["dataset"]("train", self.spec["seed"])
         return batches.repeat() if repeat else batches
 
     def callbacks(self, append: bool):
@@ -267,14 +277,20 @@ class Run:
 
     # -- evaluation -----------------------------------------------------------------
     def evaluate(self) -> dict:
+        """Test metrics and predictions: the full model on test images, or, with cached features,
+        the head on the test images' features (the same function of the same images)."""
         from zoo import metrics
+        from zoo.harness.timing import compiled_predict
 
-        predict = self.predictor()
+        if self.feature_cache is None:
+            predict, test_data = self.predictor(), self.pipelines["test"]
+        else:
+            predict, test_data = compiled_predict(self.trained_model), self.feature_cache["test"]
         start = time.perf_counter()
         names, ignore = self.info.class_names, self.info.ignore_classes
         if self.task == "classification":
             truth, probabilities = [], []
-            for images, labels in self.pipelines["test"]:
+            for images, labels in test_data:
                 probabilities.append(predict(images))
                 labels = np.asarray(labels)
                 truth.append(labels.argmax(axis=-1) if labels.ndim == 2 else labels)
@@ -285,7 +301,7 @@ class Run:
         elif self.task == "segmentation":
             confusion = np.zeros((len(names), len(names)), dtype=np.int64)
             masks, predicted, true_props, predicted_props = [], [], [], []
-            for images, batch_masks, _ in self.pipelines["test"]:
+            for images, batch_masks, _ in test_data:
                 probabilities = predict(images)
                 batch_masks = np.asarray(batch_masks)
                 batch_pred = probabilities.argmax(axis=-1)
@@ -302,7 +318,7 @@ class Run:
                            "proportions_pred": np.concatenate(predicted_props)}
         else:
             truth, predicted = [], []
-            for images, proportions in self.pipelines["test"]:
+            for images, proportions in test_data:
                 predicted.append(predict(images))
                 truth.append(np.asarray(proportions))
             y_true, y_pred = np.concatenate(truth), np.concatenate(predicted)
@@ -376,10 +392,7 @@ class Run:
         if self.spec.get("postprocess"):
             self.smooth(result, predictions)
 
-        from zoo.harness.timing import inference_speed
-
-        size = self.train["image_size"]
-        speed = inference_speed(self.predictor(), (size, size, self.info.channels), self.global_batch)
+        speed = self.measure_speed()
         model_path = self.dir / "model.keras"
         self.model.save(model_path)
         np.savez_compressed(self.dir / "predictions.npz", **predictions)
@@ -390,6 +403,33 @@ class Run:
         result["precise_bn_batches"] = result["precise_bn"]["batches"]
         write_json(self.dir / "metrics.json", result)
         return self.row("ok", "", result, epochs_run, trainable, model_path)
+
+    def measure_speed(self) -> dict:
+        """Inference images/s and latency, measured once per architecture, input, batch,
+        precision and device within the output folder: a seed or learning rate does not change
+        them, so later runs reuse the first measurement and name the run it came from."""
+        import keras
+
+        from zoo.harness.timing import inference_speed
+        from zoo.results import write_json
+
+        size = self.train["image_size"]
+        identity = {"backbone": self.spec["backbone"], "head": self.spec["head"],
+                    "backbone_options": self.spec["backbone_options"], "input": [size, size, self.info.channels],
+                    "classes": self.info.num_classes, "batch_size": self.global_batch, "precision": self.precision,
+                    "device": self.device, "replicas": self.replicas, "backend": keras.backend.backend(),
+                    "keras": keras.__version__}
+        key = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = self.dir.parent.parent / "cache" / "speed" / f"{key}.json"
+        try:
+            recorded = json.loads(path.read_text())
+            return {"images_per_second": recorded["images_per_second"], "latency_ms": recorded["latency_ms"],
+                    "speed_measured_in": recorded["run_id"]}
+        except (OSError, ValueError, KeyError):
+            pass
+        speed = inference_speed(self.predictor(), (size, size, self.info.channels), self.global_batch)
+        write_json(path, {**speed, "run_id": self.spec["run_id"], "identity": identity})
+        return {**speed, "speed_measured_in": None}
 
     def smooth(self, result, predictions):
         """Smooth test predictions along their tracks; metrics before stay, after go to 'smoothed'."""
@@ -446,33 +486,18 @@ class Run:
             copy_head_weights(self.trained_model, self.model)
 
     def row(self, status, error, result, epochs_run, trainable, model_path) -> dict:
-        import keras
+        from zoo.results import run_row
 
         model = getattr(self, "model", None)
         count = lambda weights: int(sum(np.prod(w.shape) for w in weights))  # noqa: E731
-        result = result or {}
-        return {"run_id": self.spec["run_id"], "suite": self.spec["suite"], "dataset": self.spec["dataset"]["name"],
-                "task": self.task,
-                "backbone": self.spec["backbone"], "head": self.spec["head"], "weights": self.spec["weights"],
-                "trainable": trainable, "seed": self.spec["seed"], "split_seed": self.spec["split_seed"],
-                "swept": ";".join(f"{k}={v}" for k, v in sorted(self.spec["swept"].items())),
-                "overrides": "; ".join(self.spec.get("overrides") or []),
-                "status": status, "error": error,
-                **{k: result.get(k) for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "top5_accuracy",
-                                              "macro_precision", "macro_recall", "macro_f1", "miou", "miou_ci_low",
-                                              "miou_ci_high", "kl_score", "kl_score_ci_low", "kl_score_ci_high",
-                                              "test_examples", "accuracy_smoothed", "train_seconds",
-                                              "first_epoch_seconds", "epoch_seconds", "eval_seconds",
-                                              "images_per_second", "latency_ms", "features", "feature_seconds",
-                                              "precise_bn_batches")},
-                "params": model.count_params() if model is not None else None,
-                "trainable_params": count(model.trainable_weights) if model is not None else None,
-                "model_megabytes": model_path.stat().st_size / 1e6 if model_path and model_path.is_file() else None,
-                "epochs_run": epochs_run, "batch_size": getattr(self, "global_batch", self.train["batch_size"]),
-                "image_size": self.train["image_size"], "device": getattr(self, "device", None),
-                "precision": getattr(self, "precision", None), "results_version": RESULTS_VERSION,
-                "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "keras": keras.__version__}
+        values = dict(result or {}, trainable=trainable, epochs_run=epochs_run,
+                      batch_size=getattr(self, "global_batch", None), device=getattr(self, "device", None),
+                      precision=getattr(self, "precision", None))
+        if model is not None:
+            values.update(params=model.count_params(), trainable_params=count(model.trainable_weights))
+        if model_path and model_path.is_file():
+            values["model_megabytes"] = model_path.stat().st_size / 1e6
+        return run_row(self.spec, self.task, status, error, values)
 
 
 def describe_error(error: BaseException) -> str:
@@ -484,22 +509,98 @@ def describe_error(error: BaseException) -> str:
     return f"{name}: {message}"[:500] if not isinstance(error, RunFailed) else message
 
 
+def reset_keras_state() -> None:
+    """What one run may leave behind for the next in the same process: layer-name counters,
+    the global dtype policy, traced functions. Cleared so a run's result does not depend on
+    whether it ran first or fifth in its worker."""
+    import keras
+
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("float32")
+
+
 def execute_run(run_dir) -> dict:
-    """Train, evaluate and record one run; never raises for a failed run (it is recorded)."""
+    """Train, evaluate and record one run; never raises for a failed run (it is recorded).
+
+    Raises OSError only when the row itself cannot be written (a full or read-only disk): the
+    caller then records it from the spec."""
+    reset_keras_state()
     run = Run(Path(run_dir))
     try:
         row = run.execute()
     except Exception as error:  # any failure is this run's, recorded, and the suite goes on
-        (run.dir / "traceback.txt").write_text(traceback.format_exc())
+        try:
+            (run.dir / "traceback.txt").write_text(traceback.format_exc())
+        except OSError:
+            pass  # a full disk: the row below says why, which matters more than the traceback
         row = run.row("failed", describe_error(error), None, 0, run.spec["trainable"], None)
+        row["errno"] = getattr(error, "errno", None)
+    errno = row.pop("errno", None)
     write_json(run.dir / "result.json", row)
+    if errno is not None:
+        row["errno"] = errno
     return row
+
+
+DRIVER_PID_ENV = "ZOO_DRIVER_PID"
+
+
+def stay_with_driver() -> None:
+    """Make sure this worker never outlives the ``zoo run`` that started it: the kernel kills
+    it when the driver dies (Linux's PR_SET_PDEATHSIG), and a watcher thread does the same
+    wherever that is missing."""
+    import ctypes
+    import signal
+    import threading
+
+    driver = int(os.environ.get(DRIVER_PID_ENV, "0") or 0)
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if not driver:
+        return
+    if os.getppid() != driver:  # the driver died before prctl took effect
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != driver:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="driver-watch", daemon=True).start()
+
+
+def serve(reply_fd: int) -> int:
+    """Execute the run folders read line by line from stdin; after each, one JSON line on
+    ``reply_fd``: ``{"run_dir", "status"}``, plus ``errno`` when the row could not be written."""
+    from zoo.harness.suite import load_plugins
+
+    stay_with_driver()
+    replies = os.fdopen(reply_fd, "w")
+    for line in sys.stdin:
+        run_dir = line.strip()
+        if not run_dir:
+            continue
+        reply = {"run_dir": run_dir}
+        try:
+            spec = json.loads((Path(run_dir) / "run.json").read_text())
+            load_plugins(spec.get("plugins"))
+            row = execute_run(run_dir)
+            reply.update(status=row["status"], errno=row.get("errno"))
+        except OSError as error:
+            reply.update(status="failed", error=describe_error(error), errno=error.errno)
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+    return 0
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--serve":
+        return serve(int(argv[1]))
     if len(argv) != 1:
-        print("usage: python -m zoo.harness.worker RUN_DIR", file=sys.stderr)
+        print("usage: python -m zoo.harness.worker RUN_DIR | --serve REPLY_FD", file=sys.stderr)
         return 2
     from zoo.harness.suite import load_plugins
 

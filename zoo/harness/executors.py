@@ -1,0 +1,149 @@
+"""Where runs execute. The runner owns run folders and results.csv; an executor only takes a
+prepared run folder (``run.json`` written) and executes it, returning the row it recorded.
+
+- ``InProcessExecutor``: in the calling process (debugging, tests); a hard crash stops the suite.
+- ``WorkerExecutor``: a long-lived worker process that keeps TensorFlow imported between runs,
+  so start-up is paid once per suite; if it dies mid-run only that run is lost (``WorkerDied``)
+  and a fresh worker takes the next one. ``runs_per_worker=1`` is ``--isolate``: a new process
+  for every run.
+
+Every executor raises ``OSError`` from ``submit`` when the run's row could not be written (a
+full or read-only disk), so the runner handles storage faults the same way for all of them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+EXECUTORS = ("worker", "isolated", "in-process")
+
+
+class WorkerDied(RuntimeError):
+    """The process executing a run died before recording it; the message says how."""
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = " (the system's out-of-memory killer sends this)" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {returncode}"
+
+
+class InProcessExecutor:
+    """Runs in this process, one after another."""
+
+    def submit(self, run_dir: Path) -> dict:
+        from zoo.harness.worker import execute_run
+
+        row = execute_run(run_dir)
+        if row.get("errno"):
+            raise OSError(row["errno"], row["error"])
+        return row
+
+    def stop(self) -> None:
+        """Nothing to stop: an interrupt reaches the run directly."""
+
+    def close(self) -> None:
+        pass
+
+
+class WorkerExecutor:
+    """Runs in a worker process that serves one run after another (see zoo.harness.worker.serve).
+
+    The worker gets its own session, so a Ctrl-C in the terminal reaches only the driver,
+    which stops the worker itself (no traceback from it); the worker dies with its driver.
+    """
+
+    def __init__(self, runs_per_worker: int | None = None):
+        self.runs_per_worker = runs_per_worker
+        self.process: subprocess.Popen | None = None
+        self.replies = None
+        self.runs_served = 0
+
+    def _start(self) -> None:
+        from zoo.harness.worker import DRIVER_PID_ENV
+
+        read_fd, write_fd = os.pipe()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", DRIVER_PID_ENV: str(os.getpid())}
+        self.process = subprocess.Popen([sys.executable, "-m", "zoo.harness.worker", "--serve", str(write_fd)],
+                                        stdin=subprocess.PIPE, text=True, env=env, pass_fds=(write_fd,),
+                                        start_new_session=True)
+        os.close(write_fd)
+        self.replies = os.fdopen(read_fd, "r")
+        self.runs_served = 0
+
+    def submit(self, run_dir: Path) -> dict:
+        from zoo.results import read_result
+
+        if self.process is None or self.process.poll() is not None:
+            self._discard()
+            self._start()
+        try:
+            self.process.stdin.write(f"{run_dir}\n")
+            self.process.stdin.flush()
+            line = self.replies.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            returncode = self.process.wait()
+            self._discard()
+            raise WorkerDied(f"the run's process died ({describe_exit(returncode)})")
+        reply = json.loads(line)
+        self.runs_served += 1
+        if self.runs_per_worker and self.runs_served >= self.runs_per_worker:
+            self.close()
+        if reply.get("errno"):
+            raise OSError(reply["errno"], reply.get("error") or os.strerror(reply["errno"]))
+        row = read_result(run_dir)
+        if row is None:
+            raise WorkerDied(f"the run's process recorded nothing readable in {run_dir}")
+        return row
+
+    def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stop the worker now (an interrupt): SIGTERM, then SIGKILL after ``grace_seconds``."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(grace_seconds)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._discard()
+
+    def close(self, timeout_seconds: float = 30.0) -> None:
+        """Let the worker finish (it exits when its input closes), then make sure it is gone."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                self.process.stdin.close()
+                self.process.wait(timeout_seconds)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.stop()
+
+    def _discard(self) -> None:
+        if self.replies is not None:
+            self.replies.close()
+        if self.process is not None and self.process.stdin and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+        self.process, self.replies = None, None
+
+
+def make_executor(name: str):
+    """The executor for ``zoo run --executor NAME`` (one of EXECUTORS)."""
+    if name == "worker":
+        return WorkerExecutor()
+    if name == "isolated":
+        return WorkerExecutor(runs_per_worker=1)
+    if name == "in-process":
+        return InProcessExecutor()
+    from zoo.errors import ConfigError
+
+    raise ConfigError(f"executor {name!r} is not known; use one of {', '.join(EXECUTORS)}")
