@@ -120,11 +120,18 @@ def cmd_compare(args) -> int:
 def cmd_predict(args) -> int:
     from zoo.harness.runner import predict_images
 
+    failed = 0
     for answer in predict_images(args.run_dir, args.images, args.top_k):
+        if "error" in answer:
+            failed += 1
+            print(f"zoo: error: {answer['image']}: {answer['error']}", file=sys.stderr, flush=True)
+            continue
         print(answer["image"])
         for name, probability in answer["top"]:
-            print(f"  {probability:6.1%}  {name}")
-    return 0
+            print(f"  {probability:6.1%}  {name}", flush=True)
+    if failed:
+        print(f"zoo: {failed} of {len(args.images)} input(s) could not be classified", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,19 +48,30 @@ def per_class_table(class_names, support, precision, recall, f1, iou=None) -> li
 
 
 def classification_metrics(y_true, probabilities, class_names) -> dict:
-    """Accuracy, top-5, macro/weighted P/R/F1, one-vs-all per-class table, confusion matrix."""
+    """Accuracy, top-5, macro/weighted P/R/F1, one-vs-all per-class table, confusion matrix.
+
+    Macro averages run over the classes the test set has: a class without a test example has
+    no recall to average (a 0 would be invented), so it is named in
+    ``classes_without_test_examples`` and its table row has no precision or recall."""
     y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities)
     labels = np.arange(len(class_names))
     y_pred = probabilities.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    present = labels[support > 0]
     result = {"accuracy": float(accuracy_score(y_true, y_pred)),
               "top5_accuracy": float(top_k_accuracy_score(y_true, probabilities, k=min(5, len(labels) - 1),
                                                           labels=labels)) if len(labels) > 2 else None}
     for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=present, average=average,
+                                                     zero_division=0)
         result.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
     result["per_class"] = per_class_table(class_names, support, precision, recall, f1)
+    result["classes_without_test_examples"] = [class_names[c] for c in labels if support[c] == 0]
+    result["macro_classes"] = int(len(present))
+    for row in result["per_class"]:
+        if row["support"] == 0:
+            row.update(precision=None, recall=None, f1=None)
     result["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
     result["class_names"] = list(class_names)
     return result

@@ -168,11 +168,53 @@ def write_results_csv(out_dir, run_ids) -> Path:
     return path
 
 
+STATUSES = ("ok", "failed", "interrupted")
+
+
 def read_results(out_dir):
-    """OUT/results.csv as a pandas DataFrame (with the documented columns)."""
+    """OUT/results.csv as a pandas DataFrame (with the documented columns), exactly as written."""
     import pandas as pd
 
     path = Path(out_dir) / "results.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `zoo run SUITE --out {out_dir}` first")
-    return pd.read_csv(path, dtype={"error": str, "swept": str, "overrides": str})
+    try:
+        return pd.read_csv(path, dtype={"error": str, "swept": str, "overrides": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        from zoo.errors import DataError
+
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path} cannot be read as a table ({reason}); it is an index of the run folders: "
+                        f"rebuild it with `zoo run {Path(out_dir) / 'suite.yaml'} --out {out_dir}` "
+                        f"(finished runs are kept, nothing is retrained)") from None
+
+
+def load_runs(out_dir):
+    """The rows of results.csv that are runs, for reports: each must name a run folder whose own
+    row (result.json) it is, and a successful run's files must be readable. Returns the rows
+    (values from the run folders, typed as the schema says) and one note per row left out."""
+    import pandas as pd
+
+    table = read_results(out_dir)
+    rows, notes = [], []
+    for line, (_, entry) in enumerate(table.iterrows(), start=2):
+        run_id = entry.get("run_id")
+        if not isinstance(run_id, str) or entry.get("status") not in STATUSES \
+                or "/" in run_id or run_id.startswith("."):
+            shown = ",".join("" if pd.isna(v) else str(v) for v in entry.tolist()).rstrip(",")[:60]
+            notes.append(f"line {line} of results.csv is not a run ({shown!r}): ignored")
+            continue
+        run_dir = Path(out_dir) / "runs" / run_id
+        row = read_result(run_dir)
+        if row is None or row.get("run_id") != run_id:
+            bad = unreadable_files(run_dir) if (run_dir / "result.json").is_file() else ["result.json"]
+            notes.append(f"run {run_id} is left out: {', '.join(bad) or 'result.json'} in {run_dir} cannot be "
+                         f"read; `zoo run` redoes it")
+            continue
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    for column in ("seed", "split_seed", "epochs_run", "batch_size", "image_size"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    for column in ("error", "swept", "overrides"):
+        frame[column] = frame[column].fillna("").astype(str)
+    return frame, notes

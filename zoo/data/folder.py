@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,8 +23,36 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
                  "test": "test", "testing": "test"}
 
 
-def read_image(path) -> np.ndarray:
-    """An image file as an (H, W, C) array in its own dtype (uint8, uint16 or float)."""
+# Images above this many pixels are refused at scan (skipped, named): decoding one takes
+# gigabytes and the model sees a few hundred pixels of it. ZOO_MAX_IMAGE_PIXELS overrides it.
+MAX_IMAGE_PIXELS = int(os.environ.get("ZOO_MAX_IMAGE_PIXELS", 64_000_000))
+# Larger images are reduced on decode by a whole factor (a box filter) to about this long side:
+# far more than any input size zoo trains at, and a fraction of the memory.
+DECODE_LONG_SIDE = 2048
+
+
+def image_pixels(path) -> int | None:
+    """Pixel count from the file's header, without decoding it (None when unknown)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tiff:
+                shape = tiff.series[0].shape
+            return int(np.prod(sorted(shape)[-2:]))
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.size[0] * image.size[1]
+    except Exception:  # unreadable: the decode that follows names the reason
+        return None
+
+
+def read_image(path, reduce: bool = True) -> np.ndarray:
+    """An image file as an (H, W, C) array in its own dtype (uint8, uint16 or float); with
+    ``reduce``, images with a long side above 2 x DECODE_LONG_SIDE are reduced by a whole
+    factor as they decode (never masks: their values are class indices)."""
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
@@ -35,9 +64,15 @@ def read_image(path) -> np.ndarray:
         from PIL import Image
 
         with Image.open(path) as image:
+            factor = max(image.size) // DECODE_LONG_SIDE if reduce else 1
+            if factor >= 2 and image.format == "JPEG":
+                image.draft(image.mode, (image.size[0] // factor, image.size[1] // factor))  # decodes at 1/2..1/8
             image.load()
             if image.mode in ("RGBA", "LA", "P", "CMYK", "YCbCr", "1"):
                 image = image.convert("RGB" if image.mode != "LA" else "L")
+            factor = max(image.size) // DECODE_LONG_SIDE if reduce else 1
+            if factor >= 2 and image.mode in ("L", "RGB", "I;16", "I", "F"):
+                image = image.reduce(factor)
             array = np.asarray(image)
     if array.ndim == 2:
         array = array[..., None]
@@ -46,16 +81,38 @@ def read_image(path) -> np.ndarray:
     return array
 
 
+def own_maximum(dtype, dataset_maximum: float) -> float:
+    """The value that means "full scale" in a file of ``dtype`` within a dataset whose full scale
+    is ``dataset_maximum``: 255 for 8-bit files, for 16-bit ones the dataset's (stated) maximum
+    when it is above 8 bits, else 65535."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return float(dataset_maximum) if dataset_maximum > 255 else 65535.0
+    return float(dataset_maximum)
+
+
+def to_dataset_scale(array: np.ndarray, dataset_maximum: float) -> np.ndarray:
+    """float32 pixels on the dataset's scale, each file scaled by its own bit depth: an 8-bit PNG
+    among 16-bit ones (or the reverse) means the same brightness as its neighbours."""
+    return array.astype(np.float32) * np.float32(float(dataset_maximum) / own_maximum(array.dtype, dataset_maximum))
+
+
 def read_mask(path) -> np.ndarray:
-    mask = read_image(path)
+    mask = read_image(path, reduce=False)
     if mask.shape[-1] != 1:
         raise ValueError(f"a mask must have one band of class indices, got {mask.shape[-1]}")
     return mask[..., 0]
 
 
 def _probe(path: Path) -> dict:
+    pixels = image_pixels(path)
+    if pixels and pixels > MAX_IMAGE_PIXELS:
+        return {"error": f"{pixels / 1e6:.0f} megapixels is above zoo's limit of {MAX_IMAGE_PIXELS / 1e6:.0f} "
+                         f"(ZOO_MAX_IMAGE_PIXELS); downscale it or raise the limit"}
     try:
-        array = read_image(path)
+        array = read_image(path, reduce=False)
         return {"shape": list(array.shape), "dtype": str(array.dtype)}
     except Exception as error:  # PIL, tifffile and OS errors all mean "unreadable"
         return {"error": f"{type(error).__name__}: {error}".splitlines()[0][:200]}
@@ -134,6 +191,9 @@ class FolderScan:
 
     def _classification_candidates(self, folder: Path) -> list:
         items = []
+        for hidden in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(".")):
+            self.skipped.append({"path": str(hidden), "reason": "hidden folder (its name starts with a dot): not "
+                                 "a class, its files are ignored; rename it to use them"})
         for class_folder in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for path in _image_files(class_folder):
                 if path.suffix.lower() in IMAGE_SUFFIXES:

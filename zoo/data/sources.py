@@ -250,19 +250,20 @@ class FolderSource(Source):
     def examples(self, split, indices=None):
         import tensorflow as tf
 
-        from zoo.data.folder import read_image, read_mask
+        from zoo.data.folder import read_image, read_mask, to_dataset_scale
 
         items = self.scan.examples[split]
         if indices is not None:
             items = [items[i] for i in indices]
         paths = [str(path) for path, _ in items]
         channels = self.info.channels
+        maximum = self.info.max_pixel_value
 
         def load_image(path):
             array = read_image(path.decode())
             if array.shape[-1] != channels:  # a grey photo among colour ones
                 array = np.repeat(array, channels, axis=-1)
-            return array.astype(np.float32)
+            return to_dataset_scale(array, maximum)
 
         def load(path, target):
             image = tf.numpy_function(load_image, [path], tf.float32)

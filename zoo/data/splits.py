@@ -57,3 +57,25 @@ def plan_splits(labelled_splits: dict[str, int], fractions: dict | None, seed: i
         if indices is not None and len(indices) == 0:
             raise ConfigError(f"the {name} split came out empty; the data is too small for split fractions {fractions}")
     return {name: plan[name] for name in ("train", "val", "test")}
+
+
+def plan_for_source(source, fractions: dict | None, seed: int) -> dict[str, tuple[str, np.ndarray | None]]:
+    """plan_splits for an opened source: its labelled splits, stratified by its labels, tracks kept whole."""
+    info = source.info
+    labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
+    return plan_splits(labelled, fractions, seed, {"train": source.labels("train") if "train" in labelled else None},
+                       groups=source.groups("train"))
+
+
+def classes_missing_from_splits(source, plan) -> dict[str, list[str]]:
+    """Classification: for validation and test, the class names with no example there."""
+    missing = {}
+    for name in ("val", "test"):
+        split, indices = plan[name]
+        labels = source.labels(split)
+        if labels is None:
+            return {}
+        chosen = labels if indices is None else labels[indices]
+        counts = np.bincount(chosen, minlength=source.info.num_classes)
+        missing[name] = [source.info.class_names[c] for c in np.flatnonzero(counts == 0)]
+    return missing

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
+
 from zoo.errors import ConfigError, DataError
 from zoo.weights import OFFLINE_ENV, downloads_allowed
 
@@ -109,6 +111,37 @@ def check_readiness(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
     """Every problem that would stop a run of ``runs`` at its start, and the datasets opened."""
     sources, problems = open_datasets(runs, cache_dir)
     return sources, problems + weights_problems(runs)
+
+
+def small_class_warnings(runs, sources: dict) -> list[str]:
+    """Classes too small for the requested splits: with no validation or test example their
+    results cannot be judged. One line per dataset and carving."""
+    from zoo.data.splits import classes_missing_from_splits, plan_for_source
+
+    warnings, seen = [], set()
+    for run in runs:
+        source = sources.get(_dataset_key(run.dataset))
+        fractions = run.train.get("split") or run.dataset.get("split")
+        key = (_dataset_key(run.dataset), json.dumps(fractions, sort_keys=True), run.split_seed)
+        if source is None or key in seen or source.info.task != "classification":
+            continue
+        seen.add(key)
+        try:
+            missing = classes_missing_from_splits(source, plan_for_source(source, fractions, run.split_seed))
+        except ConfigError:
+            continue  # the run itself reports an impossible split
+        for split, names in missing.items():
+            if names:
+                shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                counts = np.bincount(source.labels("train"), minlength=source.info.num_classes) \
+                    if source.labels("train") is not None else None
+                sizes = f" ({', '.join(str(int(counts[source.info.class_names.index(n)])) for n in names[:5])} " \
+                        f"image(s))" if counts is not None else ""
+                warnings.append(f"warning: dataset {run.dataset['name']}: class(es) {shown}{sizes} have no "
+                                f"{'validation' if split == 'val' else 'test'} example with split_seed "
+                                f"{run.split_seed}; their results cannot be judged and macro averages leave them "
+                                f"out. Add images to them, or drop them from the folder")
+    return warnings
 
 
 def format_problems(problems: list[Problem], suite_path: str | None = None) -> str:

@@ -184,7 +184,8 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     raises NotReadyError listing them all (``prepare=True`` first fetches what it can).
     ``executor``: worker (one long-lived process), isolated (one per run) or in-process.
     """
-    from zoo.harness.preflight import NotReadyError, check_readiness, format_problems, prepare_missing
+    from zoo.harness.preflight import (NotReadyError, check_readiness, format_problems, prepare_missing,
+                                       small_class_warnings)
 
     out_dir = Path(out_dir)
     runs, selected = select_runs(suite, only)
@@ -199,6 +200,8 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
         if problems:
             raise NotReadyError(format_problems(problems, None if prepare else suite_path))
         log_skipped_files(sources, log)
+        for warning in small_class_warnings(todo, sources):
+            log(warning)
 
     def set_up():
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -283,35 +286,68 @@ def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log) -> int:
     return 0
 
 
-def predict_images(run_dir, image_paths, top_k: int = 5) -> list[dict]:
-    """Top-k classes (or class proportions for segmentation) of image files, with a run's model."""
+def _read_json(path: Path, what: str) -> dict:
+    from zoo.errors import DataError
+
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: {what}") from None
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path} cannot be read ({str(error).splitlines()[0]}): {what}") from None
+
+
+def load_run_model(run_dir):
+    """A finished run's spec, dataset info and model, or one DataError naming the broken file."""
     import keras
+
+    from zoo.errors import DataError
+
+    run_dir = Path(run_dir)
+    redo = f"the run folder is damaged; run its suite again with `zoo run SUITE --only {run_dir.name} --force`"
+    if not (run_dir / "model.keras").is_file():
+        raise DataError(f"{run_dir} holds no model.keras: give a finished run folder, e.g. runs/<suite>/runs/<run_id>")
+    spec = _read_json(run_dir / "run.json", redo)
+    info = _read_json(run_dir / "dataset.json", redo)
+    try:
+        model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+    except Exception as error:  # zip, HDF5 and deserialisation errors all mean "damaged"
+        raise DataError(f"{run_dir / 'model.keras'} cannot be loaded ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:160] if str(error) else 'no detail'}): {redo}") from None
+    return spec, info, model
+
+
+def predict_images(run_dir, image_paths, top_k: int = 5) -> list[dict]:
+    """Top-k classes (or class proportions for segmentation) of image files, with a run's model.
+
+    Every input gets an answer: ``{"image", "top"}``, or ``{"image", "error"}`` when the file
+    cannot be read or does not fit the model; one bad file never stops the others."""
     import numpy as np
     import tensorflow as tf
 
     from zoo.backbones import BACKBONES
-    from zoo.data.folder import read_image
+    from zoo.data.folder import read_image, to_dataset_scale
     from zoo.data.pipeline import apply_extra_preprocessing, preprocessing_steps
-    from zoo.errors import ConfigError
     from zoo.preprocessing import preprocess
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "model.keras").is_file():
-        raise ConfigError(f"{run_dir} holds no model.keras: give a finished run folder, e.g. runs/<suite>/runs/<run_id>")
-    spec = json.loads((run_dir / "run.json").read_text())
-    info = json.loads((run_dir / "dataset.json").read_text())
-    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+    spec, info, model = load_run_model(run_dir)
     size = spec["train"]["image_size"]
     mode = BACKBONES.get(spec["backbone"]).preprocessing
     steps = preprocessing_steps(spec["train"]["preprocessing"])
     answers = []
     for path in image_paths:
-        array = read_image(path).astype("float32")
+        try:
+            array = to_dataset_scale(read_image(path), info["max_pixel_value"])
+        except Exception as error:  # PIL, tifffile and OS errors all mean "unreadable"
+            answers.append({"image": str(path), "error": f"cannot be read as an image "
+                            f"({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})"})
+            continue
         if array.shape[-1] != info["channels"]:
-            if array.shape[-1] == 1:
-                array = np.repeat(array, info["channels"], axis=-1)
-            else:
-                raise ConfigError(f"{path} has {array.shape[-1]} channels; the model expects {info['channels']}")
+            if array.shape[-1] != 1:
+                answers.append({"image": str(path), "error": f"has {array.shape[-1]} channels; the model expects "
+                                                             f"{info['channels']}"})
+                continue
+            array = np.repeat(array, info["channels"], axis=-1)
         image = tf.image.resize(array * (255.0 / info["max_pixel_value"]), (size, size))
         if steps:
             image = apply_extra_preprocessing(image, steps)

@@ -121,16 +121,14 @@ class Run:
         from zoo.backbones import BACKBONES
         from zoo.data.pipeline import PipelineOptions, class_counts, class_weights_from_counts, preprocessing_steps
         from zoo.data.sources import open_source
-        from zoo.data.splits import plan_splits
+        from zoo.data.splits import plan_for_source
 
         cache_dir = self.dir.parent.parent / "cache"
         self.source = open_source(self.spec["dataset"], cache_dir=cache_dir)
         info = self.info = self.source.info
         fractions = self.train.get("split") or self.spec["dataset"].get("split")
         labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
-        self.plan = plan_splits(labelled, fractions, self.spec["split_seed"],
-                                {"train": self.source.labels("train") if "train" in labelled else None},
-                                groups=self.source.groups("train"))
+        self.plan = plan_for_source(self.source, fractions, self.spec["split_seed"])
         sizes = {name: (len(idx) if idx is not None else labelled[split]) for name, (split, idx) in self.plan.items()}
         # Pixel counts mean reading every training mask: only when class weights need them.
         needs_counts = self.task == "classification" or self.train["class_weights"]

@@ -18,7 +18,7 @@ from jinja2 import Environment, PackageLoader
 from zoo import stats
 from zoo.metrics import METRICS
 from zoo.report import figures
-from zoo.results import RESULT_COLUMNS, read_results, write_atomic
+from zoo.results import RESULT_COLUMNS, load_runs, write_atomic
 
 GROUP_KEYS = ["backbone", "head", "weights", "trainable", "swept"]
 
@@ -54,6 +54,8 @@ def _label(row) -> str:
 
 
 def _class_note(row: dict, task: str) -> str:
+    if row.get("support") == 0 and task == "classification":
+        return "no test image: left out of the macro averages"
     if not row.get("too_few_to_judge"):
         return ""
     unit = "test images" if task == "classification" else "test tiles showing it"
@@ -71,9 +73,13 @@ class ReportBuilder:
         self.figure_dir = self.report_dir / "figures"
         self.figure_dir.mkdir(parents=True, exist_ok=True)
         self.latency_budget_ms = latency_budget_ms
-        self.results = read_results(out_dir)
-        for column in ("swept", "error"):
-            self.results[column] = self.results[column].fillna("")
+        self.results, self.left_out = load_runs(out_dir)
+        if self.results.empty:
+            from zoo.errors import DataError
+
+            raise DataError(f"{Path(out_dir) / 'results.csv'} lists no readable run"
+                            + (f" ({'; '.join(self.left_out[:3])})" if self.left_out else "")
+                            + f": run `zoo run SUITE --out {out_dir}` first")
         self.figure_files: list[Path] = []
 
     def run_dir(self, run_id) -> Path:
@@ -82,6 +88,15 @@ class ReportBuilder:
     def metrics_of(self, run_id) -> dict:
         path = self.run_dir(run_id) / "metrics.json"
         return json.loads(path.read_text()) if path.is_file() else {}
+
+    def dataset_info(self, frame: pd.DataFrame) -> dict:
+        """dataset.json of the dataset's first run folder that has a readable one."""
+        for run_id in frame["run_id"]:
+            try:
+                return json.loads((self.run_dir(run_id) / "dataset.json").read_text())
+            except (OSError, ValueError):
+                continue
+        return {}
 
     def figure(self, path) -> dict:
         self.figure_files.append(path)
@@ -250,7 +265,14 @@ class ReportBuilder:
                                           self.figure_dir / f"tradeoff-{_slug(dataset)}.png")
             tradeoff = self.figure(path)
         failed = frame[frame["status"] != "ok"]
-        return {"name": dataset, "task": task, "metric": metric, "higher_is_better": higher,
+        info = self.dataset_info(frame)
+        skipped = info.get("skipped") or []
+        no_test = sorted({name for _, row in ok.iterrows()
+                          for name in self.metrics_of(row["run_id"]).get("classes_without_test_examples", [])})
+        return {"name": dataset, "skipped": {"count": len(skipped), "shown": "; ".join(
+                    f"{Path(s['path']).name}: {s['reason']}" for s in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")}
+                if skipped else None,
+                "no_test_classes": no_test, "classes_tested": len(info.get("class_names", [])) - len(no_test), "task": task, "metric": metric, "higher_is_better": higher,
                 "smoothing": bool(ok["accuracy_smoothed"].notna().any()),
                 "leaderboard": board, "recommendation": self.recommendation(board, metric, higher),
                 "runs": runs, "curves": curves, "tradeoff": tradeoff,
@@ -279,11 +301,14 @@ class ReportBuilder:
                 "devices": sorted(set(self.results["device"].dropna())),
                 "precisions": sorted(set(self.results["precision"].dropna())),
                 "sections": sections, "matrix": self.matrix(sections),
-                "columns": RESULT_COLUMNS, "latency_budget_ms": self.latency_budget_ms}
+                "columns": RESULT_COLUMNS, "latency_budget_ms": self.latency_budget_ms,
+                "left_out": self.left_out}
 
 
 def _markdown_cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """A value inside a markdown table: markdown renders inline HTML, so class names, paths and
+    errors (which come from users) are HTML-escaped, and pipes cannot split the cell."""
+    return html.escape(str(value), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def _inline_markdown(text: str) -> str:
@@ -309,6 +334,7 @@ def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budge
                               autoescape=lambda template_name: template_name.endswith(".html.j2"),
                               trim_blocks=True, lstrip_blocks=True)
     environment.filters["md"] = _markdown_cell
+    environment.filters["md_text"] = lambda value: html.escape(str(value), quote=False)
     environment.filters["inline_md"] = _inline_markdown
     environment.filters["fmt"] = _fmt
     paths = []
