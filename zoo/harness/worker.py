@@ -569,12 +569,35 @@ def stay_with_driver() -> None:
     threading.Thread(target=watch, name="driver-watch", daemon=True).start()
 
 
+def _unraisable_in_one_line(unraisable) -> None:
+    """Errors raised where nothing can catch them (a file handle's destructor on a full disk)
+    are the run's failure, already recorded: one line for them, not a traceback each."""
+    message = str(unraisable.exc_value).strip().splitlines()
+    print(f"zoo worker: ignored {type(unraisable.exc_value).__name__} while cleaning up: "
+          f"{message[0][:160] if message else ''}", file=sys.stderr, flush=True)
+
+
+def _storage_faults_in_one_line(kind, value, trace) -> None:
+    """HDF5's file handles report a failed write on a full disk from their destructor with a full
+    traceback (through this hook); the run's row already says the disk is full."""
+    from zoo.errors import storage_problem
+
+    text = str(value)
+    if storage_problem(value) or "No space left on device" in text or "Read-only file system" in text:
+        print(f"zoo worker: {kind.__name__}: {text.strip().splitlines()[0][:160] if text.strip() else ''}",
+              file=sys.stderr, flush=True)
+    else:
+        sys.__excepthook__(kind, value, trace)
+
+
 def serve(reply_fd: int) -> int:
     """Execute the run folders read line by line from stdin; after each, one JSON line on
     ``reply_fd``: ``{"run_dir", "status"}``, plus ``errno`` when the row could not be written."""
     from zoo.harness.suite import load_plugins
 
     stay_with_driver()
+    sys.unraisablehook = _unraisable_in_one_line
+    sys.excepthook = _storage_faults_in_one_line
     replies = os.fdopen(reply_fd, "w")
     for line in sys.stdin:
         run_dir = line.strip()
