@@ -102,8 +102,18 @@ def test_a_killed_driver_takes_its_worker_with_it(tmp_path):
     assert not alive(worker), "the worker outlived its driver"
 
 
-def test_runs_give_the_same_metrics_first_or_second_in_their_worker(tmp_path):
-    suite = write_suite(tmp_path, {**QUICK, "seeds": [0, 1], "heads": ["linear"],
+@pytest.mark.parametrize("trainable", ["all", "frozen"])
+def test_runs_give_the_same_metrics_first_or_second_in_their_worker(tmp_path, trainable):
+    import keras
+
+    from zoo.backbones import BACKBONES
+
+    # Frozen on "pretrained" weights, the second run reuses the backbone and features the first made.
+    weights = tmp_path / "baseline_cnn.weights.h5"
+    keras.utils.set_random_seed(7)
+    BACKBONES.get("baseline_cnn").build((32, 32, 3)).save_weights(weights)
+    suite = write_suite(tmp_path, {**QUICK, "seeds": [0, 1], "heads": ["linear"], "trainable": trainable,
+                                   "weights": str(weights) if trainable == "frozen" else "none",
                                    "train": {**QUICK["train"], "epochs": 2}})
     both = zoo("run", suite, "--out", tmp_path / "both", "--no-report")
     alone = zoo("run", suite, "--out", tmp_path / "alone", "--no-report", "--only", "*-s1-*")

@@ -68,7 +68,7 @@ def test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_spli
     from zoo.harness.features import cache_key
 
     spec = {"dataset": {"name": "d"}, "backbone": "baseline_cnn", "backbone_options": {}, "weights": "none",
-            "train": {"image_size": 32, "preprocessing": "none"}}
+            "seed": 0, "train": {"image_size": 32, "preprocessing": "none"}}
     content = {"train": "train:100"}
     base = cache_key(spec, content, False, "float32")
     assert base == cache_key({**spec, "dataset": {"name": "d", "split": {"val": 0.3, "test": 0.3}}}, content,
@@ -79,10 +79,28 @@ def test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_spli
                cache_key(spec, {"train": "train:101"}, False, "float32"),
                cache_key(spec, content, True, "float32"), cache_key(spec, content, False, "mixed_bfloat16")]
     assert base not in changed and len(set(changed)) == len(changed)
+    # A random frozen backbone's features follow the seed; pretrained ones do not.
+    assert cache_key({**spec, "seed": 1}, content, False, "float32") != base
+    pretrained = {**spec, "weights": "imagenet"}
+    assert cache_key({**pretrained, "seed": 1}, content, False, "float32") == cache_key(pretrained, content, False,
+                                                                                         "float32")
 
 
-def test_a_seed_and_split_seed_sweep_computes_features_once_and_speed_once(tmp_path):
-    suite = {**FROZEN, "heads": ["linear"], "seeds": [0, 1], "split_seed": [0, 1],
+@pytest.fixture(scope="module")
+def backbone_weights(tmp_path_factory):
+    """A baseline_cnn backbone weights file, standing in for pretrained weights."""
+    import keras
+
+    from zoo.backbones import BACKBONES
+
+    keras.utils.set_random_seed(7)
+    path = tmp_path_factory.mktemp("weights") / "baseline_cnn.weights.h5"
+    BACKBONES.get("baseline_cnn").build((32, 32, 3)).save_weights(path)
+    return path
+
+
+def test_a_seed_and_split_seed_sweep_computes_features_once_and_speed_once(tmp_path, backbone_weights):
+    suite = {**FROZEN, "heads": ["linear"], "seeds": [0, 1], "split_seed": [0, 1], "weights": str(backbone_weights),
              "train": {**FROZEN["train"], "epochs": 1}}
     assert run_in_process(suite, tmp_path) == 0
     frame = pd.read_csv(tmp_path / "results.csv")

@@ -1,7 +1,9 @@
 """build_model: any registered backbone with any compatible head."""
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 from zoo.backbones import BACKBONES, BackboneSpec
 from zoo.heads import HEADS, HeadSpec
@@ -94,9 +96,24 @@ def set_batchnorm_momentum(model, momentum: float) -> int:
     return len(layers)
 
 
+# The frozen pretrained backbone last built, kept by a worker process for the next run of a
+# sweep: its weights never change while frozen, and building a deep backbone costs seconds.
+_FROZEN_BACKBONE: dict = {}
+
+
+def _weights_identity(weights) -> str | None:
+    if weights in (None, "none"):
+        return None  # random weights differ by seed: never shared
+    if weights == "imagenet":
+        return "imagenet"
+    stat = Path(weights).stat()
+    return f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def build_model(backbone: str, head: str, num_classes: int, input_shape, weights=None,
                 trainable: str = "all", backbone_options: dict | None = None,
-                batchnorm_momentum: float | None = None):
+                batchnorm_momentum: float | None = None, head_seed: int | None = None,
+                reuse_frozen_backbone: bool = False):
     """Assemble ``backbone`` and ``head`` into one ``keras.Model``.
 
     Args:
@@ -110,6 +127,10 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
         backbone_options: extra arguments of the backbone's builder (e.g. ``depth`` of ``unet``).
         batchnorm_momentum: if given, the momentum of every BatchNorm layer (see
             :func:`set_batchnorm_momentum`); None keeps each model's own.
+        head_seed: if given, the random seed is set to it just before the head is built, so the
+            head starts the same whether the backbone was built or reused.
+        reuse_frozen_backbone: with ``trainable="frozen"`` and pretrained weights, reuse the
+            backbone this process built last for the same settings (never trained: frozen).
 
     The backbone is a nested model named ``"backbone"``; the output is float32 softmax.
     """
@@ -124,10 +145,21 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
     if num_classes < 2:
         raise IncompatibleError(f"num_classes must be at least 2, got {num_classes}")
 
-    base = build_backbone_with_weights(backbone_spec, input_shape, weights, **(backbone_options or {}))
     strides = sorted(backbone_spec.feature_layers_by_stride) if head_spec.needs_pyramid else []
-    taps = [base.get_layer(backbone_spec.feature_layers_by_stride[s]).output for s in strides]
-    extractor = keras.Model(base.input, [base.output, *taps], name=BACKBONE_LAYER_NAME)
+    identity = _weights_identity(weights)
+    shareable = reuse_frozen_backbone and trainable == "frozen" and identity is not None
+    key = json.dumps([backbone, list(input_shape), identity, backbone_options or {}, strides, batchnorm_momentum,
+                      keras.mixed_precision.global_policy().name], default=str)
+    extractor = _FROZEN_BACKBONE.get(key) if shareable else None
+    if extractor is None:
+        base = build_backbone_with_weights(backbone_spec, input_shape, weights, **(backbone_options or {}))
+        taps = [base.get_layer(backbone_spec.feature_layers_by_stride[s]).output for s in strides]
+        extractor = keras.Model(base.input, [base.output, *taps], name=BACKBONE_LAYER_NAME)
+        _FROZEN_BACKBONE.clear()
+        if shareable:
+            _FROZEN_BACKBONE[key] = extractor
+    if head_seed is not None:
+        keras.utils.set_random_seed(head_seed)
 
     inputs = keras.Input(shape=input_shape, name="image")
     outputs = extractor(inputs)

@@ -8,6 +8,7 @@ into the Keras cache. Files are checked against the hash Keras publishes.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import warnings
@@ -182,6 +183,17 @@ def _build_and_load(spec, input_shape, weights, options):
             raise FileNotFoundError(f"weights file {path} does not exist; expected a backbone weights file "
                                     f"such as one saved from keras.applications with include_top=False")
     model = spec.build(input_shape, **options)
+    stat = path.stat()
+    key = (spec.name, input_shape, json.dumps(options, sort_keys=True, default=str), str(path.resolve()),
+           stat.st_size, stat.st_mtime_ns)
+    if key in _LOADED:
+        from zoo.harness.precise_bn import walk_layers
+
+        model.set_weights(_LOADED[key])
+        for layer in walk_layers(model):
+            if hasattr(layer, "finalize_state"):
+                layer.finalize_state()  # as loading does: Normalization derives its broadcast stats
+        return model
     channels = input_shape[-1]
     source = model if channels == 3 else spec.build(input_shape[:-1] + (3,), **options)
     source.load_weights(str(path))
@@ -189,4 +201,11 @@ def _build_and_load(spec, input_shape, weights, options):
         spec.after_imagenet_load(source)
     if source is not model:
         copy_weights_adapting_channels(source, model)
+    _LOADED.clear()  # one entry: a sweep reuses one backbone's weights; memory stays bounded
+    _LOADED[key] = model.get_weights()
     return model
+
+
+# The weights last loaded, as arrays: the runs of a sweep that a worker process executes one
+# after another set them directly instead of parsing the same file again.
+_LOADED: dict = {}

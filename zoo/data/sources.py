@@ -192,17 +192,48 @@ class LandcoverSource(TfdsSource):
 class SyntheticSource(Source):
     """Generated in memory from the card's ``generator``, ``num_examples``, ``image_size``, ``seed``."""
 
-    def __init__(self, card, **_):
-        from zoo.data import synthetic
-
+    def __init__(self, card, cache_dir=None, **_):
         self.card = card
-        generate = getattr(synthetic, card["generator"])
-        self.images, self.targets = generate(card["num_examples"], card["image_size"], card.get("seed", 0))
+        self.images, self.targets = self._generate(card, cache_dir)
         self.info = DatasetInfo(
             name=card["name"], task=card["task"], class_names=list(card["class_names"]),
             channels=int(self.images.shape[-1]), image_shape=list(self.images.shape[1:3]),
             splits={"train": len(self.images)}, ignore_classes=list(card.get("ignore_classes", [])),
             max_pixel_value=float(card.get("max_pixel_value", 255)))
+
+    @staticmethod
+    def _generate(card, cache_dir):
+        """The generator's arrays; with ``cache_dir``, generated once and read back by later
+        processes of the suite (generating takes about a second per thousand tiles)."""
+        import hashlib
+        import json
+
+        from zoo.data import synthetic
+
+        arguments = (card["num_examples"], card["image_size"], card.get("seed", 0))
+        path = None
+        if cache_dir is not None:
+            key = hashlib.sha1(json.dumps([card["generator"], *arguments, synthetic.GENERATOR_VERSION])
+                               .encode()).hexdigest()[:16]
+            path = Path(cache_dir) / "synthetic" / f"{card['generator']}-{key}.npz"
+            try:
+                with np.load(path) as cached:
+                    return cached["images"], cached["targets"]
+            except (OSError, ValueError, KeyError):
+                pass
+        images, targets = getattr(synthetic, card["generator"])(*arguments)
+        if path is not None:
+            import io
+
+            from zoo.results import write_atomic
+
+            buffer = io.BytesIO()
+            np.savez(buffer, images=images, targets=targets)
+            try:
+                write_atomic(path, buffer.getvalue())
+            except OSError:
+                pass  # a cache: the data is generated again next time
+        return images, targets
 
     def labels(self, split):
         return self.targets if self.info.task == "classification" else None

@@ -9,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+# Bump when a generator changes what it makes: caches of generated arrays are keyed by it.
+GENERATOR_VERSION = 1
+
 TERRAIN_CLASSES = ["water", "forest", "cropland", "urban", "sand", "grassland"]
 # Imbalanced on purpose, like the terrain study's tiles (55 % down to 0.01 %).
 TERRAIN_PROPORTIONS = [0.30, 0.25, 0.18, 0.12, 0.09, 0.06]

@@ -37,6 +37,9 @@ def describe_exit(returncode: int) -> str:
 class InProcessExecutor:
     """Runs in this process, one after another."""
 
+    def start(self) -> None:
+        """Nothing to start."""
+
     def submit(self, run_dir: Path) -> dict:
         from zoo.harness.worker import execute_run
 
@@ -65,6 +68,12 @@ class WorkerExecutor:
         self.replies = None
         self.runs_served = 0
 
+    def start(self) -> None:
+        """Start the worker now, so that its imports overlap the driver's checks."""
+        if self.process is None or self.process.poll() is not None:
+            self._discard()
+            self._start()
+
     def _start(self) -> None:
         from zoo.harness.worker import DRIVER_PID_ENV
 
@@ -80,9 +89,7 @@ class WorkerExecutor:
     def submit(self, run_dir: Path) -> dict:
         from zoo.results import read_result
 
-        if self.process is None or self.process.poll() is not None:
-            self._discard()
-            self._start()
+        self.start()
         try:
             self.process.stdin.write(f"{run_dir}\n")
             self.process.stdin.flush()

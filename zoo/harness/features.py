@@ -53,6 +53,9 @@ def cache_key(spec: dict, content: dict, head_needs_pyramid: bool, precision: st
         "backbone_options": spec["backbone_options"], "image_size": train["image_size"],
         "weights": _weights_identity(spec["weights"]), "preprocessing": train["preprocessing"],
         "pyramid": head_needs_pyramid, "precision": precision,
+        # A frozen backbone without pretrained weights keeps its random initialisation, which
+        # follows the run's seed: its features are that seed's alone.
+        "random_init_seed": spec["seed"] if spec["weights"] == "none" else None,
     }
     return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -191,17 +191,27 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     runs, selected = select_runs(suite, only)
     runs_dir = out_dir / "runs"
     todo = pending_runs(selected, runs_dir, force)
-    if todo:
-        # The folder-scan cache under OUT/cache is the one the runs read: no folder is probed twice.
-        sources, problems = _storage_guard(out_dir, lambda: check_readiness(todo, cache_dir=out_dir / "cache"))
-        if problems and prepare:
-            prepare_missing(todo, problems, log)
-            sources, problems = check_readiness(todo, cache_dir=out_dir / "cache")
-        if problems:
-            raise NotReadyError(format_problems(problems, None if prepare else suite_path))
-        log_skipped_files(sources, log)
-        for warning in small_class_warnings(todo, sources):
-            log(warning)
+    runner = make_executor(executor)
+    try:
+        if todo:
+            runner.start()  # the worker imports TensorFlow while the driver checks the runs
+            # The folder-scan cache under OUT/cache is the one the runs read: no folder is probed twice.
+            sources, problems = _storage_guard(out_dir, lambda: check_readiness(todo, cache_dir=out_dir / "cache"))
+            if problems and prepare:
+                prepare_missing(todo, problems, log)
+                sources, problems = check_readiness(todo, cache_dir=out_dir / "cache")
+            if problems:
+                raise NotReadyError(format_problems(problems, None if prepare else suite_path))
+            log_skipped_files(sources, log)
+            for warning in small_class_warnings(todo, sources):
+                log(warning)
+        return _run_pending(suite, out_dir, runs, selected, todo, runner, report, log)
+    finally:
+        runner.stop()
+
+
+def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log) -> int:
+    runs_dir = out_dir / "runs"
 
     def set_up():
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +227,9 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
         f"{len(todo)} to run -> {out_dir}")
     for warning in suite_warnings(todo):
         log(warning)
-    runner = make_executor(executor)
+    if report and todo:
+        # The driver mostly waits on its worker: import the report's libraries meanwhile.
+        threading.Thread(target=_import_report_modules, name="report-imports", daemon=True).start()
     done = 0
     try:
         with _InterruptHandlers():
@@ -241,8 +253,6 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
         _write_index(out_dir, all_ids)
         log(f"zoo: error: {error.strerror}")
         return 1
-    finally:
-        runner.stop()
     _write_index(out_dir, all_ids)
 
     rows = [read_result(runs_dir / r.run_id) for r in selected]
@@ -257,6 +267,14 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
         for row in failed:
             log(f"  {row['run_id']}: {row['error']}")
     return 1 if failed else 0
+
+
+def _import_report_modules() -> None:
+    try:
+        import zoo.report.figures  # noqa: F401  (matplotlib)
+        import zoo.report.render  # noqa: F401  (jinja2, scipy, statsmodels)
+    except Exception:  # the report imports them again and says what is wrong
+        pass
 
 
 def _write_index(out_dir: Path, all_ids) -> None:

@@ -106,6 +106,37 @@ def choose_strategy():
     return strategy
 
 
+def best_weights_callback():
+    """Keeps the weights of the epoch with the lowest validation loss, in memory (as EarlyStopping's
+    restore_best_weights does): a copy per improving epoch costs far less than writing a file."""
+    import keras
+
+    class BestWeights(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best, self.weights = math.inf, None
+
+        def on_epoch_end(self, epoch, logs=None):
+            loss = (logs or {}).get("val_loss")
+            if loss is not None and loss < self.best:
+                self.best, self.weights = loss, self.model.get_weights()
+
+    return BestWeights()
+
+
+_SOURCES: dict = {}  # the datasets this process has opened: the runs of a sweep share them
+
+
+def opened_source(dataset: dict, cache_dir: Path):
+    """The dataset of a run, opened once per process (opening generates, scans or indexes it)."""
+    from zoo.data.sources import open_source
+
+    key = json.dumps([dataset, str(cache_dir)], sort_keys=True, default=str)
+    if key not in _SOURCES:
+        _SOURCES[key] = open_source(dataset, cache_dir=cache_dir)
+    return _SOURCES[key]
+
+
 class Run:
     """Everything one run needs, resolved from its run.json."""
 
@@ -120,11 +151,10 @@ class Run:
     def open_data(self):
         from zoo.backbones import BACKBONES
         from zoo.data.pipeline import PipelineOptions, class_counts, class_weights_from_counts, preprocessing_steps
-        from zoo.data.sources import open_source
         from zoo.data.splits import plan_for_source
 
         cache_dir = self.dir.parent.parent / "cache"
-        self.source = open_source(self.spec["dataset"], cache_dir=cache_dir)
+        self.source = opened_source(self.spec["dataset"], cache_dir)
         info = self.info = self.source.info
         fractions = self.train.get("split") or self.spec["dataset"].get("split")
         labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
@@ -197,7 +227,9 @@ class Run:
                                      (size, size, channels), weights=None if self.spec["weights"] == "none"
                                      else self.spec["weights"], trainable=self.spec["trainable"],
                                      backbone_options=self.spec["backbone_options"],
-                                     batchnorm_momentum=self.train.get("batchnorm_momentum"))
+                                     batchnorm_momentum=self.train.get("batchnorm_momentum"),
+                                     head_seed=self.spec["seed"],
+                                     reuse_frozen_backbone=not self.spec.get("finetune"))
 
     def predictor(self):
         """The model's compiled inference function (see zoo.harness.timing.compiled_predict)."""
@@ -239,6 +271,7 @@ class Run:
         from zoo.harness.timing import EpochTimer
 
         self.timer = self.timer or EpochTimer()
+        self.best_weights = best_weights_callback()
         callbacks = [self.timer, keras.callbacks.TerminateOnNaN()]
         precise = self.train["precise_bn"]
         if precise and trained_batchnorm_layers(self.trained_model):
@@ -250,8 +283,7 @@ class Run:
             callbacks.append(precise_bn_callback(lambda: self.calibration_batches(repeat=True),
                                                  self.validation_calibration_batches, self.calibration_forward))
         callbacks += [keras.callbacks.CSVLogger(str(self.dir / "history.csv"), append=append),
-                      keras.callbacks.ModelCheckpoint(str(self.dir / "best.weights.h5"), monitor="val_loss",
-                                                      save_best_only=True, save_weights_only=True),
+                      self.best_weights,
                       keras.callbacks.TensorBoard(str(self.dir / "tensorboard"), write_graph=False, profile_batch=0)]
         if self.train["early_stopping"]:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.train["early_stopping"],
@@ -475,9 +507,9 @@ class Run:
                 "before_validation_batches": getattr(self, "validation_calibration_batches", 0) if layers else 0}
 
     def restore_best(self):
-        best = self.dir / "best.weights.h5"
-        if best.is_file() and not self.train["early_stopping"]:
-            self.trained_model.load_weights(best)  # early stopping already restored the best epoch
+        best = self.best_weights.weights
+        if best is not None and not self.train["early_stopping"]:
+            self.trained_model.set_weights(best)  # early stopping already restored the best epoch
         if self.trained_model is not self.model:
             from zoo.harness.features import copy_head_weights
 

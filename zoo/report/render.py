@@ -234,6 +234,8 @@ class ReportBuilder:
         self.add_significance(board, metric)
         runs = []
         histories = {}
+        # One confusion matrix per model, its seeds' test predictions pooled, beside its first run.
+        seeds_of = {run_ids[0]: run_ids for run_ids in (r["run_ids"] for r in board)}
         for _, row in ok.iterrows():
             metrics = self.metrics_of(row["run_id"])
             smoothed = {c["class"]: c for c in metrics.get("smoothed", {}).get("per_class", [])}
@@ -244,8 +246,11 @@ class ReportBuilder:
             entry = {"run_id": row["run_id"], "label": _label(row) + f" seed {row['seed']}",
                      "per_class": per_class, "has_iou": task != "classification", "smoothed": bool(smoothed),
                      "confusion": None}
-            if metrics.get("confusion_matrix"):
-                path = figures.confusion_heatmap(metrics["confusion_matrix"], metrics["class_names"], entry["label"],
+            if metrics.get("confusion_matrix") and row["run_id"] in seeds_of:
+                seeds = seeds_of[row["run_id"]]
+                matrix = np.sum([self.metrics_of(run_id)["confusion_matrix"] for run_id in seeds], axis=0)
+                title = entry["label"] if len(seeds) == 1 else f"{_label(row)}, {len(seeds)} seeds pooled"
+                path = figures.confusion_heatmap(matrix, metrics["class_names"], title,
                                                  self.figure_dir / f"confusion-{_slug(row['run_id'])}.png")
                 entry["confusion"] = self.figure(path)
             history_path = self.run_dir(row["run_id"]) / "history.csv"
