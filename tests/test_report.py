@@ -96,7 +96,8 @@ def test_report_has_per_class_tables_figures_recommendation_and_failures(store):
     assert "### Failed runs" in text and "nan_backbone/linear" in text and "NaN" in text
     for name in re.findall(r"\]\((figures/[^)]+)\)", text):
         assert (report_dir / name).is_file()
-    assert len(list((report_dir / "figures").glob("confusion-*.png"))) == 4
+    # One confusion matrix per model (two seeds each, pooled), not one per run.
+    assert len(list((report_dir / "figures").glob("confusion-*.png"))) == 2
 
 
 def test_html_escapes_everything_from_data_and_is_self_contained(store):

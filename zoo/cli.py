@@ -94,9 +94,14 @@ def cmd_report(args) -> int:
     from zoo.report import write_report
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    for path in write_report(args.out, formats=formats, report_dir=args.o, latency_budget_ms=args.latency_budget):
+    notes: list[str] = []
+    for path in write_report(args.out, formats=formats, report_dir=args.o, latency_budget_ms=args.latency_budget,
+                             notes=notes):
         print(path)
-    return 0
+    for note in notes:
+        print(f"zoo: warning: {note}", file=sys.stderr)
+    # A damaged run left out makes the report incomplete; ignored stray lines do not.
+    return 1 if any(note.startswith("run ") for note in notes) else 0
 
 
 def cmd_compare(args) -> int:

@@ -47,8 +47,10 @@ RESULT_COLUMNS = {
     "train_seconds": "wall-clock seconds of all training epochs, both phases",
     "first_epoch_seconds": "seconds of the first epoch, which includes tracing and compilation",
     "epoch_seconds": "median seconds of the later epochs (empty with a single epoch)",
-    "eval_seconds": "seconds to predict the whole test split",
-    "features": "off | computed | reused: whether the head trained on cached frozen-backbone features",
+    "eval_seconds": "seconds to predict the whole test split (the head alone on cached features when features "
+                    "is not off)",
+    "features": "off | computed | reused: whether the head trained (and was tested) on cached frozen-backbone "
+                "features",
     "feature_seconds": "seconds to compute the cached features (0 when reused; not part of train_seconds)",
     "precise_bn_batches": "training batches over which BatchNorm population statistics were recomputed before "
                           "evaluation (0: off, or no BatchNorm layer trained)",

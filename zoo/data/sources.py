@@ -194,7 +194,8 @@ class SyntheticSource(Source):
 
     def __init__(self, card, cache_dir=None, **_):
         self.card = card
-        self.images, self.targets = self._generate(card, cache_dir)
+        self.cache_path = self._cache_path(card, cache_dir)
+        self.images, self.targets = self._generate(card, self.cache_path)
         self.info = DatasetInfo(
             name=card["name"], task=card["task"], class_names=list(card["class_names"]),
             channels=int(self.images.shape[-1]), image_shape=list(self.images.shape[1:3]),
@@ -202,38 +203,46 @@ class SyntheticSource(Source):
             max_pixel_value=float(card.get("max_pixel_value", 255)))
 
     @staticmethod
-    def _generate(card, cache_dir):
-        """The generator's arrays; with ``cache_dir``, generated once and read back by later
-        processes of the suite (generating takes about a second per thousand tiles)."""
+    def _cache_path(card, cache_dir) -> Path | None:
         import hashlib
         import json
 
         from zoo.data import synthetic
 
-        arguments = (card["num_examples"], card["image_size"], card.get("seed", 0))
-        path = None
-        if cache_dir is not None:
-            key = hashlib.sha1(json.dumps([card["generator"], *arguments, synthetic.GENERATOR_VERSION])
-                               .encode()).hexdigest()[:16]
-            path = Path(cache_dir) / "synthetic" / f"{card['generator']}-{key}.npz"
+        if cache_dir is None:
+            return None
+        key = hashlib.sha1(json.dumps([card["generator"], card["num_examples"], card["image_size"],
+                                       card.get("seed", 0), synthetic.GENERATOR_VERSION]).encode()).hexdigest()[:16]
+        return Path(cache_dir) / "synthetic" / f"{card['generator']}-{key}.npz"
+
+    @staticmethod
+    def _generate(card, path):
+        from zoo.data import synthetic
+
+        if path is not None:
             try:
                 with np.load(path) as cached:
                     return cached["images"], cached["targets"]
             except (OSError, ValueError, KeyError):
                 pass
-        images, targets = getattr(synthetic, card["generator"])(*arguments)
-        if path is not None:
-            import io
+        return getattr(synthetic, card["generator"])(card["num_examples"], card["image_size"], card.get("seed", 0))
 
-            from zoo.results import write_atomic
+    def save_cache(self) -> None:
+        """Keep the generated arrays under the suite's cache folder for the runs' processes
+        (generating takes about a second per thousand tiles). Called once a suite starts: a
+        plan or a refused suite writes nothing."""
+        if self.cache_path is None or self.cache_path.is_file():
+            return
+        import io
 
-            buffer = io.BytesIO()
-            np.savez(buffer, images=images, targets=targets)
-            try:
-                write_atomic(path, buffer.getvalue())
-            except OSError:
-                pass  # a cache: the data is generated again next time
-        return images, targets
+        from zoo.results import write_atomic
+
+        buffer = io.BytesIO()
+        np.savez(buffer, images=self.images, targets=self.targets)
+        try:
+            write_atomic(self.cache_path, buffer.getvalue())
+        except OSError:
+            pass  # only a cache: the runs generate the data again
 
     def labels(self, split):
         return self.targets if self.info.task == "classification" else None

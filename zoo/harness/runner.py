@@ -205,16 +205,21 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
             log_skipped_files(sources, log)
             for warning in small_class_warnings(todo, sources):
                 log(warning)
-        return _run_pending(suite, out_dir, runs, selected, todo, runner, report, log)
+        else:
+            sources = {}
+        return _run_pending(suite, out_dir, runs, selected, todo, runner, report, log, sources)
     finally:
         runner.stop()
 
 
-def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log) -> int:
+def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log, sources) -> int:
     runs_dir = out_dir / "runs"
 
     def set_up():
         runs_dir.mkdir(parents=True, exist_ok=True)
+        for source in sources.values():
+            if hasattr(source, "save_cache"):
+                source.save_cache()
         for stale in runs_dir.glob(".*.partial"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed suite
         write_atomic(out_dir / "suite.yaml", yaml.safe_dump(suite, sort_keys=False))

@@ -1,7 +1,8 @@
 """Comparison reports (markdown and HTML) from a results store."""
 
 
-def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budget_ms=None):
+def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budget_ms=None, notes=None):
+    """See zoo.report.render.write_report (imported lazily: matplotlib is slow to import)."""
     from zoo.report.render import write_report as _write
 
-    return _write(out_dir, formats=formats, report_dir=report_dir, latency_budget_ms=latency_budget_ms)
+    return _write(out_dir, formats=formats, report_dir=report_dir, latency_budget_ms=latency_budget_ms, notes=notes)

@@ -321,8 +321,11 @@ def _inline_markdown(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
 
 
-def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budget_ms=None) -> list[Path]:
-    """Write report.md and/or report.html (plus figures/) for a results store; returns the paths."""
+def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budget_ms=None,
+                 notes: list | None = None) -> list[Path]:
+    """Write report.md and/or report.html (plus figures/) for a results store; returns the paths.
+    ``notes``, if given, receives what was left out of the report (damaged runs, lines of
+    results.csv that are not runs), one sentence each."""
     builder = None
     out_dir = Path(out_dir)
     unknown = set(formats) - {"md", "html"}
@@ -333,6 +336,8 @@ def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budge
     report_dir = Path(report_dir) if report_dir else Path("reports") / suite_name
     builder = ReportBuilder(out_dir, report_dir, latency_budget_ms)
     model = builder.build()
+    if notes is not None:
+        notes.extend(builder.left_out)
     # Escape everything in the HTML template (class names, paths and errors come from users);
     # select_autoescape would look at the ".j2" suffix and escape nothing.
     environment = Environment(loader=PackageLoader("zoo.report", "templates"),
