@@ -57,6 +57,20 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def assert_nothing_lost(out: Path) -> None:
+    """One row per run in results.csv, each naming a run folder whose own row it is, and every
+    finished run folder readable."""
+    from zoo.results import unreadable_files
+
+    frame = pd.read_csv(out / "results.csv")
+    assert frame["run_id"].is_unique
+    for row in frame.itertuples():
+        recorded = read_result(out / "runs" / row.run_id)
+        assert recorded is not None and recorded["status"] == row.status, row.run_id
+        if row.status == "ok":
+            assert not unreadable_files(out / "runs" / row.run_id)
+
+
 def start_mid_run(tmp_path, out):
     """``zoo run`` on SLOW in its own session (as a terminal's foreground job), returned once its
     worker is training."""
@@ -85,6 +99,7 @@ def test_interrupt_records_the_run_as_interrupted_and_says_how_to_resume(tmp_pat
     assert not alive(worker)
     frame = pd.read_csv(out / "results.csv")
     assert list(frame["status"]) == ["interrupted"] and signal.Signals(signum).name in frame["error"][0]
+    assert_nothing_lost(out)
     if signum == signal.SIGTERM:  # the next run redoes the interrupted run and does the rest
         result = zoo("run", suite, "--out", out, "--no-report", "--set", "train.epochs=1")
         # --set changes the run ids; the interrupted run is simply one more unfinished folder
@@ -100,6 +115,7 @@ def test_a_killed_driver_takes_its_worker_with_it(tmp_path):
     while time.time() < deadline and alive(worker):
         time.sleep(0.1)
     assert not alive(worker), "the worker outlived its driver"
+    assert not (out / "results.csv").exists() or pd.read_csv(out / "results.csv").empty
 
 
 @pytest.mark.parametrize("trainable", ["all", "frozen"])
@@ -161,6 +177,7 @@ def test_a_corrupted_metrics_file_is_named_left_out_of_the_report_and_redone(dam
     assert f"run {run_ids[0]} is left out: metrics.json" in text and "1 of 1 runs succeeded" in text
     rerun = zoo("run", suite, "--out", out, "--no-report")
     assert rerun.returncode == 0 and "1 already finished, 1 to run" in rerun.stdout, rerun.stdout[-2000:]
+    assert_nothing_lost(out)
     frame = pd.read_csv(out / "results.csv")
     assert len(frame) == 2 and set(frame["status"]) == {"ok"}
     assert json.loads((out / "runs" / run_ids[0] / "metrics.json").read_text())["accuracy"] is not None
@@ -256,11 +273,13 @@ def test_a_full_disk_fails_the_run_stops_the_suite_and_keeps_finished_rows(tmp_p
     assert "Traceback" not in result.stdout + result.stderr
     frame = pd.read_csv(out / "results.csv")
     assert (frame["status"] == "ok").sum() == 1  # the finished run is kept
+    assert_nothing_lost(out)
     filler.unlink()
     resumed = zoo("run", suite, "--out", out, "--no-report")
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     frame = pd.read_csv(out / "results.csv")
     assert len(frame) == 2 and set(frame["status"]) == {"ok"}
+    assert_nothing_lost(out)
 
 
 # --- bad data -------------------------------------------------------------------------------

@@ -185,7 +185,8 @@ def prepare_missing(runs, problems: list[Problem], log=print) -> None:
 # benchmarks/plan_accuracy.py compares estimates with measured runs, rerun it on other hardware).
 TRAIN_STEP_FACTOR = 6.0
 TRAIN_TRACE_FACTOR = 27.0
-RUN_FIXED_SECONDS = 6.0  # speed measurement after warm-up, saving, writing the run folder
+RUN_FIXED_SECONDS = 3.0  # saving, writing the run folder
+SPEED_SECONDS = 3.0  # inference speed after warm-up: once per architecture, reused by the others
 
 
 def split_sizes(run, info) -> dict:
@@ -237,8 +238,13 @@ def measure_architecture(run, info, repeats: int = 5) -> dict:
             "infer_step_seconds": statistics.median(steps), "batchnorm": bool(trained_batchnorm_layers(model))}
 
 
-def estimate_seconds(run, sizes: dict, figures: dict, startup: float) -> float:
-    """Wall seconds of one run from its architecture's figures (see the factors above)."""
+def estimate_seconds(run, sizes: dict, figures: dict, startup: float, features_cached: bool = False,
+                     speed_measured: bool = False) -> float:
+    """Wall seconds of one run from its architecture's figures (see the factors above).
+
+    ``startup``: the worker's start-up, paid by the suite's first pending run only;
+    ``features_cached``: an earlier run computes the frozen backbone's features;
+    ``speed_measured``: an earlier run of the same architecture measures inference speed."""
     import math
 
     from zoo.harness import features
@@ -257,7 +263,8 @@ def estimate_seconds(run, sizes: dict, figures: dict, startup: float) -> float:
     if features.wanted(run.to_dict()):
         # One forward pass of train and validation images, then a head on features: its epochs cost
         # next to nothing against the backbone's, but its training step is still traced.
-        training = (sizes["train"] + sizes["val"]) * infer_per_image + figures["trace_seconds"] * 2
+        forward = 0.0 if features_cached else (sizes["train"] + sizes["val"] + sizes["test"]) * infer_per_image
+        training = forward + figures["trace_seconds"] * 2
     else:
         training = train_trace + run.train["epochs"] * epoch
         if run.finetune:
@@ -268,7 +275,7 @@ def estimate_seconds(run, sizes: dict, figures: dict, startup: float) -> float:
         calibration = 2 * figures["trace_seconds"] + batches * figures["infer_step_seconds"] * 1.5
     evaluation = figures["trace_seconds"] + sizes["test"] * infer_per_image
     return (startup + figures["build_seconds"] + training + calibration + evaluation
-            + RUN_FIXED_SECONDS)
+            + RUN_FIXED_SECONDS + (0.0 if speed_measured else SPEED_SECONDS))
 
 
 def run_status(run, runs_dir: Path) -> str:
@@ -283,9 +290,12 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=pr
     pending ones, an estimated wall time on this device."""
     from zoo.harness.timing import describe_device
 
+    from zoo.harness import features
+
     startup = startup_seconds()
     runs_dir = Path(out_dir) / "runs"
     figures, rows = {}, []
+    speed_keys, feature_keys = set(), set()
     for run in runs:
         status = run_status(run, runs_dir)
         source = sources.get(_dataset_key(run.dataset))
@@ -303,8 +313,17 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=pr
                 log(f"measuring {run.backbone}/{run.head} at {run.train['image_size']} px, batch "
                     f"{run.train['batch_size']} ...")
                 figures[key] = measure_architecture(run, source.info)
+            feature_key = (_dataset_key(run.dataset), run.backbone, run.train["image_size"], run.weights,
+                           run.train["preprocessing"], run.train["precision"],
+                           run.seed if run.weights == "none" else None)
+            cached = features.wanted(run.to_dict()) and feature_key in feature_keys
             row["estimate_seconds"] = estimate_seconds(run, split_sizes(run, source.info), figures[key],
-                                                       startup)
+                                                       startup, features_cached=cached,
+                                                       speed_measured=key in speed_keys)
+            startup = 0.0  # one worker runs them all
+            speed_keys.add(key)
+            if features.wanted(run.to_dict()):
+                feature_keys.add(feature_key)
         rows.append(row)
     return {"rows": rows, "device": describe_device()}
 
@@ -314,8 +333,8 @@ _IMPORTED: dict = {}
 
 
 def startup_seconds() -> float:
-    """What a run's new process spends importing Keras, its backend and tensorflow-datasets (the
-    worker records their versions): measured here when this process has not imported them yet."""
+    """What the worker process spends importing Keras, its backend and tensorflow-datasets (it
+    records their versions): measured here when this process has not imported them yet."""
     import sys
 
     if "keras" not in sys.modules and "seconds" not in _IMPORTED:

@@ -45,8 +45,18 @@ def compiled_function(function):
 def compiled_predict(model):
     """``model(images, training=False)`` as one compiled function returning NumPy; correct under any
     distribution strategy (Keras's predict_on_batch under MirroredStrategy returns one copy of
-    the batch per replica)."""
-    compiled = compiled_function(lambda images: model(images, training=False))
+    the batch per replica). On TensorFlow it is traced once for any batch size: a last short
+    batch or a batch-1 latency measurement does not trace the model again."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        specs = [tf.TensorSpec(tensor.shape, tensor.dtype) for tensor in model.inputs]
+        signature = [specs[0] if len(specs) == 1 else specs]
+        traced = tf.function(lambda images: model(images, training=False), input_signature=signature)
+        # Several inputs (a pyramid head on cached features) come as a tuple from tf.data.
+        compiled = lambda images: traced(list(images) if isinstance(images, tuple) else images)  # noqa: E731
+    else:
+        compiled = compiled_function(lambda images: model(images, training=False))
     return lambda images: keras.ops.convert_to_numpy(compiled(images))
 
 
