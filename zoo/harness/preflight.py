@@ -185,8 +185,9 @@ def prepare_missing(runs, problems: list[Problem], log=print) -> None:
 # benchmarks/plan_accuracy.py compares estimates with measured runs, rerun it on other hardware).
 TRAIN_STEP_FACTOR = 6.0
 TRAIN_TRACE_FACTOR = 27.0
-RUN_FIXED_SECONDS = 3.0  # saving, writing the run folder
-SPEED_SECONDS = 3.0  # inference speed after warm-up: once per architecture, reused by the others
+# Refitted on the quickstart once runs shared a worker (benchmarks/plan_accuracy.py):
+RUN_FIXED_SECONDS = 1.0  # saving, writing the run folder
+SPEED_SECONDS = 2.0  # inference speed after warm-up: once per architecture, reused by the others
 
 
 def split_sizes(run, info) -> dict:
