@@ -3,7 +3,7 @@
     python benchmarks/plan_accuracy.py [--suite benchmarks/quickstart.yaml] [--out DIR]
 
 Runs `zoo plan SUITE` in a fresh process (its wall time is what the user waits for), then
-`zoo run SUITE` in another, each run in its own process as usual, and compares each run's
+`zoo run SUITE` in another (its runs in one worker process, as usual), and compares each run's
 estimate with its measured wall time (the runner prints it). Prints both per run, the
 ratios (estimate / measured; targets: every run within a factor of 1.5, the suite within 1.25)
 and the device. With --out the run's folder is kept (for a report); otherwise a temporary one.
