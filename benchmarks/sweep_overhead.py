@@ -32,7 +32,6 @@ SEEDS = [0, 1, 2, 3, 4]
 def plain_sweep(backbone: str, size: int, epochs: int, examples: int, weights: str) -> None:
     """What a user would write instead: one process, features once, five heads."""
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from zoo.backbones import BACKBONES

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from zoo.errors import ConfigError, StorageError, storage_problem
-from zoo.harness.executors import WorkerDied, describe_exit, make_executor  # noqa: F401 (describe_exit re-exported)
+from zoo.harness.executors import WorkerDied, make_executor
 from zoo.harness.suite import RunSpec, expand_suite, suite_warnings
 from zoo.results import read_result, run_row, write_atomic, write_json, write_results_csv
 
