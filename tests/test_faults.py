@@ -367,3 +367,25 @@ def test_huge_images_are_reduced_as_they_decode_and_refused_above_the_limit(tmp_
     assert folder.read_image(tmp_path / "wide.png", reduce=False).shape == (300, 450, 3)
     monkeypatch.setattr(folder, "MAX_IMAGE_PIXELS", 100_000)
     assert "megapixels is above zoo's limit" in folder._probe(tmp_path / "wide.png")["error"]
+
+
+# --- several writers -------------------------------------------------------------------------
+
+def test_two_runs_on_one_folder_split_the_suite_and_end_with_one_row_per_run(tmp_path):
+    suite = write_suite(tmp_path, {**QUICK, "seeds": [0, 1]})
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "zoo.cli", "run", str(suite), "--out", str(out), "--no-report"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((out / "runs").glob(".*.partial/claim.json")):
+        time.sleep(0.1)
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    logs = [process.communicate(timeout=600)[0] for process in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, logs
+    assert "another process is running it; skipped" in logs[1] or "finished meanwhile" in logs[1]
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == 4 and set(frame["status"]) == {"ok"}
+    for run_id in frame["run_id"]:  # each run executed by exactly one of the two
+        assert sum(f"{run_id}: ok" in log for log in logs) == 1, run_id
+    assert not list((out / "runs").glob(".*"))
+    assert_nothing_lost(out)

@@ -160,13 +160,22 @@ def run_row(spec: dict, task: str, status: str, error: str = "", values: dict | 
 
 
 def write_results_csv(out_dir, run_ids) -> Path:
-    """Rebuild OUT/results.csv from the run folders of ``run_ids`` (finished ones only)."""
+    """Rebuild OUT/results.csv from the run folders of ``run_ids`` (finished ones only).
+
+    Reading the folders and writing the table happen under a lock on OUT/.results.lock: with
+    several processes finishing runs in one folder, the last rebuild sees every run folder
+    renamed before it, so no row is lost."""
+    import fcntl
+
     import pandas as pd
 
-    rows = [row for row in (read_result(Path(out_dir) / "runs" / run_id) for run_id in run_ids) if row]
-    frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     path = Path(out_dir) / "results.csv"
-    write_atomic(path, frame.to_csv(index=False))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(out_dir) / ".results.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [row for row in (read_result(Path(out_dir) / "runs" / run_id) for run_id in run_ids) if row]
+        frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+        write_atomic(path, frame.to_csv(index=False))
     return path
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from zoo.errors import ConfigError, StorageError, storage_problem
+from zoo.harness.claims import remove_dead_partials
 from zoo.harness.executors import WorkerDied, make_executor
 from zoo.harness.suite import RunSpec, expand_suite, suite_warnings
 from zoo.results import read_result, run_row, write_atomic, write_json, write_results_csv
@@ -90,15 +91,18 @@ def _run_megabytes(runs_dir: Path) -> float | None:
     return max(sizes) / 1e6 if sizes else None
 
 
-def run_one(run: RunSpec, runs_dir: Path, executor) -> dict:
-    """Execute one run into its partial folder, then move it into place; returns its row.
+def run_one(run: RunSpec, runs_dir: Path, executor) -> dict | None:
+    """Claim a run, execute it into its partial folder, then move it into place; returns its row,
+    or None when another live process holds the run (see zoo.harness.claims).
 
     Raises SuiteInterrupted (the run is recorded ``interrupted``) and StorageError (the run is
     recorded ``failed`` with the reason, space permitting); both stop the suite."""
-    partial = runs_dir / f".{run.run_id}.partial"
+    from zoo.harness.claims import claim
+
     final = runs_dir / run.run_id
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = claim(runs_dir, run.run_id)
+    if partial is None:
+        return None
     write_json(partial / "run.json", run.to_dict())
     try:
         row = executor.submit(partial)
@@ -207,12 +211,12 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
                 log(warning)
         else:
             sources = {}
-        return _run_pending(suite, out_dir, runs, selected, todo, runner, report, log, sources)
+        return _run_pending(suite, out_dir, runs, selected, todo, runner, report, log, sources, force)
     finally:
         runner.stop()
 
 
-def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log, sources) -> int:
+def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log, sources, force) -> int:
     runs_dir = out_dir / "runs"
 
     def set_up():
@@ -220,8 +224,7 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
         for source in sources.values():
             if hasattr(source, "save_cache"):
                 source.save_cache()
-        for stale in runs_dir.glob(".*.partial"):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed suite
+        remove_dead_partials(runs_dir)  # left by a killed suite; live ones are other processes' runs
         write_atomic(out_dir / "suite.yaml", yaml.safe_dump(suite, sort_keys=False))
 
     _storage_guard(out_dir, set_up)
@@ -239,9 +242,15 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
     try:
         with _InterruptHandlers():
             for index, run in enumerate(todo, start=1):
+                if not force and (read_result(runs_dir / run.run_id) or {}).get("status") == "ok":
+                    log(f"[{index}/{len(todo)}] {run.run_id}: finished meanwhile by another process")
+                    continue
                 log(f"[{index}/{len(todo)}] {run.run_id}  ({_eta(durations, len(todo) - index + 1)})")
                 start = time.perf_counter()
                 row = run_one(run, runs_dir, runner)
+                if row is None:
+                    log(f"[{index}/{len(todo)}] {run.run_id}: another process is running it; skipped")
+                    continue
                 durations.append(time.perf_counter() - start)
                 done = index
                 _write_index(out_dir, all_ids)
