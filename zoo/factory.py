@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from zoo.backbones import BACKBONES, BackboneSpec
 from zoo.heads import HEADS, HeadSpec
@@ -101,15 +100,6 @@ def set_batchnorm_momentum(model, momentum: float) -> int:
 _FROZEN_BACKBONE: dict = {}
 
 
-def _weights_identity(weights) -> str | None:
-    if weights in (None, "none"):
-        return None  # random weights differ by seed: never shared
-    if weights == "imagenet":
-        return "imagenet"
-    stat = Path(weights).stat()
-    return f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
 def build_model(backbone: str, head: str, num_classes: int, input_shape, weights=None,
                 trainable: str = "all", backbone_options: dict | None = None,
                 batchnorm_momentum: float | None = None, head_seed: int | None = None,
@@ -136,7 +126,7 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
     """
     import keras
 
-    from zoo.weights import build_backbone_with_weights
+    from zoo.weights import build_backbone_with_weights, weights_identity
 
     backbone_spec, head_spec = BACKBONES.get(backbone), HEADS.get(head)
     check_compatible(backbone_spec, head_spec)
@@ -146,8 +136,9 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
         raise IncompatibleError(f"num_classes must be at least 2, got {num_classes}")
 
     strides = sorted(backbone_spec.feature_layers_by_stride) if head_spec.needs_pyramid else []
-    identity = _weights_identity(weights)
-    shareable = reuse_frozen_backbone and trainable == "frozen" and identity is not None
+    identity = weights_identity(weights)
+    # Random weights differ by seed: never shared.
+    shareable = reuse_frozen_backbone and trainable == "frozen" and identity != "none"
     key = json.dumps([backbone, list(input_shape), identity, backbone_options or {}, strides, batchnorm_momentum,
                       keras.mixed_precision.global_policy().name], default=str)
     extractor = _FROZEN_BACKBONE.get(key) if shareable else None

@@ -156,6 +156,15 @@ def copy_weights_adapting_channels(source, target) -> None:
             target_layer.finalize_state()  # Normalization derives its broadcast stats from its weights
 
 
+def weights_identity(weights) -> str:
+    """What names a backbone's weights for caches: ``none``, ``imagenet``, or a file's resolved
+    path with its size and modification time (a file rewritten in place is another identity)."""
+    if weights in (None, "none", "imagenet"):
+        return weights or "none"
+    stat = Path(weights).stat()
+    return f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def build_backbone_with_weights(spec: BackboneSpec, input_shape, weights, **options):
     """Build ``spec`` at ``input_shape`` and load ``weights`` (None, "imagenet" or a file path).
 
@@ -183,9 +192,7 @@ def _build_and_load(spec, input_shape, weights, options):
             raise FileNotFoundError(f"weights file {path} does not exist; expected a backbone weights file "
                                     f"such as one saved from keras.applications with include_top=False")
     model = spec.build(input_shape, **options)
-    stat = path.stat()
-    key = (spec.name, input_shape, json.dumps(options, sort_keys=True, default=str), str(path.resolve()),
-           stat.st_size, stat.st_mtime_ns)
+    key = (spec.name, input_shape, json.dumps(options, sort_keys=True, default=str), weights_identity(path))
     if key in _LOADED:
         from zoo.harness.precise_bn import walk_layers
 

@@ -126,9 +126,10 @@ def _listing_key(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def probe_files(files: list[Path], cache_dir: Path | None) -> dict[str, dict]:
-    """Decode every file once (in threads) and report shape/dtype or the error."""
-    cache_file = Path(cache_dir) / f"scan-{_listing_key(files)}.json" if cache_dir else None
+def probe_files(files: list[Path], cache_dir: Path | None, listing_key: str | None = None) -> dict[str, dict]:
+    """Decode every file once (in threads) and report shape/dtype or the error. The cache is
+    keyed by ``listing_key`` (see _listing_key; computed here when not given)."""
+    cache_file = Path(cache_dir) / f"scan-{listing_key or _listing_key(files)}.json" if cache_dir else None
     if cache_file and cache_file.is_file():
         return json.loads(cache_file.read_text())
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -172,10 +173,12 @@ class FolderScan:
             candidates[split] = (self._classification_candidates(folder) if self.task == "classification"
                                  else self._segmentation_candidates(folder))
         files = sorted({Path(p) for items in candidates.values() for item in items for p in item[:1]})
-        probes = probe_files(files, cache_dir)
+        images_key = _listing_key(files)
+        probes = probe_files(files, cache_dir, images_key)
         masks = sorted({Path(item[1]) for items in candidates.values() for item in items}) \
             if self.task == "segmentation" else []
-        self.listing_key = _listing_key(files + masks)  # names, sizes and modification times of every file
+        # Names, sizes and modification times of every file, masks included.
+        self.listing_key = images_key + (_listing_key(masks) if masks else "")
         self.channels, dtype = self._dominant_format(probes)
         self.max_pixel_value = float(max_pixel_value or {"uint8": 255, "uint16": 65535}.get(dtype, 1.0))
         for split, items in candidates.items():

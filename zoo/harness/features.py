@@ -36,22 +36,17 @@ def wanted(spec: dict) -> bool:
     return mode is True or (mode == "auto" and applies(spec))
 
 
-def _weights_identity(weights: str) -> str:
-    if weights in ("none", "imagenet"):
-        return weights
-    stat = Path(weights).stat()
-    return f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
 def cache_key(spec: dict, content: dict, head_needs_pyramid: bool, precision: str) -> str:
     """The cache folder's name: everything that changes any image's features. ``content`` maps
     each source split to an identity of its images (zoo.data.sources.Source.content_id)."""
+    from zoo.weights import weights_identity
+
     train = spec["train"]
     dataset = {k: v for k, v in spec["dataset"].items() if k != "split"}  # carving is per run
     identity = {
         "version": FEATURE_CACHE_VERSION, "dataset": dataset, "content": content, "backbone": spec["backbone"],
         "backbone_options": spec["backbone_options"], "image_size": train["image_size"],
-        "weights": _weights_identity(spec["weights"]), "preprocessing": train["preprocessing"],
+        "weights": weights_identity(spec["weights"]), "preprocessing": train["preprocessing"],
         "pyramid": head_needs_pyramid, "precision": precision,
         # A frozen backbone without pretrained weights keeps its random initialisation, which
         # follows the run's seed: its features are that seed's alone.
