@@ -27,3 +27,14 @@ def test_input_size(spec, multiple=32):
 
 
 test_input_size.__test__ = False
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real two-node Ray cluster on 127.0.0.1 for the session (tests using it are in the
+    xdist group "ray", so one worker runs them all)."""
+    pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install -e '.[ray]'")
+    from zoo.harness.local_ray import LocalRayCluster
+
+    with LocalRayCluster(nodes=2, cpus_per_node=1) as cluster:
+        yield cluster

@@ -176,7 +176,7 @@ def test_predict_matches_the_runs_own_test_predictions_with_study_preprocessing(
 
     from zoo.data import DATASETS
     from zoo.data.synthetic import make_synthetic_terrain
-    from zoo.harness.runner import predict_images
+    from zoo.predict import predict_images
 
     suite = load_suite({**TINY, "datasets": ["synthetic_terrain"], "heads": ["linear"],
                         "train": {**TINY["train"], "preprocessing": "equalize", "epochs": 1}})

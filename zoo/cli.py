@@ -73,8 +73,18 @@ def cmd_run(args) -> int:
         from zoo.harness.runner import plan_suite
 
         return plan_suite(suite, out, only=args.only)
-    return run_suite(suite, out, only=args.only, force=args.force, executor="in-process" if args.in_process else args.executor,
-                     report=not args.no_report, prepare=args.prepare, suite_path=args.suite)
+    executor = "in-process" if args.in_process else args.executor
+    options = {}
+    if executor == "ray":
+        options = dict(address=args.address, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+                       max_retries=args.max_retries)
+    elif args.address or args.gpus_per_run is not None:
+        from zoo.errors import ConfigError
+
+        raise ConfigError("--address and --gpus-per-run go with --executor ray")
+    return run_suite(suite, out, only=args.only, force=args.force, executor=executor,
+                     report=not args.no_report, prepare=args.prepare, suite_path=args.suite,
+                     executor_options=options)
 
 
 def cmd_plan(args) -> int:
@@ -123,10 +133,24 @@ def cmd_compare(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from zoo.harness.runner import predict_images
+    from zoo.predict import list_inputs, predict_images, predict_to_parquet
 
+    if args.output:
+        summary = predict_to_parquet(args.run_dir, args.inputs, args.output, batch_size=args.batch_size,
+                                     top_k=args.top_k, executor=args.executor, address=args.address)
+        print(f"{summary['images']} images -> {args.output} in {summary['seconds']:.1f}s "
+              f"({summary['images_per_second']:.1f} images/s)")
+        if summary["failed"]:
+            print(f"zoo: {summary['failed']} of {summary['images']} input(s) could not be read; their rows say why "
+                  f"(column error)", file=sys.stderr)
+        return 0
+    if args.executor != "local":
+        from zoo.errors import ConfigError
+
+        raise ConfigError("--executor ray writes its predictions to a file: add --output FILE.parquet")
+    images = list_inputs(args.inputs)
     failed = 0
-    for answer in predict_images(args.run_dir, args.images, args.top_k):
+    for answer in predict_images(args.run_dir, images, args.top_k):
         if "error" in answer:
             failed += 1
             print(f"zoo: error: {answer['image']}: {answer['error']}", file=sys.stderr, flush=True)
@@ -135,7 +159,7 @@ def cmd_predict(args) -> int:
         for name, probability in answer["top"]:
             print(f"  {probability:6.1%}  {name}", flush=True)
     if failed:
-        print(f"zoo: {failed} of {len(args.images)} input(s) could not be classified", file=sys.stderr)
+        print(f"zoo: {failed} of {len(images)} input(s) could not be classified", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -165,9 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", metavar="PATTERN", help="run only the runs whose id matches this glob")
     run.add_argument("--force", action="store_true", help="redo finished runs too")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
-    run.add_argument("--executor", choices=["worker", "isolated"], default="worker",
+    run.add_argument("--executor", choices=["worker", "isolated", "ray"], default="worker",
                      help="worker (default): runs one after another in one long-lived worker process, which "
-                          "pays start-up once; isolated: a new process for every run")
+                          "pays start-up once; isolated: a new process for every run; ray: several runs at once "
+                          "on a Ray cluster (the output folder must be on a file system every node shares)")
+    run.add_argument("--address", help="Ray cluster: auto (default), HOST:PORT or ray://HOST:10001")
+    run.add_argument("--gpus-per-run", type=float, help="Ray: GPUs per run (default 1 where the cluster has GPUs)")
+    run.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs per run (default 1)")
+    run.add_argument("--max-retries", type=int, default=1,
+                     help="Ray: times a run is retried when its worker or node dies (default 1)")
     run.add_argument("--isolate", dest="executor", action="store_const", const="isolated",
                      help="= --executor isolated")
     run.add_argument("--in-process", action="store_true",
@@ -201,10 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true", help="print one JSON object")
     compare.set_defaults(func=cmd_compare)
 
-    predict = commands.add_parser("predict", help="classify image files with a finished run's model")
+    predict = commands.add_parser("predict", help="classify images with a finished run's model")
     predict.add_argument("run_dir", help="a run folder: OUT/runs/<run_id>")
-    predict.add_argument("images", nargs="+")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image files, folders (searched recursively) or s3://bucket/prefix (endpoint and "
+                              "credentials from the AWS variables, e.g. AWS_ENDPOINT_URL)")
     predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--output", metavar="FILE.parquet",
+                         help="write one row per image (path, label, probability, top_k, error) to this Parquet "
+                              "file; segmentation masks go to FILE_masks/")
+    predict.add_argument("--batch-size", type=int, default=64, help="images per model call with --output")
+    predict.add_argument("--executor", choices=["local", "ray"], default="local",
+                         help="local (this process) or ray (Ray Data over an actor pool; needs --output)")
+    predict.add_argument("--address", default="auto", help="Ray cluster address with --executor ray")
     predict.set_defaults(func=cmd_predict)
 
     from zoo.data.commands import add_data_commands

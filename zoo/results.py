@@ -65,6 +65,7 @@ RESULT_COLUMNS = {
     "batch_size": "batch size (global, across replicas)",
     "image_size": "input height and width in pixels",
     "device": "device the run trained on (GPU name or CPU model, with count)",
+    "host": "machine (host name) the run executed on; with Ray, the cluster node's",
     "precision": "float32 | mixed_float16 | mixed_bfloat16",
     "finished_at": "UTC time the run ended",
 }
@@ -141,6 +142,7 @@ def run_row(spec: dict, task: str, status: str, error: str = "", values: dict | 
     The driver builds the rows of runs whose process died or was stopped from the spec alone,
     so that it never needs Keras."""
     import datetime
+    import socket
     from importlib.metadata import version
 
     values = values or {}
@@ -154,6 +156,7 @@ def run_row(spec: dict, task: str, status: str, error: str = "", values: dict | 
                 "epochs_run": values.get("epochs_run", 0),
                 "batch_size": values.get("batch_size") or spec["train"]["batch_size"],
                 "image_size": spec["train"]["image_size"],
+                "host": values.get("host") or socket.gethostname(),
                 "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     row.update(results_version=RESULTS_VERSION, keras=version("keras"))
     return row

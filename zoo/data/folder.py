@@ -49,12 +49,15 @@ def image_pixels(path) -> int | None:
         return None
 
 
-def read_image(path, reduce: bool = True) -> np.ndarray:
-    """An image file as an (H, W, C) array in its own dtype (uint8, uint16 or float); with
-    ``reduce``, images with a long side above 2 x DECODE_LONG_SIDE are reduced by a whole
-    factor as they decode (never masks: their values are class indices)."""
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
+def read_image(path, reduce: bool = True, suffix: str | None = None) -> np.ndarray:
+    """An image file (a path, or an open binary file with its name's ``suffix``) as an (H, W, C)
+    array in its own dtype (uint8, uint16 or float); with ``reduce``, images with a long side
+    above 2 x DECODE_LONG_SIDE are reduced by a whole factor as they decode (never masks: their
+    values are class indices)."""
+    if suffix is None:
+        path = Path(path)
+        suffix = path.suffix
+    if suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
         array = tifffile.imread(path)

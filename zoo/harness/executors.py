@@ -2,12 +2,15 @@
 prepared run folder (``run.json`` written) and executes it, returning the row it recorded.
 
 - ``InProcessExecutor``: in the calling process (debugging, tests); a hard crash stops the suite.
+- ``RayExecutor`` (zoo.harness.ray_executor): one long-lived actor per slot of a Ray cluster,
+  several runs at once.
 - ``WorkerExecutor``: a long-lived worker process that keeps TensorFlow imported between runs,
   so start-up is paid once per suite; if it dies mid-run only that run is lost (``WorkerDied``)
   and a fresh worker takes the next one. ``runs_per_worker=1`` is ``--isolate``: a new process
   for every run.
 
-Every executor raises ``OSError`` from ``submit`` when the run's row could not be written (a
+An executor hands the runner its ``slots()``: one per run it can execute at once, each with a
+blocking ``submit``; the runner drives several slots from threads. Every executor raises ``OSError`` from ``submit`` when the run's row could not be written (a
 full or read-only disk), so the runner handles storage faults the same way for all of them.
 """
 from __future__ import annotations
@@ -19,11 +22,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-EXECUTORS = ("worker", "isolated", "in-process")
+EXECUTORS = ("worker", "isolated", "in-process", "ray")
 
 
 class WorkerDied(RuntimeError):
     """The process executing a run died before recording it; the message says how."""
+
+
+class RunInterrupted(RuntimeError):
+    """The suite was stopped (``signum``) while this run executed elsewhere (another thread's slot)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def describe_exit(returncode: int) -> str:
@@ -37,8 +48,11 @@ def describe_exit(returncode: int) -> str:
 class InProcessExecutor:
     """Runs in this process, one after another."""
 
-    def start(self) -> None:
+    def start(self, runs: int | None = None) -> None:
         """Nothing to start."""
+
+    def slots(self) -> list:
+        return [self]
 
     def submit(self, run_dir: Path) -> dict:
         from zoo.harness.worker import execute_run
@@ -48,7 +62,7 @@ class InProcessExecutor:
             raise OSError(row["errno"], row["error"])
         return row
 
-    def stop(self) -> None:
+    def stop(self, signum: int | None = None) -> None:
         """Nothing to stop: an interrupt reaches the run directly."""
 
     def close(self) -> None:
@@ -68,7 +82,7 @@ class WorkerExecutor:
         self.replies = None
         self.runs_served = 0
 
-    def start(self) -> None:
+    def start(self, runs: int | None = None) -> None:
         """Start the worker now, so that its imports overlap the driver's checks."""
         if self.process is None or self.process.poll() is not None:
             self._discard()
@@ -85,6 +99,9 @@ class WorkerExecutor:
         os.close(write_fd)
         self.replies = os.fdopen(read_fd, "r")
         self.runs_served = 0
+
+    def slots(self) -> list:
+        return [self]
 
     def submit(self, run_dir: Path) -> dict:
         from zoo.results import read_result
@@ -111,7 +128,7 @@ class WorkerExecutor:
             raise WorkerDied(f"the run's process recorded nothing readable in {run_dir}")
         return row
 
-    def stop(self, grace_seconds: float = 5.0) -> None:
+    def stop(self, grace_seconds: float = 5.0, signum: int | None = None) -> None:
         """Stop the worker now (an interrupt): SIGTERM, then SIGKILL after ``grace_seconds``."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -143,8 +160,13 @@ class WorkerExecutor:
         self.process, self.replies = None, None
 
 
-def make_executor(name: str):
-    """The executor for ``zoo run --executor NAME`` (one of EXECUTORS)."""
+def make_executor(name: str, **options):
+    """The executor for ``zoo run --executor NAME`` (one of EXECUTORS); ``options`` are the Ray
+    executor's (address, gpus_per_run, cpus_per_run, max_retries)."""
+    if name == "ray":
+        from zoo.harness.ray_executor import RayExecutor
+
+        return RayExecutor(**options)
     if name == "worker":
         return WorkerExecutor()
     if name == "isolated":

@@ -21,7 +21,7 @@ import yaml
 
 from zoo.errors import ConfigError, StorageError, storage_problem
 from zoo.harness.claims import remove_dead_partials
-from zoo.harness.executors import WorkerDied, make_executor
+from zoo.harness.executors import RunInterrupted, WorkerDied, make_executor
 from zoo.harness.suite import RunSpec, expand_suite, suite_warnings
 from zoo.results import read_result, run_row, write_atomic, write_json, write_results_csv
 
@@ -108,8 +108,9 @@ def run_one(run: RunSpec, runs_dir: Path, executor) -> dict | None:
         row = executor.submit(partial)
     except WorkerDied as died:
         row = _record_without_worker(run, partial, "failed", str(died))
-    except SuiteInterrupted as interrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+    except (SuiteInterrupted, RunInterrupted) as interrupt:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         executor.stop()
         _record_without_worker(run, partial, "interrupted", f"interrupted by {signal.Signals(interrupt.signum).name}")
         _move_into_place(partial, final)
@@ -130,10 +131,10 @@ def run_one(run: RunSpec, runs_dir: Path, executor) -> dict | None:
     return row
 
 
-def _eta(durations: list[float], remaining: int) -> str:
+def _eta(durations: list[float], remaining: int, parallel: int = 1) -> str:
     if not durations:
         return "ETA: after the first run"
-    seconds = sum(durations) / len(durations) * remaining
+    seconds = sum(durations) / len(durations) * -(-remaining // parallel)
     return f"ETA {int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
@@ -180,13 +181,15 @@ def pending_runs(selected: list[RunSpec], runs_dir: Path, force: bool) -> list[R
 
 
 def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False, executor: str = "worker",
-              report: bool = True, log=_log, prepare: bool = False, suite_path: str | None = None) -> int:
+              report: bool = True, log=_log, prepare: bool = False, suite_path: str | None = None,
+              executor_options: dict | None = None) -> int:
     """Run every run of ``suite`` not yet finished; 0 if all succeeded, 1 if any failed, 130 or
     143 when interrupted by SIGINT or SIGTERM (the run under way is recorded ``interrupted``).
 
     Before anything is written, every pending run's data and weights are checked; any problem
     raises NotReadyError listing them all (``prepare=True`` first fetches what it can).
-    ``executor``: worker (one long-lived process), isolated (one per run) or in-process.
+    ``executor``: worker (one long-lived process), isolated (one per run), in-process, or ray
+    (several runs at once on a Ray cluster; ``executor_options`` are RayExecutor's).
     """
     from zoo.harness.preflight import (NotReadyError, check_readiness, format_problems, prepare_missing,
                                        small_class_warnings)
@@ -195,10 +198,10 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     runs, selected = select_runs(suite, only)
     runs_dir = out_dir / "runs"
     todo = pending_runs(selected, runs_dir, force)
-    runner = make_executor(executor)
+    runner = make_executor(executor, **(executor_options or {}))
     try:
         if todo:
-            runner.start()  # the worker imports TensorFlow while the driver checks the runs
+            runner.start(runs=len(todo))  # the worker imports TensorFlow while the driver checks the runs
             # The folder-scan cache under OUT/cache is the one the runs read: no folder is probed twice.
             sources, problems = _storage_guard(out_dir, lambda: check_readiness(todo, cache_dir=out_dir / "cache"))
             if problems and prepare:
@@ -238,29 +241,43 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
     if report and todo:
         # The driver mostly waits on its worker: import the report's libraries meanwhile.
         threading.Thread(target=_import_report_modules, name="report-imports", daemon=True).start()
-    done = 0
+    slots = runner.slots() if todo else []
+    lock = threading.Lock()
+    finished = []
+
+    def execute(index: int, run: RunSpec, slot) -> None:
+        if not force and (read_result(runs_dir / run.run_id) or {}).get("status") == "ok":
+            log(f"[{index}/{len(todo)}] {run.run_id}: finished meanwhile by another process")
+            return
+        with lock:
+            eta = _eta(durations, len(todo) - index + 1, len(slots))
+        log(f"[{index}/{len(todo)}] {run.run_id}  ({eta})")
+        start = time.perf_counter()
+        row = run_one(run, runs_dir, slot)
+        if row is None:
+            log(f"[{index}/{len(todo)}] {run.run_id}: another process is running it; skipped")
+            return
+        seconds = time.perf_counter() - start
+        with lock:
+            durations.append(seconds)
+            finished.append(run.run_id)
+            _write_index(out_dir, all_ids)
+        status = "ok" if row["status"] == "ok" else f"FAILED: {row['error']}"
+        where = f", on {row.get('host')}" if len(slots) > 1 else ""
+        log(f"[{index}/{len(todo)}] {run.run_id}: {status} ({seconds:.0f}s{where})")
+
     try:
         with _InterruptHandlers():
-            for index, run in enumerate(todo, start=1):
-                if not force and (read_result(runs_dir / run.run_id) or {}).get("status") == "ok":
-                    log(f"[{index}/{len(todo)}] {run.run_id}: finished meanwhile by another process")
-                    continue
-                log(f"[{index}/{len(todo)}] {run.run_id}  ({_eta(durations, len(todo) - index + 1)})")
-                start = time.perf_counter()
-                row = run_one(run, runs_dir, runner)
-                if row is None:
-                    log(f"[{index}/{len(todo)}] {run.run_id}: another process is running it; skipped")
-                    continue
-                durations.append(time.perf_counter() - start)
-                done = index
-                _write_index(out_dir, all_ids)
-                status = "ok" if row["status"] == "ok" else f"FAILED: {row['error']}"
-                log(f"[{index}/{len(todo)}] {run.run_id}: {status} ({durations[-1]:.0f}s)")
+            if len(slots) > 1:
+                _run_in_parallel(todo, slots, execute, runner)
+            else:
+                for index, run in enumerate(todo, start=1):
+                    execute(index, run, runner)
             runner.close()
     except SuiteInterrupted as interrupt:
         runner.stop()
         _write_index(out_dir, all_ids)
-        log(f"interrupted after {done} of {len(todo)} runs; run the same command to resume")
+        log(f"interrupted after {len(finished)} of {len(todo)} runs; run the same command to resume")
         return interrupt.exit_code
     except StorageError as error:
         runner.stop()
@@ -281,6 +298,45 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
         for row in failed:
             log(f"  {row['run_id']}: {row['error']}")
     return 1 if failed else 0
+
+
+def _run_in_parallel(todo: list[RunSpec], slots: list, execute, runner) -> None:
+    """Each slot's thread takes the next pending run until none is left. An interrupt reaches
+    the main thread, which stops the executor: the runs under way are recorded ``interrupted``
+    by their threads before SuiteInterrupted goes on. A storage fault in one thread stops them all."""
+    queue = list(enumerate(todo, start=1))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work(slot) -> None:
+        while True:
+            with lock:
+                if not queue or errors:
+                    return
+                index, run = queue.pop(0)
+            try:
+                execute(index, run, slot)
+            except BaseException as error:  # noqa: B036  (handed to the main thread)
+                with lock:
+                    errors.append(error)
+                return
+
+    threads = [threading.Thread(target=work, args=(slot,), name=f"slot-{n}", daemon=True)
+               for n, slot in enumerate(slots)]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
+    except SuiteInterrupted as interrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        runner.stop(signum=interrupt.signum)
+        for thread in threads:
+            thread.join()
+        raise
+    if errors:
+        raise next((e for e in errors if isinstance(e, StorageError)), errors[0])
 
 
 def _import_report_modules() -> None:
@@ -347,45 +403,3 @@ def load_run_model(run_dir):
         raise DataError(f"{run_dir / 'model.keras'} cannot be loaded ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:160] if str(error) else 'no detail'}): {redo}") from None
     return spec, info, model
-
-
-def predict_images(run_dir, image_paths, top_k: int = 5) -> list[dict]:
-    """Top-k classes (or class proportions for segmentation) of image files, with a run's model.
-
-    Every input gets an answer: ``{"image", "top"}``, or ``{"image", "error"}`` when the file
-    cannot be read or does not fit the model; one bad file never stops the others."""
-    import numpy as np
-    import tensorflow as tf
-
-    from zoo.backbones import BACKBONES
-    from zoo.data.folder import read_image, to_dataset_scale
-    from zoo.data.pipeline import apply_extra_preprocessing, preprocessing_steps
-    from zoo.preprocessing import preprocess
-
-    spec, info, model = load_run_model(run_dir)
-    size = spec["train"]["image_size"]
-    mode = BACKBONES.get(spec["backbone"]).preprocessing
-    steps = preprocessing_steps(spec["train"]["preprocessing"])
-    answers = []
-    for path in image_paths:
-        try:
-            array = to_dataset_scale(read_image(path), info["max_pixel_value"])
-        except Exception as error:  # PIL, tifffile and OS errors all mean "unreadable"
-            answers.append({"image": str(path), "error": f"cannot be read as an image "
-                            f"({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})"})
-            continue
-        if array.shape[-1] != info["channels"]:
-            if array.shape[-1] != 1:
-                answers.append({"image": str(path), "error": f"has {array.shape[-1]} channels; the model expects "
-                                                             f"{info['channels']}"})
-                continue
-            array = np.repeat(array, info["channels"], axis=-1)
-        image = tf.image.resize(array * (255.0 / info["max_pixel_value"]), (size, size))
-        if steps:
-            image = apply_extra_preprocessing(image, steps)
-        probabilities = np.asarray(model.predict_on_batch(preprocess(image, mode)[None]))[0]
-        if probabilities.ndim == 3:  # segmentation: report class proportions of the image
-            probabilities = probabilities.reshape(-1, probabilities.shape[-1]).mean(axis=0)
-        order = np.argsort(probabilities)[::-1][:top_k]
-        answers.append({"image": str(path), "top": [(info["class_names"][i], float(probabilities[i])) for i in order]})
-    return answers

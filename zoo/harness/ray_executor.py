@@ -1,0 +1,221 @@
+"""``zoo run --executor ray``: the runs of a suite on a Ray cluster.
+
+Each slot of the cluster (``--gpus-per-run`` GPUs and ``--cpus-per-run`` CPUs) holds one Ray
+actor, a long-lived worker process that keeps TensorFlow imported and executes one run after
+another with the same code as the local worker (``zoo.harness.worker.execute_run``). The driver
+keeps what it does locally: claims, run folders, results.csv, progress. So the output folder
+must be reachable at the same path from every node (a shared file system).
+
+A worker or node that dies mid-run gets the run retried in a clean run folder (``max_retries``
+times, Ray's actor restart and task retry); a run that keeps killing its worker is recorded
+``failed`` with the reason. Ray is imported only here, and only when this executor is chosen.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from zoo.errors import ConfigError
+from zoo.harness.executors import RunInterrupted, WorkerDied
+
+ATTEMPT_FILE = "worker.json"  # host, pid and attempt of the process executing the run
+KEPT_ON_RETRY = ("run.json", "claim.json", ATTEMPT_FILE)
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the Ray executor needs Ray: pip install -e \".[ray]\" (or pip install 'ray[data]') "
+                          "on the driver and on every node of the cluster") from None
+    return ray
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def connect(address: str | None = "auto"):
+    """Connect this process to the Ray cluster at ``address`` (``auto``, ``HOST:PORT`` or
+    ``ray://HOST:10001``) and return the ``ray`` module; a clear error when none answers."""
+    ray = require_ray()
+    import logging
+
+    if ray.is_initialized():
+        return ray
+    from ray._private import ray_constants, utils
+
+    address = address or "auto"
+    resolved = (os.environ.get("RAY_ADDRESS") or utils.read_ray_address() or "") if address == "auto" else address
+    host = resolved.split("://")[-1].rsplit(":", 1)[0]
+    if resolved and _is_loopback(host):
+        # A cluster bound to the loopback interface (one machine, nodes started with
+        # --node-ip-address 127.0.0.1) reaches only drivers on 127.0.0.1, but Ray announces a
+        # driver on the machine's network address and waits for a raylet there. Ray's own switch
+        # for one-machine clusters keeps the driver on 127.0.0.1.
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+                 configure_logging=True)
+    except ConnectionError as error:
+        raise ConfigError(f"no Ray cluster answers at {address!r} ({str(error).splitlines()[0][:200]}): start "
+                          f"one with `ray start --head` (see the README's \"Scale out\") or pass "
+                          f"--address HOST:PORT") from None
+    return ray
+
+
+class RunActor:
+    """One slot of the cluster: executes runs one after another in the same process."""
+
+    def __init__(self):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras  # noqa: F401  (start-up paid while the driver checks the runs)
+        import tensorflow  # noqa: F401
+
+    def execute(self, run_dir: str) -> dict:
+        from zoo.harness.suite import load_plugins
+        from zoo.harness.worker import describe_error, execute_run
+
+        run_dir = Path(run_dir)
+        attempt = _start_attempt(run_dir)
+        try:
+            spec = json.loads((run_dir / "run.json").read_text())
+            load_plugins(spec.get("plugins"))
+            row = execute_run(run_dir)
+            return {"status": row["status"], "errno": row.get("errno"), "host": socket.gethostname(),
+                    "attempt": attempt}
+        except OSError as error:
+            return {"status": "failed", "error": describe_error(error), "errno": error.errno,
+                    "host": socket.gethostname(), "attempt": attempt}
+
+
+def _start_attempt(run_dir: Path) -> int:
+    """Clear what an earlier attempt left (a retry starts from a clean run folder) and record
+    who executes this one."""
+    from zoo.results import write_json
+
+    previous = 0
+    try:
+        previous = int(json.loads((run_dir / ATTEMPT_FILE).read_text()).get("attempt", 0))
+    except (OSError, ValueError):
+        pass
+    for entry in run_dir.iterdir():
+        if entry.name not in KEPT_ON_RETRY:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    write_json(run_dir / ATTEMPT_FILE, {"host": socket.gethostname(), "pid": os.getpid(), "attempt": previous + 1})
+    return previous + 1
+
+
+def last_attempt(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / ATTEMPT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class RaySlot:
+    """One actor, used by one driver thread: ``submit`` blocks until the run is recorded."""
+
+    def __init__(self, executor: "RayExecutor", actor):
+        self.executor, self.actor = executor, actor
+
+    def submit(self, run_dir: Path) -> dict:
+        from zoo.results import read_result
+
+        ray = self.executor.ray
+        reference = self.actor.execute.remote(str(run_dir))
+        try:
+            reply = ray.get(reference)
+        except ray.exceptions.RayError as error:
+            if self.executor.stopping is not None:
+                raise RunInterrupted(self.executor.stopping) from None
+            attempts = last_attempt(run_dir).get("attempt", 1)
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise WorkerDied(f"its Ray worker died in each of {attempts} attempt(s) ({type(error).__name__}: "
+                             f"{reason})") from None
+        if reply.get("errno"):
+            raise OSError(reply["errno"], reply.get("error") or os.strerror(reply["errno"]))
+        row = read_result(run_dir)
+        if row is None:
+            raise WorkerDied(f"its Ray worker recorded nothing readable in {run_dir} (is the output folder on a "
+                             f"file system every node shares?)")
+        return row
+
+    def stop(self, signum: int | None = None) -> None:
+        self.executor.stop(signum)
+
+
+class RayExecutor:
+    """Runs on a Ray cluster, as many at once as it has slots for."""
+
+    def __init__(self, address: str | None = "auto", gpus_per_run: float | None = None, cpus_per_run: float = 1,
+                 max_retries: int = 1):
+        if cpus_per_run <= 0 or (gpus_per_run is not None and gpus_per_run < 0) or max_retries < 0:
+            raise ConfigError("--cpus-per-run must be > 0, --gpus-per-run and --max-retries >= 0")
+        self.address, self.gpus_per_run, self.cpus_per_run = address, gpus_per_run, cpus_per_run
+        self.max_retries = max_retries
+        self.ray, self.actors, self.stopping = None, [], None
+
+    def capacity(self) -> int:
+        """Runs the cluster can hold at once with the resources asked per run."""
+        resources = self.ray.cluster_resources()
+        slots = int(resources.get("CPU", 0) // self.cpus_per_run)
+        if self.gpus:
+            slots = min(slots, int(resources.get("GPU", 0) // self.gpus))
+        return slots
+
+    def start(self, runs: int | None = None) -> None:
+        """Connect and start one actor per slot (at most ``runs``); they import TensorFlow while
+        the driver checks the runs."""
+        if self.actors:
+            return
+        self.ray = connect(self.address)
+        self.stopping = None
+        cluster_gpus = self.ray.cluster_resources().get("GPU", 0)
+        self.gpus = (1 if cluster_gpus else 0) if self.gpus_per_run is None else self.gpus_per_run
+        slots = self.capacity()
+        if slots < 1:
+            raise ConfigError(f"the Ray cluster has {self.ray.cluster_resources().get('CPU', 0):g} CPUs and "
+                              f"{cluster_gpus:g} GPUs: not enough for one run with --cpus-per-run "
+                              f"{self.cpus_per_run:g} --gpus-per-run {self.gpus:g}")
+        remote = self.ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus, max_restarts=-1,
+                                 max_task_retries=self.max_retries)(RunActor)
+        self.actors = [remote.remote() for _ in range(min(slots, runs or slots))]
+
+    def slots(self) -> list[RaySlot]:
+        return [RaySlot(self, actor) for actor in self.actors]
+
+    def submit(self, run_dir: Path) -> dict:
+        if not self.actors:
+            self.start(runs=1)
+        return RaySlot(self, self.actors[0]).submit(run_dir)
+
+    def stop(self, signum: int | None = None) -> None:
+        """Kill the actors now (an interrupt or a fault); runs under way raise RunInterrupted."""
+        import signal
+
+        if self.stopping is None:
+            self.stopping = signum or signal.SIGTERM
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self.actors = []
+
+    def close(self) -> None:
+        actors, self.actors = self.actors, []
+        for actor in actors:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:
+                pass

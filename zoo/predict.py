@@ -1,0 +1,342 @@
+"""Prediction with a finished run's model: a few files (``zoo predict RUN IMAGE...``) or a large
+image set into one Parquet file (``--output``), in this process or on a Ray cluster.
+
+Every path goes through one ``Predictor``: the run's own decoding, scaling, resizing and
+preprocessing, then its model; so an image gets the same answer whichever way it is predicted.
+Inputs are image files, folders (searched recursively) or object-store prefixes
+(``s3://bucket/prefix``; credentials and endpoint from the standard AWS variables, including
+``AWS_ENDPOINT_URL`` for MinIO and other S3-compatible stores). A file that cannot be read gets
+its ``error`` and never stops the job.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+DECODE_THREADS = 4
+
+
+def _is_remote(location: str) -> bool:
+    return str(location).startswith("s3://")
+
+
+def s3_filesystem():
+    """pyarrow's S3 file system, configured from the standard AWS variables."""
+    from urllib.parse import urlparse
+
+    from pyarrow import fs
+
+    options = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    return fs.S3FileSystem(**options)
+
+
+def _s3_key(location: str) -> str:
+    return str(location)[len("s3://"):]
+
+
+def list_inputs(inputs) -> list[str]:
+    """The images named by ``inputs`` in a stable order: files as given, folders and s3://
+    prefixes expanded to the image files under them (hidden ones left out). A name that does not
+    exist is kept, so that it gets its error row."""
+    found: list[str] = []
+    for item in map(str, inputs):
+        if _is_remote(item):
+            from pyarrow import fs
+
+            filesystem = s3_filesystem()
+            prefix = _s3_key(item).rstrip("/")
+            info = filesystem.get_file_info(prefix)
+            if info.type == fs.FileType.File:
+                found.append(item)
+                continue
+            entries = filesystem.get_file_info(fs.FileSelector(prefix, recursive=True, allow_not_found=True))
+            found += sorted(f"s3://{e.path}" for e in entries if e.type == fs.FileType.File
+                            and PurePosixPath(e.path).suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in PurePosixPath(e.path).parts))
+        elif Path(item).is_dir():
+            root = Path(item)
+            found += sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        else:
+            found.append(item)
+    return found
+
+
+def read_input(location: str, filesystem=None):
+    """What ``read_image`` takes for ``location``: a local path, or the object's bytes."""
+    if not _is_remote(location):
+        return location
+    filesystem = filesystem or s3_filesystem()
+    with filesystem.open_input_stream(_s3_key(location)) as stream:
+        return io.BytesIO(stream.read())
+
+
+def mask_name(location: str) -> str:
+    """The mask file of an input: its name, prefixed by a digest of its full path so that images
+    of the same name in different folders never share one."""
+    digest = hashlib.sha1(str(location).encode()).hexdigest()[:12]
+    return f"{digest}_{PurePosixPath(str(location)).stem}.png"
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+
+
+class Predictor:
+    """A finished run's model with its input path: locations in, answers out."""
+
+    def __init__(self, run_dir):
+        from zoo.backbones import BACKBONES
+        from zoo.data.pipeline import preprocessing_steps
+        from zoo.harness.runner import load_run_model
+
+        self.run_dir = Path(run_dir)
+        self.spec, self.info, self.model = load_run_model(run_dir)
+        self.size = self.spec["train"]["image_size"]
+        self.mode = BACKBONES.get(self.spec["backbone"]).preprocessing
+        self.steps = preprocessing_steps(self.spec["train"]["preprocessing"])
+        self.class_names = self.info["class_names"]
+        self.filesystem = None
+
+    def prepare(self, location: str):
+        """One input as the model's input array and its original (height, width); raises
+        ValueError with the reason when it cannot be."""
+        import tensorflow as tf
+
+        from zoo.data.folder import read_image, to_dataset_scale
+        from zoo.data.pipeline import apply_extra_preprocessing
+        from zoo.preprocessing import preprocess
+
+        try:
+            if _is_remote(location) and self.filesystem is None:
+                self.filesystem = s3_filesystem()
+            array = to_dataset_scale(read_image(read_input(location, self.filesystem),
+                                                suffix=PurePosixPath(location).suffix),
+                                     self.info["max_pixel_value"])
+        except Exception as error:  # PIL, tifffile, S3 and OS errors all mean "unreadable"
+            raise ValueError(f"cannot be read as an image ({_one_line(error)})") from None
+        channels = self.info["channels"]
+        if array.shape[-1] != channels:
+            if array.shape[-1] != 1:
+                raise ValueError(f"has {array.shape[-1]} channels; the model expects {channels}")
+            array = np.repeat(array, channels, axis=-1)
+        image = tf.image.resize(array * (255.0 / self.info["max_pixel_value"]), (self.size, self.size))
+        if self.steps:
+            image = apply_extra_preprocessing(image, self.steps)
+        return np.asarray(preprocess(image, self.mode), dtype=np.float32), array.shape[:2]
+
+    def answer(self, locations, top_k: int = 5, mask_dir=None, threads: int = DECODE_THREADS) -> list[dict]:
+        """One answer per location, in order: ``path``, ``label`` (top-1 class), ``probability``,
+        ``top_k`` ([{label, probability}], best first), ``error`` (None, or why it could not be
+        predicted); segmentation adds ``mask`` (the file written under ``mask_dir``, or None)
+        and reports class proportions of the image as its probabilities."""
+        locations = [str(location) for location in locations]
+        prepared = [None] * len(locations)
+
+        def attempt(index):
+            try:
+                prepared[index] = self.prepare(locations[index])
+            except ValueError as error:
+                prepared[index] = error
+
+        if threads > 1 and len(locations) > 1:
+            with ThreadPoolExecutor(min(threads, len(locations))) as pool:
+                list(pool.map(attempt, range(len(locations))))
+        else:
+            for index in range(len(locations)):
+                attempt(index)
+        good = [i for i, item in enumerate(prepared) if not isinstance(item, ValueError)]
+        outputs = np.asarray(self.model.predict_on_batch(np.stack([prepared[i][0] for i in good]))) if good else []
+        answers = [{"path": location, "label": None, "probability": None, "top_k": None, "error": str(item)}
+                   if isinstance(item, ValueError) else None for location, item in zip(locations, prepared)]
+        for output, index in zip(outputs, good):
+            answers[index] = self._answer(locations[index], output, prepared[index][1], top_k, mask_dir)
+        if self.segmentation:
+            for item in answers:
+                item.setdefault("mask", None)
+        return answers
+
+    @property
+    def segmentation(self) -> bool:
+        return len(self.model.outputs[0].shape) == 4
+
+    def _answer(self, location, probabilities, original_shape, top_k, mask_dir) -> dict:
+        answer = {"path": location, "error": None}
+        if probabilities.ndim == 3:
+            classes = probabilities.argmax(axis=-1)
+            if mask_dir is not None:
+                answer["mask"] = str(_write_mask(classes, original_shape, Path(mask_dir) / mask_name(location)))
+            probabilities = probabilities.reshape(-1, probabilities.shape[-1]).mean(axis=0)
+        order = np.argsort(probabilities)[::-1][:top_k]
+        answer["top_k"] = [{"label": self.class_names[i], "probability": float(probabilities[i])} for i in order]
+        answer["label"], answer["probability"] = answer["top_k"][0]["label"], answer["top_k"][0]["probability"]
+        return answer
+
+
+def predict_images(run_dir, image_paths, top_k: int = 5) -> list[dict]:
+    """``zoo predict`` without ``--output``: top-k classes (class proportions for segmentation) of
+    each input, one at a time; ``{"image", "top": [(class, probability)]}`` or ``{"image",
+    "error"}`` when the file cannot be read or does not fit the model."""
+    predictor = Predictor(run_dir)
+    answers = []
+    for location in image_paths:
+        answer = predictor.answer([location], top_k, threads=1)[0]
+        if answer["error"]:
+            answers.append({"image": str(location), "error": answer["error"]})
+        else:
+            answers.append({"image": str(location),
+                            "top": [(item["label"], item["probability"]) for item in answer["top_k"]]})
+    return answers
+
+
+def _write_mask(classes: np.ndarray, shape, path: Path) -> Path:
+    """Class indices at the input image's own size (nearest neighbour), as an 8- or 16-bit PNG."""
+    from PIL import Image
+
+    from zoo.results import write_atomic
+
+    dtype = np.uint8 if classes.max(initial=0) < 256 else np.uint16
+    mask = Image.fromarray(classes.astype(dtype)).resize((int(shape[1]), int(shape[0])), Image.NEAREST)
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def parquet_schema(segmentation: bool):
+    import pyarrow as pa
+
+    fields = [("path", pa.string()), ("label", pa.string()), ("probability", pa.float64()),
+              ("top_k", pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float64())]))),
+              ("error", pa.string())]
+    return pa.schema(fields + ([("mask", pa.string())] if segmentation else []))
+
+
+def answers_table(answers: list[dict], segmentation: bool):
+    import pyarrow as pa
+
+    schema = parquet_schema(segmentation)
+    return pa.Table.from_pylist([{name: a.get(name) for name in schema.names} for a in answers], schema=schema)
+
+
+def mask_folder(output: Path) -> Path:
+    """Where the masks of a segmentation run's predictions go: beside the Parquet file."""
+    return output.with_name(output.stem + "_masks")
+
+
+class PredictBatches:
+    """Ray Data's callable class: loads the run's model once per actor, answers a batch of paths."""
+
+    def __init__(self, run_dir: str, top_k: int, mask_dir: str | None):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.predictor = Predictor(run_dir)
+        self.top_k, self.mask_dir = top_k, mask_dir
+
+    def __call__(self, batch):
+        answers = self.predictor.answer(list(batch["path"]), self.top_k, self.mask_dir)
+        return answers_table(answers, self.predictor.segmentation)
+
+
+def predict_to_parquet(run_dir, inputs, output, batch_size: int = 64, top_k: int = 5, executor: str = "local",
+                       address: str | None = "auto", gpus_per_worker: float | None = None,
+                       workers: int | None = None) -> dict:
+    """Predict every image of ``inputs`` into the Parquet file ``output`` (one row per image,
+    written to a temporary file and renamed when complete); segmentation runs also write one
+    mask per image into ``<output stem>_masks/``. Returns {images, failed, seconds, images_per_second}."""
+    import pyarrow.parquet as pq
+
+    from zoo.errors import ConfigError
+
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor {executor!r}: use local or ray")
+    if batch_size < 1 or top_k < 1:
+        raise ConfigError("--batch-size and --top-k must be at least 1")
+    output = Path(output)
+    if output.suffix != ".parquet":
+        raise ConfigError(f"--output {output}: give a .parquet file name")
+    started = time.perf_counter()
+    locations = list_inputs(inputs)
+    if not locations:
+        raise ConfigError(f"no image files under {', '.join(map(str, inputs))}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}.partial")
+    counts = {"images": 0, "failed": 0}
+    writer = None
+    try:
+        for table in (_local_tables if executor == "local" else _ray_tables)(
+                run_dir, locations, output, batch_size, top_k, address, gpus_per_worker, workers):
+            if writer is None:
+                writer = pq.ParquetWriter(temporary, table.schema)
+            writer.write_table(table)
+            counts["images"] += table.num_rows
+            counts["failed"] += table.num_rows - table.column("error").null_count
+        writer.close()
+        writer = None
+        os.replace(temporary, output)
+    finally:
+        if writer is not None:
+            writer.close()
+        temporary.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    return {**counts, "seconds": seconds, "images_per_second": counts["images"] / seconds}
+
+
+def _local_tables(run_dir, locations, output, batch_size, top_k, address, gpus, workers):
+    predictor = Predictor(run_dir)
+    mask_dir = mask_folder(output) if predictor.segmentation else None
+    for start in range(0, len(locations), batch_size):
+        answers = predictor.answer(locations[start:start + batch_size], top_k, mask_dir)
+        yield answers_table(answers, predictor.segmentation)
+
+
+def _ray_tables(run_dir, locations, output, batch_size, top_k, address, gpus_per_worker, workers):
+    from zoo.harness.ray_executor import connect
+
+    ray = connect(address)
+    import ray.data
+
+    resources = ray.cluster_resources()
+    gpus = (1 if resources.get("GPU") else 0) if gpus_per_worker is None else gpus_per_worker
+    slots = int(resources.get("CPU", 1))
+    if gpus:
+        slots = min(slots, int(resources.get("GPU", 0) // gpus))
+    workers = workers or max(1, slots)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # rows in the order of the inputs, as locally
+    context.enable_progress_bars = False
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    spec = _run_spec(run_dir)
+    mask_dir = str(mask_folder(output)) if spec["task"] == "segmentation" else None
+    dataset = ray.data.from_items([{"path": location} for location in locations],
+                                  override_num_blocks=max(1, min(len(locations) // batch_size, 4 * workers)))
+    dataset = dataset.map_batches(PredictBatches, fn_constructor_kwargs={"run_dir": str(Path(run_dir).resolve()),
+                                                                         "top_k": top_k, "mask_dir": mask_dir},
+                                  batch_size=batch_size, batch_format="numpy",
+                                  compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus)
+    yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def _run_spec(run_dir) -> dict:
+    import json
+
+    from zoo.heads import HEADS
+
+    spec = json.loads((Path(run_dir) / "run.json").read_text())
+    return {**spec, "task": HEADS.get(spec["head"]).task}
