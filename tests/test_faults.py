@@ -371,15 +371,23 @@ def test_huge_images_are_reduced_as_they_decode_and_refused_above_the_limit(tmp_
 
 # --- several writers -------------------------------------------------------------------------
 
-def test_two_runs_on_one_folder_split_the_suite_and_end_with_one_row_per_run(tmp_path):
+def start_two(tmp_path, started_when: str):
+    """Two `zoo run` of one 4-run suite on one folder, the second started once the first's run
+    folder holds ``started_when``; the first in its own session."""
     suite = write_suite(tmp_path, {**QUICK, "seeds": [0, 1]})
     out = tmp_path / "out"
     command = [sys.executable, "-m", "zoo.cli", "run", str(suite), "--out", str(out), "--no-report"]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             start_new_session=True)
     deadline = time.time() + 240
-    while time.time() < deadline and not list((out / "runs").glob(".*.partial/claim.json")):
+    while time.time() < deadline and not list((out / "runs").glob(f".*.partial/{started_when}")):
         time.sleep(0.1)
     second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return suite, out, first, second
+
+
+def test_two_runs_on_one_folder_split_the_suite_and_end_with_one_row_per_run(tmp_path):
+    _, out, first, second = start_two(tmp_path, "claim.json")
     logs = [process.communicate(timeout=600)[0] for process in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, logs
     assert "another process is running it; skipped" in logs[1] or "finished meanwhile" in logs[1]
@@ -387,5 +395,18 @@ def test_two_runs_on_one_folder_split_the_suite_and_end_with_one_row_per_run(tmp
     assert len(frame) == 4 and set(frame["status"]) == {"ok"}
     for run_id in frame["run_id"]:  # each run executed by exactly one of the two
         assert sum(f"{run_id}: ok" in log for log in logs) == 1, run_id
+    assert not list((out / "runs").glob(".*"))
+    assert_nothing_lost(out)
+
+
+def test_a_killed_process_among_two_on_one_folder_is_resumed_with_one_ok_row_per_run(tmp_path):
+    suite, out, first, second = start_two(tmp_path, "history.csv")
+    os.killpg(first.pid, signal.SIGKILL)  # mid-run, holding its claim
+    first.communicate()
+    second.communicate(timeout=600)
+    resumed = zoo("run", suite, "--out", out, "--no-report")
+    assert second.returncode == 0 and resumed.returncode == 0, resumed.stdout[-2000:]
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == 4 and frame["run_id"].is_unique and set(frame["status"]) == {"ok"}
     assert not list((out / "runs").glob(".*"))
     assert_nothing_lost(out)

@@ -86,6 +86,8 @@ class RunActor:
         from zoo.harness.worker import describe_error, execute_run
 
         run_dir = Path(run_dir)
+        if not (run_dir / "run.json").is_file():
+            return {"status": "failed", "unshared": True, "host": socket.gethostname()}
         attempt = _start_attempt(run_dir)
         try:
             spec = json.loads((run_dir / "run.json").read_text())
@@ -142,12 +144,14 @@ class RaySlot:
             reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             raise WorkerDied(f"its Ray worker died in each of {attempts} attempt(s) ({type(error).__name__}: "
                              f"{reason})") from None
+        if reply.get("unshared"):
+            raise WorkerDied(f"{run_dir} does not exist on node {reply['host']}: --out must be a folder every node "
+                             f"of the cluster sees at the same path (a shared file system)")
         if reply.get("errno"):
             raise OSError(reply["errno"], reply.get("error") or os.strerror(reply["errno"]))
         row = read_result(run_dir)
         if row is None:
-            raise WorkerDied(f"its Ray worker recorded nothing readable in {run_dir} (is the output folder on a "
-                             f"file system every node shares?)")
+            raise WorkerDied(f"its Ray worker recorded nothing readable in {run_dir}")
         return row
 
     def stop(self, signum: int | None = None) -> None:
@@ -163,7 +167,7 @@ class RayExecutor:
             raise ConfigError("--cpus-per-run must be > 0, --gpus-per-run and --max-retries >= 0")
         self.address, self.gpus_per_run, self.cpus_per_run = address, gpus_per_run, cpus_per_run
         self.max_retries = max_retries
-        self.ray, self.actors, self.stopping = None, [], None
+        self.ray, self.actors, self.stopping, self.gpus = None, [], None, 0
 
     def capacity(self) -> int:
         """Runs the cluster can hold at once with the resources asked per run."""
