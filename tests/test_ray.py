@@ -17,11 +17,11 @@ pytest.importorskip("ray", reason="the Ray executor needs the ray extra: pip ins
 
 from zoo.harness.ray_executor import ATTEMPT_FILE  # noqa: E402
 
-QUICK = {"name": "quick", "datasets": ["synthetic_terrain"], "heads": ["linear", "mlp"], "seeds": [0, 1],
+QUICK = {"name": "quick", "datasets": ["synthetic_terrain"], "heads": ["linear", "mlp"],
          "train": {"image_size": 32, "epochs": 1, "steps_per_epoch": 2}}
 # One run long enough to be caught mid-training, short enough to redo.
 LONG = {"name": "long", "datasets": ["synthetic_terrain"], "heads": ["linear"],
-        "train": {"image_size": 32, "epochs": 12, "steps_per_epoch": 4}}
+        "train": {"image_size": 32, "epochs": 8, "steps_per_epoch": 4}}
 
 pytestmark = pytest.mark.xdist_group("ray")
 
@@ -59,12 +59,12 @@ def test_a_suite_on_the_cluster_gives_the_local_results_with_the_host(ray_cluste
     assert local.returncode == 0, local.stderr
     ray_rows = pd.read_csv(tmp_path / "ray" / "results.csv").set_index("run_id").sort_index()
     local_rows = pd.read_csv(tmp_path / "local" / "results.csv").set_index("run_id").sort_index()
-    assert len(ray_rows) == 4 and set(ray_rows["status"]) == {"ok"}
+    assert len(ray_rows) == 2 and set(ray_rows["status"]) == {"ok"}
     # One implementation: the same run code gives the same numbers wherever it executes.
     for metric in ("accuracy", "macro_f1", "params"):
         assert ray_rows[metric].tolist() == pytest.approx(local_rows[metric].tolist(), abs=1e-6), metric
     assert ray_rows["host"].notna().all()
-    assert on_ray.stdout.count(": ok (") == 4 and ", on " in on_ray.stdout  # progress names the node
+    assert on_ray.stdout.count(": ok (") == 2 and ", on " in on_ray.stdout  # progress names the node
     assert not list((tmp_path / "ray" / "runs").glob(".*"))
 
 

@@ -76,8 +76,10 @@ def connect(address: str | None = "auto"):
 class RunActor:
     """One slot of the cluster: executes runs one after another in the same process."""
 
-    def __init__(self):
+    def __init__(self, shares_a_gpu: bool = False):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if shares_a_gpu:  # --gpus-per-run below 1: TensorFlow must not take the whole GPU's memory
+            os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
         import keras  # noqa: F401  (start-up paid while the driver checks the runs)
         import tensorflow  # noqa: F401
 
@@ -193,7 +195,7 @@ class RayExecutor:
                               f"{self.cpus_per_run:g} --gpus-per-run {self.gpus:g}")
         remote = self.ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus, max_restarts=-1,
                                  max_task_retries=self.max_retries)(RunActor)
-        self.actors = [remote.remote() for _ in range(min(slots, runs or slots))]
+        self.actors = [remote.remote(0 < self.gpus < 1) for _ in range(min(slots, runs or slots))]
 
     def slots(self) -> list[RaySlot]:
         return [RaySlot(self, actor) for actor in self.actors]
