@@ -113,3 +113,17 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_duplicated(ray_cluster, tm
     frame = pd.read_csv(out / "results.csv")
     assert len(frame) == 2 and frame["run_id"].is_unique and set(frame["status"]) == {"ok"}
     assert not list((out / "runs").glob(".*"))
+
+
+def test_no_cluster_at_the_address_is_one_line_in_seconds_and_writes_nothing(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    suite = write_suite(tmp_path, QUICK)
+    started = time.monotonic()
+    result = zoo_run(suite, tmp_path / "out", "--executor", "ray", "--address", f"127.0.0.1:{port}")
+    assert result.returncode == 2 and f"no Ray cluster answers at '127.0.0.1:{port}'" in result.stderr
+    assert "ray start --head" in result.stderr and time.monotonic() - started < 60
+    assert not (tmp_path / "out").exists()

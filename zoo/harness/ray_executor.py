@@ -56,7 +56,9 @@ def connect(address: str | None = "auto"):
 
     address = address or "auto"
     resolved = (os.environ.get("RAY_ADDRESS") or utils.read_ray_address() or "") if address == "auto" else address
-    host = resolved.split("://")[-1].rsplit(":", 1)[0]
+    host, _, port = resolved.split("://")[-1].rpartition(":")
+    if resolved and port.isdigit():
+        _check_reachable(address, host.strip("[]"), int(port))
     if resolved and _is_loopback(host):
         # A cluster bound to the loopback interface (one machine, nodes started with
         # --node-ip-address 127.0.0.1) reaches only drivers on 127.0.0.1, but Ray announces a
@@ -71,6 +73,16 @@ def connect(address: str | None = "auto"):
                           f"one with `ray start --head` (see the README's \"Scale out\") or pass "
                           f"--address HOST:PORT") from None
     return ray
+
+
+def _check_reachable(address: str, host: str, port: int, seconds: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at the cluster's address (Ray's own
+    client keeps retrying a dead address for minutes)."""
+    try:
+        socket.create_connection((host, port), timeout=seconds).close()
+    except OSError as error:
+        raise ConfigError(f"no Ray cluster answers at {address!r} ({error.strerror or error}): start one with "
+                          f"`ray start --head` (see the README's \"Scale out\") or pass --address HOST:PORT") from None
 
 
 class RunActor:
