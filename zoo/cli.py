@@ -84,7 +84,19 @@ def cmd_run(args) -> int:
         raise ConfigError("--address and --gpus-per-run go with --executor ray")
     return run_suite(suite, out, only=args.only, force=args.force, executor=executor,
                      report=not args.no_report, prepare=args.prepare, suite_path=args.suite,
-                     executor_options=options)
+                     executor_options=options, mlflow=args.mlflow)
+
+
+def cmd_mlflow_sync(args) -> int:
+    import os
+
+    from zoo.errors import ConfigError
+    from zoo.tracking import sync
+
+    uri = args.mlflow or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ConfigError("give the tracking server: --mlflow URI (or set MLFLOW_TRACKING_URI)")
+    return sync(args.out, uri)
 
 
 def cmd_plan(args) -> int:
@@ -193,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="worker (default): runs one after another in one long-lived worker process, which "
                           "pays start-up once; isolated: a new process for every run; ray: several runs at once "
                           "on a Ray cluster (the output folder must be on a file system every node shares)")
+    run.add_argument("--mlflow", metavar="URI", help="log every run to this MLflow tracking server (default: the "
+                                                     "suite's tracking.mlflow, else MLFLOW_TRACKING_URI)")
     run.add_argument("--address", help="Ray cluster: auto (default), HOST:PORT or ray://HOST:10001")
     run.add_argument("--gpus-per-run", type=float, help="Ray: GPUs per run (default 1 where the cluster has GPUs)")
     run.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs per run (default 1)")
@@ -245,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="local (this process) or ray (Ray Data over an actor pool; needs --output)")
     predict.add_argument("--address", default="auto", help="Ray cluster address with --executor ray")
     predict.set_defaults(func=cmd_predict)
+
+    sync = commands.add_parser("mlflow-sync", help="log a results folder's finished runs to MLflow (those not there yet)")
+    sync.add_argument("out", help="the folder `zoo run` wrote")
+    sync.add_argument("--mlflow", metavar="URI", help="tracking server (default: MLFLOW_TRACKING_URI)")
+    sync.set_defaults(func=cmd_mlflow_sync)
 
     from zoo.data.commands import add_data_commands
     from zoo.harness.speed import add_speed_command

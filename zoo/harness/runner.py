@@ -182,14 +182,16 @@ def pending_runs(selected: list[RunSpec], runs_dir: Path, force: bool) -> list[R
 
 def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False, executor: str = "worker",
               report: bool = True, log=_log, prepare: bool = False, suite_path: str | None = None,
-              executor_options: dict | None = None) -> int:
+              executor_options: dict | None = None, mlflow: str | None = None) -> int:
     """Run every run of ``suite`` not yet finished; 0 if all succeeded, 1 if any failed, 130 or
     143 when interrupted by SIGINT or SIGTERM (the run under way is recorded ``interrupted``).
 
     Before anything is written, every pending run's data and weights are checked; any problem
     raises NotReadyError listing them all (``prepare=True`` first fetches what it can).
     ``executor``: worker (one long-lived process), isolated (one per run), in-process, or ray
-    (several runs at once on a Ray cluster; ``executor_options`` are RayExecutor's).
+    (several runs at once on a Ray cluster; ``executor_options`` are RayExecutor's). ``mlflow``:
+    a tracking URI (else the suite's ``tracking.mlflow``, else MLFLOW_TRACKING_URI) each finished
+    run is logged to.
     """
     from zoo.harness.preflight import (NotReadyError, check_readiness, format_problems, prepare_missing,
                                        small_class_warnings)
@@ -214,12 +216,16 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
                 log(warning)
         else:
             sources = {}
-        return _run_pending(suite, out_dir, runs, selected, todo, runner, report, log, sources, force)
+        from zoo.tracking import MlflowTracker, mlflow_uri
+
+        uri = mlflow_uri(mlflow, suite)
+        tracker = MlflowTracker(uri, suite["name"], warn=log) if uri and todo else None
+        return _run_pending(suite, out_dir, runs, selected, todo, runner, report, log, sources, force, tracker)
     finally:
         runner.stop()
 
 
-def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log, sources, force) -> int:
+def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log, sources, force, tracker=None) -> int:
     runs_dir = out_dir / "runs"
 
     def set_up():
@@ -262,6 +268,8 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
             durations.append(seconds)
             finished.append(run.run_id)
             _write_index(out_dir, all_ids)
+        if tracker is not None:
+            tracker.submit(runs_dir / run.run_id)
         status = "ok" if row["status"] == "ok" else f"FAILED: {row['error']}"
         where = f", on {row.get('host')}" if len(slots) > 1 else ""
         log(f"[{index}/{len(todo)}] {run.run_id}: {status} ({seconds:.0f}s{where})")
@@ -285,6 +293,11 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
         log(f"zoo: error: {error.strerror}")
         return 1
     _write_index(out_dir, all_ids)
+    if tracker is not None:
+        unlogged = tracker.close()
+        if unlogged:
+            log(f"{unlogged} run(s) were not logged to MLflow; send them with `zoo mlflow-sync {out_dir} "
+                f"--mlflow {tracker.uri}`")
 
     rows = [read_result(runs_dir / r.run_id) for r in selected]
     failed = [row for row in rows if row and row["status"] != "ok"]

@@ -36,7 +36,9 @@ SUITE_DEFAULTS = {
     "postprocess": None,       # track smoothing, for datasets with tracks
     "plugins": [],             # Python modules or .py files that register more backbones/heads
     "overrides": [],           # [{match: {backbone: glob, ...}, set: {weights: ..., train: {...}}}], in order
+    "tracking": {},            # {mlflow: URI}: log every run to this MLflow tracking server
 }
+TRACKING_KEYS = {"mlflow": None}
 TRAIN_DEFAULTS = {
     "image_size": 64,
     "batch_size": 32,
@@ -218,6 +220,9 @@ def load_suite(path_or_dict, overrides: list[str] | None = None) -> dict:
             raise ConfigError(f"suite: `{key}` is required")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(suite["name"])):
         raise ConfigError(f"suite.name {suite['name']!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
+    if not isinstance(suite["tracking"] or {}, dict):
+        raise ConfigError("suite.tracking: a mapping such as {mlflow: http://127.0.0.1:5000}")
+    _unknown_keys(suite["tracking"] or {}, TRACKING_KEYS, "tracking")
     _unknown_keys(suite["train"] or {}, TRAIN_DEFAULTS, "train")
     suite["train"] = {**TRAIN_DEFAULTS, **(suite["train"] or {})}
     precise = suite["train"]["precise_bn"]

@@ -432,6 +432,9 @@ class Run:
         result["feature_seconds"] = None if cache is None else cache["seconds"]
         result["precise_bn_batches"] = result["precise_bn"]["batches"]
         write_json(self.dir / "metrics.json", result)
+        from zoo.tracking import tensorboard_hparams
+
+        tensorboard_hparams(self.dir / "tensorboard", self.spec, result)
         return self.row("ok", "", result, epochs_run, trainable, model_path)
 
     def measure_speed(self) -> dict:
