@@ -58,9 +58,9 @@ class MlflowTracker:
     """Logs finished run folders to an MLflow tracking server, in the background."""
 
     def __init__(self, uri: str, experiment: str, warn=print):
-        try:
-            import mlflow  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:  # imported later, in the logging thread
             from zoo.errors import ConfigError
 
             raise ConfigError(f"MLflow tracking ({uri}) needs MLflow: pip install -e \".[mlflow]\" (or unset "
