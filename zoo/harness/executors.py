@@ -37,6 +37,19 @@ class RunInterrupted(RuntimeError):
         self.signum = signum
 
 
+def recorded_row(reply: dict, run_dir: Path, process: str) -> dict:
+    """The row a worker recorded for ``run_dir``, given its reply: OSError when the row could not
+    be written (a full or read-only disk), WorkerDied when nothing readable was recorded."""
+    from zoo.results import read_result
+
+    if reply.get("errno"):
+        raise OSError(reply["errno"], reply.get("error") or os.strerror(reply["errno"]))
+    row = read_result(run_dir)
+    if row is None:
+        raise WorkerDied(f"{process} recorded nothing readable in {run_dir}")
+    return row
+
+
 def describe_exit(returncode: int) -> str:
     if returncode < 0:
         name = signal.Signals(-returncode).name
@@ -104,8 +117,6 @@ class WorkerExecutor:
         return [self]
 
     def submit(self, run_dir: Path) -> dict:
-        from zoo.results import read_result
-
         self.start()
         try:
             self.process.stdin.write(f"{run_dir}\n")
@@ -121,12 +132,7 @@ class WorkerExecutor:
         self.runs_served += 1
         if self.runs_per_worker and self.runs_served >= self.runs_per_worker:
             self.close()
-        if reply.get("errno"):
-            raise OSError(reply["errno"], reply.get("error") or os.strerror(reply["errno"]))
-        row = read_result(run_dir)
-        if row is None:
-            raise WorkerDied(f"the run's process recorded nothing readable in {run_dir}")
-        return row
+        return recorded_row(reply, run_dir, "the run's process")
 
     def stop(self, grace_seconds: float = 5.0, signum: int | None = None) -> None:
         """Stop the worker now (an interrupt): SIGTERM, then SIGKILL after ``grace_seconds``."""

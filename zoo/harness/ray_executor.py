@@ -20,7 +20,7 @@ import socket
 from pathlib import Path
 
 from zoo.errors import ConfigError
-from zoo.harness.executors import RunInterrupted, WorkerDied
+from zoo.harness.executors import RunInterrupted, WorkerDied, recorded_row
 
 ATTEMPT_FILE = "worker.json"  # host, pid and attempt of the process executing the run
 KEPT_ON_RETRY = ("run.json", "claim.json", ATTEMPT_FILE)
@@ -145,8 +145,6 @@ class RaySlot:
         self.executor, self.actor = executor, actor
 
     def submit(self, run_dir: Path) -> dict:
-        from zoo.results import read_result
-
         ray = self.executor.ray
         reference = self.actor.execute.remote(str(run_dir))
         try:
@@ -161,12 +159,7 @@ class RaySlot:
         if reply.get("unshared"):
             raise WorkerDied(f"{run_dir} does not exist on node {reply['host']}: --out must be a folder every node "
                              f"of the cluster sees at the same path (a shared file system)")
-        if reply.get("errno"):
-            raise OSError(reply["errno"], reply.get("error") or os.strerror(reply["errno"]))
-        row = read_result(run_dir)
-        if row is None:
-            raise WorkerDied(f"its Ray worker recorded nothing readable in {run_dir}")
-        return row
+        return recorded_row(reply, run_dir, "its Ray worker")
 
     def stop(self, signum: int | None = None) -> None:
         self.executor.stop(signum)
