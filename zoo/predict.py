@@ -305,16 +305,12 @@ def _local_tables(run_dir, locations, output, batch_size, top_k, address, gpus, 
 
 
 def _ray_tables(run_dir, locations, output, batch_size, top_k, address, gpus_per_worker, workers):
-    from zoo.harness.ray_executor import connect
+    from zoo.harness.ray_executor import cluster_slots, connect
 
     ray = connect(address)
     import ray.data
 
-    resources = ray.cluster_resources()
-    gpus = (1 if resources.get("GPU") else 0) if gpus_per_worker is None else gpus_per_worker
-    slots = int(resources.get("CPU", 1))
-    if gpus:
-        slots = min(slots, int(resources.get("GPU", 0) // gpus))
+    slots, gpus = cluster_slots(ray.cluster_resources(), 1, gpus_per_worker)
     workers = workers or max(1, slots)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows in the order of the inputs, as locally

@@ -85,6 +85,16 @@ def _check_reachable(address: str, host: str, port: int, seconds: float = 5.0) -
                           f"`ray start --head` (see the README's \"Scale out\") or pass --address HOST:PORT") from None
 
 
+def cluster_slots(resources: dict, cpus_per_slot: float, gpus_per_slot: float | None) -> tuple[int, float]:
+    """How many workers a cluster holds with these resources each, and the GPUs each gets (by
+    default one where the cluster has GPUs, else none)."""
+    gpus = (1 if resources.get("GPU") else 0) if gpus_per_slot is None else gpus_per_slot
+    slots = int(resources.get("CPU", 0) // cpus_per_slot)
+    if gpus:
+        slots = min(slots, int(resources.get("GPU", 0) // gpus))
+    return slots, gpus
+
+
 class RunActor:
     """One slot of the cluster: executes runs one after another in the same process."""
 
@@ -176,14 +186,6 @@ class RayExecutor:
         self.max_retries = max_retries
         self.ray, self.actors, self.stopping, self.gpus = None, [], None, 0
 
-    def capacity(self) -> int:
-        """Runs the cluster can hold at once with the resources asked per run."""
-        resources = self.ray.cluster_resources()
-        slots = int(resources.get("CPU", 0) // self.cpus_per_run)
-        if self.gpus:
-            slots = min(slots, int(resources.get("GPU", 0) // self.gpus))
-        return slots
-
     def start(self, runs: int | None = None) -> None:
         """Connect and start one actor per slot (at most ``runs``); they import TensorFlow while
         the driver checks the runs."""
@@ -191,12 +193,11 @@ class RayExecutor:
             return
         self.ray = connect(self.address)
         self.stopping = None
-        cluster_gpus = self.ray.cluster_resources().get("GPU", 0)
-        self.gpus = (1 if cluster_gpus else 0) if self.gpus_per_run is None else self.gpus_per_run
-        slots = self.capacity()
+        resources = self.ray.cluster_resources()
+        slots, self.gpus = cluster_slots(resources, self.cpus_per_run, self.gpus_per_run)
         if slots < 1:
-            raise ConfigError(f"the Ray cluster has {self.ray.cluster_resources().get('CPU', 0):g} CPUs and "
-                              f"{cluster_gpus:g} GPUs: not enough for one run with --cpus-per-run "
+            raise ConfigError(f"the Ray cluster has {resources.get('CPU', 0):g} CPUs and "
+                              f"{resources.get('GPU', 0):g} GPUs: not enough for one run with --cpus-per-run "
                               f"{self.cpus_per_run:g} --gpus-per-run {self.gpus:g}")
         remote = self.ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus, max_restarts=-1,
                                  max_task_retries=self.max_retries)(RunActor)
@@ -216,17 +217,12 @@ class RayExecutor:
 
         if self.stopping is None:
             self.stopping = signum or signal.SIGTERM
-        for actor in self.actors:
-            try:
-                self.ray.kill(actor, no_restart=True)
-            except Exception:  # already gone
-                pass
-        self.actors = []
+        self.close()
 
     def close(self) -> None:
         actors, self.actors = self.actors, []
         for actor in actors:
             try:
                 self.ray.kill(actor, no_restart=True)
-            except Exception:
+            except Exception:  # already gone
                 pass
