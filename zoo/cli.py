@@ -1,4 +1,4 @@
-"""The ``zoo`` command line: list | run | plan | report | compare | predict | data | weights | speed."""
+"""The ``zoo`` command line: list | run | plan | report | export | compare | predict | data | weights | speed."""
 from __future__ import annotations
 
 import argparse
@@ -35,7 +35,7 @@ def cmd_weights(args) -> int:
     from pathlib import Path
 
     from zoo.backbones import BACKBONES
-    from zoo.weights import WeightsUnavailableError, download_weights, file_matches_hash
+    from zoo.weights import download_weights, file_matches_hash
 
     dest = Path(args.dest).expanduser()
     failures = 0
@@ -118,12 +118,50 @@ def cmd_report(args) -> int:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     notes: list[str] = []
     for path in write_report(args.out, formats=formats, report_dir=args.o, latency_budget_ms=args.latency_budget,
-                             notes=notes):
+                             notes=notes, size_budget_mb=args.size_budget):
         print(path)
     for note in notes:
         print(f"zoo: warning: {note}", file=sys.stderr)
     # A damaged run left out makes the report incomplete; ignored stray lines do not.
     return 1 if any(note.startswith("run ") for note in notes) else 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from zoo.errors import ConfigError
+    from zoo.export import ExportFailed, check_export, export_run, finished_runs, measure_finished
+    from zoo.results import read_results, write_results_csv
+
+    check_export([args.format], args.quantize, "zoo export")
+    target = Path(args.run_dir)
+    whole_folder = (target / "results.csv").is_file() and not (target / "model.keras").exists()
+    if whole_folder and args.o:
+        raise ConfigError("-o names one file: give one run folder (OUT/runs/<run_id>), or leave -o out to export "
+                          "every run into its own folder")
+    runs = finished_runs(target) if whole_folder else [target]
+    failed = 0
+    for run_dir in runs:
+        try:
+            if args.measure:
+                figures = measure_finished(run_dir, {"formats": [args.format], "quantize": args.quantize})
+                error = figures.get(f"{args.format}_error")
+                if error:
+                    raise ExportFailed(error)
+                print(f"{run_dir.name}\t{args.format} {args.quantize}\t{figures[f'{args.format}_megabytes']:.2f} MB"
+                      f"\t{figures[f'{args.format}_latency_ms']:.2f} ms\t{figures['export_metric']} "
+                      f"{figures[f'{args.format}_accuracy']:.4f} (drop {figures[f'{args.format}_accuracy_drop']:+.4f})")
+            else:
+                exported = export_run(run_dir, args.format, args.quantize, output=args.o)
+                print(f"{exported['path']}\t{exported['megabytes']:.2f} MB\t({exported['seconds']:.1f}s)")
+        except ExportFailed as error:
+            failed += 1
+            print(f"zoo: error: {run_dir.name}: {error}", file=sys.stderr)
+    if args.measure:
+        out = target if whole_folder else target.parent.parent
+        if (out / "results.csv").is_file():
+            write_results_csv(out, list(read_results(out)["run_id"]))
+    return 1 if failed else 0
 
 
 def cmd_compare(args) -> int:
@@ -234,7 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", default="md,html", help="md, html or both (default md,html)")
     report.add_argument("-o", metavar="DIR", help="report folder (default: reports/<suite name>)")
     report.add_argument("--latency-budget", type=float, metavar="MS", help="also name the best model within this latency")
+    report.add_argument("--size-budget", type=float, metavar="MB",
+                        help="also name the best model whose file (exported, else .keras) fits this size")
     report.set_defaults(func=cmd_report)
+
+    export = commands.add_parser("export", help="export a finished run's model (SavedModel, LiteRT, ONNX)")
+    export.add_argument("run_dir", help="a run folder (OUT/runs/<run_id>), or a results folder for all its runs")
+    export.add_argument("--format", required=True, choices=["saved_model", "tflite", "onnx"])
+    export.add_argument("--quantize", default="none", choices=["none", "float16", "int8"],
+                        help="tflite and onnx: float16 weights, or int8 calibrated on the run's training images")
+    export.add_argument("-o", metavar="PATH", help="where to write it (default: RUN/export/model[-QUANTIZE].EXT); "
+                                                   "a JSON description of its input goes beside it")
+    export.add_argument("--measure", action="store_true",
+                        help="also measure it on the run's test split (size, CPU latency, score after "
+                             "conversion) and add the figures to the run's row in results.csv")
+    export.set_defaults(func=cmd_export)
 
     compare = commands.add_parser("compare", help="paired significance test of two runs (or two models' seeds)")
     compare.add_argument("out", help="the folder `zoo run` wrote")

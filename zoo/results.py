@@ -58,6 +58,21 @@ RESULT_COLUMNS = {
     "latency_ms": "median inference latency of one image (batch 1), after warm-up",
     "speed_measured_in": "run whose measurement of images_per_second and latency_ms this row reuses (the same "
                          "architecture, input, batch, precision and device); empty when measured in this run",
+    "export_metric": "the score measured after conversion: accuracy (classification), miou (segmentation), "
+                     "kl_score (distribution)",
+    **{column: text for name, label, runtime in (("saved_model", "SavedModel", "TensorFlow"),
+                                                 ("tflite", "LiteRT model", "the LiteRT interpreter"),
+                                                 ("onnx", "ONNX model", "ONNX Runtime"))
+       for column, text in {
+           f"{name}_quantize": f"quantization of the exported {label} the {name}_ figures are of: none | float16 | int8",
+           f"{name}_megabytes": f"size of the exported {label} on disk",
+           f"{name}_latency_ms": f"median batch-1 latency of the exported {label} in {runtime}, on CPU (every core), "
+                                 f"after warm-up",
+           f"{name}_accuracy": f"export_metric of the exported {label} on the test split",
+           f"{name}_accuracy_drop": f"the Keras model's export_metric minus the exported {label}'s (for kl_score the "
+                                    f"other way round): positive means the conversion lost",
+           f"{name}_error": f"why the {label} export or its measurement failed (the run itself is ok); empty when it "
+                            f"worked"}.items()},
     "params": "total parameters",
     "trainable_params": "trainable parameters in the (last) training phase",
     "model_megabytes": "size of the saved .keras model on disk",

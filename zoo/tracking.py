@@ -23,7 +23,9 @@ FINAL_METRICS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "top5_accura
                  "macro_recall", "macro_f1", "miou", "miou_ci_low", "miou_ci_high", "kl_score", "kl_score_ci_low",
                  "kl_score_ci_high", "accuracy_smoothed", "test_examples", "train_seconds", "first_epoch_seconds",
                  "epoch_seconds", "eval_seconds", "feature_seconds", "images_per_second", "latency_ms", "params",
-                 "trainable_params", "model_megabytes", "epochs_run")
+                 "trainable_params", "model_megabytes", "epochs_run") + tuple(
+    f"{name}_{figure}" for name in ("saved_model", "tflite", "onnx")
+    for figure in ("megabytes", "latency_ms", "accuracy", "accuracy_drop"))
 ARTIFACTS = ("run.json", "metrics.json", "history.csv", "environment.json", "split.json", "model.keras")
 
 
@@ -117,7 +119,7 @@ class MlflowTracker:
         return bool(found)
 
     def _log(self, run_dir: Path, row: dict) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         spec = json.loads((run_dir / "run.json").read_text())
         environment = {}

@@ -301,6 +301,8 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
 
     rows = [read_result(runs_dir / r.run_id) for r in selected]
     failed = [row for row in rows if row and row["status"] != "ok"]
+    if suite.get("export"):
+        _tell_missing_exports(suite["export"], [row for row in rows if row and row["status"] == "ok"], out_dir, log)
     if report:
         from zoo.report import write_report
 
@@ -311,6 +313,19 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
         for row in failed:
             log(f"  {row['run_id']}: {row['error']}")
     return 1 if failed else 0
+
+
+def _tell_missing_exports(export: dict, rows: list[dict], out_dir: Path, log) -> None:
+    """Runs finished before the suite asked for exports have no deployment figures: say so, and
+    how to add them without training again."""
+    from zoo.export import missing_figures
+
+    missing = sorted({name for row in rows for name in missing_figures(row, export)})
+    count = sum(1 for row in rows if missing_figures(row, export))
+    if count:
+        quantize = f" --quantize {export['quantize']}" if export["quantize"] != "none" else ""
+        log(f"{count} finished run(s) have no deployment figures for {', '.join(missing)}: measure them with "
+            + "; ".join(f"`zoo export {out_dir} --format {name}{quantize} --measure`" for name in missing))
 
 
 def _run_in_parallel(todo: list[RunSpec], slots: list, execute, runner) -> None:

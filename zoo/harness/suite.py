@@ -37,6 +37,8 @@ SUITE_DEFAULTS = {
     "plugins": [],             # Python modules or .py files that register more backbones/heads
     "overrides": [],           # [{match: {backbone: glob, ...}, set: {weights: ..., train: {...}}}], in order
     "tracking": {},            # {mlflow: URI}: log every run to this MLflow tracking server
+    "export": None,            # [tflite, onnx] or {formats: [...], quantize: none|float16|int8}: after each run,
+                               # export its model and measure size, CPU latency and score after conversion
 }
 TRACKING_KEYS = {"mlflow": None}
 TRAIN_DEFAULTS = {
@@ -147,6 +149,7 @@ class RunSpec:
     plugins: list
     swept: dict
     overrides: list = None  # the overrides applied, as "#index key=pattern,..."
+    export: dict | None = None  # formats to export after training (not part of the run's identity)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -223,6 +226,9 @@ def load_suite(path_or_dict, overrides: list[str] | None = None) -> dict:
     if not isinstance(suite["tracking"] or {}, dict):
         raise ConfigError("suite.tracking: a mapping such as {mlflow: http://127.0.0.1:5000}")
     _unknown_keys(suite["tracking"] or {}, TRACKING_KEYS, "tracking")
+    from zoo.export import normalize_export
+
+    suite["export"] = normalize_export(suite["export"])
     _unknown_keys(suite["train"] or {}, TRAIN_DEFAULTS, "train")
     suite["train"] = {**TRAIN_DEFAULTS, **(suite["train"] or {})}
     precise = suite["train"]["precise_bn"]
@@ -313,7 +319,7 @@ def expand_suite(suite: dict) -> list[RunSpec]:
                                         postprocess=suite["postprocess"], backbone_options=settings["backbone_options"],
                                         plugins=[str(Path(p).resolve()) if str(p).endswith(".py") else p
                                                  for p in _as_list(suite["plugins"] or [])],
-                                        swept=swept, overrides=applied))
+                                        swept=swept, overrides=applied, export=suite.get("export")))
     for index, hit in enumerate(matched):
         if not hit:
             raise ConfigError(f"overrides[{index}].match {overrides[index]['match']} matches none of the suite's "

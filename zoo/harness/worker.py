@@ -148,7 +148,9 @@ class Run:
         self.timer = None
 
     # -- data -----------------------------------------------------------------------
-    def open_data(self):
+    def open_data(self, record: bool = True):
+        """The run's dataset, split and input pipelines; ``record`` writes split.json,
+        split_indices.npz and dataset.json (False: a finished run reopened, e.g. to export it)."""
         from zoo.backbones import BACKBONES
         from zoo.data.pipeline import PipelineOptions, class_counts, class_weights_from_counts, preprocessing_steps
         from zoo.data.splits import plan_for_source
@@ -163,12 +165,8 @@ class Run:
         # Pixel counts mean reading every training mask: only when class weights need them.
         needs_counts = self.task == "classification" or self.train["class_weights"]
         train_counts = class_counts(self.source, *self.plan["train"], info.num_classes) if needs_counts else None
-        write_json(self.dir / "split.json", {"split_seed": self.spec["split_seed"], "sizes": sizes,
-                                             "sources": {k: v[0] for k, v in self.plan.items()},
-                                             "train_class_counts": train_counts})
-        np.savez_compressed(self.dir / "split_indices.npz",
-                            **{k: (v[1] if v[1] is not None else np.arange(labelled[v[0]])) for k, v in self.plan.items()})
-        write_json(self.dir / "dataset.json", info.to_dict())
+        if record:
+            self.record_split(sizes, train_counts)
 
         weights = None
         if self.train["class_weights"]:
@@ -200,8 +198,17 @@ class Run:
         self.make_pipeline = pipeline
         self.pipelines = {name: pipeline(name, name == "train") for name in ("train", "val", "test")}
 
+    def record_split(self, sizes, train_counts) -> None:
+        labelled = self.info.splits
+        write_json(self.dir / "split.json", {"split_seed": self.spec["split_seed"], "sizes": sizes,
+                                             "sources": {k: v[0] for k, v in self.plan.items()},
+                                             "train_class_counts": train_counts})
+        np.savez_compressed(self.dir / "split_indices.npz",
+                            **{k: (v[1] if v[1] is not None else np.arange(labelled[v[0]])) for k, v in self.plan.items()})
+        write_json(self.dir / "dataset.json", self.info.to_dict())
+
     # -- model ----------------------------------------------------------------------
-    def build(self):
+    def build(self, record: bool = True):
         import keras
         import tensorflow as tf
 
@@ -216,7 +223,8 @@ class Run:
         self.replicas = self.strategy.num_replicas_in_sync
         self.global_batch = self.train["batch_size"] * self.replicas
         self.device = describe_device()
-        write_json(self.dir / "environment.json", environment(self.precision, self.device, self.replicas))
+        if record:
+            write_json(self.dir / "environment.json", environment(self.precision, self.device, self.replicas))
 
     def make_model(self):
         from zoo import build_model
@@ -309,13 +317,21 @@ class Run:
     def evaluate(self) -> dict:
         """Test metrics and predictions: the full model on test images, or, with cached features,
         the head on the test images' features (the same function of the same images)."""
-        from zoo import metrics
         from zoo.harness.timing import compiled_predict
 
         if self.feature_cache is None:
             predict, test_data = self.predictor(), self.pipelines["test"]
         else:
             predict, test_data = compiled_predict(self.trained_model), self.feature_cache["test"]
+        result, predictions = self.score(predict, test_data)
+        self.add_uncertainty(result, predictions)
+        return result, predictions
+
+    def score(self, predict, test_data):
+        """The test metrics and predictions of ``predict`` (batch in, NumPy probabilities out) over
+        ``test_data``: the trained model's, or an exported copy's (zoo.export)."""
+        from zoo import metrics
+
         start = time.perf_counter()
         names, ignore = self.info.class_names, self.info.ignore_classes
         if self.task == "classification":
@@ -357,7 +373,6 @@ class Run:
             predictions = {"y_true": y_true, "y_pred": y_pred}
         result["eval_seconds"] = eval_seconds
         predictions["example_ids"] = np.array(self.source.example_ids(*self.plan["test"]))
-        self.add_uncertainty(result, predictions)
         return result, predictions
 
     def add_uncertainty(self, result, predictions) -> None:
@@ -427,6 +442,10 @@ class Run:
         self.model.save(model_path)
         np.savez_compressed(self.dir / "predictions.npz", **predictions)
         result.update(self.timer.summary(), **speed)
+        if self.spec.get("export"):
+            from zoo.export import deployment_figures
+
+            result.update(deployment_figures(self, self.spec["export"], result))
         cache = self.feature_cache
         result["features"] = "off" if cache is None else ("reused" if cache["reused"] else "computed")
         result["feature_seconds"] = None if cache is None else cache["seconds"]

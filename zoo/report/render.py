@@ -18,6 +18,7 @@ from jinja2 import Environment, PackageLoader
 from zoo import stats
 from zoo.metrics import METRICS
 from zoo.report import figures
+from zoo.export import FORMATS
 from zoo.results import RESULT_COLUMNS, load_runs, write_atomic
 
 GROUP_KEYS = ["backbone", "head", "weights", "trainable", "swept"]
@@ -67,12 +68,13 @@ def _slug(text) -> str:
 
 
 class ReportBuilder:
-    def __init__(self, out_dir, report_dir, latency_budget_ms=None):
+    def __init__(self, out_dir, report_dir, latency_budget_ms=None, size_budget_mb=None):
         self.out_dir = Path(out_dir)
         self.report_dir = Path(report_dir)
         self.figure_dir = self.report_dir / "figures"
         self.figure_dir.mkdir(parents=True, exist_ok=True)
         self.latency_budget_ms = latency_budget_ms
+        self.size_budget_mb = size_budget_mb
         self.results, self.left_out = load_runs(out_dir)
         if self.results.empty:
             from zoo.errors import DataError
@@ -128,12 +130,56 @@ class ReportBuilder:
                 "precise_bn_text": _mean_std(group["precise_bn_batches"].astype(float), 0),
                 "device": first["device"], "precision": first["precision"],
                 "run_ids": list(group["run_id"]), "task": first["task"],
+                "model_megabytes": float(first["model_megabytes"]), "deployments": self.deployments(group),
                 "test_examples": int(first["test_examples"]) if pd.notna(first.get("test_examples")) else None,
             })
         rows.sort(key=lambda r: -r["score"] if higher else r["score"])
         for rank, row in enumerate(rows, start=1):
             row["rank"] = rank
         return rows
+
+    def deployments(self, group: pd.DataFrame) -> list[dict]:
+        """The exported forms of one model (its seeds averaged): format, quantization, size, CPU
+        latency and score after conversion, or why the conversion failed."""
+        first, found = group.iloc[0], []
+        for name in FORMATS:
+            sizes = group[f"{name}_megabytes"].astype(float)
+            errors = [e for e in group[f"{name}_error"] if isinstance(e, str) and e]
+            if sizes.isna().all() and not errors:
+                continue
+            found.append({"label": _label(first), "format": name, "runtime": FORMATS[name].runtime,
+                          "quantize": "/".join(dict.fromkeys(str(q) for q in group[f"{name}_quantize"].dropna())),
+                          "metric": first["export_metric"],
+                          "megabytes": float(sizes.mean()) if sizes.notna().any() else None,
+                          "megabytes_text": _mean_std(sizes, 2),
+                          "latency_ms_text": _mean_std(group[f"{name}_latency_ms"].astype(float), 2),
+                          "score_text": _mean_std(group[f"{name}_accuracy"].astype(float)),
+                          "drop": float(group[f"{name}_accuracy_drop"].astype(float).mean()),
+                          "drop_text": _mean_std(group[f"{name}_accuracy_drop"].astype(float)),
+                          "error": "; ".join(dict.fromkeys(errors))})
+        return found
+
+    def size_sentence(self, board: list[dict]) -> str:
+        """The best model (leaderboard order) with a working form that fits the size budget: of
+        its forms that fit (exported files, its .keras file), the one that loses least."""
+        def forms(row):
+            found = [(d["megabytes"], d["format"] + (f" {d['quantize']}" if d["quantize"] != "none" else ""), d)
+                     for d in row["deployments"] if d["megabytes"] is not None and not d["error"]]
+            return found + [(row["model_megabytes"], ".keras", None)]
+
+        budget = self.size_budget_mb
+        for row in board:
+            fitting = [form for form in forms(row) if form[0] <= budget]
+            if fitting:
+                size, form, deployment = min(fitting, key=lambda f: (f[2]["drop"] if f[2] else 0.0, f[0]))
+                after = (f"; {deployment['metric']} after conversion {deployment['score_text']} (drop "
+                         f"{deployment['drop_text']})" if deployment else "")
+                return (f"Best within the {budget:g} MB size budget: **{row['label']}**, {row['score_text']}, "
+                        f"{size:.2f} MB as {form}{after}.")
+        size, form, row = min(((size, form, row) for row in board for size, form, _ in forms(row)),
+                              key=lambda item: item[0])
+        hint = "" if any(r["deployments"] for r in board) else " (the suite key export makes smaller files)"
+        return f"No model fits the {budget:g} MB size budget; the smallest, {row['label']}, takes {size:.2f} MB as {form}{hint}."
 
     def scores_of(self, row: dict, metric: str) -> stats.ExampleScores:
         """The headline metric's per-example scores of a leaderboard row, its seeds pooled."""
@@ -222,6 +268,8 @@ class ReportBuilder:
                 fastest_any = min(board, key=lambda r: r["latency_ms"])
                 sentences.append(f"No model meets the {self.latency_budget_ms:g} ms latency budget; the quickest, "
                                  f"{fastest_any['label']}, takes {fastest_any['latency_ms']:.2f} ms per image.")
+        if self.size_budget_mb is not None:
+            sentences.append(self.size_sentence(board))
         sentences.append(f"Times measured on {best['device']} in {best['precision']}.")
         return sentences
 
@@ -280,6 +328,8 @@ class ReportBuilder:
                 "no_test_classes": no_test, "classes_tested": len(info.get("class_names", [])) - len(no_test), "task": task, "metric": metric, "higher_is_better": higher,
                 "smoothing": bool(ok["accuracy_smoothed"].notna().any()),
                 "leaderboard": board, "recommendation": self.recommendation(board, metric, higher),
+                "deployment": [d for r in board for d in r["deployments"]],
+                "deployment_metric": ", ".join(sorted({d["metric"] for r in board for d in r["deployments"]})),
                 "runs": runs, "curves": curves, "tradeoff": tradeoff,
                 "failed": [{"run_id": r["run_id"], "label": f"{_label(r)} seed {r['seed']}", "error": r["error"]} for _, r in failed.iterrows()]}
 
@@ -307,6 +357,7 @@ class ReportBuilder:
                 "precisions": sorted(set(self.results["precision"].dropna())),
                 "sections": sections, "matrix": self.matrix(sections),
                 "columns": RESULT_COLUMNS, "latency_budget_ms": self.latency_budget_ms,
+                "size_budget_mb": self.size_budget_mb,
                 "left_out": self.left_out}
 
 
@@ -322,7 +373,7 @@ def _inline_markdown(text: str) -> str:
 
 
 def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budget_ms=None,
-                 notes: list | None = None) -> list[Path]:
+                 notes: list | None = None, size_budget_mb=None) -> list[Path]:
     """Write report.md and/or report.html (plus figures/) for a results store; returns the paths.
     ``notes``, if given, receives what was left out of the report (damaged runs, lines of
     results.csv that are not runs), one sentence each."""
@@ -334,7 +385,7 @@ def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budge
     suite_name = yaml.safe_load((out_dir / "suite.yaml").read_text()).get("name") \
         if (out_dir / "suite.yaml").is_file() else out_dir.name
     report_dir = Path(report_dir) if report_dir else Path("reports") / suite_name
-    builder = ReportBuilder(out_dir, report_dir, latency_budget_ms)
+    builder = ReportBuilder(out_dir, report_dir, latency_budget_ms, size_budget_mb)
     model = builder.build()
     if notes is not None:
         notes.extend(builder.left_out)
