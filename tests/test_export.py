@@ -76,10 +76,13 @@ def test_float_exports_give_the_keras_models_predictions(exported, test_images, 
 
 
 @pytest.mark.parametrize("name", ["tflite", "onnx"])
-def test_int8_calibrated_on_training_images_keeps_the_model_and_is_recorded(exported, test_images, name, capsys):
+def test_int8_calibrated_on_training_images_keeps_the_model_and_is_recorded(exported, test_images, name, capsys,
+                                                                          tmp_path, monkeypatch):
     out, run_dir = exported
     images, expected = test_images
+    monkeypatch.chdir(tmp_path)
     assert main(["export", str(run_dir), "--format", name, "--quantize", "int8", "--measure"]) == 0
+    assert not list(tmp_path.iterdir())  # the converters' scratch files stay out of the working directory
     path = run_dir / "export" / f"model-int8.{name}"
     got = load_exported(path, name)(images)
     assert (got.argmax(axis=1) == expected.argmax(axis=1)).mean() >= INT8_MIN_AGREEMENT

@@ -184,9 +184,11 @@ def _convert(model, fmt: ExportFormat, work: Path, quantize: str, calibration) -
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    # ONNX Runtime's recommended preparation: shape inference and graph optimisation first.
+    # ONNX Runtime's recommended preparation: shape inference and graph optimisation first. Its
+    # symbolic shape inference is meant for transformers, gives up on some CNN decoders' resizes and
+    # then leaves files in the working directory; ONNX's own shape inference is what CNNs need.
     prepared = work / "prepared.onnx"
-    quant_pre_process(str(floating), str(prepared))
+    quant_pre_process(str(floating), str(prepared), skip_symbolic_shape=True)
     input_name = onnx.load(str(prepared)).graph.input[0].name
 
     class TrainingImages(CalibrationDataReader):
