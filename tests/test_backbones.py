@@ -8,6 +8,7 @@ import pytest
 from conftest import test_input_size
 from zoo import build_model, list_backbones
 from zoo.backbones import BACKBONES, PREPROCESSING_MODES
+from zoo.backbones.hub import transformer_blocks
 from zoo.factory import compatible_heads, set_trainable
 from zoo.heads import HEADS
 
@@ -32,9 +33,17 @@ def test_metadata_is_complete(name):
     assert spec.min_size <= spec.default_size
     assert spec.license and spec.paper and spec.family
     assert set(spec.feature_layers_by_stride) <= {2, 4, 8, 16, 32}
-    if spec.has_imagenet_weights:
+    if spec.hub is not None:  # keras-hub: a preset, its pretraining data and the licence's reach
+        assert spec.hub.preset and spec.hub.pretraining and spec.describe()["preset"] == spec.hub.preset
+        assert ("non-commercial" in spec.license or "restricted" in spec.license) == spec.license_restricts_use
+    elif spec.has_imagenet_weights:
         assert spec.imagenet_no_top.file_name.endswith(".h5") and spec.imagenet_no_top.url.startswith("https://")
         assert spec.imagenet_no_top.url.endswith(spec.imagenet_no_top.file_name)
+
+
+def small_options(spec) -> dict:
+    """A keras-hub entry's small configuration (two blocks); CNNs are built whole."""
+    return dict(spec.hub.small) if spec.hub is not None else {}
 
 
 def trainable_count(model):
@@ -45,21 +54,22 @@ def trainable_count(model):
 def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
     spec = BACKBONES.get(name)
     size = test_input_size(spec)
+    small = small_options(spec)
 
     # Feature layers are names that exist and sit at their stated stride.
-    base = spec.build((size, size, 3))
+    base = spec.build((size, size, 3), **small)
     for stride, layer_name in spec.feature_layers_by_stride.items():
         assert not KERAS_AUTO_NAME.fullmatch(layer_name), f"{layer_name} is an unstable auto-generated name"
         height = base.get_layer(layer_name).output.shape[1]
         # 'valid' padding (Inception, Xception) loses a few pixels per stage.
         assert size // stride - 3 <= height <= size // stride, (layer_name, height)
-    assert size // spec.output_stride - 3 <= base.output.shape[1] <= size // spec.output_stride
+    assert size // spec.output_stride - 3 <= base.outputs[0].shape[1] <= size // spec.output_stride
 
     heads = compatible_heads(name)
     assert {"linear", "mlp", "flatten", "distribution", "fcn"} <= set(heads)
     for head in heads:
         channels = 3 if HEADS.get(head).task == "classification" else 4
-        model = build_model(name, head, num_classes=5, input_shape=(size, size, channels))
+        model = build_model(name, head, num_classes=5, input_shape=(size, size, channels), backbone_options=small)
         x = rng.uniform(0, 255, (2, size, size, channels)).astype("float32")
         y = np.asarray(model(x, training=False))
         expected = (2, 5) if HEADS.get(head).task != "segmentation" else (2, size, size, 5)
@@ -68,7 +78,7 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
 
     # Save and reload in safe mode: identical outputs.
     head = "unet" if "unet" in heads else "fcn"
-    model = build_model(name, head, num_classes=3, input_shape=(size, size, 4))
+    model = build_model(name, head, num_classes=3, input_shape=(size, size, 4), backbone_options=small)
     x = rng.uniform(0, 255, (1, size, size, 4)).astype("float32")
     model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
@@ -76,7 +86,7 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
                                atol=1e-6)
 
     # Trainable-weight counts for each fine-tuning mode.
-    model = build_model(name, "linear", num_classes=5, input_shape=(size, size, 3))
+    model = build_model(name, "linear", num_classes=5, input_shape=(size, size, 3), backbone_options=small)
     backbone = model.get_layer("backbone")
     head_count = sum(int(np.prod(w.shape)) for layer in model.layers[2:] for w in layer.trainable_weights)
     all_count = trainable_count(model)
@@ -86,6 +96,15 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
     assert trainable_count(model) == head_count
     assert all(not layer.trainable for layer in backbone.layers)
 
+    blocks = transformer_blocks(backbone)
+    if blocks:  # a transformer: top:N counts blocks, and what follows the first of them trains too
+        set_trainable(model, "top:1")
+        last = sum(int(np.prod(w.shape)) for w in blocks[-1].weights)
+        assert head_count + last <= trainable_count(model) < all_count
+        assert all(not block.trainable_weights for block in blocks[:-1])
+        set_trainable(model, "all")
+        assert trainable_count(model) == all_count
+        return
     set_trainable(model, "top:10")
     top = backbone.layers[-10:]
     expected_top = sum(int(np.prod(w.shape)) for layer in top

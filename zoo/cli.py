@@ -16,8 +16,11 @@ def cmd_list(args) -> int:
             if args.long:
                 print(json.dumps(spec.describe()))
             else:
+                pretrained = ("no" if not spec.has_imagenet_weights else
+                              spec.hub.pretraining if spec.hub else "ImageNet-1k")
+                restricted = f"\tlicence: {spec.license}" if spec.license_restricts_use else ""
                 print(f"{name}\t{spec.family}\tpreprocessing={spec.preprocessing}\tsize={spec.default_size}"
-                      f"\timagenet={'yes' if spec.has_imagenet_weights else 'no'}")
+                      f"\tpretrained={pretrained}{restricted}")
     elif args.what == "heads":
         for name in HEADS.list(args.pattern):
             head = HEADS.get(name)
@@ -41,6 +44,16 @@ def cmd_weights(args) -> int:
     failures = 0
     for name in BACKBONES.list(args.pattern):
         spec = BACKBONES.get(name)
+        if spec.hub is not None:
+            from zoo.weights import fetch_preset
+
+            try:
+                print(f"ok\t{name}\t{fetch_preset(spec, dest)}")
+            except Exception as error:  # keras-hub, kagglehub and network errors
+                failures += 1
+                print(f"failed\t{name}\tkeras-hub preset {spec.hub.preset}\t{type(error).__name__}: {error}",
+                      file=sys.stderr)
+            continue
         files = [spec.imagenet_no_top] + ([spec.imagenet_top] if args.include_top else [])
         for weights in filter(None, files):
             target = dest / weights.file_name

@@ -55,24 +55,61 @@ def set_trainable(model, trainable: str) -> None:
 
     ``frozen``: no backbone layer trains, and BatchNorm runs in inference mode.
     ``top:N``: only the last N backbone layers train, BatchNorm layers excepted, so their
-    statistics are not wrecked by small fine-tuning batches (the Keras guide's advice).
+    statistics are not wrecked by small fine-tuning batches (the Keras guide's advice); on a
+    transformer, the last N blocks (see train_last_blocks).
     """
     import keras
 
     mode, count = parse_trainable(trainable)
-    model.trainable = True
+    _trainable_everywhere(model)
     backbone = model.get_layer(BACKBONE_LAYER_NAME)
     if mode == "all":
-        for layer in backbone.layers:
-            layer.trainable = True
         return
     if mode == "frozen":
         backbone.trainable = False
+        return
+    from zoo.backbones.hub import transformer_blocks
+
+    blocks = transformer_blocks(backbone)
+    if blocks:
+        train_last_blocks(backbone, blocks[len(blocks) - min(count, len(blocks)):] if count else [])
         return
     first_trainable = len(backbone.layers) - count
     for index, layer in enumerate(backbone.layers):
         is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = index >= first_trainable and not is_batch_norm
+
+
+def _trainable_everywhere(model) -> None:
+    """Every layer trainable, nested ones included. Keras's own recursion stops at a layer whose
+    flag already has the value (TensorFlow's attribute tracking skips ``self.x = self.x``), which
+    would leave a block frozen by ``top:N`` inside a trainable container."""
+    import keras
+
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        keras.layers.Layer.trainable.fset(layer, True)
+
+
+def train_last_blocks(backbone, chosen) -> None:
+    """``top:N`` on a transformer: the chosen (last) blocks train, and so does every layer after the
+    first of them (MiT's patch embeddings between stages, the final LayerNorm, a pooling head);
+    everything before stays frozen. LayerNorm layers inside train: unlike BatchNorm they keep
+    no running statistics that small batches could wreck."""
+    if not chosen:
+        backbone.trainable = False
+        return
+    _freeze_before(backbone, chosen[0])
+
+
+def _freeze_before(container, first) -> None:
+    """Freeze the layers of ``container`` that come before ``first`` (a block inside it, at any depth)."""
+    children = list(container._flatten_layers(include_self=False, recursive=False))
+    holder = next(index for index, child in enumerate(children)
+                  if child is first or any(inner is first for inner in child._flatten_layers(include_self=False)))
+    for child in children[:holder]:
+        child.trainable = False
+    if children[holder] is not first:
+        _freeze_before(children[holder], first)
 
 
 def set_batchnorm_momentum(model, momentum: float) -> int:
@@ -93,6 +130,43 @@ def set_batchnorm_momentum(model, momentum: float) -> int:
     for layer in layers:
         layer.momentum = float(momentum)
     return len(layers)
+
+
+def tapped_strides(backbone_spec: BackboneSpec, head_spec: HeadSpec) -> list:
+    """The strides whose feature layers the backbone outputs for ``head_spec``, in increasing order."""
+    return sorted(backbone_spec.feature_layers_by_stride) if head_spec.needs_pyramid else []
+
+
+def head_features(backbone_spec: BackboneSpec, head_spec: HeadSpec, outputs) -> dict:
+    """What a head gets from the backbone's outputs ``[last, *taps by increasing stride, pooled?]``:
+    ``last``, ``by_stride`` (with the simple feature pyramid a plain ViT's pyramid heads need, built
+    here beside the head so it trains with it) and ``pooled`` (None where the head averages ``last``)."""
+    strides = tapped_strides(backbone_spec, head_spec)
+    last, rest = outputs[0], list(outputs[1:])
+    pooled = rest.pop() if backbone_spec.pooled_layer else None
+    by_stride = dict(zip(strides, rest))
+    if head_spec.needs_pyramid and backbone_spec.simple_pyramid:
+        by_stride.update(simple_feature_pyramid(by_stride[16], backbone_spec.simple_pyramid))
+    return {"last": last, "by_stride": by_stride, "pooled": pooled}
+
+
+def simple_feature_pyramid(stride16, strides) -> dict:
+    """ViTDet's simple feature pyramid from a plain ViT's stride-16 map (Li et al., arXiv:2203.16527):
+    transposed convolutions up to strides 8 and 4, max pooling down to 32."""
+    from keras import layers
+
+    width = int(stride16.shape[-1])
+    made = {}
+    if 8 in strides or 4 in strides:
+        up = layers.Conv2DTranspose(width // 2, 2, strides=2, name="pyramid_s8")(stride16)
+        made[8] = up
+        if 4 in strides:
+            x = layers.LayerNormalization(name="pyramid_s4_norm")(up)
+            x = layers.Activation("gelu", name="pyramid_s4_gelu")(x)
+            made[4] = layers.Conv2DTranspose(width // 4, 2, strides=2, name="pyramid_s4")(x)
+    if 32 in strides:
+        made[32] = layers.MaxPooling2D(2, name="pyramid_s32")(stride16)
+    return {stride: made[stride] for stride in strides}
 
 
 # The frozen pretrained backbone last built, kept by a worker process for the next run of a
@@ -135,7 +209,7 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
     if num_classes < 2:
         raise IncompatibleError(f"num_classes must be at least 2, got {num_classes}")
 
-    strides = sorted(backbone_spec.feature_layers_by_stride) if head_spec.needs_pyramid else []
+    strides = tapped_strides(backbone_spec, head_spec)
     identity = weights_identity(weights)
     # Random weights differ by seed: never shared.
     shareable = reuse_frozen_backbone and trainable == "frozen" and identity != "none"
@@ -145,7 +219,10 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
     if extractor is None:
         base = build_backbone_with_weights(backbone_spec, input_shape, weights, **(backbone_options or {}))
         taps = [base.get_layer(backbone_spec.feature_layers_by_stride[s]).output for s in strides]
-        extractor = keras.Model(base.input, [base.output, *taps], name=BACKBONE_LAYER_NAME)
+        last = base.get_layer(backbone_spec.feature_layers_by_stride[16]).output if backbone_spec.pooled_layer \
+            else base.output
+        pooled = [base.get_layer(backbone_spec.pooled_layer).output] if backbone_spec.pooled_layer else []
+        extractor = keras.Model(base.input, [last, *taps, *pooled], name=BACKBONE_LAYER_NAME)
         _FROZEN_BACKBONE.clear()
         if shareable:
             _FROZEN_BACKBONE[key] = extractor
@@ -154,8 +231,7 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
 
     inputs = keras.Input(shape=input_shape, name="image")
     outputs = extractor(inputs)
-    last, *pyramid = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    features = {"last": last, "by_stride": dict(zip(strides, pyramid))}
+    features = head_features(backbone_spec, head_spec, outputs if isinstance(outputs, (list, tuple)) else [outputs])
     outputs = head_spec.build(features, num_classes, input_shape)
     model = keras.Model(inputs, outputs, name=f"{backbone}_{head}")
     set_trainable(model, trainable)

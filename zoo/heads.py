@@ -38,7 +38,7 @@ class HeadSpec:
         if backbone.output_stride == 1:
             return (f"{backbone.name} is already a full-resolution encoder-decoder (output stride 1); "
                     f"a {self.name} decoder needs a down-sampling encoder")
-        levels = len(backbone.feature_layers_by_stride)
+        levels = len(backbone.pyramid_strides)
         if levels < self.min_pyramid_levels:
             return (f"{self.name} needs feature layers at {self.min_pyramid_levels} or more strides; "
                     f"{backbone.name} names {levels}")
@@ -74,6 +74,16 @@ def resize_to(x, height, width, name):
     return layers.Resizing(height, width, interpolation="bilinear", name=name)(x)
 
 
+def pooled_features(features):
+    """One vector per image: the backbone's own pooled vector (a ViT's class token), else the
+    average of its last feature map."""
+    from keras import layers
+
+    if features.get("pooled") is not None:
+        return features["pooled"]
+    return layers.GlobalAveragePooling2D(name="head_pool")(features["last"])
+
+
 def conv_bn_relu(x, width, name, kernel=3):
     from keras import layers
 
@@ -88,7 +98,7 @@ def conv_bn_relu(x, width, name, kernel=3):
 def linear_head(features, num_classes, input_shape, dropout=0.2):
     from keras import layers
 
-    x = layers.GlobalAveragePooling2D(name="head_pool")(features["last"])
+    x = pooled_features(features)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     return _softmax(layers.Dense(num_classes, name="head_logits")(x))
 
@@ -98,7 +108,7 @@ def linear_head(features, num_classes, input_shape, dropout=0.2):
 def mlp_head(features, num_classes, input_shape, hidden_units=1024):
     from keras import layers
 
-    x = layers.GlobalAveragePooling2D(name="head_pool")(features["last"])
+    x = pooled_features(features)
     x = layers.Dense(hidden_units, activation="relu", name="head_hidden")(x)
     return _softmax(layers.Dense(num_classes, name="head_logits")(x))
 
@@ -118,7 +128,7 @@ def flatten_head(features, num_classes, input_shape):
 def distribution_head(features, num_classes, input_shape):
     from keras import layers
 
-    x = layers.GlobalAveragePooling2D(name="head_pool")(features["last"])
+    x = pooled_features(features)
     x = layers.Dense(256, activation="relu", name="head_hidden")(x)
     return _softmax(layers.Dense(num_classes, name="head_logits")(x), name="proportions")
 

@@ -13,6 +13,9 @@ import numpy as np
 IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+# OpenAI CLIP's image statistics (its preprocessor's image_mean / image_std).
+CLIP_MEAN_RGB = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_STD_RGB = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
 
 def _per_channel(rgb_values: np.ndarray, channels: int) -> np.ndarray:
@@ -24,7 +27,7 @@ def _per_channel(rgb_values: np.ndarray, channels: int) -> np.ndarray:
 
 
 def preprocess(images, mode: str):
-    """Apply preprocessing ``mode`` (caffe | tf | torch | model) to a batch or single image.
+    """Apply preprocessing ``mode`` (caffe | tf | torch | clip | model) to a batch or single image.
 
     Works on NumPy arrays and TensorFlow tensors (inside tf.data) alike.
     """
@@ -33,9 +36,9 @@ def preprocess(images, mode: str):
         return images
     if mode == "tf":
         return images / 127.5 - 1.0
-    if mode == "torch":
-        mean = _per_channel(IMAGENET_MEAN_RGB, channels)
-        std = _per_channel(IMAGENET_STD_RGB, channels)
+    if mode in ("torch", "clip"):
+        mean = _per_channel(IMAGENET_MEAN_RGB if mode == "torch" else CLIP_MEAN_RGB, channels)
+        std = _per_channel(IMAGENET_STD_RGB if mode == "torch" else CLIP_STD_RGB, channels)
         return (images / 255.0 - mean) / std
     if mode == "caffe":
         if channels >= 3:
@@ -46,7 +49,7 @@ def preprocess(images, mode: str):
         else:
             mean = np.full(channels, CAFFE_MEAN_BGR.mean(), dtype=np.float32)
         return images - mean
-    raise ValueError(f"unknown preprocessing mode {mode!r}; expected caffe, tf, torch or model")
+    raise ValueError(f"unknown preprocessing mode {mode!r}; expected caffe, tf, torch, clip or model")
 
 
 def _gather_channels(images, order):

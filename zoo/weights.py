@@ -181,6 +181,8 @@ def build_backbone_with_weights(spec: BackboneSpec, input_shape, weights, **opti
 def _build_and_load(spec, input_shape, weights, options):
     if weights is None or weights == "none":
         return spec.build(input_shape, **options)
+    if spec.hub is not None:
+        return build_from_preset(spec, input_shape, weights, options)
     imagenet = weights == "imagenet"
     if imagenet:
         if options:
@@ -216,3 +218,115 @@ def _build_and_load(spec, input_shape, weights, options):
 # The weights last loaded, as arrays: the runs of a sweep that a worker process executes one
 # after another set them directly instead of parsing the same file again.
 _LOADED: dict = {}
+
+
+# --- keras-hub presets ----------------------------------------------------------------------
+
+def kagglehub_cache_dir() -> Path:
+    """Where keras-hub's downloads (through kagglehub) are cached."""
+    return Path(os.environ.get("KAGGLEHUB_CACHE", Path.home() / ".cache" / "kagglehub")).expanduser()
+
+
+def preset_candidates(spec: BackboneSpec) -> list[Path]:
+    """Folders that may hold ``spec``'s keras-hub preset, in the order they are tried:
+    ``$ZOO_WEIGHTS_DIR/<preset>``, then keras-hub's cache (newest version first)."""
+    preset = spec.hub.preset
+    paths = []
+    if os.environ.get(WEIGHTS_DIR_ENV):
+        paths.append(Path(os.environ[WEIGHTS_DIR_ENV]).expanduser() / preset)
+    cached = kagglehub_cache_dir().glob(f"models/keras/*/keras/{preset}/*")
+    paths += sorted((p for p in cached if p.name.isdigit()), key=lambda p: int(p.name), reverse=True)
+    return paths
+
+
+def find_local_preset(spec: BackboneSpec) -> Path | None:
+    return next((p for p in preset_candidates(spec) if (p / "config.json").is_file()), None)
+
+
+def resolve_preset(spec: BackboneSpec, download: bool = True) -> str:
+    """A keras-hub preset folder holding ``spec``'s pretrained weights, or the preset's name for
+    keras-hub to download; raises WeightsUnavailableError saying where to put it offline."""
+    local = find_local_preset(spec)
+    if local is not None:
+        return str(local)
+    if download and downloads_allowed():
+        return spec.hub.preset
+    looked = "\n".join(f"  - {p}" for p in preset_candidates(spec)) or f"  - (no {WEIGHTS_DIR_ENV} set)"
+    raise WeightsUnavailableError(
+        f"pretrained weights for {spec.name!r} are not available: keras-hub preset {spec.hub.preset!r} "
+        f"(from Kaggle Models, keras/{spec.family})\nLooked in:\n{looked}\n"
+        f"and downloading is off ({OFFLINE_ENV} is set)\n"
+        f"Fix: on a machine with internet run `zoo weights fetch '{spec.name}' --dest DIR`, copy DIR here and "
+        f"set {WEIGHTS_DIR_ENV}=DIR (the preset goes to DIR/{spec.hub.preset}/)")
+
+
+def load_preset_model(spec: BackboneSpec, location: str):
+    """The keras-hub model of a preset folder (or name): for an image-text preset, its vision encoder."""
+    from zoo.backbones.hub import _keras_hub
+
+    backbone = _keras_hub().models.Backbone.from_preset(location)
+    return backbone.vision_encoder if spec.hub.vision_tower else backbone
+
+
+def fetch_preset(spec: BackboneSpec, dest: Path) -> Path:
+    """Download ``spec``'s preset and save it as DEST/<preset>/ (what ZOO_WEIGHTS_DIR=DEST finds)."""
+    from zoo.backbones.hub import _keras_hub
+
+    target = Path(dest) / spec.hub.preset
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    _keras_hub().models.Backbone.from_preset(spec.hub.preset).save_to_preset(str(partial))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target
+
+
+def resample_position_embedding(value: np.ndarray, target_shape: tuple) -> np.ndarray | None:
+    """Learned position embeddings of a (prefix + n*n)-token grid resampled bicubically to the
+    target's grid, as timm's resample_abs_pos_embed does; None when ``value`` is not one."""
+    source, target = tuple(value.shape), tuple(target_shape)
+    if len(source) != len(target) or source[-1] != target[-1] or len(source) not in (2, 3):
+        return None
+    for prefix in (0, 1, 2):
+        old, new = source[-2] - prefix, target[-2] - prefix
+        if old > 0 and new > 0 and round(old ** 0.5) ** 2 == old and round(new ** 0.5) ** 2 == new:
+            import keras
+
+            rows, width = round(old ** 0.5), source[-1]
+            tokens = value.reshape(-1, source[-2], width)
+            grid = tokens[:, prefix:].reshape(-1, rows, rows, width)
+            side = round(new ** 0.5)
+            resized = np.asarray(keras.ops.image.resize(grid, (side, side), interpolation="bicubic"))
+            joined = np.concatenate([tokens[:, :prefix], resized.reshape(-1, new, width)], axis=1)
+            return joined.reshape(target).astype(value.dtype)
+    return None
+
+
+def copy_preset_weights(source, target) -> None:
+    """Copy a preset's wrapped model (3 channels, its own input size) into the same architecture at
+    another size and channel count: the patch embedding adapted to the channels, learned position
+    embeddings resampled to the new grid."""
+    source_layers = [layer for layer in source.layers if layer.weights]
+    target_layers = [layer for layer in target.layers if layer.weights]
+    if [type(layer).__name__ for layer in source_layers] != [type(layer).__name__ for layer in target_layers]:
+        raise ValueError("the preset's architecture differs from zoo's configuration of this backbone")
+    for source_layer, target_layer in zip(source_layers, target_layers):
+        values = []
+        for value, weight in zip(source_layer.get_weights(), target_layer.weights):
+            shape = tuple(weight.shape)
+            resampled = None if value.shape == shape else resample_position_embedding(value, shape)
+            values.append(resampled if resampled is not None else adapt_weight(value, shape, target_layer.name))
+        target_layer.set_weights(values)
+
+
+def build_from_preset(spec: BackboneSpec, input_shape, weights, options):
+    """``spec`` at ``input_shape`` with its keras-hub preset's weights (``weights`` "imagenet" or
+    "pretrained": found as resolve_preset says; or a preset folder)."""
+    from zoo.backbones.hub import wrap
+
+    location = resolve_preset(spec) if weights in ("imagenet", "pretrained") else str(Path(weights).expanduser())
+    model = spec.build(input_shape, **options)
+    source_model = load_preset_model(spec, location)
+    source = wrap(spec.hub, source_model, tuple(source_model.input.shape[1:]), options.get("pool"))
+    copy_preset_weights(source, model)
+    return model

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 from zoo.registry import Registry
 
-PREPROCESSING_MODES = ("caffe", "tf", "torch", "model")
+PREPROCESSING_MODES = ("caffe", "tf", "torch", "clip", "model")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,13 @@ class BackboneSpec:
     # Called on the 3-channel model after ImageNet weights are loaded, for families whose
     # Keras constructor does something extra when ``weights == "imagenet"``.
     after_imagenet_load: Optional[Callable] = None
+    # keras-hub entries (zoo.backbones.hub): where the architecture and pretrained weights come
+    # from; a plain ViT's pooled vector (a layer name the classification heads use instead of
+    # averaging the map) and the strides of the simple feature pyramid built beside the head.
+    hub: Optional[object] = None
+    pooled_layer: Optional[str] = None
+    simple_pyramid: tuple = ()
+    license_restricts_use: bool = False
 
     def __post_init__(self):
         if self.preprocessing not in PREPROCESSING_MODES:
@@ -54,7 +61,13 @@ class BackboneSpec:
 
     @property
     def has_imagenet_weights(self) -> bool:
-        return self.imagenet_no_top is not None
+        """Whether pretrained weights exist (ImageNet files, or a keras-hub preset)."""
+        return self.imagenet_no_top is not None or self.hub is not None
+
+    @property
+    def pyramid_strides(self) -> list:
+        """The strides a pyramid head gets: tapped layers, then those the simple pyramid adds."""
+        return sorted(set(self.feature_layers_by_stride) | set(self.simple_pyramid))
 
     def describe(self) -> dict:
         """Metadata as plain values, for `zoo list backbones --long` and reports."""
@@ -72,7 +85,12 @@ class BackboneSpec:
             "imagenet_top": self.imagenet_top.file_name if self.imagenet_top else None,
             "imagenet_top_hash": self.imagenet_top.file_hash if self.imagenet_top else None,
             "license": self.license,
+            "license_restricts_use": self.license_restricts_use,
             "paper": self.paper,
+            "preset": self.hub.preset if self.hub else None,
+            "pretraining": self.hub.pretraining if self.hub else ("ImageNet-1k" if self.imagenet_no_top else None),
+            "pool": list(self.hub.pools) if self.hub and self.hub.pools else None,
+            "parameters": self.hub.preset_params if self.hub else None,
         }
 
 

@@ -127,12 +127,11 @@ def build_head_model(model, head_spec, backbone_spec, num_classes, input_shape):
     """A model from the backbone's feature outputs to the head's output, with the same layer names."""
     import keras
 
+    from zoo.factory import head_features
+
     outputs = model.get_layer("backbone").outputs
     inputs = [keras.Input(shape=tuple(o.shape[1:]), name=f"feature{i}") for i, o in enumerate(outputs)]
-    # The factory orders the extractor's outputs as [last, *taps by increasing stride].
-    strides = sorted(backbone_spec.feature_layers_by_stride) if head_spec.needs_pyramid else []
-    features = {"last": inputs[0], "by_stride": dict(zip(strides, inputs[1:]))}
-    head_output = head_spec.build(features, num_classes, input_shape)
+    head_output = head_spec.build(head_features(backbone_spec, head_spec, inputs), num_classes, input_shape)
     return keras.Model(inputs if len(inputs) > 1 else inputs[0], head_output, name="head_on_features")
 
 

@@ -87,7 +87,17 @@ def weights_problems(runs) -> list[Problem]:
 
     problems, checked_hosts = [], {}
     for name in sorted({r.backbone for r in runs if r.weights == "imagenet"}):
-        weights = weights_file(BACKBONES.get(name))
+        spec = BACKBONES.get(name)
+        if spec.hub is not None:
+            from zoo.weights import find_local_preset
+
+            if find_local_preset(spec) is None and not downloads_allowed():
+                problems.append(Problem(
+                    f"weights {name}", f"keras-hub preset {spec.hub.preset} is neither in ${WEIGHTS_DIR_ENV}/"
+                    f"{spec.hub.preset} nor in keras-hub's cache, and downloads are off ({OFFLINE_ENV}=1)",
+                    f"zoo weights fetch '{name}' --dest DIR on a connected machine, then export {WEIGHTS_DIR_ENV}=DIR here"))
+            continue  # else found, or downloaded by keras-hub for the first run that needs it
+        weights = weights_file(spec)
         paths = candidate_paths(weights)
         if any(p.is_file() and file_matches_hash(p, weights.file_hash) for p in paths):
             continue
@@ -172,7 +182,13 @@ def prepare_missing(runs, problems: list[Problem], log=print) -> None:
         elif kind == "weights" and downloads_allowed():
             log(f"downloading ImageNet weights of {name} ...")
             try:
-                resolve_imagenet_weights(BACKBONES.get(name), download=True)
+                spec = BACKBONES.get(name)
+                if spec.hub is not None:
+                    from zoo.weights import load_preset_model
+
+                    load_preset_model(spec, spec.hub.preset)  # into keras-hub's cache
+                else:
+                    resolve_imagenet_weights(spec, download=True)
             except Exception as error:  # reported again, with its fix, by the next readiness check
                 log(f"  could not download: {error}".splitlines()[0])
 

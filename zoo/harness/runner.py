@@ -425,6 +425,13 @@ def load_run_model(run_dir):
         raise DataError(f"{run_dir} holds no model.keras: give a finished run folder, e.g. runs/<suite>/runs/<run_id>")
     spec = _read_json(run_dir / "run.json", redo)
     info = _read_json(run_dir / "dataset.json", redo)
+    from zoo.backbones import BACKBONES
+
+    if spec.get("backbone") in BACKBONES and BACKBONES.get(spec["backbone"]).hub is not None:
+        from zoo.backbones.hub import _keras_hub, zoo_layers
+
+        _keras_hub()  # keras-hub's layer classes and zoo's, registered for loading
+        zoo_layers()
     try:
         model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
     except Exception as error:  # zip, HDF5 and deserialisation errors all mean "damaged"

@@ -410,8 +410,10 @@ def _check_run_settings(settings: dict, backbone, head, where: str) -> None:
         except ValueError as error:
             raise ConfigError(f"trainable: {error}") from None
     weights = settings["weights"]
-    if weights not in ("none", "imagenet") and not Path(weights).expanduser().is_file():
-        raise ConfigError(f"weights: {weights!r} is neither none, imagenet nor an existing weights file")
+    preset_folder = backbone.hub is not None and (Path(weights).expanduser() / "config.json").is_file()
+    if weights not in ("none", "imagenet") and not Path(weights).expanduser().is_file() and not preset_folder:
+        raise ConfigError(f"weights: {weights!r} is neither none, imagenet nor an existing weights file"
+                          + (" or keras-hub preset folder" if backbone.hub is not None else ""))
     if weights == "imagenet" and not backbone.has_imagenet_weights:
         raise ConfigError(f"weights: imagenet for {backbone.name}, which has no ImageNet weights (it trains from "
                           f"scratch); set weights: none for it")
