@@ -13,7 +13,7 @@ from zoo import build_model  # noqa: E402
 from zoo.backbones import BACKBONES  # noqa: E402
 from zoo.backbones.hub import build_hub_model, transformer_blocks, wrap  # noqa: E402
 from zoo.harness.runner import run_suite  # noqa: E402
-from zoo.harness.suite import load_suite  # noqa: E402
+from zoo.harness.suite import expand_suite, load_suite  # noqa: E402
 from zoo.weights import WeightsUnavailableError, build_backbone_with_weights  # noqa: E402
 
 HUB = [name for name, spec in BACKBONES.items() if spec.hub is not None]
@@ -64,11 +64,13 @@ def test_a_preset_in_the_weights_folder_gives_the_saved_models_features(deit_pre
 
 
 def test_offline_without_the_preset_the_error_says_where_to_put_it():
-    spec = BACKBONES.get("dinov2_small")
     with pytest.raises(WeightsUnavailableError) as error:
-        build_backbone_with_weights(spec, (56, 56, 3), "imagenet")
+        build_model("dinov2_small", "linear", 3, (56, 56, 3), weights="pretrained")  # = imagenet
     message = str(error.value)
     assert "dinov2_small" in message and "ZOO_WEIGHTS_DIR" in message and "zoo weights fetch 'dinov2_small'" in message
+    runs = expand_suite(load_suite({"name": "x", "datasets": ["synthetic_terrain"], "weights": "pretrained",
+                                    "backbones": ["dinov2_small", "baseline_cnn"]}))
+    assert {run.backbone: run.weights for run in runs} == {"dinov2_small": "imagenet", "baseline_cnn": "none"}
 
 
 def test_pooling_is_the_class_token_or_the_mean_of_the_patch_tokens(rng):

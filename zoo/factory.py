@@ -185,8 +185,9 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
         head: registered head name (``zoo list heads``).
         num_classes: number of output classes.
         input_shape: (height, width, channels); any channel count.
-        weights: None (random init), ``"imagenet"``, or the path of a backbone weights file
-            (3-channel files are adapted to other channel counts).
+        weights: None (random init), ``"imagenet"`` (or ``"pretrained"``: the backbone's own
+            pretrained weights, a keras-hub preset for those entries), or the path of a backbone
+            weights file or preset folder (3-channel weights are adapted to other channel counts).
         trainable: ``"all"``, ``"frozen"`` or ``"top:N"``.
         backbone_options: extra arguments of the backbone's builder (e.g. ``depth`` of ``unet``).
         batchnorm_momentum: if given, the momentum of every BatchNorm layer (see
@@ -203,6 +204,7 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
     from zoo.weights import build_backbone_with_weights, weights_identity
 
     backbone_spec, head_spec = BACKBONES.get(backbone), HEADS.get(head)
+    weights = "imagenet" if weights == "pretrained" else weights  # a backbone's own pretraining, either name
     check_compatible(backbone_spec, head_spec)
     input_shape = check_input_shape(backbone_spec, input_shape)
     parse_trainable(trainable)

@@ -26,7 +26,8 @@ SUITE_DEFAULTS = {
     "datasets": None,          # required: card names or inline entries (source: folder, path: ...)
     "backbones": ["baseline_cnn"],  # names or glob patterns
     "heads": ["linear"],
-    "weights": "none",         # none | imagenet (from-scratch baselines then stay none) | path to a weights file
+    "weights": "none",         # none | imagenet (= pretrained: each backbone's own pretraining; from-scratch
+                               # baselines then stay none) | path to a weights file or keras-hub preset folder
     "trainable": "all",        # frozen | all | top:N (first phase when finetune is set)
     "backbone_options": {},    # extra builder arguments, e.g. {depth: 2} for unet
     "seeds": [0],              # initialisation, shuffling, augmentation
@@ -261,7 +262,7 @@ def expand_suite(suite: dict) -> list[RunSpec]:
         heads = HEADS.expand([str(p) for p in _as_list(suite["heads"])])
     except KeyError as error:
         raise ConfigError(f"suite: {error}") from None
-    weights = str(suite["weights"])
+    weights = pretrained_as_imagenet(str(suite["weights"]))
     overrides = _validated_overrides(suite.get("overrides"))
     matched = [False] * len(overrides)
     seeds = _whole_numbers(suite["seeds"], "seeds")
@@ -390,9 +391,17 @@ def _apply_override(settings: dict, changes: dict, where: str) -> dict:
             settings["finetune"] = None if value is None else {**FINETUNE_DEFAULTS, **value}
         elif key == "backbone_options":
             settings["backbone_options"] = dict(value or {})
+        elif key == "weights":
+            settings["weights"] = pretrained_as_imagenet(str(value))
         else:
             settings[key] = str(value)
     return settings
+
+
+def pretrained_as_imagenet(weights: str) -> str:
+    """``pretrained`` is another name for ``imagenet``: a backbone's own pretrained weights (ImageNet
+    files for the CNNs, the keras-hub preset's pretraining for the others). One name in run ids."""
+    return "imagenet" if weights == "pretrained" else weights
 
 
 def _check_run_settings(settings: dict, backbone, head, where: str) -> None:
