@@ -45,8 +45,8 @@ class HubModel:
     native_size: int = 224
     small: dict = field(default_factory=dict)
     vision_tower: bool = False      # the preset is an image-text model; zoo takes its vision encoder
-    prefix_tokens: int = 1          # plain ViTs: tokens before the patch tokens (class, distillation, registers)
-    pools: tuple = ()               # plain ViTs: pooling choices, default first
+    prefix_tokens: int = 1          # tokens before the patch tokens (class, distillation, registers)
+    pools: tuple = ("cls", "mean")  # pooling choices, default first
     # Kept whole as one layer of zoo's model (saved by its own configuration) rather than laid out
     # layer by layer: ViT's and DeiT's inner layers do not save alone in keras-hub 0.32.
     nest: bool = False
@@ -126,7 +126,7 @@ def build_hub_model(hub: HubModel, input_shape, **options):
     """The keras-hub model of ``hub`` at ``input_shape`` with random weights: its configuration,
     with ``options`` overriding configuration keys (``pool`` is zoo's, not keras-hub's)."""
     config = {**hub.config, **{k: v for k, v in options.items() if k != "pool"}}
-    unknown = set(config) - set(hub.config) - set(hub.small)
+    unknown = set(config) - set(hub.config)
     if unknown:
         raise ValueError(f"unknown backbone option(s) {sorted(unknown)} for {hub.class_name}; "
                          f"use pool or keys of its configuration: {', '.join(sorted(hub.config))}")
@@ -134,45 +134,34 @@ def build_hub_model(hub: HubModel, input_shape, **options):
 
 
 def wrap(hub: HubModel, model, input_shape, pool: str | None = None):
-    """zoo's backbone over a keras-hub model: one functional model on keras-hub's own graph (its
-    layers stay reachable by name), ending in the feature map zoo's heads take."""
+    """zoo's backbone over a keras-hub ViT: a functional model with two outputs, the patch tokens
+    as a stride-16 map (``patch_map``) and the pooled vector (``pooled``). It is laid out on
+    keras-hub's own graph, or holds the keras-hub model as one layer where ``hub.nest``."""
     import keras
 
-    if hub.pools:  # a plain ViT
-        pool = pool or hub.pools[0]
-        if pool not in hub.pools:
-            raise ValueError(f"pool must be one of {', '.join(hub.pools)} for {hub.class_name}, got {pool!r}")
-        PatchTokens, TokenPool = zoo_layers()
-        inputs = keras.Input(shape=tuple(input_shape), name="images") if hub.nest else _single(model.inputs)
-        if hub.nest:
-            tokens = model(inputs)
-        elif hub.class_name == "SigLIPVisionEncoder":
-            tokens = model.get_layer("post_layer_norm").output
-        else:
-            tokens = model.output
-        patch = model_patch_size(hub)
-        rows, cols = input_shape[0] // patch, input_shape[1] // patch
-        prefix = hub.prefix_tokens
-        grid = PatchTokens(prefix, rows, cols, name="patch_tokens")(tokens)
-        size = (input_shape[0] // 16, input_shape[1] // 16)
-        feature_map = keras.layers.Resizing(*size, interpolation="bilinear", name=PATCH_MAP)(grid) \
-            if (rows, cols) != size else keras.layers.Identity(name=PATCH_MAP)(grid)
-        if pool == "map":  # SigLIP's own attention pooling head
-            pooled = keras.layers.Identity(name=POOLED)(model.get_layer("head").output)
-        else:
-            pooled = TokenPool(pool, prefix, name=POOLED)(tokens)
-        return keras.Model(inputs, [feature_map, pooled], name=f"{model.name}_features")
-    if pool:
-        raise ValueError(f"{hub.class_name} has no pool option: its pyramid's last map is pooled by the head")
-    return keras.Model(_single(model.inputs), model.output, name=model.name)
-
-
-def _single(inputs):
-    return inputs[0] if len(inputs) == 1 else inputs
-
-
-def model_patch_size(hub: HubModel) -> int:
-    return int(hub.config["patch_size"])
+    pool = pool or hub.pools[0]
+    if pool not in hub.pools:
+        raise ValueError(f"pool must be one of {', '.join(hub.pools)} for {hub.class_name}, got {pool!r}")
+    PatchTokens, TokenPool = zoo_layers()
+    if hub.nest:
+        inputs = keras.Input(shape=tuple(input_shape), name="images")
+        tokens = model(inputs)
+    else:
+        inputs = model.inputs[0]
+        # SigLIP's encoder (the one pooling with its own attention head, "map") ends in that head:
+        # its tokens are the final LayerNorm's.
+        tokens = model.get_layer("post_layer_norm").output if "map" in hub.pools else model.output
+    patch = int(hub.config["patch_size"])
+    rows, cols = input_shape[0] // patch, input_shape[1] // patch
+    grid = PatchTokens(hub.prefix_tokens, rows, cols, name="patch_tokens")(tokens)
+    size = (input_shape[0] // 16, input_shape[1] // 16)
+    feature_map = keras.layers.Resizing(*size, interpolation="bilinear", name=PATCH_MAP)(grid) \
+        if (rows, cols) != size else keras.layers.Identity(name=PATCH_MAP)(grid)
+    if pool == "map":
+        pooled = keras.layers.Identity(name=POOLED)(model.get_layer("head").output)
+    else:
+        pooled = TokenPool(pool, hub.prefix_tokens, name=POOLED)(tokens)
+    return keras.Model(inputs, [feature_map, pooled], name=f"{model.name}_features")
 
 
 def hub_builder(hub: HubModel):
@@ -202,14 +191,13 @@ def _registered_hub_specs():
 
 
 def register_hub(name, family, hub: HubModel, *, preprocessing, license, paper, default_size=224, min_size=32,
-                 strides=None, output_stride=16, license_restricts_use=False) -> BackboneSpec:
-    """Register one keras-hub model as a zoo backbone."""
-    plain = bool(hub.pools)
+                 license_restricts_use=False) -> BackboneSpec:
+    """Register one keras-hub ViT as a zoo backbone: its stride-16 patch map, its pooled vector,
+    and the simple feature pyramid for pyramid heads."""
     return register_backbone(BackboneSpec(
         name=name, family=family, build=hub_builder(hub), preprocessing=preprocessing, default_size=default_size,
-        min_size=min_size, feature_layers_by_stride={16: PATCH_MAP} if plain else strides,
-        license=license, paper=paper, output_stride=output_stride, hub=hub,
-        pooled_layer=POOLED if plain else None, simple_pyramid=(4, 8, 32) if plain else (),
+        min_size=min_size, feature_layers_by_stride={16: PATCH_MAP}, license=license, paper=paper,
+        output_stride=16, hub=hub, pooled_layer=POOLED, simple_pyramid=(4, 8, 32),
         license_restricts_use=license_restricts_use))
 
 
