@@ -99,8 +99,13 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
     blocks = transformer_blocks(backbone)
     if blocks:  # a transformer: top:N counts blocks, and what follows the first of them trains too
         set_trainable(model, "top:1")
-        last = sum(int(np.prod(w.shape)) for w in blocks[-1].weights)
+        size_of = lambda weights: sum(int(np.prod(w.shape)) for w in weights)  # noqa: E731
+        norms = [layer for layer in backbone._flatten_layers(recursive=True)
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+        in_last = [layer for layer in norms if any(layer is inner for inner in blocks[-1]._flatten_layers())]
+        last = size_of(blocks[-1].weights) - sum(size_of(layer.weights) for layer in in_last)
         assert head_count + last <= trainable_count(model) < all_count
+        assert not any(layer.trainable for layer in norms)  # BatchNorm stays frozen, as in a CNN's top:N
         assert all(not block.trainable_weights for block in blocks[:-1])
         set_trainable(model, "all")
         assert trainable_count(model) == all_count
@@ -128,6 +133,10 @@ def test_too_small_input_and_bad_trainable_are_rejected():
         build_model("inception_v3", "linear", 3, (64, 64, 3))
     with pytest.raises(ValueError, match="top:N"):
         build_model("baseline_cnn", "linear", 3, (32, 32, 3), trainable="top")
+    for name, size in [(name, spec.min_size + spec.size_multiple // 2) for name, spec in BACKBONES.items()
+                       if spec.size_multiple > 1]:  # refused before anything is built
+        with pytest.raises(ValueError, match=f"multiple of {BACKBONES.get(name).size_multiple}"):
+            build_model(name, "linear", 3, (size, size, 3))
 
 
 def test_unet_matches_the_land_cover_reference_size():

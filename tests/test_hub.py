@@ -22,18 +22,18 @@ COUNTED = [name for name in HUB if BACKBONES.get(name).hub.preset_params]
 
 def test_the_families_people_try_first_are_registered_with_their_licences():
     assert {"dinov2_small", "dinov2_base", "dinov3_small", "vit_base", "deit_tiny", "deit_small", "siglip_base",
-            "clip_vit_b16"} <= set(HUB)
+            "clip_vit_b16", "swin_tiny", "mit_b0", "mit_b1", "mit_b2", "cspdarknet53", "hgnetv2_b4"} <= set(HUB)
     restricted = {name for name in HUB if BACKBONES.get(name).license_restricts_use}
-    assert restricted == {"dinov3_small"}
+    assert restricted == {"dinov3_small", "mit_b0", "mit_b1", "mit_b2"}
 
 
 @pytest.mark.parametrize("name", COUNTED)
 def test_shipped_configuration_is_the_presets_architecture(name):
     """Built offline from zoo's configuration at the preset's own input size, the model has exactly
-    the parameters keras-hub publishes for the preset."""
+    the parameters keras-hub publishes for the preset (less the classifier a published count includes)."""
     hub = BACKBONES.get(name).hub
     model = build_hub_model(hub, (hub.native_size, hub.native_size, 3))
-    assert model.count_params() == hub.preset_params
+    assert model.count_params() + hub.preset_head_params == hub.preset_params
 
 
 @pytest.fixture
@@ -61,6 +61,41 @@ def test_a_preset_in_the_weights_folder_gives_the_saved_models_features(deit_pre
     assert small.outputs[0].shape[1:3] == (4, 4)
     last_block = lambda m: transformer_blocks(m)[-1].get_weights()  # noqa: E731
     assert all(np.array_equal(a, b) for a, b in zip(last_block(small), last_block(saved)))
+
+
+def test_a_hierarchical_preset_gives_the_saved_models_feature_maps(tmp_path, monkeypatch, rng):
+    """MiT (held whole by zoo's HubPyramid): every tapped map equals the saved model's, and six channels
+    of RGB twice give the RGB maps."""
+    spec = BACKBONES.get("mit_b0")
+    source = build_hub_model(spec.hub, (128, 128, 3), **spec.hub.small)
+    source.save_to_preset(str(tmp_path / spec.hub.preset))
+    monkeypatch.setenv("ZOO_WEIGHTS_DIR", str(tmp_path))
+    saved = wrap(spec.hub, source, (128, 128, 3))
+    x = rng.uniform(-2, 2, (2, 128, 128, 3)).astype("float32")
+    model = build_backbone_with_weights(spec, (128, 128, 3), "imagenet", **spec.hub.small)
+    assert [tuple(t.shape[1:3]) for t in model.outputs] == [(4, 4), (32, 32), (16, 16), (8, 8)]
+    for got, expected in zip(model(x), saved(x)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-6)
+    six = build_backbone_with_weights(spec, (128, 128, 6), "imagenet", **spec.hub.small)
+    for got, expected in zip(six(np.concatenate([x, x], axis=-1)), saved(x)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-4)
+
+
+def test_an_image_text_preset_gives_its_vision_tower(tmp_path, monkeypatch, rng):
+    """A SigLIP image-text preset: zoo takes its vision encoder, pooled by SigLIP's own attention head."""
+    import keras_hub
+
+    spec = BACKBONES.get("siglip_base")
+    vision = build_hub_model(spec.hub, (224, 224, 3), **spec.hub.small)
+    text = keras_hub.models.SigLIPTextEncoder(vocabulary_size=64, embedding_dim=32, hidden_dim=32, num_layers=1,
+                                              num_heads=2, intermediate_dim=64, max_sequence_length=8,
+                                              projection_dim=spec.hub.config["hidden_dim"])
+    keras_hub.models.SigLIPBackbone(vision, text).save_to_preset(str(tmp_path / spec.hub.preset))
+    monkeypatch.setenv("ZOO_WEIGHTS_DIR", str(tmp_path))
+    x = rng.uniform(-1, 1, (1, 224, 224, 3)).astype("float32")
+    model = build_backbone_with_weights(spec, (224, 224, 3), "pretrained", **spec.hub.small)
+    for got, expected in zip(model(x), wrap(spec.hub, vision, (224, 224, 3))(x)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
 
 
 def test_offline_without_the_preset_the_error_says_where_to_put_it():
@@ -92,9 +127,11 @@ def hub_suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("hub")
     suite = load_suite({
         "name": "hub", "datasets": ["synthetic_terrain", "synthetic_landcover"],
-        "backbones": ["deit_tiny", "baseline_cnn"], "heads": ["linear", "fpn"], "trainable": "frozen",
+        "backbones": ["deit_tiny", "mit_b0", "baseline_cnn"], "heads": ["linear", "fpn"], "trainable": "frozen",
         "finetune": {"trainable": "top:1", "epochs": 1, "learning_rate": 1e-4},
-        "overrides": [{"match": {"backbone": "deit_tiny"}, "set": {"backbone_options": {"num_layers": 2}}}],
+        "overrides": [{"match": {"backbone": "deit_tiny"}, "set": {"backbone_options": {"num_layers": 2}}},
+                      {"match": {"backbone": "mit_b0"},  # keras-hub's MiT takes 64 px and up
+                       "set": {"backbone_options": BACKBONES.get("mit_b0").hub.small, "train": {"image_size": 64}}}],
         "train": {"image_size": 32, "batch_size": 16, "epochs": 1, "steps_per_epoch": 2}})
     assert run_suite(suite, out, executor="in-process", report=False, log=lambda *_: None) == 0
     return out
@@ -102,9 +139,10 @@ def hub_suite(tmp_path_factory):
 
 def test_a_suite_trains_transformers_beside_cnns(hub_suite):
     table = pd.read_csv(hub_suite / "results.csv")
-    assert len(table) == 4 and (table["status"] == "ok").all()
-    deit = table[table["backbone"] == "deit_tiny"]
-    assert set(deit["head"]) == {"linear", "fpn"} and (deit["trainable"] == "frozen+finetune top:1").all()
+    assert len(table) == 6 and (table["status"] == "ok").all()
+    for transformer in ("deit_tiny", "mit_b0"):  # a plain ViT and a hierarchical one
+        rows = table[table["backbone"] == transformer]
+        assert set(rows["head"]) == {"linear", "fpn"} and (rows["trainable"] == "frozen+finetune top:1").all()
 
 
 def test_a_transformer_run_predicts_in_a_fresh_process(hub_suite, tmp_path):

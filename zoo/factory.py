@@ -35,6 +35,10 @@ def check_input_shape(backbone: BackboneSpec, input_shape) -> tuple:
     if min(height, width) < backbone.min_size:
         raise IncompatibleError(f"{backbone.name} needs inputs of at least {backbone.min_size}x{backbone.min_size} "
                                 f"pixels, got {height}x{width}; raise image_size")
+    if backbone.size_multiple > 1 and (height % backbone.size_multiple or width % backbone.size_multiple):
+        raise IncompatibleError(f"{backbone.name} needs an input size that is a multiple of {backbone.size_multiple} "
+                                f"({backbone.size_multiple}, {2 * backbone.size_multiple}, ...), got {height}x{width}; "
+                                f"set image_size accordingly")
     if channels < 1:
         raise IncompatibleError(f"input_shape needs at least one channel, got {channels}")
     return (int(height), int(width), int(channels))
@@ -94,11 +98,17 @@ def train_last_blocks(backbone, chosen) -> None:
     """``top:N`` on a transformer: the chosen (last) blocks train, and so does every layer after the
     first of them (MiT's patch embeddings between stages, the final LayerNorm, a pooling head);
     everything before stays frozen. LayerNorm layers inside train: unlike BatchNorm they keep
-    no running statistics that small batches could wreck."""
+    no running statistics that small batches could wreck; BatchNorm layers (HGNetV2's blocks) stay
+    frozen, as in a CNN's top:N."""
+    import keras
+
     if not chosen:
         backbone.trainable = False
         return
     _freeze_before(backbone, chosen[0])
+    for layer in backbone._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 def _freeze_before(container, first) -> None:
@@ -221,8 +231,7 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
     if extractor is None:
         base = build_backbone_with_weights(backbone_spec, input_shape, weights, **(backbone_options or {}))
         taps = [base.get_layer(backbone_spec.feature_layers_by_stride[s]).output for s in strides]
-        last = base.get_layer(backbone_spec.feature_layers_by_stride[16]).output if backbone_spec.pooled_layer \
-            else base.output
+        last = base.outputs[0]  # a multi-output backbone (keras-hub) puts its deepest map first
         pooled = [base.get_layer(backbone_spec.pooled_layer).output] if backbone_spec.pooled_layer else []
         extractor = keras.Model(base.input, [last, *taps, *pooled], name=BACKBONE_LAYER_NAME)
         _FROZEN_BACKBONE.clear()

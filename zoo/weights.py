@@ -327,6 +327,6 @@ def build_from_preset(spec: BackboneSpec, input_shape, weights, options):
     location = resolve_preset(spec) if weights in ("imagenet", "pretrained") else str(Path(weights).expanduser())
     model = spec.build(input_shape, **options)
     source_model = load_preset_model(spec, location)
-    source = wrap(spec.hub, source_model, tuple(source_model.input.shape[1:]), options.get("pool"))
+    source = wrap(spec.hub, source_model, tuple(source_model.inputs[0].shape[1:]), options.get("pool"))
     copy_preset_weights(source, model)
     return model

@@ -54,6 +54,9 @@ class BackboneSpec:
     pooled_layer: Optional[str] = None
     simple_pyramid: tuple = ()
     license_restricts_use: bool = False
+    # Inputs whose side is not a multiple of this fail inside the model (Swin's 7x7 windows tile
+    # every stage only when the side is a multiple of 224).
+    size_multiple: int = 1
 
     def __post_init__(self):
         if self.preprocessing not in PREPROCESSING_MODES:
@@ -78,6 +81,7 @@ class BackboneSpec:
             "preprocessing": self.preprocessing,
             "default_size": self.default_size,
             "min_size": self.min_size,
+            "size_multiple": self.size_multiple,
             "output_stride": self.output_stride,
             "feature_layers_by_stride": dict(self.feature_layers_by_stride),
             "imagenet_no_top": weights.file_name if weights else None,
@@ -90,7 +94,8 @@ class BackboneSpec:
             "preset": self.hub.preset if self.hub else None,
             "pretraining": self.hub.pretraining if self.hub else ("ImageNet-1k" if self.imagenet_no_top else None),
             "pool": list(self.hub.pools) if self.hub and self.hub.pools else None,
-            "parameters": self.hub.preset_params if self.hub else None,
+            "parameters": self.hub.preset_params - self.hub.preset_head_params
+            if self.hub and self.hub.preset_params else None,
         }
 
 
