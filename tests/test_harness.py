@@ -52,7 +52,13 @@ def test_run_folder_holds_everything_a_report_needs(tiny_out):
         for name in ("run.json", "environment.json", "history.csv", "metrics.json", "predictions.npz",
                      "model.keras", "split.json", "dataset.json", "result.json"):
             assert (run_dir / name).is_file(), (row["run_id"], name)
-        assert list((run_dir / "tensorboard").rglob("events.out.tfevents*"))
+        # TensorBoard: the training and validation curves, one point per epoch.
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        epochs = len(pd.read_csv(run_dir / "history.csv"))
+        for side in ("train", "validation"):
+            curves = EventAccumulator(str(run_dir / "tensorboard" / side)).Reload()
+            assert len(curves.Tensors("epoch_loss")) == epochs, (row["run_id"], side)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         environment = json.loads((run_dir / "environment.json").read_text())
         assert environment["tensorflow"] and environment["device"] == row["device"]
