@@ -102,8 +102,9 @@ class RunActor:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         if shares_a_gpu:  # --gpus-per-run below 1: TensorFlow must not take the whole GPU's memory
             os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-        import keras  # noqa: F401  (start-up paid while the driver checks the runs)
-        import tensorflow  # noqa: F401
+        from zoo.harness.worker import preload_run_modules
+
+        preload_run_modules()  # start-up paid while the driver checks the runs, as the local worker does
 
     def execute(self, run_dir: str) -> dict:
         from zoo.harness.suite import load_plugins

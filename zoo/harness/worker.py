@@ -593,14 +593,11 @@ def describe_error(error: BaseException) -> str:
     return f"{name}: {message}"[:500] if not isinstance(error, RunFailed) else message
 
 
-_SKIPSETS: dict = {}
-
-
 def keep_keras_saving_skipsets() -> None:
     """Keras 3 (3.15) caches the attribute sets its saver skips under one key and looks them up under
     another (``saving_attr_skipset_`` / ``saving_attr_skiplist_``), so every layer saved builds a
     throw-away Layer to list its attributes: about 0.3 s per save of a MobileNetV2. Store the sets
-    under the key Keras reads, once per process (clear_session forgets them); the sets are Keras's own."""
+    under the key Keras reads (clear_session forgets them); the sets are Keras's own."""
     try:
         from keras.src.backend.common import global_state
         from keras.src.saving import saving_lib
@@ -609,9 +606,7 @@ def keep_keras_saving_skipsets() -> None:
     for obj_type in ("Operation", "Layer", "Functional", "Sequential", "Metric", "Optimizer", "Loss"):
         key = f"saving_attr_skiplist_{obj_type}"
         if global_state.get_global_attribute(key) is None:
-            if obj_type not in _SKIPSETS:
-                _SKIPSETS[obj_type] = saving_lib.get_attr_skipset(obj_type)
-            global_state.set_global_attribute(key, _SKIPSETS[obj_type])
+            global_state.set_global_attribute(key, saving_lib.get_attr_skipset(obj_type))
 
 
 def reset_keras_state() -> None:
