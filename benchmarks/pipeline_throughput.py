@@ -32,7 +32,7 @@ def main() -> int:
 
     from zoo.data import open_source
     from zoo.data.pipeline import PipelineOptions, build_pipeline
-    from zoo.harness.timing import describe_device
+    from zoo.runtime import describe_device
 
     entry = ({"name": Path(args.dataset).name, "source": "folder", "path": args.dataset}
              if Path(args.dataset).exists() else args.dataset)

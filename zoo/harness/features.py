@@ -61,9 +61,10 @@ def compute_features(extractor, pipelines: dict, folder: Path) -> None:
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    from zoo.harness.timing import compiled_function
+    from zoo.runtime import compiled_predict
 
-    extract = compiled_function(lambda images: extractor(images, training=False))
+    # Traced once for any batch size: a split's last, shorter batch does not trace the backbone again.
+    extract = compiled_predict(extractor)
     for split, dataset in pipelines.items():
         outputs, targets = [], []
         for batch in dataset:
@@ -92,6 +93,8 @@ def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int
     rows = np.arange(len(targets[0])) if indices is None else np.asarray(indices, dtype=np.int64)
     finish = finish or (lambda *target: target)
 
+    # Plain tensor code: autograph's conversion would cost each run ~50 ms a dataset for nothing.
+    @tf.autograph.experimental.do_not_convert
     def assemble(*arrays):
         inputs = tuple(arrays[:len(features)])
         return (inputs if len(inputs) > 1 else inputs[0], *finish(*arrays[len(features):]))

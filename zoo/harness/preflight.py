@@ -232,7 +232,7 @@ def measure_architecture(run, info, repeats: int = 5) -> dict:
 
     from zoo import build_model
     from zoo.harness.precise_bn import trained_batchnorm_layers
-    from zoo.harness.timing import compiled_predict
+    from zoo.runtime import compiled_predict
 
     size = run.train["image_size"]
     keras.backend.clear_session()
@@ -305,7 +305,7 @@ def run_status(run, runs_dir: Path) -> str:
 def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=print) -> dict:
     """Every run with its status and readiness (None when finished: it needs nothing) and, for
     pending ones, an estimated wall time on this device."""
-    from zoo.harness.timing import describe_device
+    from zoo.runtime import describe_device
 
     from zoo.harness import features
 

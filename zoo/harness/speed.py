@@ -33,10 +33,9 @@ def measure(backbone: str, image_size: int, batch_size: int, precision: str = "f
     import tensorflow as tf
 
     from zoo import build_model
-    from zoo.harness.timing import describe_device
+    from zoo.runtime import describe_device, precision_policy
 
-    gpus = tf.config.list_physical_devices("GPU")
-    policy = "float32" if precision == "float32" else ("mixed_float16" if gpus else "mixed_bfloat16")
+    policy = precision_policy(precision)
     keras.mixed_precision.set_global_policy(policy)
     row = {"backbone": backbone, "head": "linear", "device": describe_device(), "precision": policy, "xla": xla,
            "image_size": image_size, "tensorflow": tf.__version__, "keras": keras.__version__,

@@ -30,6 +30,10 @@ import numpy as np
 from zoo.results import write_json
 
 
+# Training steps per call of a head on cached features (see Run.compile).
+FEATURE_STEPS_PER_EXECUTION = 32
+
+
 class RunFailed(RuntimeError):
     """A run that cannot finish, with a message for the results table."""
 
@@ -46,7 +50,10 @@ def environment(precision: str, device: str, replicas: int) -> dict:
                                 text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+    from zoo import runtime
+
+    return {"python": platform.python_version(), "backend": runtime.backend(),
+            "backend_version": runtime.backend_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
             "tensorflow_datasets": tfds.__version__, "numpy": np.__version__, "zoo": zoo.__version__,
             "git_commit": commit, "device": device, "replicas": replicas, "precision": precision,
             "platform": platform.platform(), "cpu_count": os.cpu_count()}
@@ -75,35 +82,6 @@ def head_task(head: str) -> str:
     from zoo.heads import HEADS
 
     return HEADS.get(head).task
-
-
-LOGICAL_CPUS_ENV = "ZOO_LOGICAL_CPUS"
-
-
-_STRATEGY = []  # devices are configured once per process; later runs in a worker reuse the strategy
-
-
-def choose_strategy():
-    """MirroredStrategy over all GPUs when there are several, else the default strategy.
-
-    With ZOO_LOGICAL_CPUS=N (N > 1) the CPU is split into N logical devices and mirrored
-    over, which exercises the multi-device path on a machine without GPUs.
-    """
-    import tensorflow as tf
-
-    if _STRATEGY:
-        return _STRATEGY[0]
-    logical_cpus = int(os.environ.get(LOGICAL_CPUS_ENV, "0") or 0)
-    if logical_cpus > 1 and not tf.config.list_physical_devices("GPU"):
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
-        strategy = tf.distribute.MirroredStrategy([f"/cpu:{index}" for index in range(logical_cpus)])
-    elif len(tf.config.list_logical_devices("GPU")) > 1:
-        strategy = tf.distribute.MirroredStrategy()
-    else:
-        return tf.distribute.get_strategy()
-    _STRATEGY.append(strategy)
-    return strategy
 
 
 def best_weights_callback():
@@ -241,15 +219,11 @@ class Run:
     # -- model ----------------------------------------------------------------------
     def build(self, record: bool = True):
         import keras
-        import tensorflow as tf
 
-        from zoo.harness.timing import describe_device
+        from zoo.runtime import choose_strategy, describe_device, precision_policy
 
-        gpus = tf.config.list_physical_devices("GPU")
-        self.precision = "float32"
-        if self.train["precision"] == "mixed":
-            self.precision = "mixed_float16" if gpus else "mixed_bfloat16"
-            keras.mixed_precision.set_global_policy(self.precision)
+        self.precision = precision_policy(self.train["precision"])
+        keras.mixed_precision.set_global_policy(self.precision)
         self.strategy = choose_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.global_batch = self.train["batch_size"] * self.replicas
@@ -271,8 +245,8 @@ class Run:
                                      reuse_frozen_backbone=not self.spec.get("finetune"))
 
     def predictor(self):
-        """The model's compiled inference function (see zoo.harness.timing.compiled_predict)."""
-        from zoo.harness.timing import compiled_predict
+        """The model's compiled inference function (see zoo.runtime.compiled_predict)."""
+        from zoo.runtime import compiled_predict
 
         if getattr(self, "_predict", None) is None:
             self._predict = compiled_predict(self.model)
@@ -288,10 +262,22 @@ class Run:
         metrics = {"classification": ["accuracy"], "segmentation": [], "distribution": []}[self.task]
         weighted = ["accuracy"] if self.task == "segmentation" else None
         self.calibration_forward = None  # traced again: trainable flags may have changed
-        with self.strategy.scope():
-            self.trained_model.compile(optimizer=make_optimizer(self.train["optimizer"], schedule),
-                                       loss=make_loss(self.task, self.train["loss"]), metrics=metrics,
-                                       weighted_metrics=weighted, jit_compile=bool(self.train["xla"]))
+        with self.strategy.scope():  # the optimizer's variables too belong to the strategy
+            settings = dict(optimizer=make_optimizer(self.train["optimizer"], schedule),
+                            loss=make_loss(self.task, self.train["loss"]), metrics=metrics,
+                            weighted_metrics=weighted, jit_compile=bool(self.train["xla"]))
+            if self.trained_model is self.model:
+                self.trained_model.compile(**settings)
+            else:
+                # A head on cached features: each step is a matrix product or two, so Keras's
+                # per-call overhead would dominate; several steps per call give the same numbers.
+                # A worker's later runs train the same compiled head again (zoo.harness.kept_models).
+                from zoo.harness import kept_models
+
+                # (Keras 3.15 cannot run several steps per call over a MirroredStrategy's datasets.)
+                settings["steps_per_execution"] = FEATURE_STEPS_PER_EXECUTION if self.replicas == 1 else 1
+                self.trained_model = kept_models.compiled(self.trained_model, settings, self.strategy)
+                self.feature_cache["head_model"] = self.trained_model
 
     def calibration_batches(self, repeat: bool):
         """Training batches without augmentation (the statistics serve evaluation on unaugmented
@@ -348,7 +334,7 @@ class Run:
     def evaluate(self) -> dict:
         """Test metrics and predictions: the full model on test images, or, with cached features,
         the head on the test images' features (the same function of the same images)."""
-        from zoo.harness.timing import compiled_predict
+        from zoo.runtime import compiled_predict
 
         if self.feature_cache is None:
             predict, test_data = self.predictor(), self.pipelines["test"]
@@ -427,11 +413,9 @@ class Run:
             row["too_few_to_judge"] = row["test_examples"] < stats.MIN_CLASS_EXAMPLES
 
     def execute(self) -> dict:
-        import keras
-        import tensorflow as tf
+        from zoo.runtime import make_deterministic
 
-        keras.utils.set_random_seed(self.spec["seed"])
-        tf.config.experimental.enable_op_determinism()
+        make_deterministic(self.spec["seed"])
         self.build()
         self.open_data()
         self.make_model()
@@ -570,13 +554,15 @@ class Run:
             copy_head_weights(self.trained_model, self.model)
 
     def row(self, status, error, result, epochs_run, trainable, model_path) -> dict:
+        from zoo import runtime
         from zoo.results import run_row
 
         model = getattr(self, "model", None)
         count = lambda weights: int(sum(np.prod(w.shape) for w in weights))  # noqa: E731
         values = dict(result or {}, trainable=trainable, epochs_run=epochs_run,
                       batch_size=getattr(self, "global_batch", None), device=getattr(self, "device", None),
-                      precision=getattr(self, "precision", None))
+                      precision=getattr(self, "precision", None),
+                      backend=f"{runtime.backend()} {runtime.backend_version()}")
         if model is not None:
             values.update(params=model.count_params(), trainable_params=count(model.trainable_weights))
         if model_path and model_path.is_file():
@@ -629,6 +615,9 @@ def execute_run(run_dir) -> dict:
     try:
         row = run.execute()
     except Exception as error:  # any failure is this run's, recorded, and the suite goes on
+        from zoo.harness import kept_models
+
+        kept_models.forget()
         try:
             (run.dir / "traceback.txt").write_text(traceback.format_exc())
         except OSError:

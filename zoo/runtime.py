@@ -1,0 +1,137 @@
+"""The one place zoo asks the Keras backend about devices, precision, determinism and compiled calls.
+
+Models, heads and the training loop are plain Keras; what differs between backends (which
+devices there are, how a call is compiled, how runs are made deterministic, how several GPUs
+are used) is answered here, so the rest of the run code does not import TensorFlow, JAX or
+PyTorch for it. Today the TensorFlow path is complete; the others answer what they can
+(device description, versions, determinism, compiled calls) and refuse what they cannot yet.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+
+import keras
+
+LOGICAL_CPUS_ENV = "ZOO_LOGICAL_CPUS"
+_BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy"}
+_STRATEGY = []  # devices are configured once per process; later runs in a worker reuse the strategy
+
+
+def backend() -> str:
+    """The Keras backend this process runs: tensorflow, jax or torch."""
+    return keras.backend.backend()
+
+
+def backend_version() -> str:
+    """The version of the backend's own library (TensorFlow's, JAX's, PyTorch's)."""
+    module = importlib.import_module(_BACKEND_MODULES.get(backend(), backend()))
+    return getattr(module, "__version__", "unknown")
+
+
+def gpu_names() -> list[str]:
+    """The names of the GPUs the backend sees, one per device."""
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return [tf.config.experimental.get_device_details(g).get("device_name", "GPU")
+                for g in tf.config.list_physical_devices("GPU")]
+    if name == "jax":
+        import jax
+
+        return [getattr(d, "device_kind", "GPU") for d in jax.devices() if d.platform == "gpu"]
+    if name == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return []
+
+
+def describe_device() -> str:
+    """The device runs train on: GPU names, or the CPU model and core count."""
+    gpus = gpu_names()
+    if gpus:
+        return f"{len(gpus)}x {gpus[0]}"
+    model_name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            model_name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {model_name} ({os.cpu_count()} cores)"
+
+
+def precision_policy(precision: str) -> str:
+    """The Keras dtype policy for a requested precision: float32, or for ``mixed`` float16
+    compute on GPUs (with loss scaling) and bfloat16 on CPUs, which lack fast float16."""
+    if precision == "float32":
+        return "float32"
+    return "mixed_float16" if gpu_names() else "mixed_bfloat16"
+
+
+def make_deterministic(seed: int) -> None:
+    """Seed Python, NumPy and the backend, and ask the backend for deterministic kernels, so a
+    run's numbers follow from its seed alone."""
+    keras.utils.set_random_seed(seed)
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend() == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def choose_strategy():
+    """TensorFlow's MirroredStrategy over all GPUs when there are several, else the default strategy.
+
+    With ZOO_LOGICAL_CPUS=N (N > 1) the CPU is split into N logical devices and mirrored
+    over, which exercises the multi-device path on a machine without GPUs.
+    """
+    import tensorflow as tf
+
+    if _STRATEGY:
+        return _STRATEGY[0]
+    logical_cpus = int(os.environ.get(LOGICAL_CPUS_ENV, "0") or 0)
+    if logical_cpus > 1 and not tf.config.list_physical_devices("GPU"):
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+        strategy = tf.distribute.MirroredStrategy([f"/cpu:{index}" for index in range(logical_cpus)])
+    elif len(tf.config.list_logical_devices("GPU")) > 1:
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        return tf.distribute.get_strategy()
+    _STRATEGY.append(strategy)
+    return strategy
+
+
+def compiled_function(function):
+    """``function`` traced into one graph on TensorFlow (retraced only for new shapes); as is on
+    backends whose eager calls are already compiled or that trace elsewhere."""
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function, reduce_retracing=True)
+    return function
+
+
+def compiled_predict(model):
+    """``model(images, training=False)`` as one compiled function returning NumPy; correct under any
+    distribution strategy (Keras's predict_on_batch under MirroredStrategy returns one copy of
+    the batch per replica). On TensorFlow it is traced once for any batch size: a last short
+    batch or a batch-1 latency measurement does not trace the model again."""
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        specs = [tf.TensorSpec(tensor.shape, tensor.dtype) for tensor in model.inputs]
+        signature = [specs[0] if len(specs) == 1 else specs]
+        traced = tf.function(lambda images: model(images, training=False), input_signature=signature)
+        # Several inputs (a pyramid head on cached features) come as a tuple from tf.data.
+        compiled = lambda images: traced(list(images) if isinstance(images, tuple) else images)  # noqa: E731
+    else:
+        compiled = compiled_function(lambda images: model(images, training=False))
+    # Several outputs (a feature pyramid) come back as a list of arrays.
+    return lambda images: keras.tree.map_structure(keras.ops.convert_to_numpy, compiled(images))
