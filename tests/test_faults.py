@@ -1,6 +1,7 @@
 """Faults and bad input, each as a real process against real files: signals to real
 processes, a real full file system, real corrupted files. After each: the exit code, the one
 line the user reads, and nothing lost (one row per finished run, every run folder readable)."""
+import importlib.util
 import json
 import os
 import shutil
@@ -118,8 +119,11 @@ def test_a_killed_driver_takes_its_worker_with_it(tmp_path):
     assert not (out / "results.csv").exists() or pd.read_csv(out / "results.csv").empty
 
 
-@pytest.mark.parametrize("trainable", ["all", "frozen"])
-def test_runs_give_the_same_metrics_first_or_second_in_their_worker(tmp_path, trainable):
+@pytest.mark.parametrize("trainable, backend", [
+    ("all", "tensorflow"), ("frozen", "tensorflow"),
+    pytest.param("frozen", "jax", marks=pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                                                             reason="jax is not installed"))])
+def test_runs_give_the_same_metrics_first_or_second_in_their_worker(tmp_path, trainable, backend):
     import keras
 
     from zoo.backbones import BACKBONES
@@ -131,9 +135,11 @@ def test_runs_give_the_same_metrics_first_or_second_in_their_worker(tmp_path, tr
     suite = write_suite(tmp_path, {**QUICK, "seeds": [0, 1], "heads": ["linear"], "trainable": trainable,
                                    "weights": str(weights) if trainable == "frozen" else "none",
                                    "train": {**QUICK["train"], "epochs": 2}})
-    both = zoo("run", suite, "--out", tmp_path / "both", "--no-report")
-    alone = zoo("run", suite, "--out", tmp_path / "alone", "--no-report", "--only", "*-s1-*")
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
+    both = zoo("run", suite, "--out", tmp_path / "both", "--no-report", env=env)
+    alone = zoo("run", suite, "--out", tmp_path / "alone", "--no-report", "--only", "*-s1-*", env=env)
     assert both.returncode == 0 and alone.returncode == 0, both.stdout[-2000:] + alone.stdout[-2000:]
+    assert pd.read_csv(tmp_path / "both" / "results.csv")["backend"].str.startswith(f"{backend} ").all()
     run_id = next(p.name for p in (tmp_path / "alone" / "runs").iterdir())
     second = np.load(tmp_path / "both" / "runs" / run_id / "predictions.npz")["probabilities"]
     first = np.load(tmp_path / "alone" / "runs" / run_id / "predictions.npz")["probabilities"]
