@@ -49,8 +49,8 @@ def _serialized(value):
 
 def identity(model, compile_kwargs: dict, strategy) -> str | None:
     """What the traced functions of ``model`` compiled with ``compile_kwargs`` depend on, as a
-    key; None when the model cannot be kept (an optimizer whose learning rate is not a
-    plain number or schedule, or a backend other than TensorFlow)."""
+    key; None when the model cannot be kept (a backend other than TensorFlow, or settings
+    that do not serialise)."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
