@@ -38,3 +38,40 @@ def ray_cluster():
 
     with LocalRayCluster(nodes=2, cpus_per_node=1) as cluster:
         yield cluster
+
+
+
+GROUPING_FAILED = pytest.StashKey[str]()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def xdist_groups_hold(request):
+    """Every test errors with the reason when xdist_group is not honoured (see below)."""
+    if GROUPING_FAILED in request.config.stash:
+        pytest.fail(request.config.stash[GROUPING_FAILED])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items):
+    """Tests that use one of their module's module-scoped fixtures (a trained suite, a server)
+    run on one xdist worker, so the fixture is built once, not once per worker. Afterwards,
+    fail at once if pytest-xdist did not honour the groups (it renames node ids, which some
+    pytest versions ignore): the Ray cluster and each shared fixture would be built per worker."""
+    for item in items:
+        if any(True for _ in item.iter_markers("xdist_group")):
+            continue
+        definitions = getattr(item, "_fixtureinfo", None)
+        module = item.nodeid.split("::")[0]
+        if definitions and any(fixture.scope == "module" and fixture.baseid == module
+                               for name in definitions.names_closure
+                               for fixture in definitions.name2fixturedefs.get(name, ())):
+            item.add_marker(pytest.mark.xdist_group(module))
+    result = yield
+    if getattr(config.option, "loadgroup", False):
+        for item in items:
+            groups = sorted({mark.args[0] for mark in item.iter_markers("xdist_group")})
+            if groups and not item.nodeid.endswith("@" + "_".join(groups)):
+                config.stash[GROUPING_FAILED] = (f"pytest-xdist's loadgroup did not group {item.nodeid}: this "
+                                                 f"pytest and pytest-xdist do not work together; reinstall with "
+                                                 f"pip install -e '.[dev]'")
+    return result

@@ -9,7 +9,7 @@ from conftest import test_input_size
 from zoo import build_model, list_backbones
 from zoo.backbones import BACKBONES, PREPROCESSING_MODES
 from zoo.backbones.hub import transformer_blocks
-from zoo.factory import compatible_heads, set_trainable
+from zoo.factory import backbone_extractor, compatible_heads, set_trainable
 from zoo.heads import HEADS
 
 KERAS_AUTO_NAME = re.compile(r"(activation|conv2d|batch_normalization|zero_padding2d|max_pooling2d|add|concatenate|"
@@ -56,8 +56,19 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
     size = test_input_size(spec)
     small = small_options(spec)
 
-    # Feature layers are names that exist and sit at their stated stride.
-    base = spec.build((size, size, 3), **small)
+    heads = compatible_heads(name)
+    assert {"linear", "mlp", "flatten", "distribution", "fcn"} <= set(heads)
+    # Heads that take the same backbone outputs share one build of it (deep backbones take seconds).
+    extractors = {}
+    for head in heads:
+        channels = 3 if HEADS.get(head).task == "classification" else 4
+        key = (channels, HEADS.get(head).needs_pyramid)
+        if key not in extractors:
+            extractors[key] = backbone_extractor(name, head, (size, size, channels), backbone_options=small)
+
+    # Feature layers are names that exist and sit at their stated stride (a pyramid head's
+    # backbone outputs them all; a classification head's may prune them).
+    base = extractors.get((4, True)) or spec.build((size, size, 3), **small)
     for stride, layer_name in spec.feature_layers_by_stride.items():
         assert not KERAS_AUTO_NAME.fullmatch(layer_name), f"{layer_name} is an unstable auto-generated name"
         height = base.get_layer(layer_name).output.shape[1]
@@ -65,11 +76,11 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
         assert size // stride - 3 <= height <= size // stride, (layer_name, height)
     assert size // spec.output_stride - 3 <= base.outputs[0].shape[1] <= size // spec.output_stride
 
-    heads = compatible_heads(name)
-    assert {"linear", "mlp", "flatten", "distribution", "fcn"} <= set(heads)
     for head in heads:
         channels = 3 if HEADS.get(head).task == "classification" else 4
-        model = build_model(name, head, num_classes=5, input_shape=(size, size, channels), backbone_options=small)
+        key = (channels, HEADS.get(head).needs_pyramid)
+        model = build_model(name, head, num_classes=5, input_shape=(size, size, channels), backbone_options=small,
+                            extractor=extractors[key])
         x = rng.uniform(0, 255, (2, size, size, channels)).astype("float32")
         y = np.asarray(model(x, training=False))
         expected = (2, 5) if HEADS.get(head).task != "segmentation" else (2, size, size, 5)
@@ -78,15 +89,17 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
 
     # Save and reload in safe mode: identical outputs.
     head = "unet" if "unet" in heads else "fcn"
-    model = build_model(name, head, num_classes=3, input_shape=(size, size, 4), backbone_options=small)
+    model = build_model(name, head, num_classes=3, input_shape=(size, size, 4), backbone_options=small,
+                        extractor=extractors[(4, HEADS.get(head).needs_pyramid)])
     x = rng.uniform(0, 255, (1, size, size, 4)).astype("float32")
     model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
     np.testing.assert_allclose(np.asarray(reloaded(x, training=False)), np.asarray(model(x, training=False)),
                                atol=1e-6)
 
-    # Trainable-weight counts for each fine-tuning mode.
-    model = build_model(name, "linear", num_classes=5, input_shape=(size, size, 3), backbone_options=small)
+    # Trainable-weight counts for each fine-tuning mode (the last use of the shared backbone).
+    model = build_model(name, "linear", num_classes=5, input_shape=(size, size, 3), backbone_options=small,
+                        extractor=extractors[(3, False)])
     backbone = model.get_layer("backbone")
     head_count = sum(int(np.prod(w.shape)) for layer in model.layers[2:] for w in layer.trainable_weights)
     all_count = trainable_count(model)
@@ -126,6 +139,16 @@ def test_incompatible_pair_fails_at_once_with_the_heads_that_fit():
         build_model("unet", "fpn", num_classes=3, input_shape=(64, 64, 4))
     message = str(error.value)
     assert "encoder-decoder" in message and "fcn" in message and "linear" in message
+
+
+def test_a_shared_backbone_must_fit_the_head_and_input():
+    plain = backbone_extractor("baseline_cnn", "linear", (32, 32, 3))
+    with pytest.raises(ValueError, match="does not fit baseline_cnn/fpn"):
+        build_model("baseline_cnn", "fpn", 3, (32, 32, 3), extractor=plain)
+    with pytest.raises(ValueError, match="backbone_extractor"):
+        build_model("baseline_cnn", "linear", 3, (64, 64, 3), extractor=plain)
+    shared = [build_model("baseline_cnn", head, 3, (32, 32, 3), extractor=plain) for head in ("linear", "mlp")]
+    assert all(model.get_layer("backbone") is plain for model in shared)
 
 
 def test_too_small_input_and_bad_trainable_are_rejected():

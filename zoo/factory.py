@@ -179,6 +179,25 @@ def simple_feature_pyramid(stride16, strides) -> dict:
     return {stride: made[stride] for stride in strides}
 
 
+def backbone_extractor(backbone: str, head: str, input_shape, weights=None, backbone_options: dict | None = None):
+    """The backbone as the nested model ``build_model`` puts under the head: outputs
+    ``[last, *feature maps by increasing stride (pyramid heads only), pooled (if the backbone has it)]``.
+    Pass it as ``build_model(..., extractor=...)`` to put several heads over one backbone."""
+    import keras
+
+    from zoo.weights import build_backbone_with_weights
+
+    backbone_spec, head_spec = BACKBONES.get(backbone), HEADS.get(head)
+    input_shape = check_input_shape(backbone_spec, input_shape)
+    weights = "imagenet" if weights == "pretrained" else weights
+    base = build_backbone_with_weights(backbone_spec, input_shape, weights, **(backbone_options or {}))
+    taps = [base.get_layer(backbone_spec.feature_layers_by_stride[s]).output
+            for s in tapped_strides(backbone_spec, head_spec)]
+    last = base.outputs[0]  # a multi-output backbone (keras-hub) puts its deepest map first
+    pooled = [base.get_layer(backbone_spec.pooled_layer).output] if backbone_spec.pooled_layer else []
+    return keras.Model(base.input, [last, *taps, *pooled], name=BACKBONE_LAYER_NAME)
+
+
 # The frozen pretrained backbone last built, kept by a worker process for the next run of a
 # sweep: its weights never change while frozen, and building a deep backbone costs seconds.
 _FROZEN_BACKBONE: dict = {}
@@ -187,7 +206,7 @@ _FROZEN_BACKBONE: dict = {}
 def build_model(backbone: str, head: str, num_classes: int, input_shape, weights=None,
                 trainable: str = "all", backbone_options: dict | None = None,
                 batchnorm_momentum: float | None = None, head_seed: int | None = None,
-                reuse_frozen_backbone: bool = False):
+                reuse_frozen_backbone: bool = False, extractor=None):
     """Assemble ``backbone`` and ``head`` into one ``keras.Model``.
 
     Args:
@@ -206,12 +225,15 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
             head starts the same whether the backbone was built or reused.
         reuse_frozen_backbone: with ``trainable="frozen"`` and pretrained weights, reuse the
             backbone this process built last for the same settings (never trained: frozen).
+        extractor: a model from :func:`backbone_extractor` for this backbone, head and input
+            shape, to share instead of building the backbone again (several heads over one
+            backbone share its weights and its trainable flags).
 
     The backbone is a nested model named ``"backbone"``; the output is float32 softmax.
     """
     import keras
 
-    from zoo.weights import build_backbone_with_weights, weights_identity
+    from zoo.weights import weights_identity
 
     backbone_spec, head_spec = BACKBONES.get(backbone), HEADS.get(head)
     weights = "imagenet" if weights == "pretrained" else weights  # a backbone's own pretraining, either name
@@ -222,21 +244,23 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
         raise IncompatibleError(f"num_classes must be at least 2, got {num_classes}")
 
     strides = tapped_strides(backbone_spec, head_spec)
-    identity = weights_identity(weights)
-    # Random weights differ by seed: never shared.
-    shareable = reuse_frozen_backbone and trainable == "frozen" and identity != "none"
-    key = json.dumps([backbone, list(input_shape), identity, backbone_options or {}, strides, batchnorm_momentum,
-                      keras.mixed_precision.global_policy().name], default=str)
-    extractor = _FROZEN_BACKBONE.get(key) if shareable else None
-    if extractor is None:
-        base = build_backbone_with_weights(backbone_spec, input_shape, weights, **(backbone_options or {}))
-        taps = [base.get_layer(backbone_spec.feature_layers_by_stride[s]).output for s in strides]
-        last = base.outputs[0]  # a multi-output backbone (keras-hub) puts its deepest map first
-        pooled = [base.get_layer(backbone_spec.pooled_layer).output] if backbone_spec.pooled_layer else []
-        extractor = keras.Model(base.input, [last, *taps, *pooled], name=BACKBONE_LAYER_NAME)
-        _FROZEN_BACKBONE.clear()
-        if shareable:
-            _FROZEN_BACKBONE[key] = extractor
+    if extractor is not None:
+        expected = 1 + len(strides) + bool(backbone_spec.pooled_layer)
+        if tuple(extractor.input.shape[1:]) != tuple(input_shape) or len(extractor.outputs) != expected:
+            raise ValueError(f"the extractor given does not fit {backbone}/{head} at {tuple(input_shape)}: "
+                             f"make it with backbone_extractor({backbone!r}, {head!r}, {tuple(input_shape)})")
+    else:
+        identity = weights_identity(weights)
+        # Random weights differ by seed: never shared.
+        shareable = reuse_frozen_backbone and trainable == "frozen" and identity != "none"
+        key = json.dumps([backbone, list(input_shape), identity, backbone_options or {}, strides,
+                          batchnorm_momentum, keras.mixed_precision.global_policy().name], default=str)
+        extractor = _FROZEN_BACKBONE.get(key) if shareable else None
+        if extractor is None:
+            extractor = backbone_extractor(backbone, head, input_shape, weights, backbone_options)
+            _FROZEN_BACKBONE.clear()
+            if shareable:
+                _FROZEN_BACKBONE[key] = extractor
     if head_seed is not None:
         keras.utils.set_random_seed(head_seed)
 
