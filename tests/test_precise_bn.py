@@ -88,7 +88,7 @@ SHORT = {"name": "precise", "datasets": ["synthetic_terrain"], "backbones": ["ba
 
 
 def test_short_training_scores_what_it_learned_and_early_stopping_sees_current_statistics(tmp_path):
-    long = {**SHORT, "train": {**SHORT["train"], "epochs": 8, "early_stopping": 2}}
+    long = {**SHORT, "train": {**SHORT["train"], "epochs": 4, "early_stopping": 2}}
     assert run_suite(load_suite(SHORT), tmp_path / "short", executor="in-process", report=False, log=lambda *_: None) == 0
     assert run_suite(load_suite(long), tmp_path / "long", executor="in-process", report=False, log=lambda *_: None) == 0
     short = pd.read_csv(tmp_path / "short" / "results.csv")
