@@ -102,3 +102,77 @@ def test_saved_models_predict_the_same_on_another_backend_and_back(saved_models,
     model = keras.saving.load_model(folder / f"from-{backend}.keras")
     np.testing.assert_allclose(model.predict_on_batch(inputs["from_other"]), np.load(folder / f"from-{backend}.npy"),
                                atol=1e-4)
+
+
+BACKEND_SUITE = {"name": "backends", "datasets": [{"name": "synthetic_terrain", "num_examples": 100}],
+                 "backbones": ["baseline_cnn"], "heads": ["linear"],
+                 "train": {"image_size": 32, "batch_size": 8, "epochs": 1, "steps_per_epoch": 2,
+                           "backend": ["tensorflow", "jax"]}}
+
+
+def test_backend_is_a_suite_axis_and_each_run_trains_on_all_devices_of_its_backend(tmp_path, monkeypatch):
+    """One suite, two backends: each run in a worker of its backend, over two devices (two logical
+    CPUs: MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX)."""
+    import pandas as pd
+
+    from zoo.harness.runner import run_suite
+    from zoo.harness.suite import load_suite
+
+    monkeypatch.setenv("ZOO_LOGICAL_CPUS", "2")
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert run_suite(load_suite(BACKEND_SUITE), tmp_path, report=False, log=lambda *_: None) == 0
+    table = pd.read_csv(tmp_path / "results.csv").set_index("swept")
+    assert sorted(table.index) == ["backend=jax", "backend=tensorflow"] and (table["status"] == "ok").all()
+    assert table.loc["backend=jax", "backend"].startswith("jax ")
+    assert table.loc["backend=tensorflow", "backend"].startswith("tensorflow ")
+    assert (table["batch_size"] == 16).all()  # 8 per device, scaled and recorded
+    assert (table["precise_bn_batches"] > 0).all()  # BatchNorm recalibrated over the devices too
+    for run_id in table["run_id"]:
+        environment = json.loads((tmp_path / "runs" / run_id / "environment.json").read_text())
+        assert environment["replicas"] == 2 and run_id.split("backend=")[1].startswith(environment["backend"])
+
+
+def test_a_backend_this_process_cannot_run_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from zoo.errors import ConfigError
+    from zoo.harness.preflight import NotReadyError
+    from zoo.harness.runner import run_suite
+    from zoo.harness.suite import expand_suite, load_suite
+
+    suite = load_suite({**BACKEND_SUITE, "train": {**BACKEND_SUITE["train"], "backend": "jax"}})
+    with pytest.raises(ConfigError, match="this process runs tensorflow.*without --in-process"):
+        run_suite(suite, tmp_path / "in-process", executor="in-process", report=False, log=lambda *_: None)
+    assert not (tmp_path / "in-process").exists()
+    import importlib.util as util
+
+    real_find_spec = util.find_spec
+    monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name == "jax" else real_find_spec(name, *a))
+    with pytest.raises(NotReadyError, match=r"(?s)train.backend: jax needs jax.*pip install -e '.\[jax\]'"):
+        run_suite(suite, tmp_path / "worker", report=False, log=lambda *_: None)
+    assert not (tmp_path / "worker" / "runs").exists()
+    with pytest.raises(ConfigError, match="train.backend: 'mxnet' is not allowed; use one of null, tensorflow, jax"):
+        expand_suite(load_suite({**BACKEND_SUITE, "train": {"backend": "mxnet"}}))
+
+
+def test_speed_and_list_work_on_jax_without_tensorflow(tmp_path, monkeypatch):
+    """`zoo speed --backend jax` from a TensorFlow process measures in a JAX process; there, and in
+    `zoo list`, TensorFlow cannot be imported at all (as on a GPU machine with JAX alone)."""
+    import pandas as pd
+
+    from zoo.cli import main
+
+    blocker = tmp_path / "no_tensorflow"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('tensorflow', 'tensorflow_datasets', 'tf_keras'):\n    sys.modules[name] = None\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(blocker), str(ROOT)]))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    out = tmp_path / "speed.csv"
+    assert main(["speed", "baseline_cnn", "--size", "32", "--batch", "4", "--backend", "jax", "--out", str(out)]) == 0
+    row = pd.read_csv(out).iloc[0]
+    assert row["backend"] == "jax" and row["xla"] and not isinstance(row["error"], str)  # JAX always compiles
+    assert row["infer_images_per_second"] > 0 and row["train_images_per_second"] > 0
+    listed = subprocess.run([sys.executable, "-m", "zoo.cli", "list", "backbones"], capture_output=True, text=True,
+                            env={**os.environ, "KERAS_BACKEND": "jax"}, timeout=300)
+    assert listed.returncode == 0 and "resnet50" in listed.stdout, listed.stderr[-2000:]
+    blocked = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, env=dict(os.environ))
+    assert blocked.returncode != 0  # the blocker works: nothing above imported TensorFlow

@@ -108,6 +108,25 @@ def test_html_escapes_everything_from_data_and_is_self_contained(store):
     assert 'src="data:image/png;base64,' in page and 'src="figures/' not in page
 
 
+def test_times_from_another_backend_are_named_and_not_compared(store, tmp_path):
+    out, _ = store
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    results = pd.read_csv(copy / "results.csv")
+    assert results["backend"].str.startswith("tensorflow ").all()
+    results.loc[results["head"] == "mlp", "backend"] = "jax 0.4.38"
+    results.to_csv(copy / "results.csv", index=False)
+    assert main(["report", str(copy), "-o", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "Keras backends: jax, tensorflow;" in text
+    board = markdown_table(text, "| rank | model | accuracy")
+    timed = {row["model"].split("/")[1]: row["timed on"] for row in board}
+    assert timed["mlp"].endswith(", jax, float32") and timed["linear"].endswith(", tensorflow, float32")
+    assert "faster" not in text  # images/s of different backends are never set against each other
+    if board[1]["vs best"].startswith("tie"):
+        assert "1 model(s) statistically indistinguishable from it were timed elsewhere" in text
+
+
 def test_pareto_front():
     points = [(0.9, 100), (0.8, 500), (0.7, 50), (0.85, 500)]
     assert sorted(pareto_front(points)) == [0, 3]

@@ -3,16 +3,17 @@
 Models, heads and the training loop are plain Keras; what differs between backends (which
 devices there are, how a call is compiled, how runs are made deterministic, how several GPUs
 are used) is answered here, so the rest of the run code does not import TensorFlow, JAX or
-PyTorch for it. Today the TensorFlow path is complete; the others answer what they can
-(device description, versions, determinism, compiled calls) and refuse what they cannot yet.
+PyTorch for it. TensorFlow and JAX train on all of a machine's devices (MirroredStrategy,
+keras.distribution.DataParallel); PyTorch trains on one.
+Keras is imported only when asked about: a driver that starts workers of other backends
+computes their environment (:func:`backend_environment`) without importing it.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import platform
-
-import keras
 
 LOGICAL_CPUS_ENV = "ZOO_LOGICAL_CPUS"
 _BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy"}
@@ -21,6 +22,8 @@ _STRATEGY = []  # devices are configured once per process; later runs in a worke
 
 def backend() -> str:
     """The Keras backend this process runs: tensorflow, jax or torch."""
+    import keras
+
     return keras.backend.backend()
 
 
@@ -74,6 +77,8 @@ def precision_policy(precision: str) -> str:
 def make_deterministic(seed: int) -> None:
     """Seed Python, NumPy and the backend, and ask the backend for deterministic kernels, so a
     run's numbers follow from its seed alone."""
+    import keras
+
     keras.utils.set_random_seed(seed)
     if backend() == "tensorflow":
         import tensorflow as tf
@@ -85,21 +90,69 @@ def make_deterministic(seed: int) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+class KerasDistribution:
+    """What the run code asks of a strategy (``scope()``, ``num_replicas_in_sync``) on backends
+    that distribute through ``keras.distribution`` instead of ``tf.distribute``."""
+
+    def __init__(self, replicas: int):
+        self.num_replicas_in_sync = replicas
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
+def logical_cpus() -> int:
+    """ZOO_LOGICAL_CPUS: how many devices to split the CPU into (0 or 1: no split)."""
+    return int(os.environ.get(LOGICAL_CPUS_ENV, "0") or 0)
+
+
+def backend_environment(backend_name: str | None, base: dict | None = None) -> dict:
+    """The environment of a new process that runs ``backend_name`` (None: as this one). Keras reads
+    KERAS_BACKEND, and JAX its host device count, once, at import: a process's backend and its
+    devices are chosen before it starts."""
+    env = dict(os.environ if base is None else base)
+    if backend_name:
+        env["KERAS_BACKEND"] = backend_name
+    count = logical_cpus()
+    if count > 1 and (backend_name or env.get("KERAS_BACKEND")) == "jax":
+        flag = f"--xla_force_host_platform_device_count={count}"
+        env["XLA_FLAGS"] = " ".join(part for part in (env.get("XLA_FLAGS", ""), flag) if part)
+    return env
+
+
 def choose_strategy():
-    """TensorFlow's MirroredStrategy over all GPUs when there are several, else the default strategy.
+    """All the devices of this machine, on every backend: TensorFlow's MirroredStrategy over its
+    GPUs, ``keras.distribution.DataParallel`` over JAX's devices, else one device.
 
-    With ZOO_LOGICAL_CPUS=N (N > 1) the CPU is split into N logical devices and mirrored
-    over, which exercises the multi-device path on a machine without GPUs.
+    With ZOO_LOGICAL_CPUS=N (N > 1) the CPU is split into N logical devices (TensorFlow's
+    logical devices; JAX's host devices, set by :func:`backend_environment` when the process
+    starts) and data-parallel training runs over them, which exercises the multi-device path on
+    a machine without GPUs.
     """
-    import tensorflow as tf
-
     if _STRATEGY:
         return _STRATEGY[0]
-    logical_cpus = int(os.environ.get(LOGICAL_CPUS_ENV, "0") or 0)
-    if logical_cpus > 1 and not tf.config.list_physical_devices("GPU"):
+    if backend() == "jax":
+        import jax
+
+        import keras
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        devices = gpus or (jax.devices("cpu") if logical_cpus() > 1 else [])
+        if len(devices) > 1:
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        strategy = KerasDistribution(max(1, len(devices)))
+        _STRATEGY.append(strategy)
+        return strategy
+    if backend() != "tensorflow":
+        _STRATEGY.append(KerasDistribution(1))  # one device: PyTorch's data-parallel path is not wired yet
+        return _STRATEGY[0]
+    import tensorflow as tf
+
+    count = logical_cpus()
+    if count > 1 and not tf.config.list_physical_devices("GPU"):
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
-        strategy = tf.distribute.MirroredStrategy([f"/cpu:{index}" for index in range(logical_cpus)])
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+        strategy = tf.distribute.MirroredStrategy([f"/cpu:{index}" for index in range(count)])
     elif len(tf.config.list_logical_devices("GPU")) > 1:
         strategy = tf.distribute.MirroredStrategy()
     else:
@@ -123,6 +176,8 @@ def compiled_predict(model):
     distribution strategy (Keras's predict_on_batch under MirroredStrategy returns one copy of
     the batch per replica). On TensorFlow it is traced once for any batch size: a last short
     batch or a batch-1 latency measurement does not trace the model again."""
+    import keras
+
     if backend() == "tensorflow":
         import tensorflow as tf
 

@@ -50,6 +50,15 @@ def recorded_row(reply: dict, run_dir: Path, process: str) -> dict:
     return row
 
 
+def run_backend(run_dir: Path) -> str | None:
+    """The Keras backend a prepared run asks for (``train.backend``); None: the driver's own."""
+    try:
+        spec = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (spec.get("train") or {}).get("backend")
+
+
 def describe_exit(returncode: int) -> str:
     if returncode < 0:
         name = signal.Signals(-returncode).name
@@ -59,9 +68,22 @@ def describe_exit(returncode: int) -> str:
 
 
 class InProcessExecutor:
-    """Runs in this process, one after another."""
+    """Runs in this process, one after another, on this process's Keras backend."""
 
-    def start(self, runs: int | None = None) -> None:
+    def check(self, runs) -> None:
+        """Refuse, before anything runs, runs whose ``train.backend`` this process cannot switch to."""
+        import keras
+
+        from zoo.errors import ConfigError
+
+        current = keras.backend.backend()
+        others = sorted({run.train.get("backend") for run in runs} - {None, current})
+        if others:
+            raise ConfigError(f"train.backend asks for {', '.join(others)}, but this process runs {current} and an "
+                              f"in-process run cannot change it; run without --in-process (each worker process "
+                              f"sets its own backend) or set KERAS_BACKEND={others[0]} for a suite of that backend")
+
+    def start(self, runs: int | None = None, backend: str | None = None) -> None:
         """Nothing to start."""
 
     def slots(self) -> list:
@@ -94,18 +116,26 @@ class WorkerExecutor:
         self.process: subprocess.Popen | None = None
         self.replies = None
         self.runs_served = 0
+        self.backend = None  # the worker's train.backend; None: the driver's environment
 
-    def start(self, runs: int | None = None) -> None:
-        """Start the worker now, so that its imports overlap the driver's checks."""
+    def start(self, runs: int | None = None, backend: str | None = None) -> None:
+        """Start the worker (for ``backend``, the first run's) now, so that its imports overlap
+        the driver's checks. A worker runs one Keras backend: a run that asks for another gets
+        a new worker."""
+        if self.process is not None and self.process.poll() is None and backend != self.backend:
+            self.close()
         if self.process is None or self.process.poll() is not None:
             self._discard()
+            self.backend = backend
             self._start()
 
     def _start(self) -> None:
         from zoo.harness.worker import DRIVER_PID_ENV
 
         read_fd, write_fd = os.pipe()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", DRIVER_PID_ENV: str(os.getpid())}
+        from zoo.runtime import backend_environment
+
+        env = {**backend_environment(self.backend), "PYTHONUNBUFFERED": "1", DRIVER_PID_ENV: str(os.getpid())}
         self.process = subprocess.Popen([sys.executable, "-m", "zoo.harness.worker", "--serve", str(write_fd)],
                                         stdin=subprocess.PIPE, text=True, env=env, pass_fds=(write_fd,),
                                         start_new_session=True)
@@ -117,7 +147,7 @@ class WorkerExecutor:
         return [self]
 
     def submit(self, run_dir: Path) -> dict:
-        self.start()
+        self.start(backend=run_backend(run_dir))
         try:
             self.process.stdin.write(f"{run_dir}\n")
             self.process.stdin.flush()

@@ -117,10 +117,28 @@ def weights_problems(runs) -> list[Problem]:
     return problems
 
 
+BACKEND_PACKAGES = {"tensorflow": ("tensorflow", "pip install tensorflow"),
+                    "jax": ("jax", "pip install -e '.[jax]' (on an NVIDIA GPU: pip install 'jax[cuda12]')"),
+                    "torch": ("torch", "pip install torch (https://pytorch.org for the build that fits your GPU)")}
+
+
+def backend_problems(runs) -> list[Problem]:
+    """Keras backends asked for by ``train.backend`` that are not installed here."""
+    import importlib.util
+
+    problems = []
+    for backend in sorted({run.train.get("backend") for run in runs} - {None}):
+        module, fix = BACKEND_PACKAGES[backend]
+        if importlib.util.find_spec(module) is None:
+            problems.append(Problem(f"package {module}", f"train.backend: {backend} needs {module}, which is not "
+                                    f"installed in this environment", fix))
+    return problems
+
+
 def check_readiness(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
     """Every problem that would stop a run of ``runs`` at its start, and the datasets opened."""
     sources, problems = open_datasets(runs, cache_dir)
-    return sources, problems + weights_problems(runs)
+    return sources, problems + weights_problems(runs) + backend_problems(runs)
 
 
 def small_class_warnings(runs, sources: dict) -> list[str]:

@@ -20,7 +20,7 @@ import socket
 from pathlib import Path
 
 from zoo.errors import ConfigError
-from zoo.harness.executors import RunInterrupted, WorkerDied, recorded_row
+from zoo.harness.executors import RunInterrupted, WorkerDied, recorded_row, run_backend
 
 ATTEMPT_FILE = "worker.json"  # host, pid and attempt of the process executing the run
 KEPT_ON_RETRY = ("run.json", "claim.json", ATTEMPT_FILE)
@@ -150,13 +150,21 @@ def last_attempt(run_dir: Path) -> dict:
 
 
 class RaySlot:
-    """One actor, used by one driver thread: ``submit`` blocks until the run is recorded."""
+    """One actor, used by one driver thread: ``submit`` blocks until the run is recorded. An
+    actor runs one Keras backend: a run that asks for another gets a new actor in this slot."""
 
-    def __init__(self, executor: "RayExecutor", actor):
-        self.executor, self.actor = executor, actor
+    def __init__(self, executor: "RayExecutor", index: int):
+        self.executor, self.index = executor, index
+
+    @property
+    def actor(self):
+        return self.executor.actors[self.index]
 
     def submit(self, run_dir: Path) -> dict:
         ray = self.executor.ray
+        wanted = run_backend(run_dir)
+        if wanted != self.executor.backends[self.index]:
+            self.executor.replace_actor(self.index, wanted)
         reference = self.actor.execute.remote(str(run_dir))
         try:
             reply = ray.get(reference)
@@ -186,10 +194,12 @@ class RayExecutor:
         self.address, self.gpus_per_run, self.cpus_per_run = address, gpus_per_run, cpus_per_run
         self.max_retries = max_retries
         self.ray, self.actors, self.stopping, self.gpus = None, [], None, 0
+        self.backends: list = []  # each actor's train.backend (None: the cluster's environment)
+        self.remote = None
 
-    def start(self, runs: int | None = None) -> None:
-        """Connect and start one actor per slot (at most ``runs``); they import TensorFlow while
-        the driver checks the runs."""
+    def start(self, runs: int | None = None, backend: str | None = None) -> None:
+        """Connect and start one actor per slot (at most ``runs``), for ``backend`` (the first
+        run's); they import Keras and its backend while the driver checks the runs."""
         if self.actors:
             return
         self.ray = connect(self.address)
@@ -200,17 +210,36 @@ class RayExecutor:
             raise ConfigError(f"the Ray cluster has {resources.get('CPU', 0):g} CPUs and "
                               f"{resources.get('GPU', 0):g} GPUs: not enough for one run with --cpus-per-run "
                               f"{self.cpus_per_run:g} --gpus-per-run {self.gpus:g}")
-        remote = self.ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus, max_restarts=-1,
-                                 max_task_retries=self.max_retries)(RunActor)
-        self.actors = [remote.remote(0 < self.gpus < 1) for _ in range(min(slots, runs or slots))]
+        self.remote = self.ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus, max_restarts=-1,
+                                      max_task_retries=self.max_retries)(RunActor)
+        count = min(slots, runs or slots)
+        self.actors = [self._new_actor(backend) for _ in range(count)]
+        self.backends = [backend] * count
+
+    def _new_actor(self, backend: str | None):
+        # Ray sets the actor process's environment before it imports anything, Keras included.
+        from zoo.runtime import backend_environment
+
+        env = {key: value for key, value in backend_environment(backend, base={}).items()}
+        options = {"runtime_env": {"env_vars": env}} if env else {}
+        return self.remote.options(**options).remote(0 < self.gpus < 1)
+
+    def replace_actor(self, index: int, backend: str | None) -> None:
+        """Slot ``index`` gets an actor for ``backend``; its previous actor is stopped first, so
+        that the new one can take its CPUs and GPUs."""
+        try:
+            self.ray.kill(self.actors[index], no_restart=True)
+        except Exception:  # already gone
+            pass
+        self.actors[index], self.backends[index] = self._new_actor(backend), backend
 
     def slots(self) -> list[RaySlot]:
-        return [RaySlot(self, actor) for actor in self.actors]
+        return [RaySlot(self, index) for index in range(len(self.actors))]
 
     def submit(self, run_dir: Path) -> dict:
         if not self.actors:
-            self.start(runs=1)
-        return RaySlot(self, self.actors[0]).submit(run_dir)
+            self.start(runs=1, backend=run_backend(run_dir))
+        return RaySlot(self, 0).submit(run_dir)
 
     def stop(self, signum: int | None = None) -> None:
         """Kill the actors now (an interrupt or a fault); runs under way raise RunInterrupted."""

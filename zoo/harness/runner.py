@@ -202,8 +202,11 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     todo = pending_runs(selected, runs_dir, force)
     runner = make_executor(executor, **(executor_options or {}))
     try:
+        if todo and hasattr(runner, "check"):
+            runner.check(todo)
         if todo:
-            runner.start(runs=len(todo))  # the worker imports TensorFlow while the driver checks the runs
+            # The worker imports Keras and its backend while the driver checks the runs.
+            runner.start(runs=len(todo), backend=todo[0].train.get("backend"))
             # The folder-scan cache under OUT/cache is the one the runs read: no folder is probed twice.
             sources, problems = _storage_guard(out_dir, lambda: check_readiness(todo, cache_dir=out_dir / "cache"))
             if problems and prepare:

@@ -6,14 +6,23 @@ batch and input size, parameters, versions).
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
 
 import numpy as np
 
-SPEED_COLUMNS = ["backbone", "head", "device", "precision", "xla", "batch_size", "image_size", "params",
-                 "infer_images_per_second", "infer_step_ms", "train_images_per_second", "train_step_ms",
-                 "tensorflow", "keras", "python", "error"]
+SPEED_COLUMNS = ["backbone", "head", "device", "backend", "backend_version", "precision", "xla", "batch_size",
+                 "image_size", "params", "infer_images_per_second", "infer_step_ms", "train_images_per_second",
+                 "train_step_ms", "keras", "python", "error"]
+OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "ResourceExhausted", "out of memory", "OutOfMemory")
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """An accelerator's out-of-memory error on any backend (TensorFlow's ResourceExhaustedError,
+    JAX's XlaRuntimeError RESOURCE_EXHAUSTED, PyTorch's OutOfMemoryError)."""
+    text = f"{type(error).__name__}: {error}"
+    return any(marker.lower() in text.lower() for marker in OUT_OF_MEMORY)
 
 
 def _timed(step, warmup, min_seconds, max_steps=50):
@@ -28,18 +37,19 @@ def _timed(step, warmup, min_seconds, max_steps=50):
 
 def measure(backbone: str, image_size: int, batch_size: int, precision: str = "float32", xla: bool = False,
             num_classes: int = 1000, warmup: int = 3, min_seconds: float = 2.0) -> dict:
-    """One row of speed figures for ``backbone`` with the linear head."""
+    """One row of speed figures for ``backbone`` with the linear head, on this process's Keras
+    backend (JAX compiles every step: its rows say xla True)."""
     import keras
-    import tensorflow as tf
 
     from zoo import build_model
-    from zoo.runtime import describe_device, precision_policy
+    from zoo.runtime import backend, backend_version, describe_device, precision_policy
 
     policy = precision_policy(precision)
     keras.mixed_precision.set_global_policy(policy)
-    row = {"backbone": backbone, "head": "linear", "device": describe_device(), "precision": policy, "xla": xla,
-           "image_size": image_size, "tensorflow": tf.__version__, "keras": keras.__version__,
-           "python": platform.python_version(), "error": ""}
+    xla = True if backend() == "jax" else xla
+    row = {"backbone": backbone, "head": "linear", "device": describe_device(), "backend": backend(),
+           "backend_version": backend_version(), "precision": policy, "xla": xla, "image_size": image_size,
+           "keras": keras.__version__, "python": platform.python_version(), "error": ""}
     try:
         while True:
             try:
@@ -48,13 +58,14 @@ def measure(backbone: str, image_size: int, batch_size: int, precision: str = "f
                 model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy",
                               jit_compile=xla)
                 rng = np.random.default_rng(0)
-                images = tf.constant(rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32"))
-                labels = tf.constant(rng.integers(0, num_classes, batch_size))
+                images = keras.ops.convert_to_tensor(
+                    rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32"))
+                labels = keras.ops.convert_to_tensor(rng.integers(0, num_classes, batch_size))
                 infer = _timed(lambda: model.predict_on_batch(images), warmup, min_seconds)
                 train = _timed(lambda: model.train_on_batch(images, labels), warmup, min_seconds)
                 break
-            except tf.errors.ResourceExhaustedError:
-                if batch_size == 1:
+            except Exception as error:
+                if batch_size == 1 or not out_of_memory(error):
                     raise
                 batch_size //= 2  # out of memory: halve and retry, as timm does
         row.update(batch_size=batch_size, params=model.count_params(),
@@ -68,6 +79,15 @@ def measure(backbone: str, image_size: int, batch_size: int, precision: str = "f
 
 
 def cmd_speed(args) -> int:
+    if args.backend and os.environ.get("KERAS_BACKEND") != args.backend:
+        # A process has one Keras backend, chosen before Keras is imported: measure in a new one.
+        import subprocess
+        import sys
+
+        from zoo.runtime import backend_environment
+
+        command = [sys.executable, "-m", "zoo.cli", "speed", *speed_arguments(args)]
+        return subprocess.run(command, env=backend_environment(args.backend)).returncode
     import pandas as pd
 
     from zoo.backbones import BACKBONES
@@ -90,12 +110,25 @@ def cmd_speed(args) -> int:
     return 1 if any(r["error"] for r in rows) else 0
 
 
+def speed_arguments(args) -> list[str]:
+    """The ``zoo speed`` arguments of ``args``, for the same command in another process."""
+    argv = [*args.patterns, "--size", str(args.size), "--batch", str(args.batch), "--precision", args.precision,
+            "--backend", args.backend]
+    if args.xla:
+        argv.append("--xla")
+    if args.out:
+        argv += ["--out", str(args.out)]
+    return argv
+
+
 def add_speed_command(commands) -> None:
     speed = commands.add_parser("speed", help="inference and training images/s of backbones on synthetic input")
     speed.add_argument("patterns", nargs="*", help="backbone names or globs (default: all)")
     speed.add_argument("--size", type=int, default=224)
     speed.add_argument("--batch", type=int, default=64)
     speed.add_argument("--precision", choices=["float32", "mixed"], default="float32")
-    speed.add_argument("--xla", action="store_true", help="XLA-compile the steps")
+    speed.add_argument("--xla", action="store_true", help="XLA-compile the steps (JAX always compiles)")
+    speed.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+                       help="the Keras backend to measure on (default: KERAS_BACKEND, else Keras's configured one)")
     speed.add_argument("--out", help="write the table as CSV")
     speed.set_defaults(func=cmd_speed)

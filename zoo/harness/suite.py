@@ -56,6 +56,8 @@ TRAIN_DEFAULTS = {
     "preprocessing": "none",       # none | grayscale | equalize | whiten, joined with '+'
     "precision": "float32",        # float32 | mixed (float16 on GPU, bfloat16 on CPU)
     "xla": False,                  # XLA-compile the train step
+    "backend": None,               # tensorflow | jax | torch: the Keras backend of the run's process;
+                                   # None: the one zoo runs on (KERAS_BACKEND, else Keras's configured one)
     "cache": "none",               # none | memory | disk: cache decoded, resized images
     "cache_features": "auto",      # auto | true | false: train heads on cached frozen-backbone features
     "steps_per_epoch": None,       # cap batches per epoch (quick checks); None = whole split
@@ -78,6 +80,7 @@ CHOICES = {
     "precision": ("float32", "mixed"),
     "cache": ("none", "memory", "disk"),
     "cache_features": ("auto", True, False),
+    "backend": (None, "tensorflow", "jax", "torch"),
 }
 
 
@@ -161,6 +164,10 @@ def _slug(value) -> str:
 
 
 def make_run_id(dataset, backbone, head, seed, swept, resolved) -> str:
+    # Keys added with a default that changes nothing leave the identity (and finished runs) as they were.
+    train = resolved.get("train")
+    if isinstance(train, dict) and train.get("backend") is None:
+        resolved = {**resolved, "train": {k: v for k, v in train.items() if k != "backend"}}
     digest = hashlib.sha1(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:6]
     sweep = "".join(f"-{_slug(k)}={_slug(v)}" for k, v in sorted(swept.items()))
     return f"{_slug(dataset)}-{backbone}-{head}{sweep}-s{seed}-{digest}"
@@ -169,7 +176,8 @@ def make_run_id(dataset, backbone, head, seed, swept, resolved) -> str:
 def validate_train(train: dict, where: str) -> None:
     for key, choices in CHOICES.items():
         if key in train and train[key] not in choices:
-            raise ConfigError(f"{where}.{key}: {train[key]!r} is not allowed; use one of {', '.join(map(str, choices))}")
+            allowed = ', '.join('null' if c is None else str(c) for c in choices)
+            raise ConfigError(f"{where}.{key}: {train[key]!r} is not allowed; use one of {allowed}")
     for key in ("image_size", "batch_size", "epochs"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ConfigError(f"{where}.{key} must be a positive whole number, got {train[key]!r}")

@@ -220,8 +220,12 @@ class Run:
     def build(self, record: bool = True):
         import keras
 
-        from zoo.runtime import choose_strategy, describe_device, precision_policy
+        from zoo.runtime import backend, choose_strategy, describe_device, precision_policy
 
+        wanted = self.train.get("backend")
+        if wanted and backend() != wanted:  # KERAS_BACKEND is read once, when Keras is imported
+            raise RunFailed(f"train.backend is {wanted}, but this process runs {backend()}: the process was "
+                            f"started without KERAS_BACKEND={wanted}")
         self.precision = precision_policy(self.train["precision"])
         keras.mixed_precision.set_global_policy(self.precision)
         self.strategy = choose_strategy()

@@ -54,6 +54,19 @@ def _label(row) -> str:
     return f"{row['backbone']}/{row['head']}{weights}{trainable}{swept}"
 
 
+def _backend_name(row) -> str:
+    """The Keras backend of a results row ("jax 0.4.38" -> "jax"); "" for rows from before the column."""
+    value = row.get("backend")
+    return str(value).split(" ")[0] if isinstance(value, str) and value else ""
+
+
+def _timed_on(row) -> str:
+    """Where a row's times come from: the device, the Keras backend and the precision. Times are
+    comparable only between rows with the same."""
+    backend = _backend_name(row)
+    return f"{row['device']}, {backend + ', ' if backend else ''}{row['precision']}"
+
+
 def _class_note(row: dict, task: str) -> str:
     if row.get("support") == 0 and task == "classification":
         return "no test image: left out of the macro averages"
@@ -128,7 +141,8 @@ class ReportBuilder:
                 "params": int(first["params"]), "params_text": _fmt(int(first["params"])),
                 "model_megabytes_text": _fmt(float(first["model_megabytes"]), 2),
                 "precise_bn_text": _mean_std(group["precise_bn_batches"].astype(float), 0),
-                "device": first["device"], "precision": first["precision"],
+                "device": first["device"], "precision": first["precision"], "backend": _backend_name(first),
+                "timed_on": _timed_on(first),
                 "run_ids": list(group["run_id"]), "task": first["task"],
                 "model_megabytes": float(first["model_megabytes"]), "deployments": self.deployments(group),
                 "test_examples": int(first["test_examples"]) if pd.notna(first.get("test_examples")) else None,
@@ -241,16 +255,23 @@ class ReportBuilder:
             sentences.append(f"Every other model compared ({compared}) is significantly worse on these {examples} "
                              f"(paired test, Holm-corrected, 0.05)." if compared else
                              "It is the only model that could be compared.")
-        fastest = max(ties or [best], key=lambda r: r["images_per_second"])
+        # Speed is compared only between models timed on the same device, backend and precision.
+        timed_apart = [r for r in ties if r["timed_on"] != best["timed_on"]]
+        fastest = max([r for r in ties or [best] if r["timed_on"] == best["timed_on"]] or [best],
+                      key=lambda r: r["images_per_second"])
         smallest = min(ties or [best], key=lambda r: r["params"])
         if fastest is not best:
             sentences.append(f"**{fastest['label']}** is statistically indistinguishable from {best['label']} on "
                              f"these {examples} ({fastest['score_text']}, paired test p = {fastest['p_text']} "
                              f"after Holm's correction) and {fastest['images_per_second'] / best['images_per_second']:.1f}x "
                              f"faster ({fastest['images_per_second']:,.0f} images/s).")
-        elif others:
-            sentences.append(f"{len(others)} other model(s) are statistically indistinguishable from it; the best is "
-                             f"also the fastest of them.")
+        elif len(others) > len(timed_apart):
+            sentences.append(f"{len(others) - len(timed_apart)} other model(s) timed alike are statistically "
+                             f"indistinguishable from it; the best is also the fastest of them.")
+        if timed_apart:
+            sentences.append(f"{len(timed_apart)} model(s) statistically indistinguishable from it were timed elsewhere "
+                             f"({'; '.join(sorted({r['timed_on'] for r in timed_apart}))}): their speed is not "
+                             f"compared with its.")
         if smallest is not best and smallest is not fastest:
             sentences.append(f"Smallest of the models indistinguishable from the best: **{smallest['label']}**, "
                              f"{smallest['score_text']} with {smallest['params']:,} parameters "
@@ -270,7 +291,7 @@ class ReportBuilder:
                                  f"{fastest_any['label']}, takes {fastest_any['latency_ms']:.2f} ms per image.")
         if self.size_budget_mb is not None:
             sentences.append(self.size_sentence(board))
-        sentences.append(f"Times measured on {best['device']} in {best['precision']}.")
+        sentences.append(f"Its times were measured on {best['timed_on']}.")
         return sentences
 
     def dataset_section(self, dataset: str, frame: pd.DataFrame) -> dict:
@@ -328,6 +349,8 @@ class ReportBuilder:
                 "no_test_classes": no_test, "classes_tested": len(info.get("class_names", [])) - len(no_test), "task": task, "metric": metric, "higher_is_better": higher,
                 "smoothing": bool(ok["accuracy_smoothed"].notna().any()),
                 "leaderboard": board, "recommendation": self.recommendation(board, metric, higher),
+                # Where rows were timed on different devices, backends or precisions, the table says where.
+                "timed_apart": len({r["timed_on"] for r in board}) > 1,
                 "deployment": [d for r in board for d in r["deployments"]],
                 "deployment_metric": ", ".join(sorted({d["metric"] for r in board for d in r["deployments"]})),
                 "runs": runs, "curves": curves, "tradeoff": tradeoff,
@@ -354,6 +377,7 @@ class ReportBuilder:
         return {"suite": suite.get("name") or self.results["suite"].iloc[0], "description": suite.get("description", ""),
                 "runs_total": len(self.results), "runs_ok": int((self.results["status"] == "ok").sum()),
                 "devices": sorted(set(self.results["device"].dropna())),
+                "backends": sorted({_backend_name(row) for _, row in self.results.iterrows()} - {""}),
                 "precisions": sorted(set(self.results["precision"].dropna())),
                 "sections": sections, "matrix": self.matrix(sections),
                 "columns": RESULT_COLUMNS, "latency_budget_ms": self.latency_budget_ms,

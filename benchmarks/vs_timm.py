@@ -1,0 +1,177 @@
+"""zoo against timm on one GPU: inference and training images/s of the same architectures.
+
+    python benchmarks/vs_timm.py [--models mobilenet_v2 resnet50 densenet121 vgg16] [--size 224]
+                                 [--batch 64] [--backends tensorflow jax torch] [--out reports/vs-timm.csv]
+
+For each model, zoo's figures come from ``zoo speed`` (backbone + linear head, mixed precision,
+warm-up before timing) run once per installed Keras backend, each in its own process (a process
+has one backend); the best backend's figure is compared. timm's come from the same measurement
+done the way timm's own benchmark.py does it: the PyTorch model under AMP (float16 autocast) in
+channels-last memory format, warm-up steps, then timed steps between CUDA synchronisations, SGD
+for training, at the same batch size and input size. Prints zoo / timm per model; targets:
+>= 1.0 for inference and >= 0.9 for training. Writes one CSV row per model with every
+backend's figures, the device and the versions.
+
+Runs as is on a machine with TensorFlow, JAX or PyTorch (only the backends installed are
+measured; timm and torch are needed for the reference). On a CPU it measures CPU figures, which
+say nothing about GPUs: the row's device says which.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# zoo's registry name -> timm's name of the same architecture.
+TIMM_NAMES = {"mobilenet_v2": "mobilenetv2_100", "resnet50": "resnet50", "densenet121": "densenet121",
+              "vgg16": "vgg16", "resnet101": "resnet101", "efficientnet_b0": "efficientnet_b0",
+              "convnext_tiny": "convnext_tiny", "mobilenet_v3_large": "mobilenetv3_large_100"}
+# Where the two models do different work per image, the row says so.
+NOTES = {"vgg16": "timm's vgg16 keeps fc6/fc7 (as convolutions) before its classifier; zoo's puts the linear "
+                  "head on average-pooled features: timm does more work per image"}
+BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+COLUMNS = ["model", "timm_model", "image_size", "batch_size", "device", "zoo_precision", "timm_precision",
+           "best_infer_backend", "zoo_infer_images_per_second", "timm_infer_images_per_second", "infer_ratio",
+           "best_train_backend", "zoo_train_images_per_second", "timm_train_images_per_second", "train_ratio",
+           "zoo_by_backend", "keras", "torch", "timm", "python", "note", "error"]
+
+
+def zoo_speed(model: str, size: int, batch: int, backend: str) -> dict:
+    """``zoo speed`` on ``backend`` in a new process; the CSV row it wrote."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "speed.csv"
+        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        result = subprocess.run([sys.executable, "-m", "zoo.cli", "speed", model, "--size", str(size), "--batch",
+                                 str(batch), "--precision", "mixed", "--backend", backend, "--out", str(out)],
+                                env=env, capture_output=True, text=True)
+        if not out.is_file():
+            return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+        with open(out) as handle:
+            row = next(csv.DictReader(handle))
+    return row
+
+
+def _timed(step, synchronize, warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        step()
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def timm_speed(model_name: str, size: int, batch: int, warmup: int = 10, steps: int = 40) -> dict:
+    """Inference and training images/s of timm's model, as timm's benchmark.py measures them."""
+    import timm
+    import torch
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    # AMP: float16 with loss scaling on GPUs (timm's default amp dtype); bfloat16 on CPUs.
+    amp_dtype = torch.float16 if cuda else torch.bfloat16
+    synchronize = torch.cuda.synchronize if cuda else (lambda: None)
+    torch.backends.cudnn.benchmark = True
+    model = timm.create_model(model_name, pretrained=False, num_classes=1000).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+
+    model.eval()
+
+    def infer():
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype):
+            model(images)
+
+    infer_seconds = _timed(infer, synchronize, warmup, steps)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    loss_function = torch.nn.CrossEntropyLoss()
+
+    def train():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype):
+            loss = loss_function(model(images), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    train_seconds = _timed(train, synchronize, warmup, steps)
+    name = torch.cuda.get_device_name(0) if cuda else f"CPU {platform.processor() or platform.machine()}"
+    return {"device": name, "precision": f"amp {str(amp_dtype).split('.')[-1]}, channels-last",
+            "infer": batch / infer_seconds, "train": batch / train_seconds,
+            "torch": torch.__version__, "timm": timm.__version__}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet50", "densenet121", "vgg16"])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--backends", nargs="+", default=list(BACKEND_MODULES), choices=list(BACKEND_MODULES))
+    parser.add_argument("--out", help="write the rows as CSV (e.g. reports/vs-timm-h100.csv)")
+    args = parser.parse_args(argv)
+    backends = [b for b in args.backends if importlib.util.find_spec(BACKEND_MODULES[b])]
+    has_timm = importlib.util.find_spec("timm") is not None and importlib.util.find_spec("torch") is not None
+    print(f"Keras backends measured: {', '.join(backends) or 'none'}; timm reference: "
+          f"{'yes' if has_timm else 'no (pip install timm torch)'}", flush=True)
+    from importlib.metadata import version
+
+    rows = []
+    for model in args.models:
+        row = {"model": model, "timm_model": TIMM_NAMES.get(model, ""), "image_size": args.size,
+               "batch_size": args.batch, "keras": version("keras"), "python": platform.python_version(),
+               "note": NOTES.get(model, ""), "error": ""}
+        figures = {b: zoo_speed(model, args.size, args.batch, b) for b in backends}
+        good = {b: f for b, f in figures.items() if not f.get("error")}
+        row["zoo_by_backend"] = "; ".join(
+            f"{b}: {float(f['infer_images_per_second']):.1f}/{float(f['train_images_per_second']):.1f} img/s "
+            f"(batch {f['batch_size']})" if b in good else f"{b}: {f['error']}" for b, f in figures.items())
+        if good:
+            infer_backend = max(good, key=lambda b: float(good[b]["infer_images_per_second"]))
+            train_backend = max(good, key=lambda b: float(good[b]["train_images_per_second"]))
+            row.update(best_infer_backend=infer_backend, best_train_backend=train_backend,
+                       zoo_infer_images_per_second=float(good[infer_backend]["infer_images_per_second"]),
+                       zoo_train_images_per_second=float(good[train_backend]["train_images_per_second"]),
+                       zoo_precision=good[infer_backend]["precision"], device=good[infer_backend]["device"])
+        if has_timm and model in TIMM_NAMES:
+            try:
+                reference = timm_speed(TIMM_NAMES[model], args.size, args.batch)
+                row.update(timm_infer_images_per_second=reference["infer"],
+                           timm_train_images_per_second=reference["train"], timm_precision=reference["precision"],
+                           torch=reference["torch"], timm=reference["timm"])
+                row.setdefault("device", reference["device"])
+            except Exception as error:  # one model failing must not stop the table
+                row["error"] = f"timm: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        for kind in ("infer", "train"):
+            zoo, timm = row.get(f"zoo_{kind}_images_per_second"), row.get(f"timm_{kind}_images_per_second")
+            row[f"{kind}_ratio"] = zoo / timm if zoo and timm else None
+        rows.append(row)
+        ratio = lambda value: f"{value:.2f}x" if value else "-"  # noqa: E731
+        print(f"{model:14s} {row.get('device', '?')}: infer zoo {row.get('zoo_infer_images_per_second') or 0:8.1f} "
+              f"({row.get('best_infer_backend', '-')}) / timm {row.get('timm_infer_images_per_second') or 0:8.1f} = "
+              f"{ratio(row['infer_ratio'])} (target 1.0x); train zoo {row.get('zoo_train_images_per_second') or 0:8.1f} "
+              f"({row.get('best_train_backend', '-')}) / timm {row.get('timm_train_images_per_second') or 0:8.1f} = "
+              f"{ratio(row['train_ratio'])} (target 0.9x)  [{row['zoo_by_backend']}]", flush=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows({key: row.get(key) for key in COLUMNS} for row in rows)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
