@@ -153,6 +153,23 @@ def test_a_backend_this_process_cannot_run_is_refused_before_anything_is_written
         expand_suite(load_suite({**BACKEND_SUITE, "train": {"backend": "mxnet"}}))
 
 
+# Imported first by every Python process started with this folder on PYTHONPATH: TensorFlow
+# cannot be imported (and is not left in sys.modules, where Keras would take it as imported).
+NO_TENSORFLOW = """
+import sys
+
+
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "tf_keras"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NoTensorFlow())
+"""
+
+
 def test_speed_and_list_work_on_jax_without_tensorflow(tmp_path, monkeypatch):
     """`zoo speed --backend jax` from a TensorFlow process measures in a JAX process; there, and in
     `zoo list`, TensorFlow cannot be imported at all (as on a GPU machine with JAX alone)."""
@@ -162,8 +179,7 @@ def test_speed_and_list_work_on_jax_without_tensorflow(tmp_path, monkeypatch):
 
     blocker = tmp_path / "no_tensorflow"
     blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\nfor name in ('tensorflow', 'tensorflow_datasets', 'tf_keras'):\n    sys.modules[name] = None\n")
+    (blocker / "sitecustomize.py").write_text(NO_TENSORFLOW)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(blocker), str(ROOT)]))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     out = tmp_path / "speed.csv"
