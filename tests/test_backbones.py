@@ -58,17 +58,18 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
 
     heads = compatible_heads(name)
     assert {"linear", "mlp", "flatten", "distribution", "fcn"} <= set(heads)
-    # Heads that take the same backbone outputs share one build of it (deep backbones take seconds).
+    # Heads that take the same backbone outputs share one build of it (deep backbones take seconds),
+    # on 4 bands: the N-channel path (RGB is what every other test trains on).
+    channels = 4
     extractors = {}
     for head in heads:
-        channels = 3 if HEADS.get(head).task == "classification" else 4
-        key = (channels, HEADS.get(head).needs_pyramid)
+        key = HEADS.get(head).needs_pyramid
         if key not in extractors:
             extractors[key] = backbone_extractor(name, head, (size, size, channels), backbone_options=small)
 
     # Feature layers are names that exist and sit at their stated stride (a pyramid head's
     # backbone outputs them all; a classification head's may prune them).
-    base = extractors.get((4, True)) or spec.build((size, size, 3), **small)
+    base = extractors.get(True) or spec.build((size, size, 3), **small)
     for stride, layer_name in spec.feature_layers_by_stride.items():
         assert not KERAS_AUTO_NAME.fullmatch(layer_name), f"{layer_name} is an unstable auto-generated name"
         height = base.get_layer(layer_name).output.shape[1]
@@ -77,8 +78,7 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
     assert size // spec.output_stride - 3 <= base.outputs[0].shape[1] <= size // spec.output_stride
 
     for head in heads:
-        channels = 3 if HEADS.get(head).task == "classification" else 4
-        key = (channels, HEADS.get(head).needs_pyramid)
+        key = HEADS.get(head).needs_pyramid
         model = build_model(name, head, num_classes=5, input_shape=(size, size, channels), backbone_options=small,
                             extractor=extractors[key])
         x = rng.uniform(0, 255, (2, size, size, channels)).astype("float32")
@@ -90,7 +90,7 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
     # Save and reload in safe mode: identical outputs.
     head = "unet" if "unet" in heads else "fcn"
     model = build_model(name, head, num_classes=3, input_shape=(size, size, 4), backbone_options=small,
-                        extractor=extractors[(4, HEADS.get(head).needs_pyramid)])
+                        extractor=extractors[HEADS.get(head).needs_pyramid])
     x = rng.uniform(0, 255, (1, size, size, 4)).astype("float32")
     model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
@@ -98,8 +98,8 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
                                atol=1e-6)
 
     # Trainable-weight counts for each fine-tuning mode (the last use of the shared backbone).
-    model = build_model(name, "linear", num_classes=5, input_shape=(size, size, 3), backbone_options=small,
-                        extractor=extractors[(3, False)])
+    model = build_model(name, "linear", num_classes=5, input_shape=(size, size, channels), backbone_options=small,
+                        extractor=extractors[False])
     backbone = model.get_layer("backbone")
     head_count = sum(int(np.prod(w.shape)) for layer in model.layers[2:] for w in layer.trainable_weights)
     all_count = trainable_count(model)

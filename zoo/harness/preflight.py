@@ -243,8 +243,19 @@ def architecture_key(run, info) -> tuple:
             run.trainable)
 
 
+_MEASURED: dict = {}  # architecture_key -> figures: a process measures each architecture once
+
+
 def measure_architecture(run, info, repeats: int = 5) -> dict:
-    """Seconds to build the model, to trace its inference function, and per inference batch."""
+    """Seconds to build the model, to trace its inference function, and per inference batch
+    (measured once per process and architecture: a second plan in the same process reuses them)."""
+    key = architecture_key(run, info)
+    if key not in _MEASURED:
+        _MEASURED[key] = _measure(run, info, repeats)
+    return _MEASURED[key]
+
+
+def _measure(run, info, repeats: int) -> dict:
     import keras
     import numpy as np
 
