@@ -220,7 +220,7 @@ class RayExecutor:
         # Ray sets the actor process's environment before it imports anything, Keras included.
         from zoo.runtime import backend_environment
 
-        env = {key: value for key, value in backend_environment(backend, base={}).items()}
+        env = backend_environment(backend, base={})  # only what the actor's environment adds
         options = {"runtime_env": {"env_vars": env}} if env else {}
         return self.remote.options(**options).remote(0 < self.gpus < 1)
 
