@@ -170,10 +170,14 @@ sys.meta_path.insert(0, NoTensorFlow())
 """
 
 
-def test_speed_and_list_work_on_jax_without_tensorflow(tmp_path, monkeypatch):
-    """`zoo speed --backend jax` from a TensorFlow process measures in a JAX process; there, and in
-    `zoo list`, TensorFlow cannot be imported at all (as on a GPU machine with JAX alone)."""
+def test_zoo_runs_reports_predicts_and_measures_on_jax_without_tensorflow(tmp_path, monkeypatch):
+    """As on a GPU machine with JAX alone: TensorFlow cannot be imported at all, yet `zoo run`
+    trains a user's folder (a full model and a head on cached features, through the array
+    pipeline) and writes its report, `zoo predict` answers from a run, `zoo list` and
+    `zoo speed --backend jax` (started from this TensorFlow process) work; a tensorflow-datasets
+    dataset is refused before anything runs, naming what to install."""
     import pandas as pd
+    from PIL import Image
 
     from zoo.cli import main
 
@@ -182,13 +186,46 @@ def test_speed_and_list_work_on_jax_without_tensorflow(tmp_path, monkeypatch):
     (blocker / "sitecustomize.py").write_text(NO_TENSORFLOW)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(blocker), str(ROOT)]))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(["dune", "forest"]):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for index in range(12):
+            pixels = np.clip(rng.normal(60 + 120 * label, 30, (28 + index % 3, 30, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{index}.png")
+    suite = {"name": "no-tf", "backbones": ["baseline_cnn"], "heads": ["linear"], "weights": "none",
+             "trainable": "frozen",
+             "datasets": [{"name": "photos", "source": "folder", "path": str(tmp_path / "photos")}],
+             # Augmented: the head trains on images (Keras's augmentation layers on JAX); plain: on cached features.
+             "train": {"image_size": 32, "batch_size": 8, "epochs": 2, "augment": [True, False]}}
+    (tmp_path / "suite.json").write_text(json.dumps(suite))
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+
+    def zoo(*args):
+        done = subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=600)
+        return done.returncode, done.stdout + done.stderr
+
+    code, output = zoo("run", "suite.json", "--out", "out")
+    assert code == 0, output[-3000:]
+    rows = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(rows["status"]) == ["ok", "ok"], rows["error"].tolist()
+    assert rows["backend"].str.startswith("jax").all() and (rows["accuracy"] > 0).all()
+    assert sorted(rows["features"]) == ["computed", "off"]
+    assert "baseline_cnn" in (tmp_path / "reports" / "no-tf" / "report.md").read_text()
+    code, output = zoo("predict", str(tmp_path / "out" / "runs" / rows["run_id"].iloc[0]),
+                       str(tmp_path / "photos" / "forest" / "0.png"))
+    assert code == 0 and ("forest" in output or "dune" in output), output[-3000:]
+
+    code, output = zoo("run", "suite.json", "--out", "refused", "--set", "datasets=[eurosat_rgb]")
+    assert code != 0 and "pip install tensorflow tensorflow-datasets" in output, output[-3000:]
+    assert not (tmp_path / "refused" / "runs").exists()
+
     out = tmp_path / "speed.csv"
     assert main(["speed", "baseline_cnn", "--size", "32", "--batch", "4", "--backend", "jax", "--out", str(out)]) == 0
     row = pd.read_csv(out).iloc[0]
     assert row["backend"] == "jax" and row["xla"] and not isinstance(row["error"], str)  # JAX always compiles
     assert row["infer_images_per_second"] > 0 and row["train_images_per_second"] > 0
-    listed = subprocess.run([sys.executable, "-m", "zoo.cli", "list", "backbones"], capture_output=True, text=True,
-                            env={**os.environ, "KERAS_BACKEND": "jax"}, timeout=300)
-    assert listed.returncode == 0 and "resnet50" in listed.stdout, listed.stderr[-2000:]
+    code, output = zoo("list", "backbones")
+    assert code == 0 and "resnet50" in output, output[-2000:]
     blocked = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, env=dict(os.environ))
     assert blocked.returncode != 0  # the blocker works: nothing above imported TensorFlow

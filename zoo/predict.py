@@ -116,10 +116,8 @@ class Predictor:
     def prepare(self, location: str):
         """One input as the model's input array and its original (height, width); raises
         ValueError with the reason when it cannot be."""
-        import tensorflow as tf
-
+        from zoo.data.array_pipeline import apply_extra_preprocessing, resize_bilinear
         from zoo.data.folder import read_image, to_dataset_scale
-        from zoo.data.pipeline import apply_extra_preprocessing
         from zoo.preprocessing import preprocess
 
         try:
@@ -135,7 +133,8 @@ class Predictor:
             if array.shape[-1] != 1:
                 raise ValueError(f"has {array.shape[-1]} channels; the model expects {channels}")
             array = np.repeat(array, channels, axis=-1)
-        image = tf.image.resize(array * (255.0 / self.info["max_pixel_value"]), (self.size, self.size))
+        # The training pipeline's resize (TensorFlow's bilinear, in NumPy: no TensorFlow needed here).
+        image = resize_bilinear(array * np.float32(255.0 / self.info["max_pixel_value"]), self.size)
         if self.steps:
             image = apply_extra_preprocessing(image, self.steps)
         return np.asarray(preprocess(image, self.mode), dtype=np.float32), array.shape[:2]

@@ -12,12 +12,27 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import platform
 
 LOGICAL_CPUS_ENV = "ZOO_LOGICAL_CPUS"
 _BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy"}
 _STRATEGY = []  # devices are configured once per process; later runs in a worker reuse the strategy
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # an import hook refusing it, or a half-removed package
+        return False
+
+
+def has_tensorflow() -> bool:
+    """Whether TensorFlow is installed: zoo then feeds every backend through tf.data and writes
+    TensorBoard logs; without it, through zoo.data.array_pipeline and without TensorBoard."""
+    return installed("tensorflow")
 
 
 def backend() -> str:

@@ -184,7 +184,12 @@ def sync(out_dir, uri: str, log=print) -> int:
 
 def tensorboard_hparams(logdir, spec: dict, metrics: dict) -> None:
     """The run's hyperparameters and test metrics in TensorBoard's HParams format, so that
-    ``tensorboard --logdir OUT/runs`` compares the runs of a suite in its HParams dashboard."""
+    ``tensorboard --logdir OUT/runs`` compares the runs of a suite in its HParams dashboard.
+    Nothing without TensorFlow, which writes TensorBoard's files."""
+    from zoo.runtime import has_tensorflow
+
+    if not has_tensorflow():
+        return
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 

@@ -1,4 +1,5 @@
-"""The tf.data input pipeline.
+"""The input pipeline: one description (:func:`pipeline_steps`), run by tf.data or, without
+TensorFlow, by zoo.data.array_pipeline.
 
 scale to 0-255 -> resize -> [cache] -> shuffle -> augment -> optional study preprocessing
 -> the backbone's preprocessing -> batch -> prefetch. Augmentation runs on 0-255 values,
@@ -107,8 +108,52 @@ def _segmentation_augment(image, mask, seed_pair):
     return tf.image.rot90(image, turns), tf.image.rot90(mask, turns)[..., 0]
 
 
+def pipeline_steps(info, options: PipelineOptions, training: bool) -> list[tuple[str, dict]]:
+    """The input pipeline as ordered (step, parameters): the one description both executors
+    follow, tf.data (:func:`build_pipeline`) and NumPy batches without TensorFlow
+    (zoo.data.array_pipeline). Steps: scale_resize, cache, shuffle, augment_pairs (segmentation:
+    image and mask together), augment_batches (Keras preprocessing layers on a batch),
+    extra_preprocessing, preprocess (the backbone's own), targets, batch."""
+    segmentation = info.task == "segmentation"
+    num_classes = info.num_classes
+    ignore = [c for c in info.ignore_classes if c < num_classes]
+    steps = [("scale_resize", {"scale": 255.0 / float(info.max_pixel_value), "size": options.image_size,
+                               "channels": info.channels, "masks": segmentation})]
+    if options.cache:
+        steps.append(("cache", {"where": options.cache}))
+    if training:
+        steps.append(("shuffle", {"buffer": options.shuffle_buffer, "seed": options.seed}))
+        if options.augment and segmentation:
+            steps.append(("augment_pairs", {"seed": options.seed}))
+        elif options.augment:
+            steps.append(("augment_batches", {"seed": options.seed, "batch_size": options.batch_size}))
+    if options.extra_preprocessing:
+        steps.append(("extra_preprocessing", {"steps": list(options.extra_preprocessing)}))
+    steps.append(("preprocess", {"mode": options.preprocessing}))
+    kind = ("proportions" if options.target == "proportions" else "masks" if segmentation
+            else "one_hot" if options.one_hot else "labels")
+    weights = (options.class_weights if options.class_weights is not None
+               else [0.0 if c in ignore else 1.0 for c in range(num_classes)])
+    steps.append(("targets", {"kind": kind, "num_classes": num_classes, "pixel_weights": list(weights)}))
+    steps.append(("batch", {"size": options.batch_size}))
+    return steps
+
+
+def input_pipeline(source, split, indices, info, options: PipelineOptions, training: bool):
+    """Batches of ``split`` (rows ``indices``) for ``model.fit``: tf.data where TensorFlow is
+    installed (every Keras backend accepts it), else zoo.data.array_pipeline's PyDataset."""
+    from zoo.runtime import has_tensorflow
+
+    if has_tensorflow():
+        return build_pipeline(source.examples(split, indices), info, options, training)
+    from zoo.data.array_pipeline import build_array_pipeline
+
+    return build_array_pipeline(source.example_arrays(split, indices), info, options, training)
+
+
 def build_pipeline(examples, info, options: PipelineOptions, training: bool):
-    """Batches ready for ``model.fit`` from a source's (image, target) examples.
+    """Batches ready for ``model.fit`` from a source's tf.data (image, target) examples, following
+    :func:`pipeline_steps`.
 
     Yields (images, labels) for classification, (images, masks, pixel_weights) for
     segmentation (ignored classes weigh 0), (images, proportions) for the distribution head.
@@ -118,61 +163,67 @@ def build_pipeline(examples, info, options: PipelineOptions, training: bool):
     from zoo.preprocessing import preprocess
 
     autotune = tf.data.AUTOTUNE
-    size = options.image_size
-    scale = 255.0 / float(info.max_pixel_value)
-    segmentation = info.task == "segmentation"
-    num_classes = info.num_classes
-    ignore = [c for c in info.ignore_classes if c < num_classes]
-
-    def scale_and_resize(image, target):
-        image = tf.cast(image, tf.float32) * scale
-        image = tf.image.resize(image, (size, size))
-        if segmentation:
-            target = tf.image.resize(tf.cast(target, tf.int32)[..., None], (size, size), method="nearest")[..., 0]
-        else:
-            target = tf.cast(target, tf.int32)
-        image.set_shape([size, size, info.channels])
-        return image, target
-
-    dataset = examples.map(scale_and_resize, num_parallel_calls=autotune)
-    if options.cache == "memory":
-        dataset = dataset.cache()
-    elif options.cache:
-        dataset = dataset.cache(str(options.cache))
-    if training:
-        dataset = dataset.shuffle(options.shuffle_buffer, seed=options.seed, reshuffle_each_iteration=True)
-        if options.augment and segmentation:
-            seeds = tf.data.Dataset.random(seed=options.seed).batch(2)
-            dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-                lambda example, seed: _segmentation_augment(example[0], example[1], seed),
-                num_parallel_calls=autotune)
-
-    steps = list(options.extra_preprocessing)
-    mode = options.preprocessing
-    pixel_weights = tf.constant(options.class_weights if options.class_weights is not None
-                                else [0.0 if c in ignore else 1.0 for c in range(num_classes)], tf.float32)
+    dataset = examples
+    per_example = {}  # the steps after any batch augmentation, run in one map
 
     def finish(image, target):
-        if steps:
-            image = apply_extra_preprocessing(image, steps)
-        image = preprocess(image, mode)
-        if options.target == "proportions":
+        if "extra_preprocessing" in per_example:
+            image = apply_extra_preprocessing(image, per_example["extra_preprocessing"]["steps"])
+        image = preprocess(image, per_example["preprocess"]["mode"])
+        targets = per_example["targets"]
+        kind, num_classes = targets["kind"], targets["num_classes"]
+        pixel_weights = tf.constant(targets["pixel_weights"], tf.float32)
+        if kind == "proportions":
             counts = tf.math.bincount(tf.reshape(target, [-1]), minlength=num_classes, maxlength=num_classes,
                                       dtype=tf.float32)
             counts = counts * tf.cast(pixel_weights > 0, tf.float32)
             return image, counts / tf.maximum(tf.reduce_sum(counts), 1.0)
-        if segmentation:
+        if kind == "masks":
             return image, target, tf.gather(pixel_weights, target)
-        if options.one_hot:
+        if kind == "one_hot":
             return image, tf.one_hot(target, num_classes)
         return image, target
 
-    augmenter = _classification_augmenter(options.seed) if (training and options.augment and not segmentation) else None
-    if augmenter is not None:
-        dataset = dataset.batch(options.batch_size).map(
-            lambda images, labels: (augmenter(images, training=True), labels), num_parallel_calls=autotune).unbatch()
-    dataset = dataset.map(finish, num_parallel_calls=autotune)
-    return dataset.batch(options.batch_size).prefetch(autotune)
+    for step, params in pipeline_steps(info, options, training):
+        if step == "scale_resize":
+            dataset = dataset.map(_tf_scale_resize(**params), num_parallel_calls=autotune)
+        elif step == "cache":
+            dataset = dataset.cache() if params["where"] == "memory" else dataset.cache(str(params["where"]))
+        elif step == "shuffle":
+            dataset = dataset.shuffle(params["buffer"], seed=params["seed"], reshuffle_each_iteration=True)
+        elif step == "augment_pairs":
+            seeds = tf.data.Dataset.random(seed=params["seed"]).batch(2)
+            dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+                lambda example, seed: _segmentation_augment(example[0], example[1], seed),
+                num_parallel_calls=autotune)
+        elif step == "augment_batches":
+            augmenter = _classification_augmenter(params["seed"])
+            dataset = dataset.batch(params["batch_size"]).map(
+                lambda images, labels: (augmenter(images, training=True), labels), num_parallel_calls=autotune
+            ).unbatch()
+        elif step in ("extra_preprocessing", "preprocess", "targets"):
+            per_example[step] = params
+        elif step == "batch":
+            dataset = dataset.map(finish, num_parallel_calls=autotune).batch(params["size"]).prefetch(autotune)
+        else:
+            raise ValueError(f"unknown pipeline step {step!r}")
+    return dataset
+
+
+def _tf_scale_resize(scale, size, channels, masks):
+    import tensorflow as tf
+
+    def scale_and_resize(image, target):
+        image = tf.cast(image, tf.float32) * scale
+        image = tf.image.resize(image, (size, size))
+        if masks:
+            target = tf.image.resize(tf.cast(target, tf.int32)[..., None], (size, size), method="nearest")[..., 0]
+        else:
+            target = tf.cast(target, tf.int32)
+        image.set_shape([size, size, channels])
+        return image, target
+
+    return scale_and_resize
 
 
 def class_counts(source, split, indices, num_classes) -> np.ndarray:
@@ -182,6 +233,16 @@ def class_counts(source, split, indices, num_classes) -> np.ndarray:
         chosen = labels if indices is None else labels[np.asarray(indices)]
         return np.bincount(chosen, minlength=num_classes)
     counts = np.zeros(num_classes, dtype=np.int64)
-    for _, mask in source.examples(split, indices).as_numpy_iterator():
+    for _, mask in numpy_examples(source, split, indices):
         counts += np.bincount(mask.reshape(-1).astype(np.int64), minlength=num_classes)[:num_classes]
     return counts
+
+
+def numpy_examples(source, split, indices=None):
+    """The (image, target) examples of a split as NumPy, without TensorFlow where the source allows."""
+    from zoo.data.sources import Source
+
+    if type(source).example_arrays is not Source.example_arrays:
+        arrays = source.example_arrays(split, indices)
+        return (arrays[i] for i in range(len(arrays)))
+    return source.examples(split, indices).as_numpy_iterator()

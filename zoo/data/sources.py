@@ -39,6 +39,25 @@ class DatasetInfo:
         return {**asdict(self), "num_classes": self.num_classes}
 
 
+@dataclass
+class ExampleArrays:
+    """A split's examples by position: ``arrays[i]`` is (image float32 (H, W, C) in the source's
+    units, target: a class index, or a uint8 (H, W) mask when ``masks``)."""
+
+    count: int
+    load: object          # position -> (image, target)
+    channels: int
+    masks: bool = False
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, position: int):
+        if not 0 <= position < self.count:
+            raise IndexError(position)
+        return self.load(position)
+
+
 class Source:
     """Base class. Subclasses set ``self.info`` and implement ``labels`` and ``examples``."""
 
@@ -56,9 +75,34 @@ class Source:
         """track_id, position and point_id per example, for sources whose points lie on tracks."""
         return None
 
+    def example_arrays(self, split: str, indices=None) -> "ExampleArrays":
+        """Random access to the (image, target) examples of ``split`` (restricted to ``indices``) as
+        NumPy arrays: what the input pipeline reads without TensorFlow (zoo.data.array_pipeline).
+        Sources read through tensorflow-datasets have none."""
+        raise DataError(f"dataset {self.info.name!r} is read through tensorflow-datasets, which needs TensorFlow: "
+                        f"pip install tensorflow tensorflow-datasets (the embedded synthetic datasets and your own "
+                        f"folders need neither)")
+
     def examples(self, split: str, indices=None):
-        """A tf.data.Dataset of (image, target) for ``split``, restricted to ``indices`` if given."""
-        raise NotImplementedError
+        """A tf.data.Dataset of (image, target) for ``split``, restricted to ``indices`` if given:
+        here the source's example arrays, decoded in parallel; sources with a faster path of
+        their own (in-memory arrays, TFRecords) override it."""
+        import tensorflow as tf
+
+        arrays = self.example_arrays(split, indices)
+        target_type = tf.uint8 if arrays.masks else tf.int64
+
+        def load(position):
+            image, target = arrays[int(position)]
+            return image, np.asarray(target, dtype=target_type.as_numpy_dtype)
+
+        def decode(position):
+            image, target = tf.numpy_function(load, [position], [tf.float32, target_type])
+            image.set_shape([None, None, arrays.channels])
+            target.set_shape([None, None] if arrays.masks else [])
+            return image, target
+
+        return tf.data.Dataset.range(len(arrays)).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
     def content_id(self, split: str) -> str:
         """An identity of the images of ``split``: caches of per-image results (features) are
@@ -247,6 +291,11 @@ class SyntheticSource(Source):
     def labels(self, split):
         return self.targets if self.info.task == "classification" else None
 
+    def example_arrays(self, split, indices=None):
+        rows = np.arange(len(self.images)) if indices is None else np.asarray(indices)
+        return ExampleArrays(len(rows), lambda i: (self.images[rows[i]].astype(np.float32), self.targets[rows[i]]),
+                             self.info.channels, masks=self.info.task != "classification")
+
     def examples(self, split, indices=None):
         import tensorflow as tf
 
@@ -287,42 +336,24 @@ class FolderSource(Source):
         items = items if indices is None else [items[i] for i in indices]
         return [str(Path(path).relative_to(self.scan.root)) for path, _ in items]
 
-    def examples(self, split, indices=None):
-        import tensorflow as tf
-
+    def example_arrays(self, split, indices=None):
         from zoo.data.folder import read_image, read_mask, to_dataset_scale
 
         items = self.scan.examples[split]
         if indices is not None:
             items = [items[i] for i in indices]
-        paths = [str(path) for path, _ in items]
-        channels = self.info.channels
-        maximum = self.info.max_pixel_value
+        channels, maximum = self.info.channels, self.info.max_pixel_value
+        masks = self.info.task != "classification"
 
-        def load_image(path):
-            array = read_image(path.decode())
+        def load(position):
+            path, target = items[position]
+            array = read_image(str(path))
             if array.shape[-1] != channels:  # a grey photo among colour ones
                 array = np.repeat(array, channels, axis=-1)
-            return to_dataset_scale(array, maximum)
+            target = read_mask(str(target)).astype(np.uint8) if masks else np.int64(target)
+            return to_dataset_scale(array, maximum).astype(np.float32, copy=False), target
 
-        def load(path, target):
-            image = tf.numpy_function(load_image, [path], tf.float32)
-            image.set_shape([None, None, channels])
-            return image, target
-
-        if self.info.task == "classification":
-            targets = tf.constant([label for _, label in items], dtype=tf.int64)
-        else:
-            mask_paths = [str(mask) for _, mask in items]
-
-            def load_mask(path):
-                return read_mask(path.decode()).astype(np.uint8)
-
-            targets = tf.data.Dataset.from_tensor_slices(mask_paths).map(
-                lambda p: tf.ensure_shape(tf.numpy_function(load_mask, [p], tf.uint8), [None, None]))
-            return tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(paths), targets).map(
-                load, num_parallel_calls=tf.data.AUTOTUNE)
-        return tf.data.Dataset.from_tensor_slices((paths, targets)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        return ExampleArrays(len(items), load, channels, masks=masks)
 
 
 def resolve_dataset_config(entry: dict) -> dict:

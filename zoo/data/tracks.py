@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.data.sources import DatasetInfo, Source, register_source
+from zoo.data.sources import DatasetInfo, ExampleArrays, Source, register_source
 from zoo.data.synthetic import TERRAIN_CLASSES, TERRAIN_PROPORTIONS, _smooth_noise, _terrain_tile
 from zoo.errors import DataError
 
@@ -92,6 +92,12 @@ class SyntheticTracksSource(_TrackSource):
                                 channels=3, image_shape=[card["image_size"]] * 2,
                                 splits={"train": len(self.rows["label"])}, max_pixel_value=255.0)
 
+    def example_arrays(self, split, indices=None):
+        rows = np.arange(len(self.rows["label"])) if indices is None else np.asarray(indices)
+        points, labels = self.rows["point"][rows], self.rows["label"][rows]
+        return ExampleArrays(len(rows), lambda i: (self.tiles[points[i]].astype(np.float32), labels[i]),
+                             self.info.channels)
+
     def examples(self, split, indices=None):
         import tensorflow as tf
 
@@ -138,21 +144,10 @@ class TrackManifestSource(_TrackSource):
                                 splits={"train": len(table)}, skipped=self.skipped,
                                 max_pixel_value=float(card.get("max_pixel_value", 255)))
 
-    def examples(self, split, indices=None):
-        import tensorflow as tf
-
+    def example_arrays(self, split, indices=None):
         from zoo.data.folder import read_image
 
-        chosen = slice(None) if indices is None else np.asarray(indices)
-        paths = [self.files[p] for p in self.rows["point"][chosen]]
-
-        def load(path):
-            return read_image(path.decode()).astype(np.float32)
-
-        def decode(path, label):
-            image = tf.numpy_function(load, [path], tf.float32)
-            image.set_shape([None, None, self.info.channels])
-            return image, label
-
-        return tf.data.Dataset.from_tensor_slices((paths, self.rows["label"][chosen])).map(
-            decode, num_parallel_calls=tf.data.AUTOTUNE)
+        rows = np.arange(len(self.rows["label"])) if indices is None else np.asarray(indices)
+        points, labels = self.rows["point"][rows], self.rows["label"][rows]
+        return ExampleArrays(len(rows), lambda i: (read_image(self.files[points[i]]).astype(np.float32), labels[i]),
+                             self.info.channels)

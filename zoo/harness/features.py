@@ -85,13 +85,32 @@ def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int
     """tf.data of (features, target) batches from the cache: the rows ``indices`` of source split
     ``split`` (all when None) in that order, shuffled like the image pipeline when
     ``shuffle_seed`` is given; ``finish(target)`` returns the batch's (target, ...) as the
-    run's loss wants them. In memory up to IN_MEMORY_BYTES, else read from memory-mapped files."""
-    import tensorflow as tf
+    run's loss wants them. In memory up to IN_MEMORY_BYTES, else read from memory-mapped files.
+    Without TensorFlow, the same batches as a PyDataset (zoo.data.array_pipeline.ArrayBatches)."""
+    from zoo.runtime import has_tensorflow
 
     features = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{split}-feature*.npy"))]
     targets = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{split}-target*.npy"))]
     rows = np.arange(len(targets[0])) if indices is None else np.asarray(indices, dtype=np.int64)
     finish = finish or (lambda *target: target)
+    in_memory = sum(a.nbytes for a in features + targets) * len(rows) / max(1, len(targets[0])) <= IN_MEMORY_BYTES
+    if not has_tensorflow():
+        from zoo.data.array_pipeline import ArrayBatches
+
+        arrays = [np.asarray(a[rows]) for a in features + targets] if in_memory else None
+
+        def make_batch(positions, epoch):
+            if arrays is not None:
+                chosen = [a[positions] for a in arrays]
+            else:  # memory-mapped rows, read in file order
+                order = np.sort(rows[positions])
+                chosen = [np.ascontiguousarray(a[order]) for a in features + targets]
+            inputs = tuple(chosen[:len(features)])
+            return (inputs if len(inputs) > 1 else inputs[0], *finish(*chosen[len(features):]))
+
+        return ArrayBatches(len(rows), batch_size, make_batch, shuffle_seed=shuffle_seed, workers=1)
+
+    import tensorflow as tf
 
     # Plain tensor code: autograph's conversion would cost each run ~50 ms a dataset for nothing.
     @tf.autograph.experimental.do_not_convert
@@ -99,7 +118,7 @@ def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int
         inputs = tuple(arrays[:len(features)])
         return (inputs if len(inputs) > 1 else inputs[0], *finish(*arrays[len(features):]))
 
-    if sum(a.nbytes for a in features + targets) * len(rows) / max(1, len(targets[0])) <= IN_MEMORY_BYTES:
+    if in_memory:
         # Small enough: serve from memory, with the image pipeline's shuffle, so the head sees
         # the batches the full model would.
         dataset = tf.data.Dataset.from_tensor_slices(tuple(np.asarray(a[rows]) for a in features + targets))
@@ -147,7 +166,17 @@ def copy_head_weights(source, target) -> None:
 
 
 def target_finisher(task: str, num_classes: int, one_hot: bool, pixel_weights):
-    """What a run's loss needs from a batch of plain cached targets (see build_pipeline)."""
+    """What a run's loss needs from a batch of plain cached targets (see build_pipeline): tensors
+    in tf.data, NumPy arrays without TensorFlow."""
+    from zoo.runtime import has_tensorflow
+
+    if not has_tensorflow():
+        weights = np.asarray(pixel_weights, dtype=np.float32)
+        if task == "segmentation":
+            return lambda masks: (masks, weights[np.asarray(masks, dtype=np.int64)])
+        if one_hot:
+            return lambda labels: (np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)],)
+        return lambda target: (target,)
     import tensorflow as tf
 
     if task == "segmentation":
@@ -161,7 +190,7 @@ def target_finisher(task: str, num_classes: int, one_hot: bool, pixel_weights):
 def prepare(run, head_spec, backbone_spec) -> dict:
     """Compute (or reuse) the per-image features of the source splits ``run`` draws from;
     returns the head model and the run's train, validation and test feature datasets."""
-    from zoo.data.pipeline import PipelineOptions, build_pipeline
+    from zoo.data.pipeline import PipelineOptions, input_pipeline
 
     cache_root = run.dir.parent.parent / "cache" / "features"
     source_splits = sorted({split for split, _ in run.plan.values()})
@@ -174,7 +203,7 @@ def prepare(run, head_spec, backbone_spec) -> dict:
         extractor = run.model.get_layer("backbone")
         # Every image of each split in index order, unaugmented, with plain targets.
         options = PipelineOptions(**{**run.options, "class_weights": None, "one_hot": False}, augment=False)
-        pipelines = {split: build_pipeline(run.source.examples(split), run.info, options, training=False)
+        pipelines = {split: input_pipeline(run.source, split, None, run.info, options, training=False)
                      for split in source_splits}
         compute_features(extractor, pipelines, folder)
     seconds = 0.0 if reused else time.perf_counter() - start

@@ -9,7 +9,6 @@ architecture on this device.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import statistics
@@ -21,6 +20,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from zoo.errors import ConfigError, DataError
+from zoo.runtime import installed
 from zoo.weights import OFFLINE_ENV, downloads_allowed
 
 TFDS_SOURCES = ("tfds", "landcover_ens")
@@ -62,9 +62,12 @@ def open_datasets(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
         if key in sources or any(p.subject == f"dataset {run.dataset['name']}" for p in problems):
             continue
         name, kind = run.dataset["name"], run.dataset.get("source")
-        if kind in TFDS_SOURCES and importlib.util.find_spec("tensorflow_datasets") is None:
-            problems.append(Problem(f"dataset {name}", "reading it needs tensorflow-datasets, which is not "
-                                    "installed", "pip install tensorflow-datasets"))
+        missing = [m for m in ("tensorflow", "tensorflow_datasets") if not installed(m)]
+        if kind in TFDS_SOURCES and missing:
+            packages = " and ".join(m.replace("_", "-") for m in missing)
+            problems.append(Problem(f"dataset {name}", f"it is read through tensorflow-datasets, which needs "
+                                    f"{packages}, not installed here (the embedded synthetic datasets and your own "
+                                    f"folders need neither)", f"pip install {' '.join(m.replace('_', '-') for m in missing)}"))
             continue
         try:
             sources[key] = open_source(run.dataset, cache_dir=cache_dir)
@@ -124,12 +127,10 @@ BACKEND_PACKAGES = {"tensorflow": ("tensorflow", "pip install tensorflow"),
 
 def backend_problems(runs) -> list[Problem]:
     """Keras backends asked for by ``train.backend`` that are not installed here."""
-    import importlib.util
-
     problems = []
     for backend in sorted({run.train.get("backend") for run in runs} - {None}):
         module, fix = BACKEND_PACKAGES[backend]
-        if importlib.util.find_spec(module) is None:
+        if not installed(module):
             problems.append(Problem(f"package {module}", f"train.backend: {backend} needs {module}, which is not "
                                     f"installed in this environment", fix))
     return problems
@@ -387,7 +388,7 @@ def startup_seconds() -> float:
         start = time.perf_counter()
         import keras  # noqa: F401
 
-        if importlib.util.find_spec("tensorflow_datasets"):
+        if installed("tensorflow_datasets"):
             import tensorflow_datasets  # noqa: F401
         _IMPORTED["seconds"] = time.perf_counter() - start + 1.0  # and the interpreter's own start
     return _IMPORTED.get("seconds", DEFAULT_IMPORT_SECONDS)

@@ -9,6 +9,7 @@ of memory, a segfault) still loses one run, not the suite.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -40,21 +41,21 @@ class RunFailed(RuntimeError):
 
 def environment(precision: str, device: str, replicas: int) -> dict:
     import keras
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
 
     import zoo
+    from zoo import runtime
+
+    def version(module):  # TensorFlow and tensorflow-datasets are optional on JAX and PyTorch
+        return importlib.import_module(module).__version__ if runtime.installed(module) else None
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(zoo.__file__).parent, capture_output=True,
                                 text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    from zoo import runtime
-
     return {"python": platform.python_version(), "backend": runtime.backend(),
-            "backend_version": runtime.backend_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "tensorflow_datasets": tfds.__version__, "numpy": np.__version__, "zoo": zoo.__version__,
+            "backend_version": runtime.backend_version(), "tensorflow": version("tensorflow"), "keras": keras.__version__,
+            "tensorflow_datasets": version("tensorflow_datasets"), "numpy": np.__version__, "zoo": zoo.__version__,
             "git_commit": commit, "device": device, "replicas": replicas, "precision": precision,
             "platform": platform.platform(), "cpu_count": os.cpu_count()}
 
@@ -116,6 +117,14 @@ def epoch_tensorboard(log_dir: Path):
             pass
 
     return EpochTensorBoard(str(log_dir), write_graph=False, profile_batch=0)
+
+
+def tensorboard_callbacks(log_dir: Path) -> list:
+    """The epoch TensorBoard callback where TensorFlow is installed (Keras writes its logs
+    through tf.summary); none without it."""
+    from zoo.runtime import has_tensorflow
+
+    return [epoch_tensorboard(log_dir)] if has_tensorflow() else []
 
 
 _SOURCES: dict = {}  # the datasets this process has opened: the runs of a sweep share them
@@ -199,9 +208,9 @@ class Run:
                                                           str(cache_dir / f"{self.spec['run_id']}-{name}"))
             augment = bool(self.train["augment"]) and training if augment is None else augment
             options = PipelineOptions(**self.options, augment=augment, cache=option_cache)
-            return build_pipeline_for(self.source.examples(split, indices), info, options, training)
+            return input_pipeline(self.source, split, indices, info, options, training)
 
-        from zoo.data.pipeline import build_pipeline as build_pipeline_for
+        from zoo.data.pipeline import input_pipeline
 
         self.make_pipeline = pipeline
         # Built when first used: a head trained on cached features never reads the images.
@@ -312,8 +321,7 @@ class Run:
             callbacks.append(precise_bn_callback(lambda: self.calibration_batches(repeat=True),
                                                  self.validation_calibration_batches, self.calibration_forward))
         callbacks += [keras.callbacks.CSVLogger(str(self.dir / "history.csv"), append=append),
-                      self.best_weights,
-                      epoch_tensorboard(self.dir / "tensorboard")]
+                      self.best_weights, *tensorboard_callbacks(self.dir / "tensorboard")]
         if self.train["early_stopping"]:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.train["early_stopping"],
                                                            restore_best_weights=True))
@@ -695,10 +703,14 @@ def preload_run_modules() -> None:
 
     try:
         import keras  # noqa: F401
-        import tensorflow  # noqa: F401
 
-        from zoo import factory, metrics, stats  # noqa: F401
+        from zoo import factory, metrics, runtime, stats  # noqa: F401
         from zoo.data import pipeline  # noqa: F401
+
+        if runtime.has_tensorflow():  # the input pipeline's, on every backend
+            import tensorflow  # noqa: F401
+        else:
+            from zoo.data import array_pipeline  # noqa: F401
         from zoo.harness import features  # noqa: F401
     except Exception:
         return
