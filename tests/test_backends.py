@@ -156,16 +156,27 @@ def test_a_backend_this_process_cannot_run_is_refused_before_anything_is_written
 # Imported first by every Python process started with this folder on PYTHONPATH: TensorFlow
 # cannot be imported (and is not left in sys.modules, where Keras would take it as imported).
 NO_TENSORFLOW = """
+import importlib.util
 import sys
+
+BLOCKED = ("tensorflow", "tensorflow_datasets", "tf_keras")
 
 
 class NoTensorFlow:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "tf_keras"):
+        if name.split(".")[0] in BLOCKED:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
 
+_find_spec = importlib.util.find_spec
+
+
+def find_spec(name, package=None):  # as where it is not installed: None, not an error (PyTorch asks)
+    return None if name.split(".")[0] in BLOCKED else _find_spec(name, package)
+
+
+importlib.util.find_spec = find_spec
 sys.meta_path.insert(0, NoTensorFlow())
 """
 
