@@ -186,11 +186,37 @@ def compiled_function(function):
     return function
 
 
+def _padded_predict_on_batch(model):
+    """Keras's compiled predict step (jitted on JAX) with every batch padded to the first batch's
+    size and the outputs cut back: a split's short last batch then compiles nothing new (JAX
+    compiles once per input shape; each example is predicted alone, so the padding changes no
+    output). A single image is predicted alone, as latency measurements need."""
+    import keras
+    import numpy as np
+
+    sizes = []
+
+    def predict(images):
+        # tf.data hands over TensorFlow tensors, which a jitted step does not take.
+        images = keras.tree.map_structure(np.asarray, list(images) if isinstance(images, tuple) else images)
+        count = int(keras.tree.flatten(images)[0].shape[0])
+        sizes.append(count) if not sizes else None
+        missing = sizes[0] - count
+        if missing <= 0 or count == 1:  # one image stays one: a latency measurement times one image
+            return model.predict_on_batch(images)
+        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], missing, axis=0)])  # noqa: E731
+        outputs = model.predict_on_batch(keras.tree.map_structure(pad, images))
+        return keras.tree.map_structure(lambda y: y[:count], outputs)
+
+    return predict
+
+
 def compiled_predict(model):
     """``model(images, training=False)`` as one compiled function returning NumPy; correct under any
     distribution strategy (Keras's predict_on_batch under MirroredStrategy returns one copy of
     the batch per replica). On TensorFlow it is traced once for any batch size: a last short
-    batch or a batch-1 latency measurement does not trace the model again."""
+    batch or a batch-1 latency measurement does not trace the model again; elsewhere Keras's own
+    compiled predict step, padded to one batch size (see _padded_predict_on_batch)."""
     import keras
 
     if backend() == "tensorflow":
@@ -202,6 +228,6 @@ def compiled_predict(model):
         # Several inputs (a pyramid head on cached features) come as a tuple from tf.data.
         compiled = lambda images: traced(list(images) if isinstance(images, tuple) else images)  # noqa: E731
     else:
-        compiled = compiled_function(lambda images: model(images, training=False))
+        compiled = _padded_predict_on_batch(model)
     # Several outputs (a feature pyramid) come back as a list of arrays.
     return lambda images: keras.tree.map_structure(keras.ops.convert_to_numpy, compiled(images))

@@ -79,6 +79,17 @@ def make_loss(task: str, loss: str):
     return keras.losses.SparseCategoricalCrossentropy()
 
 
+def jit_compile(xla: bool):
+    """Keras's ``jit_compile`` for ``train.xla``: XLA when asked; otherwise TensorFlow's graph
+    without XLA, and each other backend's own default ("auto": JAX jits every step, as every JAX
+    user expects; a JAX step without jit runs op by op, several times slower)."""
+    from zoo.runtime import backend
+
+    if xla:
+        return True
+    return False if backend() == "tensorflow" else "auto"
+
+
 def head_task(head: str) -> str:
     from zoo.heads import HEADS
 
@@ -278,7 +289,7 @@ class Run:
         with self.strategy.scope():  # the optimizer's variables too belong to the strategy
             settings = dict(optimizer=make_optimizer(self.train["optimizer"], schedule),
                             loss=make_loss(self.task, self.train["loss"]), metrics=metrics,
-                            weighted_metrics=weighted, jit_compile=bool(self.train["xla"]))
+                            weighted_metrics=weighted, jit_compile=jit_compile(self.train["xla"]))
             if self.trained_model is self.model:
                 self.trained_model.compile(**settings)
             else:
