@@ -55,7 +55,7 @@ TRAIN_DEFAULTS = {
     "augment": False,              # rotation, zoom, contrast, flip (flips/rot90 for segmentation)
     "preprocessing": "none",       # none | grayscale | equalize | whiten, joined with '+'
     "precision": "float32",        # float32 | mixed (float16 on GPU, bfloat16 on CPU)
-    "xla": False,                  # XLA-compile the train step
+    "xla": False,                  # XLA-compile the train step on TensorFlow (JAX always does)
     "backend": None,               # tensorflow | jax | torch: the Keras backend of the run's process;
                                    # None: the one zoo runs on (KERAS_BACKEND, else Keras's configured one)
     "cache": "none",               # none | memory | disk: cache decoded, resized images
