@@ -59,7 +59,9 @@ class ExampleArrays:
 
 
 class Source:
-    """Base class. Subclasses set ``self.info`` and implement ``labels`` and ``examples``."""
+    """Base class. Subclasses set ``self.info`` and implement ``labels`` and ``example_arrays``
+    (tf.data's ``examples`` then follows; sources read through tensorflow-datasets implement
+    ``examples`` alone)."""
 
     info: DatasetInfo
 

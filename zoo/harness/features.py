@@ -86,7 +86,8 @@ def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int
     ``split`` (all when None) in that order, shuffled like the image pipeline when
     ``shuffle_seed`` is given; ``finish(target)`` returns the batch's (target, ...) as the
     run's loss wants them. In memory up to IN_MEMORY_BYTES, else read from memory-mapped files.
-    Without TensorFlow, the same batches as a PyDataset (zoo.data.array_pipeline.ArrayBatches)."""
+    Without TensorFlow, the same rows as a PyDataset (zoo.data.array_pipeline.ArrayBatches, which
+    shuffles by a permutation per epoch instead of tf.data's buffer)."""
     from zoo.runtime import has_tensorflow
 
     features = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{split}-feature*.npy"))]
