@@ -110,6 +110,44 @@ BACKEND_SUITE = {"name": "backends", "datasets": [{"name": "synthetic_terrain", 
                            "backend": ["tensorflow", "jax"]}}
 
 
+def test_the_pixel_loss_equals_keras_sparse_crossentropy_with_pixel_weights():
+    """PyTorch's segmentation loss (zoo.losses) is the same number as the one the other backends use."""
+    from zoo.losses import PixelCrossentropy
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(5), size=(3, 8, 8)).astype("float32")
+    probabilities[0, 0, 0] = [1.0, 0, 0, 0, 0]  # clipped as Keras clips
+    masks = rng.integers(0, 5, (3, 8, 8))
+    weights = rng.uniform(0, 2, (3, 8, 8)).astype("float32")
+    for sample_weight in (None, weights):
+        ours = float(PixelCrossentropy()(masks, probabilities, sample_weight=sample_weight))
+        keras_own = float(keras.losses.SparseCategoricalCrossentropy()(masks, probabilities,
+                                                                        sample_weight=sample_weight))
+        assert ours == pytest.approx(keras_own, rel=1e-5)
+
+
+SEGMENTATION_STEP = """
+import numpy as np, keras
+from zoo import build_model
+from zoo.harness.worker import make_loss
+model = build_model("baseline_cnn", "unet", 4, (32, 32, 4), weights=None)
+model.compile(optimizer="adam", loss=make_loss("segmentation", "crossentropy"))
+images = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 4)).astype("float32")
+masks = np.random.default_rng(1).integers(0, 4, (4, 32, 32))
+history = model.fit(images, masks, epochs=2, verbose=0)
+assert np.isfinite(history.history["loss"]).all()
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_a_segmentation_head_trains_on_pytorch():
+    """Keras's own sparse cross-entropy made PyTorch's up-sampling backward fail (see zoo.losses)."""
+    env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", SEGMENTATION_STEP], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_backend_is_a_suite_axis_and_each_run_trains_on_all_devices_of_its_backend(tmp_path, monkeypatch):
     """One suite, two backends: each run in a worker of its backend, over two devices (two logical
     CPUs: MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX)."""

@@ -435,6 +435,8 @@ def load_run_model(run_dir):
 
         _keras_hub()  # keras-hub's layer classes and zoo's, registered for loading
         zoo_layers()
+    import zoo.losses  # noqa: F401  (registers the losses a model may have been compiled with)
+
     try:
         model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
     except Exception as error:  # zip, HDF5 and deserialisation errors all mean "damaged"

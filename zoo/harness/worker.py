@@ -76,6 +76,10 @@ def make_loss(task: str, loss: str):
         return keras.losses.KLDivergence()
     if loss == "focal":
         return keras.losses.CategoricalFocalCrossentropy()
+    if task == "segmentation" and keras.backend.backend() == "torch":
+        from zoo.losses import PixelCrossentropy  # Keras's own fails to train there (see zoo.losses)
+
+        return PixelCrossentropy()
     return keras.losses.SparseCategoricalCrossentropy()
 
 
