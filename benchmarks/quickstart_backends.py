@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -23,17 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from zoo.runtime import installed
+
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 COLUMNS = ["backend", "backend_version", "device", "precision", "command_seconds", "run_id", "status", "error",
            "train_seconds", "first_epoch_seconds", "epoch_seconds", "accuracy", "miou", "overrides"]
-
-
-def installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def run_quickstart(backend: str, overrides: list[str], only: str | None, folder: Path) -> tuple[float, list, str]:

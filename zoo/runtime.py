@@ -200,7 +200,8 @@ def _padded_predict_on_batch(model):
         # tf.data hands over TensorFlow tensors, which a jitted step does not take.
         images = keras.tree.map_structure(np.asarray, list(images) if isinstance(images, tuple) else images)
         count = int(keras.tree.flatten(images)[0].shape[0])
-        sizes.append(count) if not sizes else None
+        if not sizes:
+            sizes.append(count)
         missing = sizes[0] - count
         if missing <= 0 or count == 1:  # one image stays one: a latency measurement times one image
             return model.predict_on_batch(images)

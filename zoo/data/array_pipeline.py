@@ -16,7 +16,7 @@ import threading
 import keras
 import numpy as np
 
-from zoo.data.pipeline import EXTRA_PREPROCESSING, PipelineOptions, _classification_augmenter, pipeline_steps
+from zoo.data.pipeline import EXTRA_PREPROCESSING, PipelineOptions, classification_augmenter, pipeline_steps
 from zoo.preprocessing import preprocess
 
 GREY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)  # tf.image.rgb_to_grayscale's
@@ -165,7 +165,7 @@ def build_array_pipeline(arrays, info, options: PipelineOptions, training: bool)
     scale, size = np.float32(resize["scale"]), resize["size"]
     cache = {} if "cache" in steps else None
     lock = threading.Lock()
-    augmenter = _classification_augmenter(steps["augment_batches"]["seed"]) if "augment_batches" in steps else None
+    augmenter = classification_augmenter(steps["augment_batches"]["seed"]) if "augment_batches" in steps else None
     pair_seed = steps["augment_pairs"]["seed"] if "augment_pairs" in steps else None
     extra = steps.get("extra_preprocessing", {}).get("steps", [])
     mode, targets = steps["preprocess"]["mode"], steps["targets"]

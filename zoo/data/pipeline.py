@@ -81,7 +81,9 @@ def apply_extra_preprocessing(image, steps):
     return image
 
 
-def _classification_augmenter(seed):
+def classification_augmenter(seed):
+    """The photo augmentation (rotation, zoom, contrast, flip) as Keras preprocessing layers, shared
+    by both executors of the pipeline."""
     import keras
 
     return keras.Sequential([
@@ -197,7 +199,7 @@ def build_pipeline(examples, info, options: PipelineOptions, training: bool):
                 lambda example, seed: _segmentation_augment(example[0], example[1], seed),
                 num_parallel_calls=autotune)
         elif step == "augment_batches":
-            augmenter = _classification_augmenter(params["seed"])
+            augmenter = classification_augmenter(params["seed"])
             dataset = dataset.batch(params["batch_size"]).map(
                 lambda images, labels: (augmenter(images, training=True), labels), num_parallel_calls=autotune
             ).unbatch()
