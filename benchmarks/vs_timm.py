@@ -1,7 +1,8 @@
 """zoo against timm on one GPU: inference and training images/s of the same architectures.
 
     python benchmarks/vs_timm.py [--models mobilenet_v2 resnet50 densenet121 vgg16] [--size 224]
-                                 [--batch 64] [--backends tensorflow jax torch] [--out reports/vs-timm.csv]
+                                 [--batch 64] [--backends tensorflow jax torch] [--precision mixed]
+                                 [--out reports/vs-timm.csv]
 
 For each model, zoo's figures come from ``zoo speed`` (backbone + linear head, mixed precision,
 warm-up before timing) run once per installed Keras backend, each in its own process (a process
@@ -14,7 +15,9 @@ backend's figures, the device and the versions.
 
 Runs as is on a machine with TensorFlow, JAX or PyTorch (only the backends installed are
 measured; timm and torch are needed for the reference). On a CPU it measures CPU figures, which
-say nothing about GPUs: the row's device says which.
+say nothing about GPUs: the row's device says which. A CPU without bfloat16 instructions runs
+"mixed" far slower than float32 on both sides; ``--precision float32`` compares zoo in float32
+with timm without autocast (still channels-last), which is what such a machine would use.
 """
 from __future__ import annotations
 
@@ -44,13 +47,13 @@ COLUMNS = ["model", "timm_model", "image_size", "batch_size", "device", "zoo_pre
            "zoo_by_backend", "keras", "torch", "timm", "python", "note", "error"]
 
 
-def zoo_speed(model: str, size: int, batch: int, backend: str) -> dict:
+def zoo_speed(model: str, size: int, batch: int, backend: str, precision: str = "mixed") -> dict:
     """``zoo speed`` on ``backend`` in a new process; the CSV row it wrote."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "speed.csv"
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         result = subprocess.run([sys.executable, "-m", "zoo.cli", "speed", model, "--size", str(size), "--batch",
-                                 str(batch), "--precision", "mixed", "--backend", backend, "--out", str(out)],
+                                 str(batch), "--precision", precision, "--backend", backend, "--out", str(out)],
                                 env=env, capture_output=True, text=True)
         if not out.is_file():
             return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1][:300]}
@@ -70,8 +73,10 @@ def _timed(step, synchronize, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def timm_speed(model_name: str, size: int, batch: int, warmup: int = 10, steps: int = 40) -> dict:
-    """Inference and training images/s of timm's model, as timm's benchmark.py measures them."""
+def timm_speed(model_name: str, size: int, batch: int, precision: str = "mixed", warmup: int = 10,
+               steps: int = 40) -> dict:
+    """Inference and training images/s of timm's model, as timm's benchmark.py measures them
+    (``precision`` "mixed": under AMP; "float32": without autocast)."""
     import timm
     import torch
 
@@ -79,6 +84,7 @@ def timm_speed(model_name: str, size: int, batch: int, warmup: int = 10, steps: 
     device = torch.device("cuda" if cuda else "cpu")
     # AMP: float16 with loss scaling on GPUs (timm's default amp dtype); bfloat16 on CPUs.
     amp_dtype = torch.float16 if cuda else torch.bfloat16
+    amp = precision == "mixed"
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
     torch.backends.cudnn.benchmark = True
     model = timm.create_model(model_name, pretrained=False, num_classes=1000).to(device)
@@ -89,18 +95,18 @@ def timm_speed(model_name: str, size: int, batch: int, warmup: int = 10, steps: 
     model.eval()
 
     def infer():
-        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype):
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             model(images)
 
     infer_seconds = _timed(infer, synchronize, warmup, steps)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     loss_function = torch.nn.CrossEntropyLoss()
 
     def train():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             loss = loss_function(model(images), labels)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -108,7 +114,8 @@ def timm_speed(model_name: str, size: int, batch: int, warmup: int = 10, steps: 
 
     train_seconds = _timed(train, synchronize, warmup, steps)
     name = torch.cuda.get_device_name(0) if cuda else f"CPU {platform.processor() or platform.machine()}"
-    return {"device": name, "precision": f"amp {str(amp_dtype).split('.')[-1]}, channels-last",
+    kind = f"amp {str(amp_dtype).split('.')[-1]}" if amp else "float32"
+    return {"device": name, "precision": f"{kind}, channels-last",
             "infer": batch / infer_seconds, "train": batch / train_seconds,
             "torch": torch.__version__, "timm": timm.__version__}
 
@@ -119,6 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--backends", nargs="+", default=list(BACKEND_MODULES), choices=list(BACKEND_MODULES))
+    parser.add_argument("--precision", choices=["mixed", "float32"], default="mixed",
+                        help="mixed: zoo's mixed precision against timm under AMP (GPUs); float32 on both")
     parser.add_argument("--out", help="write the rows as CSV (e.g. reports/vs-timm-h100.csv)")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends if importlib.util.find_spec(BACKEND_MODULES[b])]
@@ -132,10 +141,11 @@ def main(argv=None) -> int:
         row = {"model": model, "timm_model": TIMM_NAMES.get(model, ""), "image_size": args.size,
                "batch_size": args.batch, "keras": version("keras"), "python": platform.python_version(),
                "note": NOTES.get(model, ""), "error": ""}
-        figures = {b: zoo_speed(model, args.size, args.batch, b) for b in backends}
+        figures = {b: zoo_speed(model, args.size, args.batch, b, args.precision) for b in backends}
         good = {b: f for b, f in figures.items() if not f.get("error")}
         row["zoo_by_backend"] = "; ".join(
-            f"{b}: {float(f['infer_images_per_second']):.1f}/{float(f['train_images_per_second']):.1f} img/s "
+            f"{b} {f.get('backend_version', '')}: {float(f['infer_images_per_second']):.1f}/"
+            f"{float(f['train_images_per_second']):.1f} img/s "
             f"(batch {f['batch_size']})" if b in good else f"{b}: {f['error']}" for b, f in figures.items())
         if good:
             infer_backend = max(good, key=lambda b: float(good[b]["infer_images_per_second"]))
@@ -146,7 +156,7 @@ def main(argv=None) -> int:
                        zoo_precision=good[infer_backend]["precision"], device=good[infer_backend]["device"])
         if has_timm and model in TIMM_NAMES:
             try:
-                reference = timm_speed(TIMM_NAMES[model], args.size, args.batch)
+                reference = timm_speed(TIMM_NAMES[model], args.size, args.batch, args.precision)
                 row.update(timm_infer_images_per_second=reference["infer"],
                            timm_train_images_per_second=reference["train"], timm_precision=reference["precision"],
                            torch=reference["torch"], timm=reference["timm"])

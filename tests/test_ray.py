@@ -19,6 +19,9 @@ from zoo.harness.ray_executor import ATTEMPT_FILE  # noqa: E402
 
 QUICK = {"name": "quick", "datasets": ["synthetic_terrain"], "heads": ["linear", "mlp"],
          "train": {"image_size": 32, "epochs": 1, "steps_per_epoch": 2}}
+# The backend as a suite axis: each run goes to an actor whose process imported Keras on it.
+BACKENDS = {"name": "backends", "datasets": ["synthetic_terrain"], "heads": ["linear"],
+            "train": {"image_size": 32, "epochs": 1, "steps_per_epoch": 2, "backend": ["tensorflow", "jax"]}}
 # One run long enough to be caught mid-training, short enough to redo.
 LONG = {"name": "long", "datasets": ["synthetic_terrain"], "heads": ["linear"],
         "train": {"image_size": 32, "epochs": 8, "steps_per_epoch": 4}}
@@ -52,7 +55,8 @@ def wait_for_training(out: Path, seconds: float = 240) -> dict:
 
 
 def test_a_suite_on_the_cluster_gives_the_local_results_with_the_host(ray_cluster, tmp_path):
-    suite = write_suite(tmp_path, QUICK)
+    pytest.importorskip("jax", reason="the backend axis needs the jax extra: pip install -e '.[jax]'")
+    suite = write_suite(tmp_path, BACKENDS)
     on_ray = zoo_run(suite, tmp_path / "ray", "--executor", "ray", "--address", ray_cluster.address)
     assert on_ray.returncode == 0, on_ray.stdout + on_ray.stderr
     local = zoo_run(suite, tmp_path / "local")
@@ -60,6 +64,8 @@ def test_a_suite_on_the_cluster_gives_the_local_results_with_the_host(ray_cluste
     ray_rows = pd.read_csv(tmp_path / "ray" / "results.csv").set_index("run_id").sort_index()
     local_rows = pd.read_csv(tmp_path / "local" / "results.csv").set_index("run_id").sort_index()
     assert len(ray_rows) == 2 and set(ray_rows["status"]) == {"ok"}
+    assert sorted(ray_rows["backend"].str.split().str[0]) == ["jax", "tensorflow"]
+    assert ray_rows["backend"].tolist() == local_rows["backend"].tolist()
     # One implementation: the same run code gives the same numbers wherever it executes.
     for metric in ("accuracy", "macro_f1", "params"):
         assert ray_rows[metric].tolist() == pytest.approx(local_rows[metric].tolist(), abs=1e-6), metric
