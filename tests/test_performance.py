@@ -94,12 +94,23 @@ def backbone_weights(tmp_path_factory):
     return path
 
 
-def test_a_seed_and_split_seed_sweep_computes_features_once_and_speed_once(tmp_path, backbone_weights):
+def test_a_seed_and_split_seed_sweep_computes_features_once_and_speed_once(tmp_path, backbone_weights, monkeypatch):
+    from zoo.data import pipeline
+
+    image_pipelines = []  # what read images: only the one feature pass, never a run's own pipelines
+    real_input_pipeline = pipeline.input_pipeline
+
+    def recording_input_pipeline(source, split, indices, info, options, training):
+        image_pipelines.append((split, training))
+        return real_input_pipeline(source, split, indices, info, options, training)
+
+    monkeypatch.setattr(pipeline, "input_pipeline", recording_input_pipeline)
     suite = {**FROZEN, "heads": ["linear"], "seeds": [0, 1], "split_seed": [0, 1], "weights": str(backbone_weights),
              "train": {**FROZEN["train"], "epochs": 1}}
     assert run_in_process(suite, tmp_path) == 0
     frame = pd.read_csv(tmp_path / "results.csv")
     assert sorted(frame["features"]) == ["computed", "reused", "reused", "reused"]
+    assert image_pipelines == [("train", False)]
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 1
     measured = frame[frame["speed_measured_in"].isna()]
     assert len(measured) == 1  # one architecture: its speed is measured by one run, reused by the rest
