@@ -5,13 +5,13 @@
                                  [--out reports/vs-timm.csv]
 
 For each model, zoo's figures come from ``zoo speed`` (backbone + linear head, mixed precision
-unless --precision float32, warm-up before timing) run once per installed Keras backend, each in
-its own process (a process has one backend); the best backend's figure is compared. timm's come
-from the same measurement done the way timm's own benchmark.py does it: the PyTorch model under
-AMP (float16 autocast) in channels-last memory format, warm-up steps, then timed steps between CUDA synchronisations, SGD
-for training, at the same batch size and input size. Prints zoo / timm per model; targets:
->= 1.0 for inference and >= 0.9 for training. Writes one CSV row per model with every
-backend's figures, the device and the versions.
+unless --precision float32, warm-up before timing) run once per installed Keras backend, each in its
+own process (a process has one backend); the best backend's figure is compared. timm's come from the
+same measurement done the way timm's own benchmark.py does it: the PyTorch model under AMP (float16
+autocast) in channels-last memory format, warm-up steps, then timed steps between CUDA
+synchronisations, SGD for training, at the same batch size and input size. Prints zoo / timm per
+model; targets: >= 1.0 for inference and >= 0.9 for training. Writes one CSV row per model with
+every backend's figures, the device and the versions.
 
 Runs as is on a machine with TensorFlow, JAX or PyTorch (only the backends installed are
 measured; timm and torch are needed for the reference). On a CPU it measures CPU figures, which
