@@ -45,14 +45,17 @@ def cmd_weights(args) -> int:
     for name in BACKBONES.list(args.pattern):
         spec = BACKBONES.get(name)
         if spec.hub is not None:
+            from zoo.errors import WeightsUnavailableError
             from zoo.weights import fetch_preset
 
             try:
                 print(f"ok\t{name}\t{fetch_preset(spec, dest)}")
-            except Exception as error:  # keras-hub, kagglehub and network errors
+            except WeightsUnavailableError as error:  # every download failure, said in one line
                 failures += 1
-                print(f"failed\t{name}\tkeras-hub preset {spec.hub.preset}\t{type(error).__name__}: {error}",
-                      file=sys.stderr)
+                print(f"failed\t{name}\tkeras-hub preset {spec.hub.preset}\t{error.reason}", file=sys.stderr)
+            except OSError as error:  # the destination: full, read-only
+                failures += 1
+                print(f"failed\t{name}\t{dest}\t{type(error).__name__}: {error}", file=sys.stderr)
             continue
         files = [spec.imagenet_no_top] + ([spec.imagenet_top] if args.include_top else [])
         for weights in filter(None, files):

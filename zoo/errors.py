@@ -10,6 +10,14 @@ class DataError(ValueError):
     """Input data is missing or malformed; the message names the file and the fix."""
 
 
+class IncompatibleError(ValueError):
+    """A backbone/head/input combination that cannot be assembled."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither on disk nor downloadable; the message says where to put them."""
+
+
 class StorageError(OSError):
     """The output folder cannot take more: read-only, full, or not ours to write."""
 
@@ -23,12 +31,5 @@ def storage_problem(error: BaseException) -> str | None:
     return STORAGE_ERRNOS.get(getattr(error, "errno", None))
 
 
-def _user_errors():
-    from zoo.factory import IncompatibleError
-    from zoo.weights import WeightsUnavailableError
-
-    return (UnknownNameError, ConfigError, DataError, IncompatibleError, WeightsUnavailableError,
-            FileNotFoundError, StorageError)
-
-
-USER_ERRORS = _user_errors()
+USER_ERRORS = (UnknownNameError, ConfigError, DataError, IncompatibleError, WeightsUnavailableError,
+               FileNotFoundError, StorageError)

@@ -5,14 +5,11 @@ import json
 import re
 
 from zoo.backbones import BACKBONES, BackboneSpec
+from zoo.errors import IncompatibleError
 from zoo.heads import HEADS, HeadSpec
 
 BACKBONE_LAYER_NAME = "backbone"
 _TOP_N = re.compile(r"top:(\d+)")
-
-
-class IncompatibleError(ValueError):
-    """A backbone/head/input combination that cannot be assembled."""
 
 
 def compatible_heads(backbone: str | BackboneSpec) -> list[str]:

@@ -11,12 +11,14 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from zoo.backbones import BackboneSpec, WeightsFile
+from zoo.errors import WeightsUnavailableError
 
 WEIGHTS_DIR_ENV = "ZOO_WEIGHTS_DIR"
 
@@ -26,10 +28,6 @@ OFFLINE_ENV = "ZOO_OFFLINE"  # "1": never download (air-gapped machines, tests)
 
 def downloads_allowed() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("1", "true", "yes")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The weights file is neither on disk nor downloadable."""
 
 
 def keras_cache_dir() -> Path:
@@ -222,60 +220,237 @@ _LOADED: dict = {}
 
 # --- keras-hub presets ----------------------------------------------------------------------
 
+PRESET_CONFIG_FILE = "config.json"      # keras-hub's names inside a preset folder
+PRESET_WEIGHTS_FILE = "model.weights.h5"
+PRESET_SHARDS_FILE = "model.weights.json"  # the index of a preset saved in shards
+# Where keras-hub's downloads come from, by the scheme of a preset's handle: a short TCP probe of
+# the host tells a machine without internet in seconds, where keras-hub would retry for minutes.
+PRESET_HOSTS = {"kaggle": "https://api.kaggle.com", "hf": "https://huggingface.co"}
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds (answered once
+    per host and process)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    key = (parsed.hostname, parsed.port or 443)
+    if key not in _REACHABLE:
+        try:
+            with socket.create_connection(key, timeout=timeout):
+                _REACHABLE[key] = True
+        except OSError:  # no route, no name resolution, refused, timed out
+            _REACHABLE[key] = False
+    return _REACHABLE[key]
+
+
+_REACHABLE: dict = {}
+
+
 def kagglehub_cache_dir() -> Path:
-    """Where keras-hub's downloads (through kagglehub) are cached."""
+    """Where keras-hub's downloads from Kaggle (through kagglehub) are cached."""
     return Path(os.environ.get("KAGGLEHUB_CACHE", Path.home() / ".cache" / "kagglehub")).expanduser()
+
+
+def huggingface_cache_dir() -> Path:
+    """Where keras-hub's downloads from Hugging Face are cached."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser() / "hub"
+
+
+def preset_catalogue(spec: BackboneSpec) -> dict:
+    """keras-hub's own entry for ``spec``'s preset (its handle and metadata), empty where keras-hub is
+    not installed or does not list it."""
+    try:
+        import keras_hub
+    except ImportError:
+        return {}
+    return keras_hub.models.Backbone.presets.get(spec.hub.preset, {})
+
+
+def preset_handle(spec: BackboneSpec) -> str:
+    """Where keras-hub downloads the preset from: ``kaggle://keras/<model>/keras/<preset>/<version>``
+    or ``hf://<org>/<name>``."""
+    entry = preset_catalogue(spec)
+    return entry.get("kaggle_handle") or entry.get("hf_handle") or f"kaggle://keras/{spec.family}/keras/{spec.hub.preset}"
+
+
+def preset_download_size(spec: BackboneSpec) -> str:
+    """The preset's download, from the parameter count keras-hub publishes (float32 weights)."""
+    params = preset_catalogue(spec).get("metadata", {}).get("params") or spec.hub.preset_params
+    if not params:
+        return "size unknown"
+    return f"about {params * 4 / 1e6:,.0f} MB: {params / 1e6:.1f} M parameters"
 
 
 def preset_candidates(spec: BackboneSpec) -> list[Path]:
     """Folders that may hold ``spec``'s keras-hub preset, in the order they are tried:
-    ``$ZOO_WEIGHTS_DIR/<preset>``, then keras-hub's cache (newest version first)."""
+    ``$ZOO_WEIGHTS_DIR/<preset>``, then keras-hub's caches (Kaggle's, newest version first; Hugging
+    Face's, for presets published there)."""
     preset = spec.hub.preset
     paths = []
     if os.environ.get(WEIGHTS_DIR_ENV):
         paths.append(Path(os.environ[WEIGHTS_DIR_ENV]).expanduser() / preset)
     cached = kagglehub_cache_dir().glob(f"models/keras/*/keras/{preset}/*")
     paths += sorted((p for p in cached if p.name.isdigit()), key=lambda p: int(p.name), reverse=True)
+    handle = preset_handle(spec)
+    if handle.startswith("hf://"):
+        repo = handle[len("hf://"):].split("@")[0].replace("/", "--")
+        paths += sorted((huggingface_cache_dir() / f"models--{repo}" / "snapshots").glob("*"))
     return paths
 
 
-def find_local_preset(spec: BackboneSpec) -> Path | None:
-    return next((p for p in preset_candidates(spec) if (p / "config.json").is_file()), None)
+def _same_setting(stored, wanted) -> bool:
+    """A configuration value as config.json holds it equals zoo's: tuples are lists there, and keras-hub
+    stores some scalars expanded per axis (DeiT's patch_size 16 as [16, 16])."""
+    stored, wanted = json.loads(json.dumps(stored)), json.loads(json.dumps(wanted))
+    if isinstance(stored, list) and not isinstance(wanted, list):
+        return stored == [wanted] * len(stored)
+    return stored == wanted
 
 
-def resolve_preset(spec: BackboneSpec, download: bool = True) -> str:
-    """A keras-hub preset folder holding ``spec``'s pretrained weights, or the preset's name for
-    keras-hub to download; raises WeightsUnavailableError saying where to put it offline."""
-    local = find_local_preset(spec)
-    if local is not None:
-        return str(local)
-    if download and downloads_allowed():
-        return spec.hub.preset
+def preset_folder_problem(spec: BackboneSpec, folder: Path, options: dict | None = None) -> str | None:
+    """What makes ``folder`` unusable as ``spec``'s preset (with ``options`` overriding its configuration),
+    naming the file; None when it is complete and holds this architecture."""
+    config_path = folder / PRESET_CONFIG_FILE
+    if not config_path.is_file():
+        return f"{config_path} is missing"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{config_path} cannot be read ({type(error).__name__}: {str(error).splitlines()[0]})"
+    if not isinstance(config, dict):
+        return f"{config_path} is not a keras-hub configuration"
+    if spec.hub.vision_tower and isinstance(config.get("config"), dict) \
+            and isinstance(config["config"].get("vision_encoder"), dict):
+        config = config["config"]["vision_encoder"]
+    if config.get("class_name") != spec.hub.class_name:
+        return (f"{config_path} describes a {config.get('class_name')!r}, not the {spec.hub.class_name} of "
+                f"{spec.name}: another model's preset")
+    expected = {k: v for k, v in {**spec.hub.config, **(options or {})}.items() if k != "pool"}
+    stored = config.get("config", {})
+    for key, value in expected.items():
+        if key in stored and not _same_setting(stored[key], value):
+            return (f"{config_path} has {key}={stored[key]!r} where {spec.name} has {value!r}: another "
+                    f"model's preset, or other backbone_options")
+    return _preset_weights_problem(folder)
+
+
+def _preset_weights_problem(folder: Path) -> str | None:
+    """The weights file (or every shard) present and readable as HDF5: a truncated download fails here."""
+    index = folder / PRESET_SHARDS_FILE
+    if index.is_file():
+        try:
+            files = sorted({name for name in json.loads(index.read_text()).get("weight_map", {}).values()})
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+            return f"{index} cannot be read ({type(error).__name__})"
+    else:
+        files = [PRESET_WEIGHTS_FILE]
+    import h5py
+
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing (an incomplete copy of the preset)"
+        try:
+            with h5py.File(path, "r"):
+                pass
+        except OSError as error:
+            return f"{path} is damaged or truncated ({str(error).splitlines()[0]})"
+    return None
+
+
+def locate_preset(spec: BackboneSpec, options: dict | None = None) -> tuple[Path | None, list[str]]:
+    """The first complete folder holding ``spec``'s preset, and why each folder before it was rejected."""
+    rejected = []
+    for folder in preset_candidates(spec):
+        if not folder.exists():
+            continue
+        problem = preset_folder_problem(spec, folder, options)
+        if problem is None:
+            return folder, rejected
+        rejected.append(problem)
+    return None, rejected
+
+
+def preset_unavailable(spec: BackboneSpec, reason: str, rejected=()) -> WeightsUnavailableError:
+    """The error for a preset that cannot be had here: what it is, where zoo looked, why it cannot be
+    downloaded, and the two steps that fix it."""
     looked = "\n".join(f"  - {p}" for p in preset_candidates(spec)) or f"  - (no {WEIGHTS_DIR_ENV} set)"
-    raise WeightsUnavailableError(
+    bad = "".join(f"\n  rejected {r}" for r in rejected)
+    error = WeightsUnavailableError(
         f"pretrained weights for {spec.name!r} are not available: keras-hub preset {spec.hub.preset!r} "
-        f"(from Kaggle Models, keras/{spec.family})\nLooked in:\n{looked}\n"
-        f"and downloading is off ({OFFLINE_ENV} is set)\n"
+        f"({preset_download_size(spec)}; {preset_handle(spec)})\nLooked in:\n{looked}{bad}\n"
+        f"and it cannot be downloaded: {reason}\n"
         f"Fix: on a machine with internet run `zoo weights fetch '{spec.name}' --dest DIR`, copy DIR here and "
         f"set {WEIGHTS_DIR_ENV}=DIR (the preset goes to DIR/{spec.hub.preset}/)")
+    error.reason = reason
+    return error
+
+
+def preset_download_blocker(spec: BackboneSpec) -> str | None:
+    """Why keras-hub could not download ``spec``'s preset from here, or None when it may."""
+    if not downloads_allowed():
+        return f"downloading is off ({OFFLINE_ENV} is set)"
+    host = PRESET_HOSTS.get(preset_handle(spec).split("://")[0], PRESET_HOSTS["kaggle"])
+    if not reachable(host):
+        return f"{host.split('//')[1]} cannot be reached from this machine"
+    return None
+
+
+def preset_availability(spec: BackboneSpec, options: dict | None = None, download: bool = True):
+    """``(location, rejected, blocker)``: a complete preset folder on disk, or else the preset's name when
+    keras-hub may download it (location None when neither); why each folder found was rejected; and why
+    it cannot be downloaded (None when it can)."""
+    local, rejected = locate_preset(spec, options)
+    if local is not None:
+        return str(local), rejected, None
+    blocker = preset_download_blocker(spec) if download else "downloading was disabled"
+    return (spec.hub.preset if blocker is None else None), rejected, blocker
+
+
+def resolve_preset(spec: BackboneSpec, options: dict | None = None, download: bool = True) -> str:
+    """A complete keras-hub preset folder holding ``spec``'s pretrained weights, or the preset's name
+    for keras-hub to download; raises WeightsUnavailableError saying where to put it offline."""
+    location, rejected, blocker = preset_availability(spec, options, download)
+    if location is None:
+        raise preset_unavailable(spec, blocker, rejected)
+    return location
 
 
 def load_preset_model(spec: BackboneSpec, location: str):
-    """The keras-hub model of a preset folder (or name): for an image-text preset, its vision encoder."""
+    """The keras-hub model of a preset folder, or of the preset's name (downloaded by keras-hub into its
+    cache): for an image-text preset, its vision encoder."""
+    backbone = preset_backbone(spec, location)
+    return backbone.vision_encoder if spec.hub.vision_tower else backbone
+
+
+def preset_backbone(spec: BackboneSpec, location: str):
+    """keras-hub's whole backbone of a preset folder or name. Any failure of a download (network, Kaggle,
+    a partial file) becomes WeightsUnavailableError with the offline fix: no network library's exception
+    reaches the user."""
     from zoo.backbones.hub import _keras_hub
 
-    backbone = _keras_hub().models.Backbone.from_preset(location)
-    return backbone.vision_encoder if spec.hub.vision_tower else backbone
+    keras_hub = _keras_hub()
+    if location != spec.hub.preset:
+        return keras_hub.models.Backbone.from_preset(location)
+    try:
+        return keras_hub.models.Backbone.from_preset(location)
+    except Exception as error:  # requests, kagglehub, huggingface_hub, h5py: all mean "not downloadable"
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise preset_unavailable(spec, f"{type(error).__name__}: {first_line}") from None
 
 
 def fetch_preset(spec: BackboneSpec, dest: Path) -> Path:
     """Download ``spec``'s preset and save it as DEST/<preset>/ (what ZOO_WEIGHTS_DIR=DEST finds)."""
-    from zoo.backbones.hub import _keras_hub
-
+    blocker = preset_download_blocker(spec)
+    if blocker:
+        raise preset_unavailable(spec, blocker)
     target = Path(dest) / spec.hub.preset
     partial = target.with_name(f".{target.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    _keras_hub().models.Backbone.from_preset(spec.hub.preset).save_to_preset(str(partial))
+    preset_backbone(spec, spec.hub.preset).save_to_preset(str(partial))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
     return target
@@ -321,10 +496,17 @@ def copy_preset_weights(source, target) -> None:
 
 def build_from_preset(spec: BackboneSpec, input_shape, weights, options):
     """``spec`` at ``input_shape`` with its keras-hub preset's weights (``weights`` "imagenet" or
-    "pretrained": found as resolve_preset says; or a preset folder)."""
+    "pretrained": found as resolve_preset says; or a preset folder, checked before it is loaded)."""
     from zoo.backbones.hub import wrap
 
-    location = resolve_preset(spec) if weights in ("imagenet", "pretrained") else str(Path(weights).expanduser())
+    if weights in ("imagenet", "pretrained"):
+        location = resolve_preset(spec, options)
+    else:
+        location = str(Path(weights).expanduser())
+        problem = preset_folder_problem(spec, Path(location), options)
+        if problem:
+            raise WeightsUnavailableError(f"weights {location} is not a usable keras-hub preset of {spec.name!r}: "
+                                          f"{problem}")
     model = spec.build(input_shape, **options)
     source_model = load_preset_model(spec, location)
     source = wrap(spec.hub, source_model, tuple(source_model.inputs[0].shape[1:]), options.get("pool"))

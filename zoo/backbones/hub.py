@@ -294,7 +294,7 @@ def register_hub(name, family, hub: HubModel, *, preprocessing, license, paper, 
         name=name, family=family, build=hub_builder(hub), preprocessing=preprocessing, default_size=default_size,
         min_size=min_size, feature_layers_by_stride={16: PATCH_MAP}, license=license, paper=paper,
         output_stride=16, hub=hub, pooled_layer=POOLED, simple_pyramid=(4, 8, 32),
-        license_restricts_use=license_restricts_use))
+        license_restricts_use=license_restricts_use, size_multiple=size_multiple))
 
 
 # --- entries ------------------------------------------------------------------------------
@@ -302,6 +302,9 @@ def register_hub(name, family, hub: HubModel, *, preprocessing, license, paper, 
 # Small configurations for tests: the same family, two blocks.
 SMALL_VIT = {"num_layers": 2}
 APACHE = "Apache-2.0"
+# keras-hub's ViT and DeiT patch embeddings refuse a size their patch does not divide; DINOv2/v3,
+# SigLIP and CLIP take any size (their grids round down, position embeddings interpolated).
+PATCH_16 = 16
 
 register_hub("dinov2_small", "dinov2", HubModel(
     "DINOV2Backbone", "dinov2_small", dict(patch_size=14, num_layers=12, hidden_dim=384, num_heads=6,
@@ -330,19 +333,19 @@ register_hub("vit_base", "vit", HubModel(
                                                         mlp_dim=3072),
     block_class="ViTEncoderBlock", pretraining="ImageNet-21k, fine-tuned on ImageNet-1k", preset_params=85_798_656,
     small=SMALL_VIT, pools=("cls", "mean"), nest=True),
-    preprocessing="tf", license=APACHE, paper="arXiv:2010.11929")
+    preprocessing="tf", license=APACHE, paper="arXiv:2010.11929", size_multiple=PATCH_16)
 register_hub("deit_tiny", "deit", HubModel(
     "DeiTBackbone", "deit_tiny_distilled_patch16_224_imagenet", dict(patch_size=16, num_layers=12, num_heads=3,
                                                                     hidden_dim=192, intermediate_dim=768),
     block_class="DeiTEncoderBlock", pretraining="ImageNet-1k (distilled)", preset_params=5_524_800,
     small=SMALL_VIT, pools=("cls", "mean"), prefix_tokens=2, nest=True),
-    preprocessing="torch", license=APACHE, paper="arXiv:2012.12877")
+    preprocessing="torch", license=APACHE, paper="arXiv:2012.12877", size_multiple=PATCH_16)
 register_hub("deit_small", "deit", HubModel(
     "DeiTBackbone", "deit_small_distilled_patch16_224_imagenet", dict(patch_size=16, num_layers=12, num_heads=6,
                                                                      hidden_dim=384, intermediate_dim=1536),
     block_class="DeiTEncoderBlock", pretraining="ImageNet-1k (distilled)", preset_params=21_666_432,
     small=SMALL_VIT, pools=("cls", "mean"), prefix_tokens=2, nest=True),
-    preprocessing="torch", license=APACHE, paper="arXiv:2012.12877")
+    preprocessing="torch", license=APACHE, paper="arXiv:2012.12877", size_multiple=PATCH_16)
 register_hub("siglip_base", "siglip", HubModel(
     "SigLIPVisionEncoder", "siglip_base_patch16_224", dict(patch_size=16, hidden_dim=768, num_layers=12, num_heads=12,
                                                           intermediate_dim=3072),

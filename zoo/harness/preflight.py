@@ -21,7 +21,7 @@ import numpy as np
 
 from zoo.errors import ConfigError, DataError
 from zoo.runtime import installed
-from zoo.weights import OFFLINE_ENV, downloads_allowed
+from zoo.weights import OFFLINE_ENV, downloads_allowed, reachable
 
 TFDS_SOURCES = ("tfds", "landcover_ens")
 
@@ -35,16 +35,6 @@ class Problem:
     subject: str  # what is missing: "dataset stanford_dogs", "weights resnet50", "package tensorflow-datasets"
     message: str  # why, with the file or folder
     fix: str      # the command that fixes it
-
-
-def reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _dataset_key(dataset: dict) -> str:
@@ -84,40 +74,53 @@ def open_datasets(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
 
 
 def weights_problems(runs) -> list[Problem]:
-    """ImageNet weights files that are neither on disk nor downloadable from here."""
+    """Pretrained weights (ImageNet files, keras-hub presets) that are neither on disk nor downloadable
+    from here."""
     from zoo.backbones import BACKBONES
     from zoo.weights import WEIGHTS_DIR_ENV, candidate_paths, file_matches_hash, weights_file
 
-    problems, checked_hosts = [], {}
-    for name in sorted({r.backbone for r in runs if r.weights == "imagenet"}):
+    fix = f"zoo weights fetch '{{}}' --dest DIR on a connected machine, then export {WEIGHTS_DIR_ENV}=DIR here"
+    problems = []
+    pretrained = [r for r in runs if r.weights == "imagenet"]
+    for name in sorted({r.backbone for r in pretrained}):
         spec = BACKBONES.get(name)
         if spec.hub is not None:
-            from zoo.weights import find_local_preset
-
-            if find_local_preset(spec) is None and not downloads_allowed():
-                problems.append(Problem(
-                    f"weights {name}", f"keras-hub preset {spec.hub.preset} is neither in ${WEIGHTS_DIR_ENV}/"
-                    f"{spec.hub.preset} nor in keras-hub's cache, and downloads are off ({OFFLINE_ENV}=1)",
-                    f"zoo weights fetch '{name}' --dest DIR on a connected machine, then export {WEIGHTS_DIR_ENV}=DIR here"))
-            continue  # else found, or downloaded by keras-hub for the first run that needs it
+            problems += preset_problems(spec, [r.backbone_options for r in pretrained if r.backbone == name])
+            continue
         weights = weights_file(spec)
         paths = candidate_paths(weights)
         if any(p.is_file() and file_matches_hash(p, weights.file_hash) for p in paths):
             continue
         if downloads_allowed():
-            host = urlparse(weights.url).hostname
-            if host not in checked_hosts:
-                checked_hosts[host] = reachable(weights.url)
-            if checked_hosts[host]:
+            if reachable(weights.url):
                 continue  # downloaded (and hash-checked) by the first run that needs it
-            reason = f"{host} cannot be reached"
+            reason = f"{urlparse(weights.url).hostname} cannot be reached"
         else:
             reason = f"downloads are off ({OFFLINE_ENV}=1)"
         problems.append(Problem(
             f"weights {name}", f"{weights.file_name} is not in {' or '.join(str(p.parent) for p in paths)} and "
-            f"{reason}", f"zoo weights fetch '{name}' --dest DIR on a connected machine, then "
-            f"export {WEIGHTS_DIR_ENV}=DIR here"))
+            f"{reason}", fix.format(name)))
     return problems
+
+
+def preset_problems(spec, options_of_runs) -> list[Problem]:
+    """The keras-hub preset of ``spec`` for each distinct ``backbone_options`` of its runs: found complete
+    on disk, or downloadable by keras-hub from here; else one problem naming it, its size and the fix."""
+    from zoo.weights import WEIGHTS_DIR_ENV, preset_availability, preset_download_size
+
+    if not installed("keras_hub"):
+        return [Problem("package keras-hub", f"{spec.name} comes from keras-hub, which is not installed here",
+                        "pip install -e '.[hub]' (or pip install keras-hub)")]
+    for options in {json.dumps(o, sort_keys=True): o for o in options_of_runs}.values():
+        location, rejected, blocker = preset_availability(spec, options)
+        if location is None:
+            message = (f"keras-hub preset {spec.hub.preset} ({preset_download_size(spec)}) is neither in "
+                       f"${WEIGHTS_DIR_ENV}/{spec.hub.preset} nor in keras-hub's cache, and {blocker}"
+                       + "".join(f"; rejected {r}" for r in rejected))
+            return [Problem(f"weights {spec.name}", message,
+                            f"zoo weights fetch '{spec.name}' --dest DIR on a connected machine, then export "
+                            f"{WEIGHTS_DIR_ENV}=DIR here")]
+    return []
 
 
 BACKEND_PACKAGES = {"tensorflow": ("tensorflow", "pip install tensorflow"),
@@ -199,13 +202,13 @@ def prepare_missing(runs, problems: list[Problem], log=print) -> None:
             log(f"building dataset {name} from {by_name[name]['manual_dir']} ...")
             prepare_dataset(name, by_name[name]["manual_dir"])
         elif kind == "weights" and downloads_allowed():
-            log(f"downloading ImageNet weights of {name} ...")
+            log(f"downloading pretrained weights of {name} ...")
             try:
                 spec = BACKBONES.get(name)
                 if spec.hub is not None:
-                    from zoo.weights import load_preset_model
+                    from zoo.weights import preset_backbone
 
-                    load_preset_model(spec, spec.hub.preset)  # into keras-hub's cache
+                    preset_backbone(spec, spec.hub.preset)  # into keras-hub's cache
                 else:
                     resolve_imagenet_weights(spec, download=True)
             except Exception as error:  # reported again, with its fix, by the next readiness check
