@@ -1,9 +1,40 @@
-"""The ``zoo`` command line: list | run | plan | report | export | compare | predict | data | weights | speed."""
+"""zoo: which CNN backbone, with which head, for my images?
+
+Train every backbone x head x dataset of a suite file, measure accuracy and time honestly, and
+write a comparison report that ends in a recommendation.
+
+examples:
+  zoo run benchmarks/quickstart.yaml     train the quickstart suite, write runs/ and reports/
+  zoo plan benchmarks/quickstart.yaml    what a suite will run, whether it can start, how long
+  zoo list backbones 'resnet*'           what the zoo holds
+  zoo COMMAND --help                     each command's options, with an example
+
+Known harmless start-up lines of TensorFlow and the CUDA stubs are left out of the output;
+--verbose (or ZOO_VERBOSE=1) shows everything.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+# One example per command (and sub-command), shown at the end of its --help.
+EXAMPLES = {
+    "list": "zoo list backbones 'resnet*' --long",
+    "weights": "zoo weights fetch 'resnet*' --dest /media/usb/weights",
+    "weights fetch": "zoo weights fetch 'dinov2*' --dest /media/usb/weights   (then ZOO_WEIGHTS_DIR=/media/usb/weights)",
+    "run": "zoo run benchmarks/quickstart.yaml --set train.epochs=2 --only '*baseline_cnn*'",
+    "plan": "zoo plan benchmarks/quickstart.yaml",
+    "report": "zoo report runs/quickstart --latency-budget 5 --size-budget 10",
+    "export": "zoo export runs/quickstart/runs/RUN_ID --format onnx --quantize int8 --measure",
+    "compare": "zoo compare runs/quickstart RUN_A RUN_B --metric macro_f1",
+    "predict": "zoo predict runs/quickstart/runs/RUN_ID photo.jpg more_photos/ --top-k 3",
+    "mlflow-sync": "zoo mlflow-sync runs/quickstart --mlflow http://127.0.0.1:5000",
+    "data": "zoo data info synthetic_terrain",
+    "data info": "zoo data info ~/photos/breeds --json",
+    "data prepare": "zoo data prepare eurosat_rgb",
+    "speed": "zoo speed 'mobilenet*' resnet50 --size 224 --batch 64 --backend jax",
+}
 
 
 def cmd_list(args) -> int:
@@ -230,8 +261,10 @@ def cmd_predict(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoo", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show every line the libraries print, TensorFlow's start-up lines included")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", help="list registered backbones, heads or datasets")
     listing.add_argument("what", choices=["backbones", "heads", "datasets"])
@@ -338,8 +371,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(commands)
     add_speed_command(commands)
-
+    _add_examples(commands)
     return parser
+
+
+def _add_examples(commands, prefix: str = "") -> None:
+    """Each sub-command's --help ends with its example from EXAMPLES."""
+    for name, command in commands.choices.items():
+        example = EXAMPLES[f"{prefix}{name}"]
+        command.epilog = f"example:\n  {example}"
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_examples(action, f"{prefix}{name} ")
 
 
 def main(argv=None) -> int:
@@ -348,6 +392,11 @@ def main(argv=None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `zoo list backbones | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as error:
         from zoo.errors import USER_ERRORS
 
@@ -357,5 +406,15 @@ def main(argv=None) -> int:
         raise
 
 
+def entry() -> None:
+    """The ``zoo`` console script: the native start-up noise filtered (unless --verbose), then main."""
+    argv = sys.argv[1:]
+    if "--verbose" not in argv:
+        from zoo.console import quiet_native_stderr
+
+        quiet_native_stderr()
+    sys.exit(main(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
