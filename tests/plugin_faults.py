@@ -18,7 +18,24 @@ def build_nan(input_shape):
     return keras.Model(model.input, outputs, name="nan_backbone")
 
 
-for name, build in (("crash_backbone", build_crashing), ("nan_backbone", build_nan)):
+def build_without_jit(input_shape):
+    """A layer Keras will not XLA-compile (its supports_jit is False), as some custom layers are."""
+    import keras
+
+    class NoJit(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.supports_jit = False
+
+        def call(self, x):
+            return x
+
+    model = build_baseline_cnn(input_shape)
+    return keras.Model(model.input, NoJit(name="no_jit")(model.output), name="nojit_backbone")
+
+
+for name, build in (("crash_backbone", build_crashing), ("nan_backbone", build_nan),
+                    ("nojit_backbone", build_without_jit)):
     if name not in BACKBONES:
         register_backbone(BackboneSpec(name=name, family="test", build=build, preprocessing="model",
                                        default_size=32, min_size=16, output_stride=16, license="-", paper="-"))

@@ -274,3 +274,34 @@ def test_study_preprocessing_keeps_shape(steps):
     assert images.shape == (4, 32, 32, 3)
     if steps == ["grayscale"]:
         np.testing.assert_allclose(images[..., 0], images[..., 2])
+
+
+def textbook_equalisation(channel: np.ndarray) -> np.ndarray:
+    """Histogram equalisation by its definition (Gonzalez & Woods): a pixel of value v goes to
+    (cdf(v) - cdf_min) / (N - cdf_min) * 255, cdf(v) counted here by sorting, not by a histogram."""
+    values = np.clip(channel.astype(np.int64), 0, 255).ravel()
+    ordered = np.sort(values)
+    at_most = np.searchsorted(ordered, values, side="right")  # cdf(v) of each pixel
+    cdf_min = np.searchsorted(ordered, ordered[0], side="right")
+    return ((at_most - cdf_min) / max(values.size - cdf_min, 1) * 255.0).reshape(channel.shape)
+
+
+@pytest.mark.parametrize("executor", ["tf.data", "numpy"])
+def test_equalize_and_whiten_follow_their_definitions(executor, rng):
+    """The study's `equalize` and `whiten` on a low-contrast image, each executor against an independent
+    computation (a shape check cannot tell a skipped step)."""
+    from zoo.data import array_pipeline, pipeline
+
+    image = rng.normal(100, 12, (24, 20, 3)).clip(0, 255).round().astype(np.float32)
+    image[0, 0, 1] = 0.0  # one channel with a dark outlier: its minimum bin is a single pixel
+    run = (lambda steps: pipeline.apply_extra_preprocessing(tf.constant(image), steps).numpy()) \
+        if executor == "tf.data" else (lambda steps: array_pipeline.apply_extra_preprocessing(image, steps))
+    equalised = run(["equalize"])
+    expected = np.stack([textbook_equalisation(image[..., c]) for c in range(3)], axis=-1)
+    np.testing.assert_allclose(equalised, expected, atol=1e-3)
+    assert equalised.min() == 0.0 and equalised.max() == pytest.approx(255.0)
+    whitened = run(["whiten"]).astype(np.float64)
+    expected = (image - image.mean(axis=(0, 1))) / image.std(axis=(0, 1)) * 64.0 + 127.5
+    np.testing.assert_allclose(whitened, expected, atol=1e-2)
+    np.testing.assert_allclose(whitened.mean(axis=(0, 1)), 127.5, atol=1e-3)
+    np.testing.assert_allclose(whitened.std(axis=(0, 1)), 64.0, atol=1e-2)

@@ -81,11 +81,17 @@ def test_rerun_skips_finished_runs_and_force_redoes_them(tiny_out):
     assert "3 already finished, 0 to run" in messages[0]
     pd.testing.assert_frame_equal(before, pd.read_csv(tiny_out / "results.csv"))
     only = "*linear*"
+    linear = next(p for p in (tiny_out / "runs").iterdir() if "linear" in p.name)
+    (linear / "stale-marker").write_text("left by the first run")
     assert run_suite(suite, tiny_out, only=only, force=True, executor="in-process", report=False, log=messages.append) == 0
+    assert any("0 already finished, 1 to run" in m for m in messages)
     after = pd.read_csv(tiny_out / "results.csv")
     assert len(after) == 3
     redone = after["run_id"].str.contains("linear")
-    assert (after[redone]["finished_at"] >= before[redone]["finished_at"]).all()
+    # Trained again: a new folder in place of the old one, finished later; the others untouched.
+    assert not (linear / "stale-marker").exists()
+    assert (after[redone]["finished_at"].values > before[redone]["finished_at"].values).all()
+    assert (after[~redone]["finished_at"].values == before[~redone]["finished_at"].values).all()
     # Same suite, same seed, on a CPU: the same metrics.
     assert after[redone]["accuracy"].iloc[0] == before[redone]["accuracy"].iloc[0]
     assert after[redone]["macro_f1"].iloc[0] == before[redone]["macro_f1"].iloc[0]
@@ -165,13 +171,17 @@ def test_killed_suite_resumes_to_exactly_one_row_per_run(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and not list((out / "runs").glob(".*.partial/history.csv")):
         time.sleep(0.2)  # wait until a run is mid-training
+    training = list((out / "runs").glob(".*.partial/history.csv"))
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    assert training, "the suite was not killed in the middle of a run's training"
+    assert training[0].parent.exists()  # the interrupted run's folder is left half-made, as a crash leaves it
     if (out / "results.csv").exists():
         assert pd.read_csv(out / "results.csv")["status"].eq("ok").all()  # never a half-written table
     result = subprocess.run(zoo_command("run", str(suite), "--out", str(out), "--no-report"), capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout[-2000:]
+    assert "to run" in result.stdout and ", 0 to run" not in result.stdout  # the killed run was run again
     frame = pd.read_csv(out / "results.csv")
     assert len(frame) == 2 and frame["run_id"].is_unique and set(frame["status"]) == {"ok"}
     assert not list((out / "runs").glob(".*"))

@@ -134,3 +134,24 @@ def test_plan_marks_runs_that_cannot_start_and_exits_2(tmp_path):
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("stanford_dogs-", "eurosat_rgb-"))]
     assert len(rows) == 36 and all(row[-3:] == ["pending", "NO", "-"] for row in rows)
     assert "fix: zoo data prepare stanford_dogs" in result.stdout and not (tmp_path / "out").exists()
+
+
+def test_prepare_builds_the_missing_dataset_and_the_suite_then_trains(tmp_path, capsys):
+    """`zoo run --prepare` on a suite whose land-cover data is downloaded but not built: without the flag
+    the suite is refused with the fix; with it the dataset is built where the suite reads it, and it trains."""
+    from test_data import write_challenge_files
+
+    raw, built = tmp_path / "raw", tmp_path / "tfds"
+    write_challenge_files(raw, train=12, test=2)
+    suite = tmp_path / "land.yaml"
+    suite.write_text(json.dumps({
+        "name": "land", "datasets": [{"name": "landcover_ens", "manual_dir": str(raw), "data_dir": str(built)}],
+        "backbones": ["baseline_cnn"], "heads": ["fcn"],
+        "train": {"image_size": 32, "batch_size": 4, "epochs": 1, "steps_per_epoch": 2, "precise_bn": False}}))
+    out = tmp_path / "out"
+    assert main(["run", str(suite), "--out", str(out), "--in-process", "--no-report"]) == 2
+    assert "fix: zoo data prepare landcover_ens --data-dir DIR" in capsys.readouterr().err and not out.exists()
+    assert main(["run", str(suite), "--out", str(out), "--in-process", "--no-report", "--prepare"]) == 0
+    assert "building dataset landcover_ens from" in capsys.readouterr().out
+    assert list(built.glob("landcover_ens/*/dataset_info.json"))  # built where the suite's data_dir points
+    assert pd.read_csv(out / "results.csv")["status"].tolist() == ["ok"]

@@ -135,3 +135,59 @@ def test_preprocessing_matches_keras_for_rgb_and_extends_to_more_bands(mode, mod
     np.testing.assert_allclose(four[..., :3], expected, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(four[..., 3], EXTRA_BAND[mode](nir[..., 0]), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(preprocess(nir, mode), EXTRA_BAND[mode](nir), rtol=1e-5, atol=1e-4)
+
+
+@pytest.fixture
+def weights_server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving one weights file; ``requests`` lists the paths asked for."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "vgg16_test_notop.h5").write_bytes(b"not really HDF5, but hashed like one" * 500)
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", served / "vgg16_test_notop.h5", requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_weights_fetch_downloads_and_checks_the_hash(weights_server, tmp_path, monkeypatch, capsys):
+    """The real download path of `zoo weights fetch`: a good file lands in DEST once; a file whose hash
+    differs is refused and nothing of it is left."""
+    import dataclasses
+    import hashlib
+
+    from zoo.backbones import BACKBONES
+    from zoo.backbones.spec import WeightsFile
+    from zoo.cli import main
+
+    url, served, requests = weights_server
+    good = hashlib.md5(served.read_bytes()).hexdigest()
+    spec = BACKBONES.get("vgg16")
+    for file_hash, expected_code in ((good, 0), ("0" * 32, 1)):
+        dest = tmp_path / f"dest-{expected_code}"
+        entry = WeightsFile("vgg16_test_notop.h5", f"{url}/vgg16_test_notop.h5", file_hash)
+        monkeypatch.setitem(BACKBONES._entries, "vgg16", dataclasses.replace(spec, imagenet_no_top=entry))
+        assert main(["weights", "fetch", "vgg16", "--dest", str(dest)]) == expected_code
+        if expected_code == 0:
+            assert (dest / "vgg16_test_notop.h5").read_bytes() == served.read_bytes()
+            asked = len(requests)
+            assert main(["weights", "fetch", "vgg16", "--dest", str(dest)]) == 0  # already there: no download
+            assert "(already there)" in capsys.readouterr().out and len(requests) == asked
+            monkeypatch.setenv("ZOO_WEIGHTS_DIR", str(dest))  # and a run's resolution finds it, hash-checked
+            assert resolve_imagenet_weights(BACKBONES.get("vgg16"), download=False) == dest / "vgg16_test_notop.h5"
+            monkeypatch.delenv("ZOO_WEIGHTS_DIR")
+        else:
+            assert "failed\tvgg16" in capsys.readouterr().err
+            assert not dest.exists() or list(dest.iterdir()) == []
+    assert requests.count("/vgg16_test_notop.h5") == 2

@@ -82,6 +82,7 @@ RESULT_COLUMNS = {
     "device": "device the run trained on (GPU name or CPU model, with count)",
     "host": "machine (host name) the run executed on; with Ray, the cluster node's",
     "precision": "float32 | mixed_float16 | mixed_bfloat16",
+    "xla": "whether the train step was XLA-compiled (train.xla on TensorFlow, always on JAX), as Keras resolved it",
     "backend": "Keras backend the run trained on, with its library's version (e.g. 'tensorflow 2.21.0'); "
                "compare times only between runs with the same backend and device",
     "finished_at": "UTC time the run ended",

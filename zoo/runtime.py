@@ -89,16 +89,22 @@ def precision_policy(precision: str) -> str:
     return "mixed_float16" if gpu_names() else "mixed_bfloat16"
 
 
-def make_deterministic(seed: int) -> None:
+def make_deterministic(seed: int, xla: bool = False) -> None:
     """Seed Python, NumPy and the backend, and ask the backend for deterministic kernels, so a
-    run's numbers follow from its seed alone."""
+    run's numbers follow from its seed alone. ``xla`` on TensorFlow: op determinism stays off, since
+    Keras refuses XLA under it (silently falling back to the graph); XLA's own kernels decide then."""
     import keras
 
     keras.utils.set_random_seed(seed)
     if backend() == "tensorflow":
         import tensorflow as tf
 
-        tf.config.experimental.enable_op_determinism()
+        if xla:  # a worker's earlier run may have turned it on: the setting is process-wide
+            from tensorflow.python.framework import config as tf_config
+
+            tf_config.disable_op_determinism()
+        else:
+            tf.config.experimental.enable_op_determinism()
     elif backend() == "torch":
         import torch
 

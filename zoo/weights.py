@@ -92,17 +92,22 @@ def resolve_imagenet_weights(spec: BackboneSpec, include_top: bool = False,
 
 
 def download_weights(weights: WeightsFile, dest: Path) -> Path:
-    """Download ``weights`` into ``dest`` and check its hash; a partial file never remains."""
+    """Download ``weights`` into ``dest`` and check its hash; a partial or mismatching file never
+    remains there (it is downloaded into a staging folder and moved in only once checked)."""
+    import tempfile
+
     import keras
 
     dest.mkdir(parents=True, exist_ok=True)
-    path = keras.utils.get_file(weights.file_name, weights.url, file_hash=weights.file_hash,
-                                cache_dir=str(dest.parent), cache_subdir=dest.name)
-    path = Path(path)
-    if path.parent.resolve() != dest.resolve():
-        shutil.copy2(path, dest / weights.file_name)
-        path = dest / weights.file_name
-    return path
+    staging = Path(tempfile.mkdtemp(prefix=f".{weights.file_name}.", suffix=".partial", dir=dest))
+    try:
+        path = keras.utils.get_file(weights.file_name, weights.url, file_hash=weights.file_hash,
+                                    cache_dir=str(staging), cache_subdir="download")
+        final = dest / weights.file_name
+        os.replace(path, final)
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # --- N-channel adaptation -------------------------------------------------------------
@@ -389,9 +394,10 @@ def preset_unavailable(spec: BackboneSpec, reason: str, rejected=()) -> WeightsU
     return error
 
 
-def preset_download_blocker(spec: BackboneSpec) -> str | None:
-    """Why keras-hub could not download ``spec``'s preset from here, or None when it may."""
-    if not downloads_allowed():
+def preset_download_blocker(spec: BackboneSpec, explicit: bool = False) -> str | None:
+    """Why keras-hub could not download ``spec``'s preset from here, or None when it may. ``explicit``:
+    the user asked for the download (``zoo weights fetch``), which ZOO_OFFLINE does not forbid."""
+    if not downloads_allowed() and not explicit:
         return f"downloading is off ({OFFLINE_ENV} is set)"
     host = PRESET_HOSTS.get(preset_handle(spec).split("://")[0], PRESET_HOSTS["kaggle"])
     if not reachable(host):
@@ -444,7 +450,7 @@ def preset_backbone(spec: BackboneSpec, location: str):
 
 def fetch_preset(spec: BackboneSpec, dest: Path) -> Path:
     """Download ``spec``'s preset and save it as DEST/<preset>/ (what ZOO_WEIGHTS_DIR=DEST finds)."""
-    blocker = preset_download_blocker(spec)
+    blocker = preset_download_blocker(spec, explicit=True)
     if blocker:
         raise preset_unavailable(spec, blocker)
     target = Path(dest) / spec.hub.preset

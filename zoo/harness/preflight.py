@@ -200,7 +200,7 @@ def prepare_missing(runs, problems: list[Problem], log=print) -> None:
             prepare_dataset(name, by_name[name].get("data_dir"))
         elif kind == "dataset" and by_name[name].get("source") == "landcover_ens" and by_name[name].get("manual_dir"):
             log(f"building dataset {name} from {by_name[name]['manual_dir']} ...")
-            prepare_dataset(name, by_name[name]["manual_dir"])
+            prepare_dataset(name, by_name[name]["manual_dir"], tfds_dir=by_name[name].get("data_dir"))
         elif kind == "weights" and downloads_allowed():
             log(f"downloading pretrained weights of {name} ...")
             try:

@@ -94,6 +94,20 @@ def jit_compile(xla: bool):
     return False if backend() == "tensorflow" else "auto"
 
 
+def compiled_with_xla(model, asked: bool) -> bool:
+    """Whether Keras compiles ``model``'s train step with XLA. Asked for (``train.xla``) but refused by
+    Keras (a layer that does not support it), the run stops here, naming the layers, rather than
+    train in another mode than its row would say."""
+    used = model.jit_compile  # what Keras resolved: "auto" is XLA on JAX, eager on PyTorch
+    if asked and not used:
+        refusing = sorted({f"{layer.name} ({type(layer).__name__})" for layer in model._flatten_layers()
+                           if not getattr(layer, "supports_jit", True)})
+        raise RunFailed(f"train.xla: true, but Keras cannot XLA-compile this model: "
+                        f"{', '.join(refusing) or 'its backend refused'} do(es) not support XLA; "
+                        f"set train.xla: false for it")
+    return bool(used)
+
+
 def head_task(head: str) -> str:
     from zoo.heads import HEADS
 
@@ -116,6 +130,19 @@ def best_weights_callback():
                 self.best, self.weights = loss, self.model.get_weights()
 
     return BestWeights()
+
+
+def learning_rate_log():
+    """A callback that puts the optimizer's learning rate at each epoch's end into that epoch's logs
+    (history.csv's ``learning_rate``), before a plateau schedule lowers it for the next epoch."""
+    import keras
+
+    class LearningRateLog(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    return LearningRateLog()
 
 
 def epoch_tensorboard(log_dir: Path):
@@ -197,12 +224,12 @@ class Run:
         # Pixel counts mean reading every training mask: only when class weights need them.
         needs_counts = self.task == "classification" or self.train["class_weights"]
         train_counts = class_counts(self.source, *self.plan["train"], info.num_classes) if needs_counts else None
-        if record:
-            self.record_split(sizes, train_counts)
-
         weights = None
         if self.train["class_weights"]:
             weights = class_weights_from_counts(train_counts, info.ignore_classes)
+        if record:
+            self.record_split(sizes, train_counts, weights)
+
         self.class_weight_dict = ({i: w for i, w in enumerate(weights)}
                                   if weights and self.task == "classification" else None)
         # Per-pixel loss weights of segmentation: the class weights, else 0 for ignored classes.
@@ -231,11 +258,11 @@ class Run:
         # Built when first used: a head trained on cached features never reads the images.
         self.pipelines = LazyPipelines(lambda name: pipeline(name, name == "train"))
 
-    def record_split(self, sizes, train_counts) -> None:
+    def record_split(self, sizes, train_counts, class_weights) -> None:
         labelled = self.info.splits
         write_json(self.dir / "split.json", {"split_seed": self.spec["split_seed"], "sizes": sizes,
                                              "sources": {k: v[0] for k, v in self.plan.items()},
-                                             "train_class_counts": train_counts})
+                                             "train_class_counts": train_counts, "class_weights": class_weights})
         np.savez_compressed(self.dir / "split_indices.npz",
                             **{k: (v[1] if v[1] is not None else np.arange(labelled[v[0]])) for k, v in self.plan.items()})
         write_json(self.dir / "dataset.json", self.info.to_dict())
@@ -296,6 +323,7 @@ class Run:
                             weighted_metrics=weighted, jit_compile=jit_compile(self.train["xla"]))
             if self.trained_model is self.model:
                 self.trained_model.compile(**settings)
+                self.xla = compiled_with_xla(self.trained_model, self.train["xla"])
             else:
                 # A head on cached features: each step is a matrix product or two, so Keras's
                 # per-call overhead would dominate; several steps per call give the same numbers.
@@ -305,6 +333,7 @@ class Run:
                 # (Keras 3.15 cannot run several steps per call over a MirroredStrategy's datasets.)
                 settings["steps_per_execution"] = FEATURE_STEPS_PER_EXECUTION if self.replicas == 1 else 1
                 self.trained_model = kept_models.compiled(self.trained_model, settings, self.strategy)
+                self.xla = compiled_with_xla(self.trained_model, self.train["xla"])
                 self.feature_cache["head_model"] = self.trained_model
 
     def calibration_batches(self, repeat: bool):
@@ -325,7 +354,7 @@ class Run:
 
         self.timer = self.timer or EpochTimer()
         self.best_weights = best_weights_callback()
-        callbacks = [self.timer, keras.callbacks.TerminateOnNaN()]
+        callbacks = [self.timer, learning_rate_log(), keras.callbacks.TerminateOnNaN()]
         precise = self.train["precise_bn"]
         if precise and trained_batchnorm_layers(self.trained_model):
             # Keras runs validation inside fit before on_epoch_end: this callback's on_test_begin
@@ -442,7 +471,7 @@ class Run:
     def execute(self) -> dict:
         from zoo.runtime import make_deterministic
 
-        make_deterministic(self.spec["seed"])
+        make_deterministic(self.spec["seed"], xla=bool(self.train["xla"]))
         self.build()
         self.open_data()
         self.make_model()
@@ -590,7 +619,7 @@ class Run:
         count = lambda weights: int(sum(np.prod(w.shape) for w in weights))  # noqa: E731
         values = dict(result or {}, trainable=trainable, epochs_run=epochs_run,
                       batch_size=getattr(self, "global_batch", None), device=getattr(self, "device", None),
-                      precision=getattr(self, "precision", None),
+                      precision=getattr(self, "precision", None), xla=getattr(self, "xla", None),
                       backend=f"{runtime.backend()} {runtime.backend_version()}")
         if model is not None:
             values.update(params=model.count_params(), trainable_params=count(model.trainable_weights))

@@ -1,0 +1,169 @@
+"""Break zoo on purpose, one promise at a time, and check that the tests that guard it fail.
+
+Each mutation below is the smallest change to the product that breaks one promise the README makes
+(redo finished runs with --force, name the fastest tie, Holm's correction, XLA when asked, the study's
+equalisation, the schedules, the loss, class weights, the caches, one process per run, offline presets,
+quiet output...). The script applies one, runs only the tests that cover it (pytest -x), records whether
+they failed ("killed") or passed ("survived": a hole in the tests), and puts the file back, whatever
+happens. It prints one line per mutation and the score, and can write them as CSV:
+
+    python benchmarks/mutations.py [--only NAME] [--csv reports/mutations.csv]
+
+A mutation whose original text is no longer in its file is reported as "stale": the product moved, so the
+mutation must be moved with it. Run from the repository root with the test environment (.[dev]).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str        # the promise it breaks
+    path: str        # file, relative to the repository root
+    original: str    # text that must occur exactly once
+    mutated: str
+    tests: tuple     # pytest node ids or files that must then fail
+
+
+MUTATIONS = [
+    Mutation("--force is ignored", "zoo/harness/runner.py",
+             "if force or (read_result(", "if False or (read_result(",
+             ("tests/test_harness.py::test_rerun_skips_finished_runs_and_force_redoes_them",)),
+    Mutation("the slowest tie is called the fastest", "zoo/report/render.py",
+             "fastest = max([r for r in ties", "fastest = min([r for r in ties",
+             ("tests/test_recommendation.py",)),
+    Mutation("the largest tie is called the smallest", "zoo/report/render.py",
+             "smallest = min(ties or [best]", "smallest = max(ties or [best]",
+             ("tests/test_recommendation.py",)),
+    Mutation("Holm's correction is skipped", "zoo/report/render.py",
+             "stats.holm([r[\"comparison\"][\"p_value\"] for r in tested])",
+             "[r[\"comparison\"][\"p_value\"] for r in tested]",
+             ("tests/test_recommendation.py",)),
+    Mutation("the latency budget picks the fastest, not the best within it", "zoo/report/render.py",
+             "pick = within[0]", "pick = min(within, key=lambda r: r[\"latency_ms\"])",
+             ("tests/test_recommendation.py",)),
+    Mutation("train.xla is dropped before jit_compile", "zoo/harness/worker.py",
+             "jit_compile=jit_compile(self.train[\"xla\"])", "jit_compile=jit_compile(False)",
+             ("tests/test_performance.py::test_mixed_precision_and_xla_runs",)),
+    Mutation("XLA silently refused by Keras goes unreported", "zoo/harness/worker.py",
+             "    if asked and not used:\n", "    if False:\n",
+             ("tests/test_performance.py::test_xla_refused_by_a_layer_fails_the_run_naming_it",)),
+    Mutation("a head on cached features gets another image's features", "zoo/harness/features.py",
+             "inputs = tuple(arrays[:len(features)])", "inputs = tuple(tf.roll(a, 1, 0) for a in arrays[:len(features)])",
+             ("tests/test_performance.py::test_feature_cache_gives_the_same_predictions_as_the_images",)),
+    Mutation("equalize is skipped (tf.data)", "zoo/data/pipeline.py",
+             "            image = equalize_histogram(image)\n", "            pass\n",
+             ("tests/test_data.py::test_equalize_and_whiten_follow_their_definitions",)),
+    Mutation("equalize is skipped (NumPy)", "zoo/data/array_pipeline.py",
+             "            image = equalize_histogram(image)\n", "            pass\n",
+             ("tests/test_data.py::test_equalize_and_whiten_follow_their_definitions",)),
+    Mutation("whiten spreads by 32, not 64", "zoo/data/array_pipeline.py",
+             "np.sqrt(variance + np.float32(1e-6)) * np.float32(64.0)",
+             "np.sqrt(variance + np.float32(1e-6)) * np.float32(32.0)",
+             ("tests/test_data.py::test_equalize_and_whiten_follow_their_definitions",)),
+    Mutation("the cosine schedule decays over one epoch", "zoo/harness/worker.py",
+             "decay_steps=steps * epochs", "decay_steps=steps",
+             ("tests/test_training_options.py::test_cosine_schedule_follows_its_formula",)),
+    Mutation("the plateau schedule halves instead of dividing by five", "zoo/harness/worker.py",
+             "monitor=\"val_loss\", factor=0.2", "monitor=\"val_loss\", factor=0.5",
+             ("tests/test_training_options.py::test_plateau_schedule_cuts_the_rate_by_five_after_two_epochs_without_improvement",)),
+    Mutation("the focal loss is plain cross-entropy", "zoo/harness/worker.py",
+             "return keras.losses.CategoricalFocalCrossentropy()", "return keras.losses.CategoricalCrossentropy()",
+             ("tests/test_training_options.py::test_the_focal_loss_is_the_one_trained",)),
+    Mutation("class weights never reach fit", "zoo/harness/worker.py",
+             "class_weight=self.class_weight_dict,", "class_weight=None,",
+             ("tests/test_training_options.py::test_class_weights_are_the_balanced_ones_and_reach_the_loss",)),
+    Mutation("train.cache: disk caches nothing", "zoo/harness/worker.py",
+             "option_cache = None if cache == \"none\" else", "option_cache = None if cache != \"memory\" else",
+             ("tests/test_training_options.py::test_the_disk_cache_is_written_and_changes_no_number",)),
+    Mutation("--isolate shares one worker", "zoo/harness/executors.py",
+             "return WorkerExecutor(runs_per_worker=1)", "return WorkerExecutor()",
+             ("tests/test_training_options.py::test_isolate_gives_every_run_its_own_process",)),
+    Mutation("--prepare builds nothing", "zoo/harness/preflight.py",
+             "    by_name = {r.dataset[\"name\"]: r.dataset for r in runs}\n    for problem in problems:",
+             "    by_name = {r.dataset[\"name\"]: r.dataset for r in runs}\n    for problem in []:",
+             ("tests/test_preflight.py::test_prepare_builds_the_missing_dataset_and_the_suite_then_trains",)),
+    Mutation("zoo weights fetch does not check the hash", "zoo/weights.py",
+             "path = keras.utils.get_file(weights.file_name, weights.url, file_hash=weights.file_hash,",
+             "path = keras.utils.get_file(weights.file_name, weights.url, file_hash=None,",
+             ("tests/test_weights.py::test_weights_fetch_downloads_and_checks_the_hash",)),
+    Mutation("a truncated preset is loaded", "zoo/weights.py",
+             "            return f\"{path} is damaged or truncated", "            return None and f\"{path} is damaged or truncated",
+             ("tests/test_hub_offline.py",)),
+    Mutation("no probe: keras-hub is left to fail on the network", "zoo/weights.py",
+             "    if not reachable(host):", "    if False:",
+             ("tests/test_hub_offline.py",)),
+    Mutation("ViT's patch rule is not checked", "zoo/backbones/hub.py",
+             "paper=\"arXiv:2010.11929\", size_multiple=PATCH_16)", "paper=\"arXiv:2010.11929\")",
+             ("tests/test_hub_offline.py",)),
+    Mutation("TensorFlow's start-up lines reach the user", "zoo/console.py",
+             "    if os.environ.get(VERBOSE_ENV, \"\").strip() not in (\"\", \"0\") or",
+             "    if True or",
+             ("tests/test_console.py",)),
+    Mutation("a library's own warning is filtered too", "zoo/console.py",
+             "        return [line]\n", "        return []\n",
+             ("tests/test_console.py",)),
+]
+
+
+def run_tests(tests, timeout: float) -> tuple[bool, float]:
+    """Whether the tests failed, and how long they took."""
+    start = time.perf_counter()
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                                cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        failed = result.returncode != 0
+    except subprocess.TimeoutExpired:
+        failed = True  # a mutation that hangs the product is caught, if slowly
+    return failed, time.perf_counter() - start
+
+
+def apply(mutation: Mutation, timeout: float) -> dict:
+    path = ROOT / mutation.path
+    source = path.read_text()
+    if source.count(mutation.original) != 1:
+        return {"mutation": mutation.name, "file": mutation.path, "outcome": "stale", "seconds": 0.0}
+    try:
+        path.write_text(source.replace(mutation.original, mutation.mutated))
+        failed, seconds = run_tests(mutation.tests, timeout)
+    finally:
+        path.write_text(source)
+    return {"mutation": mutation.name, "file": mutation.path, "outcome": "killed" if failed else "survived",
+            "seconds": round(seconds, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="run the mutations whose name contains this text")
+    parser.add_argument("--csv", help="write the outcomes to this CSV file")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds for one mutation's tests")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or args.only in m.name]
+    rows = []
+    for mutation in chosen:
+        rows.append(apply(mutation, args.timeout))
+        row = rows[-1]
+        print(f"{row['outcome']:9} {row['seconds']:7.1f}s  {mutation.name}  ({mutation.path})", flush=True)
+    judged = [r for r in rows if r["outcome"] != "stale"]
+    killed = sum(r["outcome"] == "killed" for r in judged)
+    print(f"mutation score: {killed}/{len(judged)} killed"
+          + (f"; {len(rows) - len(judged)} stale" if len(rows) != len(judged) else ""))
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["mutation", "file", "outcome", "seconds"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0 if killed == len(judged) and judged else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
