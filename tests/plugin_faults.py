@@ -11,10 +11,13 @@ def build_crashing(input_shape):
 
 
 def build_nan(input_shape):
+    """Features at float32's edge: any head's logits overflow (inf - inf), so the loss is NaN on every CPU.
+    (NaN features themselves are not enough: oneDNN's fused Dense+ReLU turns NaN into 0 on some CPUs, and
+    the mlp head then trains on zeros.)"""
     import keras
 
     model = build_baseline_cnn(input_shape)
-    outputs = keras.layers.Rescaling(float("nan"))(model.output)
+    outputs = keras.layers.Rescaling(0.0, offset=3e38)(model.output)
     return keras.Model(model.input, outputs, name="nan_backbone")
 
 

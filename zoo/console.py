@@ -99,8 +99,11 @@ def quiet_native_stderr() -> None:
     import atexit
 
     try:
+        # Its own session: a Ctrl-C or a signal to zoo's process group must not stop the filter before
+        # zoo has said what it did; it ends when every process of zoo's has closed its stderr.
         filter_process = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__)],
-                                          stdin=subprocess.PIPE, stdout=sys.stderr.fileno(), close_fds=True)
+                                          stdin=subprocess.PIPE, stdout=sys.stderr.fileno(), close_fds=True,
+                                          start_new_session=True)
     except OSError:
         return  # no filter rather than no zoo
     original = os.dup(2)
@@ -130,4 +133,8 @@ def _stderr_is_file_descriptor() -> bool:
 
 
 if __name__ == "__main__":
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)  # the end of its input, not a signal, ends the filter
     pump(sys.stdin.fileno(), sys.stdout.fileno(), StartupFilter(nvidia_gpu_present()))
