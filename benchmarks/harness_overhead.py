@@ -29,7 +29,8 @@ def plain_keras(backbone, size, epochs, batch):
     from zoo import build_model
     from zoo.backbones import BACKBONES
     from zoo.data import open_source
-    from zoo.data.pipeline import PipelineOptions, build_pipeline
+    from zoo.data.pipeline import build_pipeline
+    from zoo.data.steps import PipelineOptions
     from zoo.data.splits import plan_splits
 
     keras.utils.set_random_seed(0)

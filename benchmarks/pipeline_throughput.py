@@ -61,7 +61,8 @@ def main() -> int:
     import numpy as np
 
     from zoo.data import open_source
-    from zoo.data.pipeline import PipelineOptions, build_pipeline
+    from zoo.data.pipeline import build_pipeline
+    from zoo.data.steps import PipelineOptions
     from zoo.runtime import backend, backend_version, describe_device, has_tensorflow
 
     entry = ({"name": Path(args.dataset).name, "source": "folder", "path": args.dataset}

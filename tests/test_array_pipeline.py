@@ -7,7 +7,8 @@ from PIL import Image
 
 from zoo.data import open_source
 from zoo.data.array_pipeline import build_array_pipeline
-from zoo.data.pipeline import PipelineOptions, build_pipeline
+from zoo.data.pipeline import build_pipeline
+from zoo.data.steps import PipelineOptions
 
 
 def make_photos(root):

@@ -11,8 +11,9 @@ from PIL import Image
 
 from zoo.cli import main
 from zoo.data import open_source
-from zoo.data.pipeline import PipelineOptions, build_pipeline, class_weights_from_counts
+from zoo.data.pipeline import build_pipeline
 from zoo.data.splits import plan_splits
+from zoo.data.steps import PipelineOptions, class_weights_from_counts
 from zoo.data.synthetic import make_synthetic_landcover, make_synthetic_terrain
 from zoo.errors import DataError
 

@@ -280,7 +280,7 @@ def describe_input(spec: dict, info: dict, format_name: str, quantize: str) -> d
     """What a deployment must feed the exported model: the ``<file>.json`` written beside it."""
     from zoo import __version__
     from zoo.backbones import BACKBONES
-    from zoo.data.pipeline import preprocessing_steps
+    from zoo.data.steps import preprocessing_steps
     from zoo.harness.worker import head_task
 
     size = spec["train"]["image_size"]

@@ -102,7 +102,7 @@ class Predictor:
 
     def __init__(self, run_dir):
         from zoo.backbones import BACKBONES
-        from zoo.data.pipeline import preprocessing_steps
+        from zoo.data.steps import preprocessing_steps
         from zoo.harness.runner import load_run_model
 
         self.run_dir = Path(run_dir)

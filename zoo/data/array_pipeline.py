@@ -1,4 +1,4 @@
-"""The input pipeline without TensorFlow: zoo.data.pipeline's steps executed on NumPy arrays
+"""The input pipeline without TensorFlow: zoo.data.steps's description executed on NumPy arrays
 and served as a ``keras.utils.PyDataset``, which every Keras backend trains from.
 
 Each step here is the NumPy counterpart of the tf.data step of the same name: the resize is
@@ -16,7 +16,7 @@ import threading
 import keras
 import numpy as np
 
-from zoo.data.pipeline import EXTRA_PREPROCESSING, PipelineOptions, classification_augmenter, pipeline_steps
+from zoo.data.steps import EXTRA_PREPROCESSING, PipelineOptions, classification_augmenter, pipeline_steps
 from zoo.preprocessing import preprocess
 
 GREY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)  # tf.image.rgb_to_grayscale's

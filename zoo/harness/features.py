@@ -191,7 +191,8 @@ def target_finisher(task: str, num_classes: int, one_hot: bool, pixel_weights):
 def prepare(run, head_spec, backbone_spec) -> dict:
     """Compute (or reuse) the per-image features of the source splits ``run`` draws from;
     returns the head model and the run's train, validation and test feature datasets."""
-    from zoo.data.pipeline import PipelineOptions, input_pipeline
+    from zoo.data.pipeline import input_pipeline
+    from zoo.data.steps import PipelineOptions
 
     cache_root = run.dir.parent.parent / "cache" / "features"
     source_splits = sorted({split for split, _ in run.plan.values()})

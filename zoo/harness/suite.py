@@ -188,7 +188,7 @@ def validate_train(train: dict, where: str) -> None:
         raise ConfigError(f"{where}.batchnorm_momentum must be a number between 0 and 1 or null, got {momentum!r}")
     if not isinstance(train["early_stopping"], int) or train["early_stopping"] < 0:
         raise ConfigError(f"{where}.early_stopping is a patience in epochs (0 = off), got {train['early_stopping']!r}")
-    from zoo.data.pipeline import EXTRA_PREPROCESSING, preprocessing_steps
+    from zoo.data.steps import EXTRA_PREPROCESSING, preprocessing_steps
 
     bad = [s for s in preprocessing_steps(train["preprocessing"]) if s not in EXTRA_PREPROCESSING]
     if bad:

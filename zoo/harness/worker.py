@@ -211,7 +211,8 @@ class Run:
         """The run's dataset, split and input pipelines; ``record`` writes split.json,
         split_indices.npz and dataset.json (False: a finished run reopened, e.g. to export it)."""
         from zoo.backbones import BACKBONES
-        from zoo.data.pipeline import PipelineOptions, class_counts, class_weights_from_counts, preprocessing_steps
+        from zoo.data.pipeline import class_counts
+        from zoo.data.steps import PipelineOptions, class_weights_from_counts, preprocessing_steps
         from zoo.data.splits import plan_for_source
 
         cache_dir = self.dir.parent.parent / "cache"
