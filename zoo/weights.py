@@ -19,6 +19,7 @@ import numpy as np
 
 from zoo.backbones import BackboneSpec, WeightsFile
 from zoo.errors import WeightsUnavailableError
+from zoo.layers import walk_layers
 
 WEIGHTS_DIR_ENV = "ZOO_WEIGHTS_DIR"
 
@@ -199,8 +200,6 @@ def _build_and_load(spec, input_shape, weights, options):
     model = spec.build(input_shape, **options)
     key = (spec.name, input_shape, json.dumps(options, sort_keys=True, default=str), weights_identity(path))
     if key in _LOADED:
-        from zoo.harness.precise_bn import walk_layers
-
         model.set_weights(_LOADED[key])
         for layer in walk_layers(model):
             if hasattr(layer, "finalize_state"):

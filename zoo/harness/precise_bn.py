@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from zoo.layers import walk_layers
+
 DEFAULT_BATCHES = 200
 # Before each validation during training the recalibration sees about this many images (never
 # more than an epoch's): population statistics over a thousand images are close to those over
@@ -29,13 +31,6 @@ DEFAULT_BATCHES = 200
 # steps per epoch) validation sees current statistics for about 3 % of the epoch's time. Smaller
 # samples (64, 512 images) were tried on the quickstart: their noise moved best-epoch choices.
 VALIDATION_IMAGES = 1024
-
-
-def walk_layers(layer):
-    """``layer`` and every layer nested inside it, depth first."""
-    yield layer
-    for inner in getattr(layer, "layers", []):
-        yield from walk_layers(inner)
 
 
 def trained_batchnorm_layers(model) -> list:
