@@ -85,7 +85,7 @@ MUTATIONS = [
     Mutation("train.cache: disk caches nothing", "zoo/harness/worker.py",
              "option_cache = None if cache == \"none\" else", "option_cache = None if cache != \"memory\" else",
              ("tests/test_training_options.py::test_the_disk_cache_is_written_and_changes_no_number",)),
-    Mutation("--isolate shares one worker", "zoo/harness/executors.py",
+    Mutation("--isolate shares one worker", "zoo/harness/runner.py",
              "return WorkerExecutor(runs_per_worker=1)", "return WorkerExecutor()",
              ("tests/test_training_options.py::test_isolate_gives_every_run_its_own_process",)),
     Mutation("--prepare builds nothing", "zoo/harness/preflight.py",

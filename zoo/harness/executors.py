@@ -194,21 +194,3 @@ class WorkerExecutor:
             except OSError:
                 pass
         self.process, self.replies = None, None
-
-
-def make_executor(name: str, **options):
-    """The executor for ``zoo run --executor NAME`` (one of EXECUTORS); ``options`` are the Ray
-    executor's (address, gpus_per_run, cpus_per_run, max_retries)."""
-    if name == "ray":
-        from zoo.harness.ray_executor import RayExecutor
-
-        return RayExecutor(**options)
-    if name == "worker":
-        return WorkerExecutor()
-    if name == "isolated":
-        return WorkerExecutor(runs_per_worker=1)
-    if name == "in-process":
-        return InProcessExecutor()
-    from zoo.errors import ConfigError
-
-    raise ConfigError(f"executor {name!r} is not known; use one of {', '.join(EXECUTORS)}")

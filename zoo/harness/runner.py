@@ -21,7 +21,7 @@ import yaml
 
 from zoo.errors import ConfigError, StorageError, storage_problem
 from zoo.harness.claims import remove_dead_partials
-from zoo.harness.executors import RunInterrupted, WorkerDied, make_executor
+from zoo.harness.executors import EXECUTORS, InProcessExecutor, RunInterrupted, WorkerDied, WorkerExecutor
 from zoo.harness.suite import RunSpec, expand_suite, suite_warnings
 from zoo.results import read_result, run_row, write_atomic, write_json, write_results_csv
 
@@ -174,6 +174,24 @@ def select_runs(suite: dict, only: str | None) -> tuple[list[RunSpec], list[RunS
     if only and not selected:
         raise ConfigError(f"--only {only!r} matches none of the {len(runs)} runs; `zoo plan SUITE` lists them")
     return runs, selected
+
+
+def make_executor(name: str, **options):
+    """The executor for ``zoo run --executor NAME`` (one of EXECUTORS); ``options`` are the Ray
+    executor's (address, gpus_per_run, cpus_per_run, max_retries)."""
+    if name == "ray":
+        from zoo.harness.ray_executor import RayExecutor
+
+        return RayExecutor(**options)
+    if name == "worker":
+        return WorkerExecutor()
+    if name == "isolated":
+        return WorkerExecutor(runs_per_worker=1)
+    if name == "in-process":
+        return InProcessExecutor()
+    from zoo.errors import ConfigError
+
+    raise ConfigError(f"executor {name!r} is not known; use one of {', '.join(EXECUTORS)}")
 
 
 def pending_runs(selected: list[RunSpec], runs_dir: Path, force: bool) -> list[RunSpec]:
