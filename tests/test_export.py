@@ -9,7 +9,8 @@ import pytest
 from zoo.backbones import BACKBONES
 from zoo.cli import main
 from zoo.errors import ConfigError
-from zoo.export import FORMATS, deployment_figures, load_exported, reopen_run
+from zoo.export import FORMATS, load_exported
+from zoo.harness.deploy import deployment_figures, reopen_run
 from zoo.harness.runner import run_suite
 from zoo.harness.suite import load_suite
 from zoo.report import write_report

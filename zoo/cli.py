@@ -177,7 +177,8 @@ def cmd_export(args) -> int:
     from pathlib import Path
 
     from zoo.errors import ConfigError
-    from zoo.export import ExportFailed, check_export, export_run, finished_runs, measure_finished
+    from zoo.export import ExportFailed, check_export
+    from zoo.harness.deploy import export_run, finished_runs, measure_finished
     from zoo.results import read_results, write_results_csv
 
     check_export([args.format], args.quantize, "zoo export")

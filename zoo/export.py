@@ -15,7 +15,6 @@ a deployment applies the same steps ``zoo predict`` does.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -281,7 +280,7 @@ def describe_input(spec: dict, info: dict, format_name: str, quantize: str) -> d
     from zoo import __version__
     from zoo.backbones import BACKBONES
     from zoo.data.steps import preprocessing_steps
-    from zoo.harness.worker import head_task
+    from zoo.heads import head_task
 
     size = spec["train"]["image_size"]
     return {"format": format_name, "quantize": quantize, "run_id": spec["run_id"], "backbone": spec["backbone"],
@@ -301,122 +300,3 @@ def _write_description(path: Path, description: dict) -> Path:
     sidecar = path.with_name(path.name + ".json")
     write_json(sidecar, description)
     return sidecar
-
-
-def reopen_run(run_dir):
-    """A finished run's data and model, ready to export and measure; writes nothing to the run."""
-    from zoo.harness.runner import load_run_model
-    from zoo.harness.worker import Run
-
-    _, _, model = load_run_model(run_dir)
-    run = Run(run_dir)
-    run.build(record=False)
-    run.open_data(record=False)
-    run.model = model
-    return run
-
-
-def calibration_images(run, count: int = CALIBRATION_IMAGES):
-    """A function yielding up to ``count`` of the run's training images, unaugmented and
-    preprocessed as in training, one at a time (1, H, W, C): int8's calibration set."""
-
-    def images():
-        given = 0
-        for batch in run.make_pipeline("train", False, augment=False):
-            for image in np.asarray(batch[0], dtype=np.float32):
-                if given == count:
-                    return
-                given += 1
-                yield image[None]
-
-    return images
-
-
-def export_run(run_dir, format_name: str, quantize: str = "none", output=None, run=None) -> dict:
-    """``zoo export``: the run's model in ``format_name`` at ``output`` (default
-    RUN/export/...), with its input description beside it. Returns path, megabytes, seconds."""
-    check_export([format_name], quantize, "zoo export")
-    if run is None:
-        run = reopen_run(run_dir) if quantize == "int8" else _spec_and_model(run_dir)
-    path = Path(output) if output else default_path(run_dir, format_name, quantize)
-    start = time.perf_counter()
-    export_model(run.model, format_name, path, quantize,
-                 calibration_images(run) if quantize == "int8" else None)
-    seconds = time.perf_counter() - start
-    info = json.loads((Path(run_dir) / "dataset.json").read_text())
-    _write_description(path, describe_input(run.spec, info, format_name, quantize))
-    return {"path": path, "megabytes": megabytes(path), "seconds": seconds}
-
-
-def _spec_and_model(run_dir):
-    """A run reduced to its spec and model: enough to export without int8 calibration."""
-    from types import SimpleNamespace
-
-    from zoo.harness.runner import load_run_model
-
-    spec, _, model = load_run_model(run_dir)
-    return SimpleNamespace(spec=spec, model=model)
-
-
-def deployment_figures(run, export: dict, reference: dict) -> dict:
-    """Export ``run``'s model in each of ``export["formats"]`` and measure each on the run's test
-    split: ``<format>_megabytes``, ``<format>_latency_ms`` (batch 1, CPU), ``<format>_accuracy``
-    (the task's fidelity metric after conversion) and ``<format>_accuracy_drop`` (the Keras
-    model's score in ``reference`` minus it, so positive means the conversion lost); a failure
-    becomes ``<format>_error`` and never raises."""
-    quantize = export["quantize"]
-    metric = FIDELITY_METRIC[run.task]
-    figures = {"export_metric": metric}
-    size = run.train["image_size"]
-    input_shape = (size, size, run.info.channels)
-    for name in export["formats"]:
-        try:
-            exported = export_run(run.dir, name, quantize, run=run)
-            predict = load_exported(exported["path"], name)
-            result, _ = run.score(predict, run.pipelines["test"])
-            score = float(result[metric])
-            drop = reference[metric] - score
-            figures.update({f"{name}_quantize": quantize, f"{name}_megabytes": exported["megabytes"],
-                            f"{name}_latency_ms": batch1_latency_ms(predict, input_shape),
-                            f"{name}_accuracy": score,
-                            f"{name}_accuracy_drop": -drop if metric in LOWER_IS_BETTER else drop,
-                            f"{name}_error": None})
-        except Exception as error:  # recorded in the row; the run itself succeeded
-            figures[f"{name}_quantize"] = quantize
-            figures[f"{name}_error"] = str(error) if isinstance(error, ExportFailed) else _one_line(error)
-    return figures
-
-
-def measure_finished(run_dir, export: dict) -> dict:
-    """Deployment figures of a finished run added afterwards (``zoo export ... --measure``):
-    exported, measured on its test split, and written into its metrics.json and result.json."""
-    from zoo.results import RESULT_COLUMNS, read_result, write_json
-
-    run_dir = Path(run_dir)
-    row = read_result(run_dir)
-    if not row or row.get("status") != "ok":
-        raise ConfigError(f"{run_dir} is not a finished successful run: nothing to measure")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    figures = deployment_figures(reopen_run(run_dir), export, metrics)
-    write_json(run_dir / "metrics.json", {**metrics, **figures})
-    write_json(run_dir / "result.json", {**row, **{k: v for k, v in figures.items() if k in RESULT_COLUMNS}})
-    return figures
-
-
-def finished_runs(out_dir) -> list[Path]:
-    """The successful runs of a results folder, in results.csv's order."""
-    from zoo.results import read_result, read_results
-
-    table = read_results(out_dir)
-    folders = [Path(out_dir) / "runs" / run_id for run_id in table.loc[table["status"] == "ok", "run_id"]]
-    return [folder for folder in folders if (read_result(folder) or {}).get("status") == "ok"]
-
-
-def missing_figures(row: dict, export: dict) -> list[str]:
-    """The formats of ``export`` a finished run's row has no figures (nor error) for."""
-    return [name for name in export["formats"] if row.get(f"{name}_quantize") != export["quantize"]
-            or not (_present(row.get(f"{name}_megabytes")) or _present(row.get(f"{name}_error")))]
-
-
-def _present(value) -> bool:
-    return value is not None and value == value and value != ""

@@ -48,6 +48,11 @@ class HeadSpec:
 HEADS: Registry[HeadSpec] = Registry("head")
 
 
+def head_task(head: str) -> str:
+    """The task a registered head serves: classification, segmentation or distribution."""
+    return HEADS.get(head).task
+
+
 def register_head(name, task, description, needs_pyramid=False, min_pyramid_levels=0):
     """Decorator registering a head builder."""
     def decorate(build):

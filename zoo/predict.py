@@ -103,7 +103,7 @@ class Predictor:
     def __init__(self, run_dir):
         from zoo.backbones import BACKBONES
         from zoo.data.steps import preprocessing_steps
-        from zoo.harness.runner import load_run_model
+        from zoo.results import load_run_model
 
         self.run_dir = Path(run_dir)
         self.spec, self.info, self.model = load_run_model(run_dir)

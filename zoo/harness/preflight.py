@@ -10,7 +10,6 @@ architecture on this device.
 from __future__ import annotations
 
 import json
-import socket
 import statistics
 import time
 from dataclasses import dataclass

@@ -9,7 +9,6 @@ the index, interrupts and storage faults.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import shutil
 import signal
@@ -339,7 +338,7 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
 def _tell_missing_exports(export: dict, rows: list[dict], out_dir: Path, log) -> None:
     """Runs finished before the suite asked for exports have no deployment figures: say so, and
     how to add them without training again."""
-    from zoo.export import missing_figures
+    from zoo.harness.deploy import missing_figures
 
     missing = sorted({name for row in rows for name in missing_figures(row, export)})
     count = sum(1 for row in rows if missing_figures(row, export))
@@ -421,43 +420,3 @@ def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log) -> int:
         log(format_problems(problems))
         return 2
     return 0
-
-
-def _read_json(path: Path, what: str) -> dict:
-    from zoo.errors import DataError
-
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path} is missing: {what}") from None
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path} cannot be read ({str(error).splitlines()[0]}): {what}") from None
-
-
-def load_run_model(run_dir):
-    """A finished run's spec, dataset info and model, or one DataError naming the broken file."""
-    import keras
-
-    from zoo.errors import DataError
-
-    run_dir = Path(run_dir)
-    redo = f"the run folder is damaged; run its suite again with `zoo run SUITE --only {run_dir.name} --force`"
-    if not (run_dir / "model.keras").is_file():
-        raise DataError(f"{run_dir} holds no model.keras: give a finished run folder, e.g. runs/<suite>/runs/<run_id>")
-    spec = _read_json(run_dir / "run.json", redo)
-    info = _read_json(run_dir / "dataset.json", redo)
-    from zoo.backbones import BACKBONES
-
-    if spec.get("backbone") in BACKBONES and BACKBONES.get(spec["backbone"]).hub is not None:
-        from zoo.backbones.hub import _keras_hub, zoo_layers
-
-        _keras_hub()  # keras-hub's layer classes and zoo's, registered for loading
-        zoo_layers()
-    import zoo.losses  # noqa: F401  (registers the losses a model may have been compiled with)
-
-    try:
-        model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
-    except Exception as error:  # zip, HDF5 and deserialisation errors all mean "damaged"
-        raise DataError(f"{run_dir / 'model.keras'} cannot be loaded ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0][:160] if str(error) else 'no detail'}): {redo}") from None
-    return spec, info, model

@@ -108,12 +108,6 @@ def compiled_with_xla(model, asked: bool) -> bool:
     return bool(used)
 
 
-def head_task(head: str) -> str:
-    from zoo.heads import HEADS
-
-    return HEADS.get(head).task
-
-
 def best_weights_callback():
     """Keeps the weights of the epoch with the lowest validation loss, in memory (as EarlyStopping's
     restore_best_weights does): a copy per improving epoch costs far less than writing a file."""
@@ -203,6 +197,8 @@ class Run:
         self.dir = Path(run_dir)
         self.spec = json.loads((self.dir / "run.json").read_text())
         self.train = self.spec["train"]
+        from zoo.heads import head_task
+
         self.task = head_task(self.spec["head"])
         self.timer = None
 
@@ -518,7 +514,7 @@ class Run:
         np.savez_compressed(self.dir / "predictions.npz", **predictions)
         result.update(self.timer.summary(), **speed)
         if self.spec.get("export"):
-            from zoo.export import deployment_figures
+            from zoo.harness.deploy import deployment_figures
 
             result.update(deployment_figures(self, self.spec["export"], result))
         cache = self.feature_cache
