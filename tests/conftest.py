@@ -51,6 +51,15 @@ def xdist_groups_hold(request):
         pytest.fail(request.config.stash[GROUPING_FAILED])
 
 
+# Modules whose tests start servers or clusters, train whole suites in subprocesses or build every
+# registered backbone: marked slow as a whole. `pytest -m "not slow" -n 2` is the everyday loop (about 5
+# minutes on 2 cores); the README's test command, and so CI, runs everything.
+SLOW_MODULES = {"test_ray.py", "test_tracking.py", "test_export.py", "test_hub.py", "test_faults.py",
+                "test_backends.py", "test_backbones.py", "test_batch_predict.py", "test_kept_models.py",
+                "test_performance.py", "test_precise_bn.py", "test_report.py", "test_recommendation.py",
+                "test_training_options.py", "test_console.py"}
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """Tests that use one of their module's module-scoped fixtures (a trained suite, a server)
@@ -58,6 +67,8 @@ def pytest_collection_modifyitems(config, items):
     fail at once if pytest-xdist did not honour the groups (it renames node ids, which some
     pytest versions ignore): the Ray cluster and each shared fixture would be built per worker."""
     for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
         if any(True for _ in item.iter_markers("xdist_group")):
             continue
         definitions = getattr(item, "_fixtureinfo", None)
