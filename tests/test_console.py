@@ -121,6 +121,13 @@ def subcommands(parser, prefix=""):
                 yield from subcommands(command, f"{prefix}{name} ")
 
 
+def test_verbose_is_taken_before_or_after_the_command(capsys):
+    from zoo.cli import main
+
+    assert main(["--verbose", "list", "heads"]) == 0 and main(["list", "heads", "--verbose"]) == 0
+    assert capsys.readouterr().out.count("linear\tclassification") == 2
+
+
 def test_help_is_plain_text_with_an_example_for_every_command():
     parser = build_parser()
     commands = dict(subcommands(parser))

@@ -388,6 +388,9 @@ def _add_examples(commands, prefix: str = "") -> None:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:  # zoo's own option, wherever it was typed (zoo run SUITE --verbose)
+        argv = ["--verbose"] + [a for a in argv if a != "--verbose"]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
