@@ -155,3 +155,20 @@ def test_prepare_builds_the_missing_dataset_and_the_suite_then_trains(tmp_path, 
     assert "building dataset landcover_ens from" in capsys.readouterr().out
     assert list(built.glob("landcover_ens/*/dataset_info.json"))  # built where the suite's data_dir points
     assert pd.read_csv(out / "results.csv")["status"].tolist() == ["ok"]
+
+
+@pytest.mark.parametrize("fractions", [None, {"val": 0.2, "test": 0.1}, {"val": 0.05}])
+def test_the_plan_estimates_the_split_sizes_the_run_carves(fractions):
+    """The plan's sizes come from the run's own carving (zoo.data.splits), so the two cannot drift."""
+    from types import SimpleNamespace
+
+    from zoo.data import open_source
+    from zoo.data.splits import plan_for_source
+    from zoo.harness.preflight import split_sizes
+
+    for name in ("synthetic_terrain", "synthetic_landcover"):
+        source = open_source(name)
+        carved = {split: len(indices) if indices is not None else source.info.splits[origin]
+                  for split, (origin, indices) in plan_for_source(source, fractions, 3).items()}
+        run = SimpleNamespace(train={"split": fractions}, dataset={}, split_seed=3)
+        assert split_sizes(run, source.info) == carved

@@ -228,16 +228,13 @@ SPEED_SECONDS = 2.0  # inference speed after warm-up: once per architecture, reu
 
 
 def split_sizes(run, info) -> dict:
-    """Train/validation/test sizes of ``run`` as the worker will carve them."""
-    from zoo.data.splits import DEFAULT_FRACTIONS
+    """Train/validation/test sizes of ``run``, carved by zoo.data.splits.plan_splits as the worker carves
+    them (unstratified here: without the labels the sizes are the same)."""
+    from zoo.data.splits import plan_splits
 
     labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
-    fractions = {**DEFAULT_FRACTIONS, **(run.train.get("split") or run.dataset.get("split") or {})}
-    total = labelled.get("train", 0)
-    sizes = {name: labelled[name] if name in labelled else round(float(fractions[name]) * total)
-             for name in ("val", "test")}
-    sizes["train"] = total - sum(sizes[name] for name in ("val", "test") if name not in labelled)
-    return sizes
+    plan = plan_splits(labelled, run.train.get("split") or run.dataset.get("split"), run.split_seed, {"train": None})
+    return {name: len(indices) if indices is not None else labelled[split] for name, (split, indices) in plan.items()}
 
 
 def architecture_key(run, info) -> tuple:
@@ -366,8 +363,12 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=pr
                            run.train["preprocessing"], run.train["precision"],
                            run.seed if run.weights == "none" else None)
             cached = features.wanted(run.to_dict()) and feature_key in feature_keys
-            row["estimate_seconds"] = estimate_seconds(run, split_sizes(run, source.info), figures[key],
-                                                       startup, features_cached=cached,
+            try:
+                sizes = split_sizes(run, source.info)
+            except ConfigError:  # an impossible split: the run says so itself; no estimate
+                rows.append(row)
+                continue
+            row["estimate_seconds"] = estimate_seconds(run, sizes, figures[key], startup, features_cached=cached,
                                                        speed_measured=key in speed_keys)
             startup = 0.0  # one worker runs them all
             speed_keys.add(key)
