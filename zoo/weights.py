@@ -404,21 +404,21 @@ def preset_download_blocker(spec: BackboneSpec, explicit: bool = False) -> str |
     return None
 
 
-def preset_availability(spec: BackboneSpec, options: dict | None = None, download: bool = True):
+def preset_availability(spec: BackboneSpec, options: dict | None = None):
     """``(location, rejected, blocker)``: a complete preset folder on disk, or else the preset's name when
     keras-hub may download it (location None when neither); why each folder found was rejected; and why
     it cannot be downloaded (None when it can)."""
     local, rejected = locate_preset(spec, options)
     if local is not None:
         return str(local), rejected, None
-    blocker = preset_download_blocker(spec) if download else "downloading was disabled"
+    blocker = preset_download_blocker(spec)
     return (spec.hub.preset if blocker is None else None), rejected, blocker
 
 
-def resolve_preset(spec: BackboneSpec, options: dict | None = None, download: bool = True) -> str:
+def resolve_preset(spec: BackboneSpec, options: dict | None = None) -> str:
     """A complete keras-hub preset folder holding ``spec``'s pretrained weights, or the preset's name
     for keras-hub to download; raises WeightsUnavailableError saying where to put it offline."""
-    location, rejected, blocker = preset_availability(spec, options, download)
+    location, rejected, blocker = preset_availability(spec, options)
     if location is None:
         raise preset_unavailable(spec, blocker, rejected)
     return location
@@ -437,12 +437,11 @@ def preset_backbone(spec: BackboneSpec, location: str):
     reaches the user."""
     from zoo.backbones.hub import _keras_hub
 
-    keras_hub = _keras_hub()
-    if location != spec.hub.preset:
-        return keras_hub.models.Backbone.from_preset(location)
     try:
-        return keras_hub.models.Backbone.from_preset(location)
+        return _keras_hub().models.Backbone.from_preset(location)
     except Exception as error:  # requests, kagglehub, huggingface_hub, h5py: all mean "not downloadable"
+        if location != spec.hub.preset:
+            raise  # a folder on disk: its own error says what is wrong with it
         first_line = str(error).splitlines()[0] if str(error) else ""
         raise preset_unavailable(spec, f"{type(error).__name__}: {first_line}") from None
 

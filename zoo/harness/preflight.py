@@ -76,9 +76,8 @@ def weights_problems(runs) -> list[Problem]:
     """Pretrained weights (ImageNet files, keras-hub presets) that are neither on disk nor downloadable
     from here."""
     from zoo.backbones import BACKBONES
-    from zoo.weights import WEIGHTS_DIR_ENV, candidate_paths, file_matches_hash, weights_file
+    from zoo.weights import candidate_paths, file_matches_hash, weights_file
 
-    fix = f"zoo weights fetch '{{}}' --dest DIR on a connected machine, then export {WEIGHTS_DIR_ENV}=DIR here"
     problems = []
     pretrained = [r for r in runs if r.weights == "imagenet"]
     for name in sorted({r.backbone for r in pretrained}):
@@ -98,8 +97,15 @@ def weights_problems(runs) -> list[Problem]:
             reason = f"downloads are off ({OFFLINE_ENV}=1)"
         problems.append(Problem(
             f"weights {name}", f"{weights.file_name} is not in {' or '.join(str(p.parent) for p in paths)} and "
-            f"{reason}", fix.format(name)))
+            f"{reason}", fetch_fix(name)))
     return problems
+
+
+def fetch_fix(name: str) -> str:
+    """The fix for pretrained weights missing here, CNN files and keras-hub presets alike."""
+    from zoo.weights import WEIGHTS_DIR_ENV
+
+    return f"zoo weights fetch '{name}' --dest DIR on a connected machine, then export {WEIGHTS_DIR_ENV}=DIR here"
 
 
 def preset_problems(spec, options_of_runs) -> list[Problem]:
@@ -116,9 +122,7 @@ def preset_problems(spec, options_of_runs) -> list[Problem]:
             message = (f"keras-hub preset {spec.hub.preset} ({preset_download_size(spec)}) is neither in "
                        f"${WEIGHTS_DIR_ENV}/{spec.hub.preset} nor in keras-hub's cache, and {blocker}"
                        + "".join(f"; rejected {r}" for r in rejected))
-            return [Problem(f"weights {spec.name}", message,
-                            f"zoo weights fetch '{spec.name}' --dest DIR on a connected machine, then export "
-                            f"{WEIGHTS_DIR_ENV}=DIR here")]
+            return [Problem(f"weights {spec.name}", message, fetch_fix(spec.name))]
     return []
 
 
