@@ -129,7 +129,7 @@ def test_the_pixel_loss_equals_keras_sparse_crossentropy_with_pixel_weights():
 SEGMENTATION_STEP = """
 import numpy as np, keras
 from zoo import build_model
-from zoo.harness.worker import make_loss
+from zoo.harness.recipes import make_loss
 model = build_model("baseline_cnn", "unet", 4, (32, 32, 4), weights=None)
 model.compile(optimizer="adam", loss=make_loss("segmentation", "crossentropy"))
 images = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 4)).astype("float32")

@@ -134,7 +134,7 @@ def test_sweeps_and_overrides_expand_into_distinct_runs():
                        overrides=["seeds=[0, 1]", "train.epochs=1"])
     runs = expand_suite(suite)
     assert len(runs) == 8 and len({r.run_id for r in runs}) == 8
-    assert all(r.train["epochs"] == 1 for r in runs)
+    assert all(r.train.epochs == 1 for r in runs)
     assert {r.swept["optimizer"] for r in runs} == {"adam", "sgd"}
     assert [r.run_id for r in expand_suite(suite)] == [r.run_id for r in runs]  # stable ids
 

@@ -5,10 +5,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The one circle left: the worker calls harness/deploy.py after training, and deploy re-opens a finished
-# run through the worker's Run class (issue 33: the run's stages in their own module, below the worker's
-# process shell, end it). It may shrink; nothing may join it and no other may form.
-KNOWN_CIRCLES = [{"zoo.harness.deploy", "zoo.harness.worker"}]
 
 
 def import_graph() -> dict:
@@ -66,14 +62,28 @@ def circles(graph: dict) -> list[set]:
     return found
 
 
-def test_no_new_import_circle():
-    for circle in circles(import_graph()):
-        assert any(circle <= known for known in KNOWN_CIRCLES), f"a new import circle: {sorted(circle)}"
+def test_no_import_circle():
+    found = circles(import_graph())
+    assert not found, f"import circles: {[sorted(circle) for circle in found]}"
+
+
+def test_the_worker_shell_and_the_run_stages_stay_apart():
+    """The worker process calls the run's stages and the deployment flows; neither calls back up."""
+    graph = import_graph()
+    assert "zoo.harness.worker" not in graph["zoo.harness.stages"] | graph["zoo.harness.deploy"]
+    assert "zoo.harness.deploy" not in graph["zoo.harness.stages"]
+
+
+def test_run_json_has_one_reader():
+    """Only zoo.runspec parses a run folder's run.json; every other module goes through RunSpec.load."""
+    readers = [path.relative_to(ROOT) for path in (ROOT / "zoo").rglob("*.py")
+               if '"run.json").read' in path.read_text() or "'run.json').read" in path.read_text()]
+    assert readers == [], f"run.json parsed outside zoo.runspec: {readers}"
 
 
 def test_lower_floors_do_not_import_the_harness():
     graph = import_graph()
-    for module in ("zoo.errors", "zoo.weights", "zoo.layers", "zoo.factory", "zoo.data.steps", "zoo.data.pipeline",
+    for module in ("zoo.errors", "zoo.runspec", "zoo.weights", "zoo.layers", "zoo.factory", "zoo.data.steps", "zoo.data.pipeline",
                    "zoo.data.array_pipeline", "zoo.backbones.hub", "zoo.console", "zoo.export", "zoo.results",
                    "zoo.heads"):
         upward = {m for m in graph[module] if m.startswith(("zoo.harness", "zoo.report", "zoo.cli"))}

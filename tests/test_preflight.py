@@ -83,10 +83,10 @@ def test_overrides_apply_to_matching_runs_only_and_are_recorded():
                                                "train": {"epochs": 7}}}]})
     runs = {r.backbone: r for r in expand_suite(suite)}
     baseline, mobilenet = runs["baseline_cnn"], runs["mobilenet_v2"]
-    assert (baseline.weights, baseline.trainable, baseline.finetune, baseline.train["epochs"]) == \
+    assert (baseline.weights, baseline.trainable, baseline.finetune, baseline.train.epochs) == \
         ("none", "all", None, 7)
     assert baseline.overrides == ["#0 backbone=baseline_*"]
-    assert (mobilenet.weights, mobilenet.trainable, mobilenet.train["epochs"]) == ("imagenet", "frozen", 1)
+    assert (mobilenet.weights, mobilenet.trainable, mobilenet.train.epochs) == ("imagenet", "frozen", 1)
     assert mobilenet.finetune["epochs"] == 2 and mobilenet.overrides == []
     plain = {r.backbone: r.run_id for r in expand_suite(load_suite({**QUICK, "weights": "imagenet",
                                                                     "trainable": "frozen", "finetune": {"epochs": 2}}))}
@@ -165,10 +165,11 @@ def test_the_plan_estimates_the_split_sizes_the_run_carves(fractions):
     from zoo.data import open_source
     from zoo.data.splits import plan_for_source
     from zoo.harness.preflight import split_sizes
+    from zoo.runspec import TrainSettings
 
     for name in ("synthetic_terrain", "synthetic_landcover"):
         source = open_source(name)
         carved = {split: len(indices) if indices is not None else source.info.splits[origin]
                   for split, (origin, indices) in plan_for_source(source, fractions, 3).items()}
-        run = SimpleNamespace(train={"split": fractions}, dataset={}, split_seed=3)
+        run = SimpleNamespace(train=TrainSettings(split=fractions), dataset={}, split_seed=3)
         assert split_sizes(run, source.info) == carved

@@ -18,6 +18,10 @@ class WeightsUnavailableError(RuntimeError):
     """Pretrained weights are neither on disk nor downloadable; the message says where to put them."""
 
 
+class RunFailed(RuntimeError):
+    """A run that cannot finish, with the sentence its results row shows as the reason."""
+
+
 class StorageError(OSError):
     """The output folder cannot take more: read-only, full, or not ours to write."""
 

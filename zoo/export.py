@@ -275,22 +275,21 @@ def batch1_latency_ms(predict, input_shape) -> float:
     return float(statistics.median(times))
 
 
-def describe_input(spec: dict, info: dict, format_name: str, quantize: str) -> dict:
-    """What a deployment must feed the exported model: the ``<file>.json`` written beside it."""
+def describe_input(spec, info: dict, format_name: str, quantize: str) -> dict:
+    """What a deployment must feed the exported model (``spec``: the run's zoo.runspec.RunSpec, ``info``:
+    its dataset.json): the ``<file>.json`` written beside it."""
     from zoo import __version__
-    from zoo.backbones import BACKBONES
-    from zoo.data.steps import preprocessing_steps
     from zoo.heads import head_task
 
-    size = spec["train"]["image_size"]
-    return {"format": format_name, "quantize": quantize, "run_id": spec["run_id"], "backbone": spec["backbone"],
-            "head": spec["head"], "input_shape": [None, size, size, info["channels"]], "input_dtype": "float32",
-            "pixel_range": [0, 255], "max_pixel_value": info["max_pixel_value"],
-            "extra_preprocessing": preprocessing_steps(spec["train"]["preprocessing"]),
-            "preprocessing": BACKBONES.get(spec["backbone"]).preprocessing,
+    fed = spec.input(info)
+    return {"format": format_name, "quantize": quantize, "run_id": spec.run_id, "backbone": spec.backbone,
+            "head": spec.head, "input_shape": [None, *fed.shape], "input_dtype": "float32",
+            "pixel_range": [0, 255], "max_pixel_value": fed.max_pixel_value,
+            "extra_preprocessing": list(fed.study_steps),
+            "preprocessing": fed.backbone_preprocessing,
             "steps": "scale the image to 0-255 (divide by max_pixel_value, times 255), resize to input_shape, apply "
                      "extra_preprocessing, then the backbone's preprocessing (zoo.preprocessing.preprocess)",
-            "output": OUTPUTS[head_task(spec["head"])],
+            "output": OUTPUTS[head_task(spec.head)],
             "class_names": info["class_names"], "zoo": __version__}
 
 

@@ -101,15 +101,11 @@ class Predictor:
     """A finished run's model with its input path: locations in, answers out."""
 
     def __init__(self, run_dir):
-        from zoo.backbones import BACKBONES
-        from zoo.data.steps import preprocessing_steps
         from zoo.results import load_run_model
 
         self.run_dir = Path(run_dir)
         self.spec, self.info, self.model = load_run_model(run_dir)
-        self.size = self.spec["train"]["image_size"]
-        self.mode = BACKBONES.get(self.spec["backbone"]).preprocessing
-        self.steps = preprocessing_steps(self.spec["train"]["preprocessing"])
+        self.input = self.spec.input(self.info)
         self.class_names = self.info["class_names"]
         self.filesystem = None
 
@@ -125,19 +121,19 @@ class Predictor:
                 self.filesystem = s3_filesystem()
             array = to_dataset_scale(read_image(read_input(location, self.filesystem),
                                                 suffix=PurePosixPath(location).suffix),
-                                     self.info["max_pixel_value"])
+                                     self.input.max_pixel_value)
         except Exception as error:  # PIL, tifffile, S3 and OS errors all mean "unreadable"
             raise ValueError(f"cannot be read as an image ({_one_line(error)})") from None
-        channels = self.info["channels"]
+        channels = self.input.channels
         if array.shape[-1] != channels:
             if array.shape[-1] != 1:
                 raise ValueError(f"has {array.shape[-1]} channels; the model expects {channels}")
             array = np.repeat(array, channels, axis=-1)
         # The training pipeline's resize (TensorFlow's bilinear, in NumPy: no TensorFlow needed here).
-        image = resize_bilinear(array * np.float32(255.0 / self.info["max_pixel_value"]), self.size)
-        if self.steps:
-            image = apply_extra_preprocessing(image, self.steps)
-        return np.asarray(preprocess(image, self.mode), dtype=np.float32), array.shape[:2]
+        image = resize_bilinear(array * np.float32(255.0 / self.input.max_pixel_value), self.input.image_size)
+        if self.input.study_steps:
+            image = apply_extra_preprocessing(image, list(self.input.study_steps))
+        return np.asarray(preprocess(image, self.input.backbone_preprocessing), dtype=np.float32), array.shape[:2]
 
     def answer(self, locations, top_k: int = 5, mask_dir=None, threads: int = DECODE_THREADS) -> list[dict]:
         """One answer per location, in order: ``path``, ``label`` (top-1 class), ``probability``,
@@ -317,8 +313,7 @@ def _ray_tables(run_dir, locations, output, batch_size, top_k, address, gpus_per
     import logging
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    spec = _run_spec(run_dir)
-    mask_dir = str(mask_folder(output)) if spec["task"] == "segmentation" else None
+    mask_dir = str(mask_folder(output)) if _run_task(run_dir) == "segmentation" else None
     dataset = ray.data.from_items([{"path": location} for location in locations],
                                   override_num_blocks=max(1, min(len(locations) // batch_size, 4 * workers)))
     dataset = dataset.map_batches(PredictBatches, fn_constructor_kwargs={"run_dir": str(Path(run_dir).resolve()),
@@ -328,10 +323,8 @@ def _ray_tables(run_dir, locations, output, batch_size, top_k, address, gpus_per
     yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def _run_spec(run_dir) -> dict:
-    import json
+def _run_task(run_dir) -> str:
+    from zoo.heads import head_task
+    from zoo.runspec import RunSpec
 
-    from zoo.heads import HEADS
-
-    spec = json.loads((Path(run_dir) / "run.json").read_text())
-    return {**spec, "task": HEADS.get(spec["head"]).task}
+    return head_task(RunSpec.load(run_dir).head)

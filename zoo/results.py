@@ -154,8 +154,8 @@ def read_result(run_dir) -> dict | None:
     return row
 
 
-def run_row(spec: dict, task: str, status: str, error: str = "", values: dict | None = None) -> dict:
-    """A results row from a run's spec (its run.json); ``values`` fills the measured columns.
+def run_row(spec, task: str, status: str, error: str = "", values: dict | None = None) -> dict:
+    """A results row from a run's spec (a zoo.runspec.RunSpec); ``values`` fills the measured columns.
 
     The driver builds the rows of runs whose process died or was stopped from the spec alone,
     so that it never needs Keras."""
@@ -165,15 +165,15 @@ def run_row(spec: dict, task: str, status: str, error: str = "", values: dict | 
 
     values = values or {}
     row = {column: values.get(column) for column in RESULT_COLUMNS}
-    row.update({"run_id": spec["run_id"], "suite": spec["suite"], "dataset": spec["dataset"]["name"], "task": task,
-                "backbone": spec["backbone"], "head": spec["head"], "weights": spec["weights"],
-                "trainable": values.get("trainable", spec["trainable"]), "seed": spec["seed"],
-                "split_seed": spec["split_seed"],
-                "swept": ";".join(f"{k}={v}" for k, v in sorted(spec["swept"].items())),
-                "overrides": "; ".join(spec.get("overrides") or []), "status": status, "error": error,
+    row.update({"run_id": spec.run_id, "suite": spec.suite, "dataset": spec.dataset["name"], "task": task,
+                "backbone": spec.backbone, "head": spec.head, "weights": spec.weights,
+                "trainable": values.get("trainable", spec.trainable), "seed": spec.seed,
+                "split_seed": spec.split_seed,
+                "swept": ";".join(f"{k}={v}" for k, v in sorted(spec.swept.items())),
+                "overrides": "; ".join(spec.overrides or []), "status": status, "error": error,
                 "epochs_run": values.get("epochs_run", 0),
-                "batch_size": values.get("batch_size") or spec["train"]["batch_size"],
-                "image_size": spec["train"]["image_size"],
+                "batch_size": values.get("batch_size") or spec.train.batch_size,
+                "image_size": spec.train.image_size,
                 "host": values.get("host") or socket.gethostname(),
                 "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     row.update(results_version=RESULTS_VERSION, keras=version("keras"))
@@ -264,7 +264,8 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def load_run_model(run_dir):
-    """A finished run's spec, dataset info and model, or one DataError naming the broken file."""
+    """A finished run's spec (a zoo.runspec.RunSpec), dataset info (dataset.json's dict) and model, or one
+    DataError naming the broken file."""
     import keras
 
     from zoo.errors import DataError
@@ -273,11 +274,13 @@ def load_run_model(run_dir):
     redo = f"the run folder is damaged; run its suite again with `zoo run SUITE --only {run_dir.name} --force`"
     if not (run_dir / "model.keras").is_file():
         raise DataError(f"{run_dir} holds no model.keras: give a finished run folder, e.g. runs/<suite>/runs/<run_id>")
-    spec = _read_json(run_dir / "run.json", redo)
+    from zoo.runspec import RunSpec
+
+    spec = RunSpec.load(run_dir)
     info = _read_json(run_dir / "dataset.json", redo)
     from zoo.backbones import BACKBONES
 
-    if spec.get("backbone") in BACKBONES and BACKBONES.get(spec["backbone"]).hub is not None:
+    if spec.backbone in BACKBONES and BACKBONES.get(spec.backbone).hub is not None:
         from zoo.backbones.hub import _keras_hub, zoo_layers
 
         _keras_hub()  # keras-hub's layer classes and zoo's, registered for loading

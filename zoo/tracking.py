@@ -121,7 +121,9 @@ class MlflowTracker:
     def _log(self, run_dir: Path, row: dict) -> None:
         from mlflow.entities import Metric, Param
 
-        spec = json.loads((run_dir / "run.json").read_text())
+        from zoo.runspec import RunSpec
+
+        spec = RunSpec.load(run_dir)
         environment = {}
         if (run_dir / "environment.json").is_file():
             environment = json.loads((run_dir / "environment.json").read_text())
@@ -134,7 +136,7 @@ class MlflowTracker:
             tags.update({"zoo.error": str(row["error"])[:5000], "mlflow.note.content": str(row["error"])[:5000]})
         run = self.client.create_run(self.experiment_id, run_name=row["run_id"], tags=tags)
         run_id = run.info.run_id
-        params = [Param(key, value) for key, value in flat_params(spec).items()]
+        params = [Param(key, value) for key, value in flat_params(spec.to_dict()).items()]
         metrics = [Metric(name, value, 0, 0) for name in FINAL_METRICS
                    if (value := _number(row.get(name))) is not None]
         if (run_dir / "history.csv").is_file():
@@ -182,7 +184,7 @@ def sync(out_dir, uri: str, log=print) -> int:
     return 1 if counts["unavailable"] else 0
 
 
-def tensorboard_hparams(logdir, spec: dict, metrics: dict) -> None:
+def tensorboard_hparams(logdir, spec, metrics: dict) -> None:
     """The run's hyperparameters and test metrics in TensorBoard's HParams format, so that
     ``tensorboard --logdir OUT/runs`` compares the runs of a suite in its HParams dashboard.
     Nothing without TensorFlow, which writes TensorBoard's files."""
@@ -193,10 +195,10 @@ def tensorboard_hparams(logdir, spec: dict, metrics: dict) -> None:
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
-    values = {key: value for key, value in flat_params(spec).items()
+    values = {key: value for key, value in flat_params(spec.to_dict()).items()
               if key not in ("run_id", "suite", "overrides", "plugins") and len(value) <= 200}
     with tf.summary.create_file_writer(str(logdir)).as_default():
-        hp.hparams(values, trial_id=spec["run_id"])
+        hp.hparams(values, trial_id=spec.run_id)
         for name in FINAL_METRICS:
             value = _number(metrics.get(name))
             if value is not None:

@@ -35,11 +35,6 @@ def class_weights_from_counts(counts, ignore_classes=()) -> list[float]:
     return weights.tolist()
 
 
-def preprocessing_steps(setting) -> list[str]:
-    """The steps of a ``train.preprocessing`` setting such as ``"equalize+whiten"`` (none: [])."""
-    return [step for step in str(setting).split("+") if step and step != "none"]
-
-
 def classification_augmenter(seed):
     """The photo augmentation (rotation, zoom, contrast, flip) as Keras preprocessing layers, shared
     by both executors of the pipeline."""

@@ -21,15 +21,11 @@ from zoo.results import RESULT_COLUMNS, load_run_model, read_result, read_result
 
 
 def reopen_run(run_dir):
-    """A finished run's data and model, ready to export and measure; writes nothing to the run."""
-    from zoo.harness.worker import Run
+    """A finished run's data and model (a zoo.harness.stages.OpenedRun), ready to export and measure;
+    writes nothing to the run."""
+    from zoo.harness.stages import reopen
 
-    _, _, model = load_run_model(run_dir)
-    run = Run(run_dir)
-    run.build(record=False)
-    run.open_data(record=False)
-    run.model = model
-    return run
+    return reopen(run_dir)
 
 
 def calibration_images(run, count: int = CALIBRATION_IMAGES):
@@ -38,7 +34,7 @@ def calibration_images(run, count: int = CALIBRATION_IMAGES):
 
     def images():
         given = 0
-        for batch in run.make_pipeline("train", False, augment=False):
+        for batch in run.data.pipeline("train", False, augment=False):
             for image in np.asarray(batch[0], dtype=np.float32):
                 if given == count:
                     return
@@ -81,13 +77,12 @@ def deployment_figures(run, export: dict, reference: dict) -> dict:
     quantize = export["quantize"]
     metric = FIDELITY_METRIC[run.task]
     figures = {"export_metric": metric}
-    size = run.train["image_size"]
-    input_shape = (size, size, run.info.channels)
+    input_shape = run.spec.input(run.info).shape
     for name in export["formats"]:
         try:
             exported = export_run(run.dir, name, quantize, run=run)
             predict = load_exported(exported["path"], name)
-            result, _ = run.score(predict, run.pipelines["test"])
+            result, _ = run.score(predict, run.data.pipelines["test"])
             score = float(result[metric])
             drop = reference[metric] - score
             figures.update({f"{name}_quantize": quantize, f"{name}_megabytes": exported["megabytes"],

@@ -52,11 +52,13 @@ def recorded_row(reply: dict, run_dir: Path, process: str) -> dict:
 
 def run_backend(run_dir: Path) -> str | None:
     """The Keras backend a prepared run asks for (``train.backend``); None: the driver's own."""
+    from zoo.errors import DataError
+    from zoo.runspec import RunSpec
+
     try:
-        spec = json.loads((Path(run_dir) / "run.json").read_text())
-    except (OSError, ValueError):
+        return RunSpec.load(run_dir).train.backend
+    except DataError:
         return None
-    return (spec.get("train") or {}).get("backend")
 
 
 def describe_exit(returncode: int) -> str:
@@ -77,7 +79,7 @@ class InProcessExecutor:
         from zoo.errors import ConfigError
 
         current = keras.backend.backend()
-        others = sorted({run.train.get("backend") for run in runs} - {None, current})
+        others = sorted({run.train.backend for run in runs} - {None, current})
         if others:
             raise ConfigError(f"train.backend asks for {', '.join(others)}, but this process runs {current} and an "
                               f"in-process run cannot change it; run without --in-process (each worker process "

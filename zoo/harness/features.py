@@ -25,32 +25,21 @@ FEATURE_CACHE_VERSION = 2
 IN_MEMORY_BYTES = 1 << 30  # larger caches are read from memory-mapped files batch by batch
 
 
-def applies(spec: dict) -> bool:
-    """Whether a run's backbone features are the same every epoch."""
-    train = spec["train"]
-    return spec["trainable"] == "frozen" and not spec.get("finetune") and not train["augment"]
-
-
-def wanted(spec: dict) -> bool:
-    mode = spec["train"]["cache_features"]
-    return mode is True or (mode == "auto" and applies(spec))
-
-
-def cache_key(spec: dict, content: dict, head_needs_pyramid: bool, precision: str) -> str:
-    """The cache folder's name: everything that changes any image's features. ``content`` maps
-    each source split to an identity of its images (zoo.data.sources.Source.content_id)."""
+def cache_key(spec, content: dict, head_needs_pyramid: bool, precision: str) -> str:
+    """The cache folder's name: everything that changes any image's features (``spec``: the run's
+    zoo.runspec.RunSpec). ``content`` maps each source split to an identity of its images
+    (zoo.data.sources.Source.content_id)."""
     from zoo.weights import weights_identity
 
-    train = spec["train"]
-    dataset = {k: v for k, v in spec["dataset"].items() if k != "split"}  # carving is per run
+    dataset = {k: v for k, v in spec.dataset.items() if k != "split"}  # carving is per run
     identity = {
-        "version": FEATURE_CACHE_VERSION, "dataset": dataset, "content": content, "backbone": spec["backbone"],
-        "backbone_options": spec["backbone_options"], "image_size": train["image_size"],
-        "weights": weights_identity(spec["weights"]), "preprocessing": train["preprocessing"],
+        "version": FEATURE_CACHE_VERSION, "dataset": dataset, "content": content, "backbone": spec.backbone,
+        "backbone_options": spec.backbone_options, "image_size": spec.train.image_size,
+        "weights": weights_identity(spec.weights), "preprocessing": spec.train.preprocessing,
         "pyramid": head_needs_pyramid, "precision": precision,
         # A frozen backbone without pretrained weights keeps its random initialisation, which
         # follows the run's seed: its features are that seed's alone.
-        "random_init_seed": spec["seed"] if spec["weights"] == "none" else None,
+        "random_init_seed": spec.seed if spec.weights == "none" else None,
     }
     return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -188,36 +177,37 @@ def target_finisher(task: str, num_classes: int, one_hot: bool, pixel_weights):
     return lambda target: (target,)
 
 
-def prepare(run, head_spec, backbone_spec) -> dict:
-    """Compute (or reuse) the per-image features of the source splits ``run`` draws from;
-    returns the head model and the run's train, validation and test feature datasets."""
+def prepare(spec, data, model, head_spec, backbone_spec, precision: str, global_batch: int,
+            cache_root: Path) -> dict:
+    """Compute (or reuse, under ``cache_root``) the per-image features of the source splits a run draws
+    from (``spec``: its zoo.runspec.RunSpec, ``data``: its zoo.harness.stages.RunData, ``model``: its
+    full model); returns the head model and the run's train, validation and test feature datasets."""
     from zoo.data.pipeline import input_pipeline
     from zoo.data.steps import PipelineOptions
 
-    cache_root = run.dir.parent.parent / "cache" / "features"
-    source_splits = sorted({split for split, _ in run.plan.values()})
-    content = {split: run.source.content_id(split) for split in source_splits}
-    key = cache_key(run.spec, content, head_spec.needs_pyramid, run.precision)
-    folder = cache_root / key
+    source_splits = sorted({split for split, _ in data.plan.values()})
+    content = {split: data.source.content_id(split) for split in source_splits}
+    key = cache_key(spec, content, head_spec.needs_pyramid, precision)
+    folder = Path(cache_root) / key
     start = time.perf_counter()
     reused = (folder / "complete").is_file()
     if not reused:
-        extractor = run.model.get_layer("backbone")
+        extractor = model.get_layer("backbone")
         # Every image of each split in index order, unaugmented, with plain targets.
-        options = PipelineOptions(**{**run.options, "class_weights": None, "one_hot": False}, augment=False)
-        pipelines = {split: input_pipeline(run.source, split, None, run.info, options, training=False)
+        options = PipelineOptions(**{**data.options, "class_weights": None, "one_hot": False}, augment=False)
+        pipelines = {split: input_pipeline(data.source, split, None, data.info, options, training=False)
                      for split in source_splits}
         compute_features(extractor, pipelines, folder)
     seconds = 0.0 if reused else time.perf_counter() - start
-    head_model = build_head_model(run.model, head_spec, backbone_spec, run.info.num_classes,
-                                  (run.train["image_size"], run.train["image_size"], run.info.channels))
-    copy_head_weights(run.model, head_model)  # start from the full model's initial head
-    finish = target_finisher(run.task, run.info.num_classes, run.options["one_hot"], run.pixel_weights)
+    head_model = build_head_model(model, head_spec, backbone_spec, data.info.num_classes,
+                                  spec.input(data.info).shape)
+    copy_head_weights(model, head_model)  # start from the full model's initial head
+    finish = target_finisher(data.task, data.info.num_classes, data.options["one_hot"], data.pixel_weights)
 
     def dataset(name, shuffle_seed):
-        split, indices = run.plan[name]
-        return feature_dataset(folder, split, run.global_batch, shuffle_seed, indices, finish)
+        split, indices = data.plan[name]
+        return feature_dataset(folder, split, global_batch, shuffle_seed, indices, finish)
 
     return {"key": key, "folder": folder, "reused": reused, "seconds": seconds, "head_model": head_model,
-            "dataset": dataset, "train": dataset("train", run.spec["seed"]), "val": dataset("val", None),
+            "dataset": dataset, "train": dataset("train", spec.seed), "val": dataset("val", None),
             "test": dataset("test", None)}

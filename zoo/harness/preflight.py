@@ -134,7 +134,7 @@ BACKEND_PACKAGES = {"tensorflow": ("tensorflow", "pip install tensorflow"),
 def backend_problems(runs) -> list[Problem]:
     """Keras backends asked for by ``train.backend`` that are not installed here."""
     problems = []
-    for backend in sorted({run.train.get("backend") for run in runs} - {None}):
+    for backend in sorted({run.train.backend for run in runs} - {None}):
         module, fix = BACKEND_PACKAGES[backend]
         if not installed(module):
             problems.append(Problem(f"package {module}", f"train.backend: {backend} needs {module}, which is not "
@@ -156,7 +156,7 @@ def small_class_warnings(runs, sources: dict) -> list[str]:
     warnings, seen = [], set()
     for run in runs:
         source = sources.get(_dataset_key(run.dataset))
-        fractions = run.train.get("split") or run.dataset.get("split")
+        fractions = run.train.split or run.dataset.get("split")
         key = (_dataset_key(run.dataset), json.dumps(fractions, sort_keys=True), run.split_seed)
         if source is None or key in seen or source.info.task != "classification":
             continue
@@ -237,13 +237,13 @@ def split_sizes(run, info) -> dict:
     from zoo.data.splits import plan_splits
 
     labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
-    plan = plan_splits(labelled, run.train.get("split") or run.dataset.get("split"), run.split_seed, {"train": None})
+    plan = plan_splits(labelled, run.train.split or run.dataset.get("split"), run.split_seed, {"train": None})
     return {name: len(indices) if indices is not None else labelled[split] for name, (split, indices) in plan.items()}
 
 
 def architecture_key(run, info) -> tuple:
-    return (run.backbone, run.head, run.train["image_size"], run.train["batch_size"], info.channels,
-            info.num_classes, run.train["precision"], json.dumps(run.backbone_options, sort_keys=True),
+    return (run.backbone, run.head, run.train.image_size, run.train.batch_size, info.channels,
+            info.num_classes, run.train.precision, json.dumps(run.backbone_options, sort_keys=True),
             run.trainable)
 
 
@@ -267,14 +267,14 @@ def _measure(run, info, repeats: int) -> dict:
     from zoo.harness.precise_bn import trained_batchnorm_layers
     from zoo.runtime import compiled_predict
 
-    size = run.train["image_size"]
+    shape = (run.train.image_size, run.train.image_size, info.channels)
     keras.backend.clear_session()
     start = time.perf_counter()
-    model = build_model(run.backbone, run.head, info.num_classes, (size, size, info.channels),
+    model = build_model(run.backbone, run.head, info.num_classes, shape,
                         trainable=run.trainable, backbone_options=run.backbone_options)
     build_seconds = time.perf_counter() - start
     predict = compiled_predict(model)
-    batch = np.random.default_rng(0).uniform(0, 255, (run.train["batch_size"], size, size, info.channels))
+    batch = np.random.default_rng(0).uniform(0, 255, (run.train.batch_size, *shape))
     batch = batch.astype("float32")
     start = time.perf_counter()
     predict(batch)
@@ -290,38 +290,39 @@ def _measure(run, info, repeats: int) -> dict:
 
 def estimate_seconds(run, sizes: dict, figures: dict, startup: float, features_cached: bool = False,
                      speed_measured: bool = False) -> float:
-    """Wall seconds of one run from its architecture's figures (see the factors above).
+    """Wall seconds of one run from its architecture's figures (see the factors above), stage by stage
+    as the run's own zoo.runspec.RunStages decide them.
 
     ``startup``: the worker's start-up, paid by the suite's first pending run only;
     ``features_cached``: an earlier run computes the frozen backbone's features;
     ``speed_measured``: an earlier run of the same architecture measures inference speed."""
     import math
 
-    from zoo.harness import features
     from zoo.harness.precise_bn import validation_batches
 
-    batch = run.train["batch_size"]
+    stages = run.stages()
+    batch = run.train.batch_size
     infer_per_image = figures["infer_step_seconds"] / batch
     train_trace = TRAIN_TRACE_FACTOR * figures["trace_seconds"]
-    steps = run.train["steps_per_epoch"]
+    steps = run.train.steps_per_epoch
     train_images = min(sizes["train"], steps * batch) if steps else sizes["train"]
-    recalibrates = bool(run.train["precise_bn"]) and figures["batchnorm"]
+    recalibrates = bool(stages.precise_bn_batches) and figures["batchnorm"]
     epoch = train_images * infer_per_image * TRAIN_STEP_FACTOR + sizes["val"] * infer_per_image
     if recalibrates:  # before each validation
         epoch += validation_batches(math.ceil(train_images / batch), batch,
-                                    run.train["precise_bn"]["batches"]) * figures["infer_step_seconds"] * 1.5
-    if features.wanted(run.to_dict()):
+                                    stages.precise_bn_batches) * figures["infer_step_seconds"] * 1.5
+    if stages.trains_on_features:
         # One forward pass of train and validation images, then a head on features: its epochs cost
         # next to nothing against the backbone's, but its training step is still traced.
         forward = 0.0 if features_cached else (sizes["train"] + sizes["val"] + sizes["test"]) * infer_per_image
         training = forward + figures["trace_seconds"] * 2
     else:
-        training = train_trace + run.train["epochs"] * epoch
-        if run.finetune:
-            training += train_trace + run.finetune["epochs"] * epoch
+        training = train_trace + stages.epochs * epoch
+        if stages.finetune_epochs:
+            training += train_trace + stages.finetune_epochs * epoch
     calibration = 0.0
     if recalibrates:  # before evaluation
-        batches = min(run.train["precise_bn"]["batches"], math.ceil(sizes["train"] / batch))
+        batches = min(stages.precise_bn_batches, math.ceil(sizes["train"] / batch))
         calibration = 2 * figures["trace_seconds"] + batches * figures["infer_step_seconds"] * 1.5
     evaluation = figures["trace_seconds"] + sizes["test"] * infer_per_image
     return (startup + figures["build_seconds"] + training + calibration + evaluation
@@ -338,9 +339,9 @@ def run_status(run, runs_dir: Path) -> str:
 def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=print) -> dict:
     """Every run with its status and readiness (None when finished: it needs nothing) and, for
     pending ones, an estimated wall time on this device."""
-    from zoo.runtime import describe_device
-
     from zoo.harness import features
+    from zoo.heads import HEADS
+    from zoo.runtime import describe_device
 
     startup = startup_seconds()
     runs_dir = Path(out_dir) / "runs"
@@ -352,7 +353,7 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=pr
         row = {"run_id": run.run_id, "dataset": run.dataset["name"], "backbone": run.backbone, "head": run.head,
                "weights": run.weights, "trainable": run.trainable + (f" then {run.finetune['trainable']} for "
                                                                      f"{run.finetune['epochs']}" if run.finetune else ""),
-               "epochs": run.train["epochs"], "image_size": run.train["image_size"], "status": status,
+               "epochs": run.train.epochs, "image_size": run.train.image_size, "status": status,
                "ready": None if status == "finished" else (
                    source is not None and not any(p.subject == f"weights {run.backbone}" for p in problems
                                                   if run.weights == "imagenet")),
@@ -360,13 +361,12 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=pr
         if status != "finished" and source is not None:
             key = architecture_key(run, source.info)
             if key not in figures:
-                log(f"measuring {run.backbone}/{run.head} at {run.train['image_size']} px, batch "
-                    f"{run.train['batch_size']} ...")
+                log(f"measuring {run.backbone}/{run.head} at {run.train.image_size} px, batch "
+                    f"{run.train.batch_size} ...")
                 figures[key] = measure_architecture(run, source.info)
-            feature_key = (_dataset_key(run.dataset), run.backbone, run.train["image_size"], run.weights,
-                           run.train["preprocessing"], run.train["precision"],
-                           run.seed if run.weights == "none" else None)
-            cached = features.wanted(run.to_dict()) and feature_key in feature_keys
+            # The run's own feature-cache key, without the images' content (one dataset, one content).
+            feature_key = features.cache_key(run, {}, HEADS.get(run.head).needs_pyramid, run.train.precision)
+            cached = run.trains_on_features and feature_key in feature_keys
             try:
                 sizes = split_sizes(run, source.info)
             except ConfigError:  # an impossible split: the run says so itself; no estimate
@@ -376,7 +376,7 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=pr
                                                        speed_measured=key in speed_keys)
             startup = 0.0  # one worker runs them all
             speed_keys.add(key)
-            if features.wanted(run.to_dict()):
+            if run.trains_on_features:
                 feature_keys.add(feature_key)
         rows.append(row)
     return {"rows": rows, "device": describe_device()}

@@ -115,8 +115,9 @@ class RunActor:
             return {"status": "failed", "unshared": True, "host": socket.gethostname()}
         attempt = _start_attempt(run_dir)
         try:
-            spec = json.loads((run_dir / "run.json").read_text())
-            load_plugins(spec.get("plugins"))
+            from zoo.runspec import RunSpec
+
+            load_plugins(RunSpec.load(run_dir).plugins)
             row = execute_run(run_dir)
             return {"status": row["status"], "errno": row.get("errno"), "host": socket.gethostname(),
                     "attempt": attempt}

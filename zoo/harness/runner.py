@@ -63,7 +63,7 @@ def _task(run: RunSpec) -> str:
 
 def _record_without_worker(run: RunSpec, partial: Path, status: str, error: str) -> dict:
     """The row of a run whose process could not record it (died, stopped, disk full)."""
-    row = run_row(run.to_dict(), _task(run), status, error)
+    row = run_row(run, _task(run), status, error)
     try:
         write_json(partial / "result.json", row)
     except OSError as write_error:
@@ -223,7 +223,7 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
             runner.check(todo)
         if todo:
             # The worker imports Keras and its backend while the driver checks the runs.
-            runner.start(runs=len(todo), backend=todo[0].train.get("backend"))
+            runner.start(runs=len(todo), backend=todo[0].train.backend)
             # The folder-scan cache under OUT/cache is the one the runs read: no folder is probed twice.
             sources, problems = _storage_guard(out_dir, lambda: check_readiness(todo, cache_dir=out_dir / "cache"))
             if problems and prepare:

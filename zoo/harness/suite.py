@@ -13,12 +13,12 @@ import importlib.util
 import itertools
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from zoo.errors import ConfigError
+from zoo.runspec import RunSpec, TrainSettings, features_apply, preprocessing_steps
 
 SUITE_DEFAULTS = {
     "name": None,              # required: names the output folder runs/<name>
@@ -42,30 +42,7 @@ SUITE_DEFAULTS = {
                                # export its model and measure size, CPU latency and score after conversion
 }
 TRACKING_KEYS = {"mlflow": None}
-TRAIN_DEFAULTS = {
-    "image_size": 64,
-    "batch_size": 32,
-    "epochs": 5,
-    "optimizer": "adam",           # adam | adamw | sgd | rmsprop | nadam
-    "learning_rate": 1e-3,
-    "lr_schedule": "constant",     # constant | cosine | plateau
-    "loss": "auto",                # auto | crossentropy | focal (classification)
-    "early_stopping": 0,           # patience in epochs on val_loss; 0 = off
-    "class_weights": False,        # balanced weights from training frequencies
-    "augment": False,              # rotation, zoom, contrast, flip (flips/rot90 for segmentation)
-    "preprocessing": "none",       # none | grayscale | equalize | whiten, joined with '+'
-    "precision": "float32",        # float32 | mixed (float16 on GPU, bfloat16 on CPU)
-    "xla": False,                  # XLA-compile the train step on TensorFlow (JAX always does)
-    "backend": None,               # tensorflow | jax | torch: the Keras backend of the run's process;
-                                   # None: the one zoo runs on (KERAS_BACKEND, else Keras's configured one)
-    "cache": "none",               # none | memory | disk: cache decoded, resized images
-    "cache_features": "auto",      # auto | true | false: train heads on cached frozen-backbone features
-    "steps_per_epoch": None,       # cap batches per epoch (quick checks); None = whole split
-    "batchnorm_momentum": None,    # None keeps each model's own
-    "precise_bn": {"batches": 200},  # BatchNorm population statistics over N unaugmented training batches
-                                   # before evaluation (and a few before each validation); false = off
-    "split": None,                 # per-run override of the dataset's split fractions
-}
+TRAIN_DEFAULTS = TrainSettings.defaults()  # each key explained in zoo.runspec.TrainSettings
 OVERRIDE_KEYS = {"match": None, "set": None}
 OVERRIDE_MATCH_KEYS = {"dataset": None, "backbone": None, "head": None}
 OVERRIDE_SET_KEYS = {"weights": None, "trainable": None, "finetune": None, "train": None, "backbone_options": None}
@@ -133,32 +110,6 @@ def load_plugins(plugins) -> None:
             raise ConfigError(f"plugins: cannot import {plugin!r}: {error}") from None
 
 
-@dataclass
-class RunSpec:
-    """One run: a dataset, backbone, head, seed and fully resolved training settings."""
-
-    run_id: str
-    suite: str
-    dataset: dict
-    backbone: str
-    head: str
-    weights: str
-    trainable: str
-    seed: int
-    split_seed: int
-    train: dict
-    finetune: dict | None
-    postprocess: dict | None
-    backbone_options: dict
-    plugins: list
-    swept: dict
-    overrides: list = None  # the overrides applied, as "#index key=pattern,..."
-    export: dict | None = None  # formats to export after training (not part of the run's identity)
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
 def _slug(value) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", str(value)).strip("_")[:40]
 
@@ -188,7 +139,7 @@ def validate_train(train: dict, where: str) -> None:
         raise ConfigError(f"{where}.batchnorm_momentum must be a number between 0 and 1 or null, got {momentum!r}")
     if not isinstance(train["early_stopping"], int) or train["early_stopping"] < 0:
         raise ConfigError(f"{where}.early_stopping is a patience in epochs (0 = off), got {train['early_stopping']!r}")
-    from zoo.data.steps import EXTRA_PREPROCESSING, preprocessing_steps
+    from zoo.data.steps import EXTRA_PREPROCESSING
 
     bad = [s for s in preprocessing_steps(train["preprocessing"]) if s not in EXTRA_PREPROCESSING]
     if bad:
@@ -439,8 +390,8 @@ def _check_run_settings(settings: dict, backbone, head, where: str) -> None:
         check_input_shape(backbone, (train["image_size"], train["image_size"], 3))
     except IncompatibleError as error:
         raise ConfigError(f"suite: {error}") from None
-    if train["cache_features"] is True and not (settings["trainable"] == "frozen" and not settings["finetune"]
-                                                 and not train["augment"]):
+    if train["cache_features"] is True and not features_apply(settings["trainable"], settings["finetune"],
+                                                              train["augment"]):
         raise ConfigError("train.cache_features: true needs trainable: frozen, no finetune and "
                           "augment: false (otherwise the backbone's features change every epoch); "
                           "use auto to cache only where it applies")

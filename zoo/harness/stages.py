@@ -1,0 +1,650 @@
+"""One run, as stages that take and return values: the runtime (device, precision, batch), the data
+(dataset, split, input pipelines), the model, training (the fit result) and the scores. The worker
+process (zoo.harness.worker) calls them in order and records the outcome; ``zoo export`` re-opens a
+finished run through the same stages (:func:`reopen`), so the two cannot prepare data differently.
+
+What a run does (a head on cached features or the whole model, a fine-tuning phase, precise BatchNorm,
+track smoothing, exports) is decided once, by zoo.runspec.RunSpec.stages, which ``zoo plan`` prices too.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from zoo.errors import RunFailed
+from zoo.results import write_json
+from zoo.runspec import RunSpec
+
+TARGET_KINDS = {"classification": "labels", "segmentation": "masks", "distribution": "proportions"}
+
+
+def cache_folder(run_dir) -> Path:
+    """The output folder's cache, shared by every run of the suite (OUT/cache)."""
+    return Path(run_dir).parent.parent / "cache"
+
+
+# -- runtime ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run computes."""
+
+    precision: str      # the Keras dtype policy's name
+    strategy: object    # the tf.distribute strategy (or its single-device stand-in)
+    replicas: int
+    global_batch: int   # train.batch_size times replicas
+    device: str
+
+
+def start_runtime(spec: RunSpec) -> Runtime:
+    """Seeds, the run's backend checked, its precision policy set, its device chosen."""
+    import keras
+
+    from zoo.runtime import backend, choose_strategy, describe_device, make_deterministic, precision_policy
+
+    make_deterministic(spec.seed, xla=bool(spec.train.xla))
+    wanted = spec.train.backend
+    if wanted and backend() != wanted:  # KERAS_BACKEND is read once, when Keras is imported
+        raise RunFailed(f"train.backend is {wanted}, but this process runs {backend()}: the process was "
+                        f"started without KERAS_BACKEND={wanted}")
+    precision = precision_policy(spec.train.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    strategy = choose_strategy()
+    replicas = strategy.num_replicas_in_sync
+    return Runtime(precision, strategy, replicas, spec.train.batch_size * replicas, describe_device())
+
+
+def environment(runtime: Runtime) -> dict:
+    """Versions, device and precision: the run's environment.json."""
+    import keras
+
+    import zoo
+    from zoo import runtime as backends
+
+    def version(module):  # TensorFlow and tensorflow-datasets are optional on JAX and PyTorch
+        return importlib.import_module(module).__version__ if backends.installed(module) else None
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(zoo.__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"python": platform.python_version(), "backend": backends.backend(),
+            "backend_version": backends.backend_version(), "tensorflow": version("tensorflow"),
+            "keras": keras.__version__, "tensorflow_datasets": version("tensorflow_datasets"),
+            "numpy": np.__version__, "zoo": zoo.__version__, "git_commit": commit, "device": runtime.device,
+            "replicas": runtime.replicas, "precision": runtime.precision, "platform": platform.platform(),
+            "cpu_count": os.cpu_count()}
+
+
+# -- data ---------------------------------------------------------------------------------------------
+_SOURCES: dict = {}  # the datasets this process has opened: the runs of a sweep share them
+
+
+def opened_source(dataset: dict, cache_dir: Path):
+    """The dataset of a run, opened once per process (opening generates, scans or indexes it)."""
+    from zoo.data.sources import open_source
+
+    key = json.dumps([dataset, str(cache_dir)], sort_keys=True, default=str)
+    if key not in _SOURCES:
+        _SOURCES[key] = open_source(dataset, cache_dir=cache_dir)
+    return _SOURCES[key]
+
+
+class LazyPipelines(dict):
+    """The run's train, val and test input pipelines, each built on first use."""
+
+    def __init__(self, build):
+        super().__init__()
+        self._build = build
+
+    def __missing__(self, name):
+        if name not in ("train", "val", "test"):
+            raise KeyError(name)
+        self[name] = pipeline = self._build(name)
+        return pipeline
+
+
+@dataclass
+class RunData:
+    """A run's dataset, its carved split and its input pipelines."""
+
+    source: object
+    task: str
+    plan: dict               # train/val/test -> (source split, indices or None for all)
+    sizes: dict              # train/val/test -> examples
+    train_counts: list | None  # examples (pixels) per class in the training split
+    class_weights: list | None  # train.class_weights: per class, else None
+    options: dict            # zoo.data.steps.PipelineOptions' run-wide fields
+    augment: bool
+    cache: str               # train.cache
+    cache_prefix: str        # where train.cache: disk writes, per split name appended
+    pipelines: LazyPipelines = field(init=False)
+
+    def __post_init__(self):
+        # Built when first used: a head trained on cached features never reads the images.
+        self.pipelines = LazyPipelines(lambda name: self.pipeline(name, name == "train"))
+
+    @property
+    def info(self):
+        return self.source.info
+
+    @property
+    def class_weight_dict(self) -> dict | None:
+        """Keras fit's ``class_weight``: classification with train.class_weights only."""
+        weights = self.class_weights
+        return {i: w for i, w in enumerate(weights)} if weights and self.task == "classification" else None
+
+    @property
+    def pixel_weights(self) -> list:
+        """Per-pixel loss weights of segmentation: the class weights, else 0 for ignored classes."""
+        info = self.info
+        return self.class_weights or [0.0 if c in info.ignore_classes else 1.0 for c in range(info.num_classes)]
+
+    def pipeline(self, name: str, training: bool, augment: bool | None = None):
+        """The input pipeline of split ``name`` (train/val/test); ``augment`` None: the run's setting
+        where ``training``."""
+        from zoo.data.pipeline import input_pipeline
+        from zoo.data.steps import PipelineOptions
+
+        split, indices = self.plan[name]
+        cache = None if self.cache == "none" else ("memory" if self.cache == "memory"
+                                                   else f"{self.cache_prefix}-{name}")
+        augment = self.augment and training if augment is None else augment
+        options = PipelineOptions(**self.options, augment=augment, cache=cache)
+        return input_pipeline(self.source, split, indices, self.info, options, training)
+
+
+def open_data(spec: RunSpec, global_batch: int, cache_dir: Path) -> RunData:
+    """The run's dataset opened, its split carved and its pipelines described (built on first use)."""
+    from zoo.data.pipeline import class_counts
+    from zoo.data.splits import plan_for_source
+    from zoo.data.steps import class_weights_from_counts
+    from zoo.heads import head_task
+
+    task = head_task(spec.head)
+    source = opened_source(spec.dataset, cache_dir)
+    info = source.info
+    labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
+    plan = plan_for_source(source, spec.train.split or spec.dataset.get("split"), spec.split_seed)
+    sizes = {name: (len(idx) if idx is not None else labelled[split]) for name, (split, idx) in plan.items()}
+    # Pixel counts mean reading every training mask: only when class weights need them.
+    needs_counts = task == "classification" or spec.train.class_weights
+    train_counts = class_counts(source, *plan["train"], info.num_classes) if needs_counts else None
+    weights = class_weights_from_counts(train_counts, info.ignore_classes) if spec.train.class_weights else None
+    fed = spec.input(info)
+    options = dict(image_size=fed.image_size, batch_size=global_batch, preprocessing=fed.backbone_preprocessing,
+                   extra_preprocessing=list(fed.study_steps), seed=spec.seed,
+                   class_weights=weights if task != "classification" else None, target=TARGET_KINDS[task],
+                   one_hot=spec.train.loss == "focal" and task == "classification")
+    return RunData(source=source, task=task, plan=plan, sizes=sizes, train_counts=train_counts,
+                   class_weights=weights, options=options, augment=bool(spec.train.augment), cache=spec.train.cache,
+                   cache_prefix=str(cache_dir / spec.run_id))
+
+
+def record_split(run_dir: Path, spec: RunSpec, data: RunData) -> None:
+    """split.json, split_indices.npz and dataset.json: how the run carved its data."""
+    labelled = data.info.splits
+    write_json(run_dir / "split.json", {"split_seed": spec.split_seed, "sizes": data.sizes,
+                                        "sources": {k: v[0] for k, v in data.plan.items()},
+                                        "train_class_counts": data.train_counts, "class_weights": data.class_weights})
+    np.savez_compressed(run_dir / "split_indices.npz",
+                        **{k: (v[1] if v[1] is not None else np.arange(labelled[v[0]])) for k, v in data.plan.items()})
+    write_json(run_dir / "dataset.json", data.info.to_dict())
+
+
+# -- model --------------------------------------------------------------------------------------------
+def build_run_model(spec: RunSpec, data: RunData, runtime: Runtime):
+    """The run's backbone and head, assembled under the runtime's strategy."""
+    from zoo import build_model
+
+    with runtime.strategy.scope():
+        return build_model(spec.backbone, spec.head, data.info.num_classes, spec.input(data.info).shape,
+                           weights=None if spec.weights == "none" else spec.weights, trainable=spec.trainable,
+                           backbone_options=spec.backbone_options, batchnorm_momentum=spec.train.batchnorm_momentum,
+                           head_seed=spec.seed, reuse_frozen_backbone=not spec.finetune)
+
+
+# -- training -----------------------------------------------------------------------------------------
+@dataclass
+class Fitted:
+    """What training returns: the model fit trained (the full model, or a head on cached features whose
+    weights are already copied into the full model), and how it went."""
+
+    trained_model: object
+    epochs_run: int
+    trainable: str           # the row's trainable: the setting, "+finetune ..." after a second phase
+    xla: bool
+    precise_bn: dict         # what precise BatchNorm did before evaluation, for metrics.json
+    timing: dict             # zoo.harness.timing.EpochTimer's summary
+    features: dict | None    # the feature cache used (zoo.harness.features.prepare), None: images
+
+
+class _Training:
+    """The state fit's phases share (callbacks, the kept best weights, precise BatchNorm's traced
+    forward), for :func:`train` alone; everything it needs is given to its constructor."""
+
+    def __init__(self, spec: RunSpec, runtime: Runtime, data: RunData, model, run_dir: Path):
+        from zoo.harness.timing import EpochTimer
+
+        self.spec, self.runtime, self.data, self.model, self.dir = spec, runtime, data, model, run_dir
+        self.timer = EpochTimer()
+        self.features = None
+        self.calibration_forward = None
+        self.validation_calibration_batches = 0
+        self.xla = False
+        self.best_weights = None
+        if spec.trains_on_features:
+            # Only the head trains, on cached frozen-backbone features (the image pipelines are then never
+            # built: about 0.4 s a run).
+            from zoo.backbones import BACKBONES
+            from zoo.harness import features
+            from zoo.heads import HEADS
+
+            with runtime.strategy.scope():
+                self.features = features.prepare(spec, data, model, HEADS.get(spec.head),
+                                                 BACKBONES.get(spec.backbone), runtime.precision,
+                                                 runtime.global_batch, cache_folder(run_dir) / "features")
+            self.trained_model = self.features["head_model"]
+            self.fit_data = (self.features["train"], self.features["val"])
+        else:
+            self.trained_model, self.fit_data = model, (data.pipelines["train"], data.pipelines["val"])
+
+    def steps_per_epoch(self) -> int:
+        return self.spec.train.steps_per_epoch or max(1, math.ceil(self.data.sizes["train"] / self.runtime.global_batch))
+
+    def compile(self, learning_rate, epochs) -> None:
+        import keras
+
+        from zoo.harness.recipes import (FEATURE_STEPS_PER_EXECUTION, compiled_with_xla, jit_compile, make_loss,
+                                         make_optimizer)
+
+        train = self.spec.train
+        schedule = learning_rate
+        if train.lr_schedule == "cosine":
+            schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=self.steps_per_epoch() * epochs)
+        task = self.data.task
+        metrics = {"classification": ["accuracy"], "segmentation": [], "distribution": []}[task]
+        weighted = ["accuracy"] if task == "segmentation" else None
+        self.calibration_forward = None  # traced again: trainable flags may have changed
+        with self.runtime.strategy.scope():  # the optimizer's variables too belong to the strategy
+            settings = dict(optimizer=make_optimizer(train.optimizer, schedule), loss=make_loss(task, train.loss),
+                            metrics=metrics, weighted_metrics=weighted, jit_compile=jit_compile(train.xla))
+            if self.features is None:
+                self.trained_model.compile(**settings)
+            else:
+                # A head on cached features: each step is a matrix product or two, so Keras's
+                # per-call overhead would dominate; several steps per call give the same numbers.
+                # A worker's later runs train the same compiled head again (zoo.harness.kept_models).
+                from zoo.harness import kept_models
+
+                # (Keras 3.15 cannot run several steps per call over a MirroredStrategy's datasets.)
+                settings["steps_per_execution"] = FEATURE_STEPS_PER_EXECUTION if self.runtime.replicas == 1 else 1
+                self.trained_model = kept_models.compiled(self.trained_model, settings, self.runtime.strategy)
+                self.features["head_model"] = self.trained_model
+            self.xla = compiled_with_xla(self.trained_model, train.xla)
+
+    def calibration_batches(self, repeat: bool):
+        """Training batches without augmentation (the statistics serve evaluation on unaugmented
+        images), shuffled with the run's seed: images, or cached features for a head on features."""
+        if self.features is None:
+            batches = self.data.pipeline("train", True, augment=False)
+        else:
+            batches = self.features["dataset"]("train", self.spec.seed)
+        return batches.repeat() if repeat else batches
+
+    def callbacks(self, append: bool) -> list:
+        import keras
+
+        from zoo.harness.precise_bn import (forward_in_training_mode, precise_bn_callback, trained_batchnorm_layers,
+                                            validation_batches)
+        from zoo.harness.recipes import best_weights_callback, learning_rate_log, tensorboard_callbacks
+
+        train = self.spec.train
+        self.best_weights = best_weights_callback()
+        callbacks = [self.timer, learning_rate_log(), keras.callbacks.TerminateOnNaN()]
+        if train.precise_bn_batches and trained_batchnorm_layers(self.trained_model):
+            # Keras runs validation inside fit before on_epoch_end: this callback's on_test_begin
+            # recalibrates first, so checkpointing, early stopping and schedules judge current statistics.
+            self.validation_calibration_batches = validation_batches(self.steps_per_epoch(), self.runtime.global_batch,
+                                                                     train.precise_bn_batches)
+            self.calibration_forward = forward_in_training_mode(self.trained_model)
+            callbacks.append(precise_bn_callback(lambda: self.calibration_batches(repeat=True),
+                                                 self.validation_calibration_batches, self.calibration_forward))
+        callbacks += [keras.callbacks.CSVLogger(str(self.dir / "history.csv"), append=append),
+                      self.best_weights, *tensorboard_callbacks(self.dir / "tensorboard")]
+        if train.early_stopping:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=train.early_stopping,
+                                                           restore_best_weights=True))
+        if train.lr_schedule == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2,
+                                                               patience=max(1, train.early_stopping // 2 or 2)))
+        return callbacks
+
+    def phase(self, learning_rate, epochs: int, initial_epoch: int = 0) -> int:
+        """Compile and fit for ``epochs``; returns the epochs run (early stopping may end sooner)."""
+        self.compile(learning_rate, epochs)
+        train, val = self.fit_data
+        history = self.trained_model.fit(train, validation_data=val, epochs=initial_epoch + epochs,
+                                         initial_epoch=initial_epoch, steps_per_epoch=self.spec.train.steps_per_epoch,
+                                         class_weight=self.data.class_weight_dict,
+                                         callbacks=self.callbacks(append=initial_epoch > 0), verbose=2)
+        losses = history.history.get("loss", [])
+        if not losses or any(not math.isfinite(v) for v in losses):
+            raise RunFailed(f"the training loss became NaN or infinite at epoch {initial_epoch + len(losses)}; "
+                            f"lower train.learning_rate or check the data")
+        return len(losses)
+
+    def restore_best(self) -> None:
+        best = self.best_weights.weights
+        if best is not None and not self.spec.train.early_stopping:
+            self.trained_model.set_weights(best)  # early stopping already restored the best epoch
+        if self.features is not None:
+            from zoo.harness.features import copy_head_weights
+
+            copy_head_weights(self.trained_model, self.model)
+
+    def recalibrate(self) -> dict:
+        """Population statistics for the trained BatchNorm layers before evaluation, speed
+        measurement and saving (see zoo.harness.precise_bn); what was done, for metrics.json."""
+        from zoo.harness.precise_bn import recalibrate_batchnorm, trained_batchnorm_layers
+
+        batches_wanted = self.spec.train.precise_bn_batches
+        layers = len(trained_batchnorm_layers(self.trained_model)) if batches_wanted else 0
+        start = time.perf_counter()
+        batches = recalibrate_batchnorm(self.trained_model, self.calibration_batches(repeat=False), batches_wanted,
+                                        self.calibration_forward) if layers else 0
+        if batches and self.features is not None:
+            from zoo.harness.features import copy_head_weights
+
+            copy_head_weights(self.trained_model, self.model)
+        return {"batches": batches, "layers": layers, "augmented": False, "seconds": time.perf_counter() - start,
+                "before_validation_batches": self.validation_calibration_batches if layers else 0}
+
+
+def train(spec: RunSpec, runtime: Runtime, data: RunData, model, run_dir: Path) -> Fitted:
+    """The run's training, as its stages say: one phase, or two with fine-tuning; the best epoch's
+    weights restored, precise BatchNorm statistics computed. ``model`` ends trained."""
+    stages = spec.stages()
+    training = _Training(spec, runtime, data, model, run_dir)
+    epochs_run = training.phase(spec.train.learning_rate, stages.epochs)
+    trainable = spec.trainable
+    if stages.finetune_epochs:
+        from zoo.factory import set_trainable
+
+        training.restore_best()
+        set_trainable(model, spec.finetune["trainable"])  # never with cached features (zoo.runspec.features_apply)
+        epochs_run += training.phase(spec.finetune["learning_rate"], stages.finetune_epochs, initial_epoch=epochs_run)
+        trainable = f"{trainable}+finetune {spec.finetune['trainable']}"
+    training.restore_best()
+    precise_bn = training.recalibrate()
+    return Fitted(trained_model=training.trained_model, epochs_run=epochs_run, trainable=trainable, xla=training.xla,
+                  precise_bn=precise_bn, timing=training.timer.summary(), features=training.features)
+
+
+# -- scores -------------------------------------------------------------------------------------------
+def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
+    """The test metrics and predictions of ``predict`` (batch in, NumPy probabilities out) over
+    ``test_data``: the trained model's, or an exported copy's (zoo.harness.deploy)."""
+    from zoo import metrics
+
+    start = time.perf_counter()
+    names, ignore = data.info.class_names, data.info.ignore_classes
+    if data.task == "classification":
+        truth, probabilities = [], []
+        for images, labels in test_data:
+            probabilities.append(predict(images))
+            labels = np.asarray(labels)
+            truth.append(labels.argmax(axis=-1) if labels.ndim == 2 else labels)
+        y_true, y_prob = np.concatenate(truth), np.concatenate(probabilities)
+        eval_seconds = time.perf_counter() - start
+        result = metrics.classification_metrics(y_true, y_prob, names)
+        predictions = {"y_true": y_true, "y_pred": y_prob.argmax(axis=1), "probabilities": y_prob}
+    elif data.task == "segmentation":
+        confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+        masks, predicted, true_props, predicted_props = [], [], [], []
+        for images, batch_masks, _ in test_data:
+            probabilities = predict(images)
+            batch_masks = np.asarray(batch_masks)
+            batch_pred = probabilities.argmax(axis=-1)
+            confusion += metrics.pixel_confusion(batch_masks, batch_pred, len(names))
+            true_props.append(np.stack([np.bincount(m.ravel(), minlength=len(names)) for m in batch_masks]))
+            predicted_props.append(probabilities.mean(axis=(1, 2)))
+            masks.append(batch_masks.astype(np.uint8))
+            predicted.append(batch_pred.astype(np.uint8))
+        eval_seconds = time.perf_counter() - start
+        result = metrics.segmentation_metrics(confusion, names, ignore, np.concatenate(true_props),
+                                              np.concatenate(predicted_props))
+        predictions = {"y_true": np.concatenate(masks), "y_pred": np.concatenate(predicted),
+                       "proportions_true": np.concatenate(true_props),
+                       "proportions_pred": np.concatenate(predicted_props)}
+    else:
+        truth, predicted = [], []
+        for images, proportions in test_data:
+            predicted.append(predict(images))
+            truth.append(np.asarray(proportions))
+        y_true, y_pred = np.concatenate(truth), np.concatenate(predicted)
+        eval_seconds = time.perf_counter() - start
+        result = metrics.distribution_metrics(y_true, y_pred, names, ignore)
+        predictions = {"y_true": y_true, "y_pred": y_pred}
+    result["eval_seconds"] = eval_seconds
+    predictions["example_ids"] = np.array(data.source.example_ids(*data.plan["test"]))
+    return result, predictions
+
+
+def add_uncertainty(data: RunData, result: dict, predictions: dict) -> None:
+    """95 % bootstrap intervals of the test metrics over test examples, and a flag on classes
+    with too few test examples to judge (see zoo.stats)."""
+    from zoo import stats
+
+    info = data.info
+    for metric in stats.INTERVAL_METRICS[data.task]:
+        scores = stats.example_scores(predictions, data.task, metric, info.num_classes, info.ignore_classes)
+        result[f"{metric}_ci_low"], result[f"{metric}_ci_high"] = stats.interval(scores)
+    result["confidence_level"] = stats.CONFIDENCE
+    result["test_examples"] = len(predictions["example_ids"])
+    if data.task == "segmentation":  # tiles showing each class, by name
+        present = (np.asarray(predictions["proportions_true"]) > 0).sum(axis=0)
+        examples = dict(zip(info.class_names, present.tolist()))
+    else:
+        examples = {row["class"]: row["support"] for row in result.get("per_class", [])}
+    for row in result.get("per_class", []):
+        row["test_examples"] = int(examples[row["class"]])
+        row["too_few_to_judge"] = row["test_examples"] < stats.MIN_CLASS_EXAMPLES
+
+
+class ModelPredict:
+    """A model's compiled inference function (zoo.runtime.compiled_predict), traced on first use and
+    then shared by evaluation and the speed measurement."""
+
+    def __init__(self, model):
+        self.model, self._predict = model, None
+
+    def __call__(self, images):
+        if self._predict is None:
+            from zoo.runtime import compiled_predict
+
+            self._predict = compiled_predict(self.model)
+        return self._predict(images)
+
+
+def evaluate(data: RunData, predict_model: ModelPredict, fitted: Fitted) -> tuple[dict, dict]:
+    """Test metrics and predictions: the full model on test images, or, with cached features,
+    the head on the test images' features (the same function of the same images)."""
+    from zoo.runtime import compiled_predict
+
+    if fitted.features is None:
+        predict, test_data = predict_model, data.pipelines["test"]
+    else:
+        predict, test_data = compiled_predict(fitted.trained_model), fitted.features["test"]
+    result, predictions = score(data, predict, test_data)
+    add_uncertainty(data, result, predictions)
+    return result, predictions
+
+
+def smooth(spec: RunSpec, data: RunData, result: dict, predictions: dict) -> None:
+    """Smooth test predictions along their tracks; metrics before stay, after go to 'smoothed'."""
+    from zoo import metrics
+    from zoo.postprocess import estimate_transitions, smooth_tracks
+
+    params = dict(spec.postprocess)
+    method = params.pop("method")
+    source, plan, info = data.source, data.plan, data.info
+    if params.pop("transitions") == "estimate":
+        train = source.tracks(*plan["train"])
+        labels = source.labels(plan["train"][0])
+        labels = labels if plan["train"][1] is None else labels[plan["train"][1]]
+        params["transitions"] = estimate_transitions(labels, train["track_id"], train["position"], info.num_classes)
+    if method == "window":
+        params.pop("switch_penalty"), params.pop("transitions", None)
+    else:
+        params.pop("window")
+    tracks = source.tracks(*plan["test"])
+    smoothed = smooth_tracks(predictions["probabilities"], tracks["track_id"], tracks["position"], method,
+                             point_ids=tracks["point_id"], **params)
+    after = metrics.classification_metrics(predictions["y_true"], np.eye(info.num_classes)[smoothed], info.class_names)
+    result["smoothed"] = {k: after[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1",
+                                                 "per_class", "confusion_matrix")}
+    result["accuracy_smoothed"] = after["accuracy"]
+    predictions["y_pred_smoothed"] = smoothed
+
+
+def measure_speed(spec: RunSpec, runtime: Runtime, data: RunData, predict_model: ModelPredict, cache_dir: Path) -> dict:
+    """Inference images/s and latency, measured once per architecture, input, batch,
+    precision and device within the output folder: a seed or learning rate does not change
+    them, so later runs reuse the first measurement and name the run it came from."""
+    import keras
+
+    from zoo.harness.timing import inference_speed
+
+    shape = spec.input(data.info).shape
+    identity = {"backbone": spec.backbone, "head": spec.head, "backbone_options": spec.backbone_options,
+                "input": list(shape), "classes": data.info.num_classes, "batch_size": runtime.global_batch,
+                "precision": runtime.precision, "device": runtime.device, "replicas": runtime.replicas,
+                "backend": keras.backend.backend(), "keras": keras.__version__}
+    key = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = cache_dir / "speed" / f"{key}.json"
+    try:
+        recorded = json.loads(path.read_text())
+        return {"images_per_second": recorded["images_per_second"], "latency_ms": recorded["latency_ms"],
+                "speed_measured_in": recorded["run_id"]}
+    except (OSError, ValueError, KeyError):
+        pass
+    speed = inference_speed(predict_model, shape, runtime.global_batch)
+    write_json(path, {**speed, "run_id": spec.run_id, "identity": identity})
+    return {**speed, "speed_measured_in": None}
+
+
+# -- a whole run --------------------------------------------------------------------------------------
+@dataclass
+class OpenedRun:
+    """A run's spec, runtime, data and model together: what export and deployment figures work on."""
+
+    dir: Path
+    spec: RunSpec
+    runtime: Runtime
+    data: RunData
+    model: object
+
+    @property
+    def task(self) -> str:
+        return self.data.task
+
+    @property
+    def info(self):
+        return self.data.info
+
+    def score(self, predict, test_data):
+        return score(self.data, predict, test_data)
+
+
+@dataclass
+class Trained:
+    """A trained and scored run, before its folder is completed (:func:`record`)."""
+
+    opened: OpenedRun
+    fitted: Fitted
+    result: dict             # metrics.json's content so far
+    predictions: dict
+
+
+def train_and_score(run_dir: Path, spec: RunSpec, progress: dict) -> Trained:
+    """Every stage of a run up to its scores, writing the run folder's records as it goes;
+    ``progress`` collects what is known so far, for the row of a run that fails midway."""
+    runtime = start_runtime(spec)
+    progress.update(runtime=runtime)
+    write_json(run_dir / "environment.json", environment(runtime))
+    cache_dir = cache_folder(run_dir)
+    data = open_data(spec, runtime.global_batch, cache_dir)
+    record_split(run_dir, spec, data)
+    model = build_run_model(spec, data, runtime)
+    progress.update(model=model)
+    fitted = train(spec, runtime, data, model, run_dir)
+    progress.update(xla=fitted.xla)
+    result = {"precise_bn": fitted.precise_bn}
+    predict_model = ModelPredict(model)
+    evaluation, predictions = evaluate(data, predict_model, fitted)
+    result.update(evaluation)
+    if spec.stages().smooths_tracks:
+        smooth(spec, data, result, predictions)
+    result.update(measure_speed(spec, runtime, data, predict_model, cache_dir))
+    return Trained(OpenedRun(Path(run_dir), spec, runtime, data, model), fitted, result, predictions)
+
+
+def record(trained: Trained) -> dict:
+    """The run folder completed (model.keras, predictions.npz, metrics.json, TensorBoard's hparams);
+    returns the run's results row."""
+    from zoo.harness.recipes import keep_keras_saving_skipsets
+    from zoo.tracking import tensorboard_hparams
+
+    opened, fitted, result = trained.opened, trained.fitted, trained.result
+    model_path = opened.dir / "model.keras"
+    keep_keras_saving_skipsets()
+    opened.model.save(model_path)
+    np.savez_compressed(opened.dir / "predictions.npz", **trained.predictions)
+    result.update(fitted.timing)
+    cache = fitted.features
+    result["features"] = "off" if cache is None else ("reused" if cache["reused"] else "computed")
+    result["feature_seconds"] = None if cache is None else cache["seconds"]
+    result["precise_bn_batches"] = result["precise_bn"]["batches"]
+    write_json(opened.dir / "metrics.json", result)
+    tensorboard_hparams(opened.dir / "tensorboard", opened.spec, result)
+    return results_row(opened.spec, opened.task, "ok", "", result, fitted.epochs_run, fitted.trainable,
+                       {"runtime": opened.runtime, "model": opened.model, "xla": fitted.xla}, model_path)
+
+
+def results_row(spec: RunSpec, task: str, status: str, error: str, result: dict | None, epochs_run: int,
+                trainable: str, progress: dict, model_path: Path | None = None) -> dict:
+    """The run's results row from what is known: for a failed run, whatever stages finished."""
+    from zoo import runtime as backends
+    from zoo.results import run_row
+
+    runtime, model = progress.get("runtime"), progress.get("model")
+    count = lambda weights: int(sum(np.prod(w.shape) for w in weights))  # noqa: E731
+    values = dict(result or {}, trainable=trainable, epochs_run=epochs_run,
+                  batch_size=runtime.global_batch if runtime else None, device=runtime.device if runtime else None,
+                  precision=runtime.precision if runtime else None, xla=progress.get("xla"),
+                  backend=f"{backends.backend()} {backends.backend_version()}")
+    if model is not None:
+        values.update(params=model.count_params(), trainable_params=count(model.trainable_weights))
+    if model_path and model_path.is_file():
+        values["model_megabytes"] = model_path.stat().st_size / 1e6
+    return run_row(spec, task, status, error, values)
+
+
+def reopen(run_dir) -> OpenedRun:
+    """A finished run's runtime, data and model, through the stages that trained it; writes nothing."""
+    from zoo.results import load_run_model
+
+    spec, _, model = load_run_model(run_dir)
+    runtime = start_runtime(spec)
+    return OpenedRun(Path(run_dir), spec, runtime, open_data(spec, runtime.global_batch, cache_folder(run_dir)), model)
