@@ -88,25 +88,29 @@ def test_feature_dataset_serves_every_cached_example_once_per_epoch(tmp_path, mo
 
 
 def test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_splits():
-    from zoo.harness.features import cache_key
+    from dataclasses import replace
 
-    spec = {"dataset": {"name": "d"}, "backbone": "baseline_cnn", "backbone_options": {}, "weights": "none",
-            "seed": 0, "train": {"image_size": 32, "preprocessing": "none"}}
+    from zoo.harness.features import cache_key
+    from zoo.runspec import RunSpec
+
+    spec = RunSpec.from_dict({"run_id": "r", "suite": "s", "dataset": {"name": "d"}, "backbone": "baseline_cnn",
+                              "head": "linear", "weights": "none", "trainable": "frozen", "seed": 0,
+                              "train": {"image_size": 32, "preprocessing": "none"}})
     content = {"train": "train:100"}
     base = cache_key(spec, content, False, "float32")
-    assert base == cache_key({**spec, "dataset": {"name": "d", "split": {"val": 0.3, "test": 0.3}}}, content,
+    assert base == cache_key(replace(spec, dataset={"name": "d", "split": {"val": 0.3, "test": 0.3}}), content,
                              False, "float32")  # carving is per run: the features are the same
-    changed = [cache_key({**spec, "train": {**spec["train"], "image_size": 48}}, content, False, "float32"),
-               cache_key({**spec, "backbone": "mobilenet_v2"}, content, False, "float32"),
-               cache_key({**spec, "train": {**spec["train"], "preprocessing": "equalize"}}, content, False, "float32"),
+    changed = [cache_key(replace(spec, train=replace(spec.train, image_size=48)), content, False, "float32"),
+               cache_key(replace(spec, backbone="mobilenet_v2"), content, False, "float32"),
+               cache_key(replace(spec, train=replace(spec.train, preprocessing="equalize")), content, False, "float32"),
                cache_key(spec, {"train": "train:101"}, False, "float32"),
                cache_key(spec, content, True, "float32"), cache_key(spec, content, False, "mixed_bfloat16")]
     assert base not in changed and len(set(changed)) == len(changed)
     # A random frozen backbone's features follow the seed; pretrained ones do not.
-    assert cache_key({**spec, "seed": 1}, content, False, "float32") != base
-    pretrained = {**spec, "weights": "imagenet"}
-    assert cache_key({**pretrained, "seed": 1}, content, False, "float32") == cache_key(pretrained, content, False,
-                                                                                         "float32")
+    assert cache_key(replace(spec, seed=1), content, False, "float32") != base
+    pretrained = replace(spec, weights="imagenet")
+    assert cache_key(replace(pretrained, seed=1), content, False, "float32") == cache_key(pretrained, content, False,
+                                                                                          "float32")
 
 
 @pytest.fixture(scope="module")
