@@ -35,6 +35,15 @@ class Mutation:
 
 
 MUTATIONS = [
+    Mutation("zoo serve follows a file path out of the run folder", "zoo/serve/study.py",
+             "if not path.is_relative_to(folder) or not path.is_file():", "if not path.is_file():",
+             ("tests/test_serve.py::test_paths_outside_the_served_folder_are_404",)),
+    Mutation("zoo serve lets any token through", "zoo/serve/app.py",
+             "if not given or not hmac.compare_digest(given.encode(), self.token.encode()):", "if not given:",
+             ("tests/test_serve.py::test_a_token_is_required_on_every_request_when_set",)),
+    Mutation("zoo serve shows user text as HTML", "zoo/serve/static/zoo.js",
+             "    name.textContent = answer.name;", "    name.innerHTML = answer.name;",
+             ("tests/test_serve.py::test_browser_escapes_what_users_name",)),
     Mutation("--force is ignored", "zoo/harness/runner.py",
              "if force or (read_result(", "if False or (read_result(",
              ("tests/test_harness.py::test_rerun_skips_finished_runs_and_force_redoes_them",)),

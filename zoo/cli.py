@@ -30,6 +30,7 @@ EXAMPLES = {
     "compare": "zoo compare runs/quickstart RUN_A RUN_B --metric macro_f1",
     "predict": "zoo predict runs/quickstart/runs/RUN_ID photo.jpg more_photos/ --top-k 3",
     "mlflow-sync": "zoo mlflow-sync runs/quickstart --mlflow http://127.0.0.1:5000",
+    "serve": "zoo serve runs/quickstart   (then open http://127.0.0.1:8000)",
     "data": "zoo data info synthetic_terrain",
     "data info": "zoo data info ~/photos/breeds --json",
     "data prepare": "zoo data prepare eurosat_rgb",
@@ -146,6 +147,12 @@ def cmd_mlflow_sync(args) -> int:
     return sync(args.out, uri)
 
 
+def cmd_serve(args) -> int:
+    from zoo.serve import serve
+
+    return serve(args.out, host=args.host, port=args.port, token=args.token, models=args.models)
+
+
 def cmd_plan(args) -> int:
     from pathlib import Path
 
@@ -156,7 +163,8 @@ def cmd_plan(args) -> int:
     from zoo.harness.suite import load_suite
 
     suite = load_suite(args.suite, args.set)
-    return plan_suite(suite, Path(args.out) if args.out else Path("runs") / suite["name"], only=args.only)
+    return plan_suite(suite, Path(args.out) if args.out else Path("runs") / suite["name"], only=args.only,
+                      record=args.record)
 
 
 def cmd_report(args) -> int:
@@ -315,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--out", help="output folder (default: runs/<suite name>)")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     plan.add_argument("--only", metavar="PATTERN")
+    plan.add_argument("--record", action="store_true",
+                      help="keep the estimates in OUT/plan.json, where zoo serve shows them beside the time each "
+                           "run then takes (otherwise the plan writes nothing)")
     plan.set_defaults(func=cmd_plan)
 
     report = commands.add_parser("report", help="write markdown/HTML comparison reports from a results folder")
@@ -366,6 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("out", help="the folder `zoo run` wrote")
     sync.add_argument("--mlflow", metavar="URI", help="tracking server (default: MLFLOW_TRACKING_URI)")
     sync.set_defaults(func=cmd_mlflow_sync)
+
+    serve = commands.add_parser("serve", help="a local web page over output folders: the study live, leaderboards "
+                                              "with budgets, comparisons, and trying a model on your images")
+    serve.add_argument("out", nargs="+", help="folders `zoo run` wrote (runs/<suite>), each served read-only")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: this machine only); any other needs --token")
+    serve.add_argument("--token", help="required on every request (default: ZOO_SERVE_TOKEN); open the printed "
+                                       "address once, the browser keeps it")
+    serve.add_argument("--models", type=int, default=2, help="finished runs' models kept loaded for 'try it'")
+    serve.set_defaults(func=cmd_serve)
 
     from zoo.data.commands import add_data_commands
     from zoo.harness.speed import add_speed_command

@@ -9,6 +9,7 @@ the index, interrupts and storage faults.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shutil
 import signal
@@ -405,17 +406,43 @@ def _write_index(out_dir: Path, all_ids) -> None:
             raise
 
 
-def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log) -> int:
+PLAN_FILE = "plan.json"
+
+
+def _record_plan(out_dir: Path, plan: dict) -> None:
+    """The plan's estimates in OUT/plan.json, merged over earlier plans' (a plan of a few runs with
+    --only keeps the others'); a folder that cannot be written only loses this record."""
+    import datetime
+
+    path = out_dir / PLAN_FILE
+    try:
+        earlier = json.loads(path.read_text()).get("estimates", {})
+    except (OSError, ValueError, AttributeError):
+        earlier = {}
+    estimates = {**earlier, **{r["run_id"]: r["estimate_seconds"] for r in plan["rows"]
+                               if r["estimate_seconds"] is not None}}
+    try:
+        write_json(path, {"device": plan["device"], "estimates": estimates,
+                          "planned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    except OSError:
+        pass
+
+
+def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log, record: bool = False) -> int:
     """``zoo plan`` / ``zoo run --dry-run``: every run with its status and readiness, and time
     estimates for the pending ones; trains nothing and writes nothing but the folder-scan cache
-    the runs reuse. 2 if a run cannot start."""
+    the runs reuse, and with ``record`` OUT/plan.json (the estimates, which ``zoo serve`` shows beside
+    the time each run then takes). 2 if a run cannot start."""
     from zoo.harness.preflight import check_readiness, format_plan, format_problems, make_plan
 
     out_dir = Path(out_dir)
     _, selected = select_runs(suite, only)
     todo = pending_runs(selected, out_dir / "runs", force=False)
     sources, problems = check_readiness(todo, cache_dir=out_dir / "cache")
-    log(format_plan(make_plan(selected, out_dir, sources, problems, log=log)))
+    plan = make_plan(selected, out_dir, sources, problems, log=log)
+    log(format_plan(plan))
+    if record:
+        _record_plan(out_dir, plan)
     if problems:
         log(format_problems(problems))
         return 2

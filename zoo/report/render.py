@@ -83,9 +83,11 @@ def _slug(text) -> str:
 class ReportBuilder:
     def __init__(self, out_dir, report_dir, latency_budget_ms=None, size_budget_mb=None):
         self.out_dir = Path(out_dir)
-        self.report_dir = Path(report_dir)
-        self.figure_dir = self.report_dir / "figures"
-        self.figure_dir.mkdir(parents=True, exist_ok=True)
+        # No report folder (zoo serve): the leaderboards and the recommendation only, nothing written.
+        self.report_dir = Path(report_dir) if report_dir is not None else None
+        self.figure_dir = self.report_dir / "figures" if self.report_dir is not None else None
+        if self.figure_dir is not None:
+            self.figure_dir.mkdir(parents=True, exist_ok=True)
         self.latency_budget_ms = latency_budget_ms
         self.size_budget_mb = size_budget_mb
         self.results, self.left_out = load_runs(out_dir)
