@@ -278,3 +278,32 @@ def test_zoo_runs_reports_predicts_and_measures_on_jax_without_tensorflow(tmp_pa
     assert code == 0 and "resnet50" in output, output[-2000:]
     blocked = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, env=dict(os.environ))
     assert blocked.returncode != 0  # the blocker works: nothing above imported TensorFlow
+
+
+def test_every_backend_trains_with_augmentation_where_tensorflow_is_installed(tmp_path):
+    """Keras's augmentation layers inside tf.data on every backend (they run TensorFlow's ops there), for
+    classification and for segmentation: each run trains."""
+    import pandas as pd
+
+    backends = ["tensorflow"] + [b for b, module in (("jax", "jax"), ("torch", "torch"))
+                                 if importlib.util.find_spec(module) is not None]
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(json.dumps({
+        "name": "augmented", "datasets": ["synthetic_terrain", "synthetic_landcover"], "backbones": ["baseline_cnn"],
+        "heads": ["linear", "fcn"], "train": {"image_size": 32, "batch_size": 8, "epochs": 1, "steps_per_epoch": 2,
+                                              "augment": True, "precise_bn": False, "backend": backends}}))
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "run", str(suite), "--out", str(tmp_path / "out"),
+                             "--no-report"], capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert result.returncode == 0 and (table["status"] == "ok").all(), table[["run_id", "error"]].to_string()
+    assert len(table) == 2 * len(backends)
+
+
+def test_a_failed_run_s_reason_is_the_sentence_that_explains_it():
+    from zoo.harness.worker import describe_error
+
+    wrapped = NotImplementedError(
+        "in user code:\n\n    File \"pipeline.py\", line 128, in None  *\n        lambda images, labels: ...\n\n"
+        "    NotImplementedError: Cannot convert a symbolic tf.Tensor (args_0:0) to a numpy array.\n")
+    assert describe_error(wrapped) == "NotImplementedError: Cannot convert a symbolic tf.Tensor (args_0:0) to a numpy array."
+    assert describe_error(ValueError("plain\nsecond line")) == "ValueError: plain"

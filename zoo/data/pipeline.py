@@ -123,10 +123,16 @@ def build_pipeline(examples, info, options: PipelineOptions, training: bool):
                 lambda example, seed: _segmentation_augment(example[0], example[1], seed),
                 num_parallel_calls=autotune)
         elif step == "augment_batches":
-            augmenter = classification_augmenter(params["seed"])
-            dataset = dataset.batch(params["batch_size"]).map(
-                lambda images, labels: (augmenter(images, training=True), labels), num_parallel_calls=autotune
-            ).unbatch()
+            # Layer by layer: each Keras preprocessing layer switches to TensorFlow's ops inside tf.data,
+            # while a Sequential of them would run the process's own backend (JAX, PyTorch) on graph tensors.
+            layers = classification_augmenter(params["seed"]).layers
+
+            def augment(images, labels):
+                for layer in layers:
+                    images = layer(images, training=True)
+                return images, labels
+
+            dataset = dataset.batch(params["batch_size"]).map(augment, num_parallel_calls=autotune).unbatch()
         elif step in ("extra_preprocessing", "preprocess", "targets"):
             per_example[step] = params
         elif step == "batch":

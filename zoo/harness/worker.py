@@ -28,9 +28,15 @@ from zoo.runspec import RunSpec  # noqa: E402
 
 
 def describe_error(error: BaseException) -> str:
+    """The one-line reason of a failed run: the sentence that says what went wrong. TensorFlow's graph
+    errors put it last, after "in user code:" and the traced frames."""
     name = type(error).__name__
-    text = str(error).strip().splitlines()
+    text = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     message = text[0] if text else ""
+    if message.endswith("in user code:") and len(text) > 1:
+        message = text[-1]
+        if message.startswith(f"{name}: "):
+            message = message[len(name) + 2:]
     if "ResourceExhausted" in name or "OOM" in message or "out of memory" in message.lower():
         return f"out of memory ({name}): lower train.batch_size or train.image_size"
     return f"{name}: {message}"[:500] if not isinstance(error, RunFailed) else message
