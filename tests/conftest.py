@@ -57,7 +57,8 @@ def xdist_groups_hold(request):
 SLOW_MODULES = {"test_ray.py", "test_tracking.py", "test_export.py", "test_hub.py", "test_faults.py",
                 "test_backends.py", "test_backbones.py", "test_batch_predict.py", "test_kept_models.py",
                 "test_performance.py", "test_precise_bn.py", "test_report.py", "test_recommendation.py",
-                "test_training_options.py", "test_console.py", "test_serve.py"}
+                "test_training_options.py", "test_console.py", "test_serve.py",
+                "test_compilation.py"}
 
 
 @pytest.hookimpl(wrapper=True)

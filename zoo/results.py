@@ -83,6 +83,11 @@ RESULT_COLUMNS = {
     "host": "machine (host name) the run executed on; with Ray, the cluster node's",
     "precision": "float32 | mixed_float16 | mixed_bfloat16",
     "xla": "whether the train step was XLA-compiled (train.xla on TensorFlow, always on JAX), as Keras resolved it",
+    "compilations": "XLA compilations the run made, counted by the backend (JAX); 0 when every step came from "
+                    "the output folder's compilation cache; empty on TensorFlow and PyTorch (not counted)",
+    "compile_seconds": "seconds the run spent tracing, lowering and compiling its steps and reading compiled "
+                       "ones from the cache (JAX's own timings; empty where not counted)",
+    "compile_cache_hits": "compiled steps the run took from the output folder's persistent compilation cache (JAX)",
     "backend": "Keras backend the run trained on, with its library's version (e.g. 'tensorflow 2.21.0'); "
                "compare times only between runs with the same backend and device",
     "finished_at": "UTC time the run ended",

@@ -580,10 +580,14 @@ class Trained:
 def train_and_score(run_dir: Path, spec: RunSpec, progress: dict) -> Trained:
     """Every stage of a run up to its scores, writing the run folder's records as it goes;
     ``progress`` collects what is known so far, for the row of a run that fails midway."""
+    from zoo.harness import compilation
+
+    cache_dir = cache_folder(run_dir)
+    compilation.use_persistent_cache(cache_dir)
+    compiled_before = compilation.snapshot()
     runtime = start_runtime(spec)
     progress.update(runtime=runtime)
     write_json(run_dir / "environment.json", environment(runtime))
-    cache_dir = cache_folder(run_dir)
     data = open_data(spec, runtime.global_batch, cache_dir)
     record_split(run_dir, spec, data)
     model = build_run_model(spec, data, runtime)
@@ -597,6 +601,7 @@ def train_and_score(run_dir: Path, spec: RunSpec, progress: dict) -> Trained:
     if spec.stages().smooths_tracks:
         smooth(spec, data, result, predictions)
     result.update(measure_speed(spec, runtime, data, predict_model, cache_dir))
+    result.update(compilation.since(compiled_before))
     return Trained(OpenedRun(Path(run_dir), spec, runtime, data, model), fitted, result, predictions)
 
 

@@ -1,0 +1,80 @@
+"""Compile once per architecture on JAX: the persistent compilation cache of an output folder serves the later
+runs of a sweep (each in its own process here, as on Ray or after a resume), counted by JAX itself, and a
+damaged or unusable cache changes nothing but the time."""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("jax")
+
+SUITE = {"name": "compile_once", "datasets": ["synthetic_terrain"], "backbones": ["baseline_cnn"], "heads": ["linear"],
+         "seeds": [0, 1, 2],
+         "train": {"image_size": 32, "batch_size": 16, "epochs": 1, "steps_per_epoch": 2, "backend": "jax",
+                   "precise_bn": False}}
+
+
+def zoo_run(suite_file, out, *extra):
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "run", str(suite_file), "--out", str(out), "--no-report",
+                             "--isolate", *extra], capture_output=True, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, pd.read_csv(out / "results.csv").sort_values("seed").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compile")
+    suite = root / "suite.yaml"
+    suite.write_text(json.dumps(SUITE))
+    _, table = zoo_run(suite, root / "out")
+    return root, suite, table
+
+
+def test_later_runs_of_a_sweep_compile_nothing_new(sweep):
+    root, _, table = sweep
+    first, later = table.iloc[0], table.iloc[1:]
+    assert first["compilations"] > 0 and first["compile_seconds"] > 0 and first["compile_cache_hits"] == 0
+    assert (later["compilations"] == 0).all() and (later["compile_cache_hits"] > 0).all()
+    assert (later["compile_seconds"] < first["compile_seconds"]).all()
+    compiled = json.loads((root / "out" / "runs" / first["run_id"] / "metrics.json").read_text())["compiled_functions"]
+    assert compiled["jit(train_step)"] == 1  # full batches only (steps_per_epoch): one shape, one compilation
+    assert any((root / "out" / "cache" / "compilation" / "jax").iterdir())
+
+
+def test_a_damaged_cache_is_compiled_again_and_gives_the_same_numbers(sweep, tmp_path):
+    import shutil
+
+    root, suite, table = sweep
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    for entry in (out / "cache" / "compilation" / "jax").rglob("*"):
+        if entry.is_file():
+            entry.write_bytes(b"not an executable")
+    _, again = zoo_run(suite, out, "--force", "--only", table.iloc[1]["run_id"])
+    row = again.set_index("run_id").loc[table.iloc[1]["run_id"]]
+    assert row["status"] == "ok" and row["compilations"] > 0
+    for metric in ("accuracy", "macro_f1", "macro_precision", "macro_recall"):
+        assert row[metric] == table.iloc[1][metric]
+
+
+def test_an_unusable_cache_folder_warns_once_and_the_run_compiles_without_it(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(json.dumps({**SUITE, "seeds": [0]}))
+    out = tmp_path / "out"
+    (out / "cache").mkdir(parents=True)
+    (out / "cache" / "compilation").write_text("a file where the cache folder belongs")
+    result, table = zoo_run(suite, out)
+    assert table.iloc[0]["status"] == "ok" and table.iloc[0]["compile_cache_hits"] == 0
+    assert result.stderr.count("the compilation cache") == 1 and "compiles without it" in result.stderr
+
+
+def test_tensorflow_rows_leave_the_compile_columns_empty(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(json.dumps({**SUITE, "seeds": [0], "train": {**SUITE["train"], "backend": "tensorflow"}}))
+    _, table = zoo_run(suite, tmp_path / "out")
+    assert table.iloc[0]["status"] == "ok"
+    assert table[["compilations", "compile_seconds", "compile_cache_hits"]].isna().all().all()
