@@ -167,6 +167,8 @@ class RunSpec:
         except (OSError, ValueError) as error:
             raise DataError(f"{path} cannot be read ({str(error).splitlines()[0]}): {redo}") from None
         try:
+            if not isinstance(values, dict):
+                raise TypeError(f"a JSON {type(values).__name__}, not an object")
             return cls.from_dict(values)
         except TypeError as error:  # a required key missing, or not an object at all
             raise DataError(f"{path} is not a run description ({error}): {redo}") from None

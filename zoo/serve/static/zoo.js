@@ -111,7 +111,7 @@ function showAnswers(container, answers) {
     const div = document.createElement("div");
     div.className = "answer";
     const name = document.createElement("strong");
-    name.innerHTML = answer.name;
+    name.textContent = answer.name;
     div.appendChild(name);
     if (answer.error) {
       const error = document.createElement("span");
