@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import signal
 import subprocess
 import sys
 import time
@@ -166,6 +167,12 @@ def main() -> int:
     parser.add_argument("--csv", help="write the outcomes to this CSV file")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for one mutation's tests")
     args = parser.parse_args()
+
+    def stop(signum, frame):  # a stopped run puts the mutated file back too (apply's finally)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     chosen = [m for m in MUTATIONS if not args.only or args.only in m.name]
     rows = []
     for mutation in chosen:
