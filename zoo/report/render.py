@@ -296,13 +296,20 @@ class ReportBuilder:
         sentences.append(f"Its times were measured on {best['timed_on']}.")
         return sentences
 
-    def dataset_section(self, dataset: str, frame: pd.DataFrame) -> dict:
+    def ranked(self, frame: pd.DataFrame) -> dict:
+        """One dataset's rows ranked: its task, headline metric and direction, its successful runs and
+        the leaderboard with each row's interval and paired verdict against the best."""
         task = "classification" if (frame["task"] == "classification").all() else "segmentation"
         metric = headline_metric(task)
         higher = METRICS.get(metric).higher_is_better
         ok = frame[frame["status"] == "ok"]
         board = self.leaderboard(ok, metric, higher)
         self.add_significance(board, metric)
+        return {"task": task, "metric": metric, "higher_is_better": higher, "ok": ok, "board": board}
+
+    def dataset_section(self, dataset: str, frame: pd.DataFrame) -> dict:
+        ranked = self.ranked(frame)
+        task, metric, higher, ok, board = (ranked[k] for k in ("task", "metric", "higher_is_better", "ok", "board"))
         runs = []
         histories = {}
         # One confusion matrix per model, its seeds' test predictions pooled, beside its first run.

@@ -206,8 +206,7 @@ class Study:
     def _builder(self):
         """zoo.report's ReportBuilder over results.csv, its leaderboards and significance computed once
         per version of results.csv (the budgets only change the recommendation)."""
-        from zoo.report.render import ReportBuilder, headline_metric
-        from zoo.metrics import METRICS
+        from zoo.report.render import ReportBuilder
 
         key = _stat_key(self.root / "results.csv")
         with self._lock:
@@ -217,15 +216,10 @@ class Study:
         builder = ReportBuilder(self.root, report_dir=None)
         sections = []
         for dataset, frame in builder.results.groupby("dataset", sort=False):
-            task = "classification" if (frame["task"] == "classification").all() else "segmentation"
-            metric = headline_metric(task)
-            higher = METRICS.get(metric).higher_is_better
-            ok = frame[frame["status"] == "ok"]
-            board = builder.leaderboard(ok, metric, higher)
-            builder.add_significance(board, metric)
+            ranked = builder.ranked(frame)  # the report's own ranking and significance
             failed = [{"run_id": r["run_id"], "error": r["error"]} for _, r in frame[frame["status"] != "ok"].iterrows()]
-            sections.append({"name": dataset, "task": task, "metric": metric, "higher_is_better": higher,
-                             "board": board, "failed": failed})
+            sections.append({"name": dataset, "failed": failed,
+                             **{k: ranked[k] for k in ("task", "metric", "higher_is_better", "board")}})
         cached = (builder, sections)
         with self._lock:
             self._boards = {key: cached}
