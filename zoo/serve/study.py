@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from zoo.errors import DataError
+from zoo.export import FORMATS
+from zoo.runspec import RunSpec
 
 
 class NotServed(LookupError):
@@ -265,16 +267,15 @@ class Study:
 
         result = read("result.json") or {}
         metrics = read("metrics.json") or {}
-        spec = read("run.json") or {}
         if not result:
             problems.append("result.json is missing: the run did not finish")
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                        if p.is_file() and "tensorboard" not in p.relative_to(folder).parts)
         deployments = [{"format": name, **{k: result.get(f"{name}_{k}") for k in (
                             "quantize", "megabytes", "latency_ms", "accuracy", "accuracy_drop", "error")}}
-                       for name in ("savedmodel", "tflite", "onnx")
+                       for name in FORMATS
                        if result.get(f"{name}_megabytes") is not None or result.get(f"{name}_error")]
-        return {"run_id": run_id, "result": result, "metrics": metrics, "spec": spec, "problems": problems,
+        return {"run_id": run_id, "result": result, "metrics": metrics, "problems": problems,
                 "files": files, "deployments": deployments, "has_model": (folder / "model.keras").is_file(),
                 "task": result.get("task") or "classification"}
 
@@ -350,12 +351,11 @@ class Study:
         (opened without the output folder's cache, so nothing is written); None where the dataset
         cannot be read here (a tensorflow-datasets source without TensorFlow, a moved folder)."""
         folder = self.run_dir(run_id)
-        spec = _read_json(folder / "run.json")
         split = _read_json(folder / "split.json") or {}
         try:
             with np.load(folder / "split_indices.npz") as loaded:
                 indices = loaded["test"]
-            source = self._source(spec["dataset"])
+            source = self._source(RunSpec.load(folder).dataset)
             if not 0 <= index < len(indices):
                 raise NotServed(str(index))
             arrays = source.example_arrays((split.get("sources") or {}).get("test", "train"))
