@@ -29,7 +29,7 @@ def plain_keras(backbone, size, epochs, batch):
     from zoo import build_model
     from zoo.backbones import BACKBONES
     from zoo.data import open_source
-    from zoo.data.pipeline import build_pipeline
+    from zoo.data.pipeline import input_pipeline
     from zoo.data.steps import PipelineOptions
     from zoo.data.splits import plan_splits
 
@@ -37,8 +37,8 @@ def plain_keras(backbone, size, epochs, batch):
     source = open_source("synthetic_terrain")
     plan = plan_splits(source.info.splits, None, 0, {"train": source.labels("train")})
     options = dict(image_size=size, batch_size=batch, preprocessing=BACKBONES.get(backbone).preprocessing, seed=0)
-    train = build_pipeline(source.examples("train", plan["train"][1]), source.info, PipelineOptions(**options), True)
-    val = build_pipeline(source.examples("train", plan["val"][1]), source.info, PipelineOptions(**options), False)
+    train = input_pipeline(source, "train", plan["train"][1], source.info, PipelineOptions(**options), True)
+    val = input_pipeline(source, "train", plan["val"][1], source.info, PipelineOptions(**options), False)
     model = build_model(backbone, "linear", source.info.num_classes, (size, size, 3))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], jit_compile=False)

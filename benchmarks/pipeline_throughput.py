@@ -1,41 +1,46 @@
-"""Input-pipeline throughput (images/s) for a dataset at a given size and batch.
+"""Input-pipeline throughput (images/s) for a dataset at a given size and batch, after the decoded
+cache is built, and what building it cost.
 
-    python benchmarks/pipeline_throughput.py synthetic_terrain --size 64 --batch 64 [--augment]
+    python benchmarks/pipeline_throughput.py synthetic_terrain --size 224 --batch 64 [--augment]
     python benchmarks/pipeline_throughput.py /path/to/folder --size 224 --batch 32
-    python benchmarks/pipeline_throughput.py synthetic_terrain --model baseline_cnn   # also the ratio
+    python benchmarks/pipeline_throughput.py synthetic_terrain --model mobilenet_v2   # also the ratio
 
-Both executors of the one pipeline description are timed: tf.data (where TensorFlow is
-installed) and the PyDataset of NumPy batches used without it (through Keras's own reader, as
-fit reads it). With --model it also times the model's training steps on one fixed batch, on
-this process's Keras backend (KERAS_BACKEND), and prints the ratio pipeline / model per path:
->= 3 means the input never starves training.
+Three figures, each over ``--batches`` batches after warm-up:
+- ``host``: what the host does per batch in the steady state (stored rows gathered by index, the
+  augmentation drawn): the rate at which it can feed an accelerator;
+- ``delivered``: whole batches as ``model.fit`` reads them (Keras's PyDataset reader and its worker
+  threads), the on-device preparation (zoo.data.prepare) included: on a CPU that preparation runs
+  on the same cores as everything else;
+- with ``--model``, the model's training steps on one fixed batch on this process's backend, and
+  the ratios input / training (>= 3: the input never starves training).
+Rows go to ``--csv`` (appended) with device, backend, precision and whether TensorFlow is importable.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
+import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def time_batches(batches, count: int) -> float:
-    """Images/s of ``count`` batches from an endless iterator, after three warm-up batches."""
-    iterator = iter(batches)
-    first = next(iterator)
-    for _ in range(2):  # warm-up: tracing, thread pools
-        next(iterator)
-    size = len(first[0])
+def rate(next_batch, count: int, size: int, warmup: int = 3) -> float:
+    """Images/s of ``count`` calls of ``next_batch`` after ``warmup`` calls (tracing, thread pools)."""
+    for _ in range(warmup):
+        next_batch()
     start = time.perf_counter()
     for _ in range(count):
-        next(iterator)
+        next_batch()
     return count * size / (time.perf_counter() - start)
 
 
-def endless_array_batches(batches):
-    """The array pipeline's batches as Keras's fit reads them: its worker threads fetch ahead."""
+def fit_reader(batches):
+    """The pipeline's batches as Keras's fit reads them: its worker threads fetch ahead."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
     adapter = PyDatasetAdapter(batches, shuffle=False)
@@ -52,62 +57,76 @@ def main() -> int:
     parser.add_argument("--augment", action="store_true")
     parser.add_argument("--batches", type=int, default=30, help="batches timed after warm-up")
     parser.add_argument("--model", help="backbone to time training steps of (with the linear or fcn head)")
-    parser.add_argument("--path", choices=["both", "tf.data", "arrays"], default="both",
-                        help="which executor of the pipeline: tf.data, the PyDataset used without TensorFlow, or both "
-                             "(tf.data only where TensorFlow is installed)")
+    parser.add_argument("--cache-dir", help="where the decoded cache goes (default: a temporary folder)")
+    parser.add_argument("--csv", default="reports/pipeline_throughput.csv", help="rows appended here ('' for none)")
     args = parser.parse_args()
 
     import keras
-    import numpy as np
 
     from zoo.data import open_source
-    from zoo.data.pipeline import build_pipeline
+    from zoo.data.pipeline import input_pipeline
     from zoo.data.steps import PipelineOptions
     from zoo.runtime import backend, backend_version, describe_device, has_tensorflow
 
     entry = ({"name": Path(args.dataset).name, "source": "folder", "path": args.dataset}
              if Path(args.dataset).exists() else args.dataset)
     source = open_source(entry)
-    options = PipelineOptions(image_size=args.size, batch_size=args.batch, augment=args.augment, cache=None)
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="zoo-input-")
+    options = PipelineOptions(image_size=args.size, batch_size=args.batch, augment=args.augment,
+                              cache_root=cache_dir)
     if args.model:
         from zoo.backbones import BACKBONES
 
         options.preprocessing = BACKBONES.get(args.model).preprocessing
-    paths = ["tf.data", "arrays"] if args.path == "both" else [args.path]
-    if "tf.data" in paths and not has_tensorflow():
-        print("tf.data: TensorFlow is not installed here; timing the array pipeline only")
-        paths.remove("tf.data")
-    print(f"device: {describe_device()}; float32; Keras {keras.__version__} on {backend()} {backend_version()}")
-    rates = {}
-    for path in paths:
-        if path == "tf.data":
-            batches = build_pipeline(source.examples("train"), source.info, options, training=True).repeat()
-        else:
-            from zoo.data.array_pipeline import build_array_pipeline
+    device = describe_device()
+    where = f"Keras {keras.__version__} on {backend()} {backend_version()}, TensorFlow importable: {has_tensorflow()}"
+    print(f"device: {device}; float32; {where}")
+    start = time.perf_counter()
+    batches = input_pipeline(source, "train", None, source.info, options, training=True)
+    build_seconds = time.perf_counter() - start
+    print(f"decoded cache ({batches.input_cache}): {source.info.splits['train']} images in {build_seconds:.1f} s "
+          f"-> {cache_dir}")
+    count = len(batches)
+    calls = iter(range(10**9))
 
-            batches = endless_array_batches(build_array_pipeline(source.example_arrays("train"), source.info,
-                                                                 options, training=True))
-        rates[path] = time_batches(batches, args.batches)
-        print(f"pipeline  {path:8} {source.info.name} {args.size}px batch {args.batch} augment={args.augment}: "
-              f"{rates[path]:,.0f} images/s")
+    def host():
+        index = next(calls) % count
+        batches.host_batch(batches.order[index * args.batch:(index + 1) * args.batch], 0, index)
+
+    rates = {"host": rate(host, args.batches, args.batch)}
+    reader = fit_reader(batches)
+    rates["delivered"] = rate(lambda: next(reader), args.batches, args.batch)
+    for name, value in rates.items():
+        print(f"pipeline {name:9} {source.info.name} {args.size}px batch {args.batch} augment={args.augment}: "
+              f"{value:,.0f} images/s")
+    model_rate = None
     if args.model:
         from zoo import build_model
-        from zoo.data.array_pipeline import build_array_pipeline
 
         head = "linear" if source.info.task == "classification" else "fcn"
         model = build_model(args.model, head, source.info.num_classes, (args.size, args.size, source.info.channels))
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        fixed = build_array_pipeline(source.example_arrays("train"), source.info, options, training=True)[0]
-        images, targets = np.asarray(fixed[0]), np.asarray(fixed[1])  # the model alone: no input cost
-        for _ in range(3):
-            model.train_on_batch(images, targets)
-        start = time.perf_counter()
-        for _ in range(args.batches):
-            model.train_on_batch(images, targets)
-        model_rate = args.batches * len(images) / (time.perf_counter() - start)
+        fixed = batches[0]
+        images, targets = keras.ops.convert_to_numpy(fixed[0]), keras.ops.convert_to_numpy(fixed[1])
+        model_rate = rate(lambda: model.train_on_batch(images, targets), args.batches, len(images))
         print(f"training  {args.model}/{head} float32: {model_rate:,.0f} images/s")
-        for path, rate in rates.items():
-            print(f"ratio pipeline/training, {path}: {rate / model_rate:.1f}x (target >= 3)")
+        for name, value in rates.items():
+            print(f"ratio input/training, {name}: {value / model_rate:.1f}x (target >= 3)")
+    if args.csv:
+        path = Path(args.csv)
+        fresh = not path.is_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", newline="") as stream:
+            writer = csv.writer(stream)
+            if fresh:
+                writer.writerow(["date", "device", "backend", "tensorflow_importable", "precision", "dataset", "size",
+                                 "batch", "augment", "cache_build_seconds", "host_images_per_second",
+                                 "delivered_images_per_second", "model", "model_train_images_per_second"])
+            writer.writerow([datetime.now(timezone.utc).strftime("%Y-%m-%d"), device,
+                             f"{backend()} {backend_version()}", has_tensorflow(), "float32", source.info.name,
+                             args.size, args.batch, args.augment, round(build_seconds, 2), round(rates["host"]),
+                             round(rates["delivered"]), args.model or "",
+                             "" if model_rate is None else round(model_rate)])
     return 0
 
 

@@ -83,9 +83,9 @@ def test_run_json_has_one_reader():
 
 def test_lower_floors_do_not_import_the_harness():
     graph = import_graph()
-    for module in ("zoo.errors", "zoo.runspec", "zoo.weights", "zoo.layers", "zoo.factory", "zoo.data.steps", "zoo.data.pipeline",
-                   "zoo.data.array_pipeline", "zoo.backbones.hub", "zoo.console", "zoo.export", "zoo.results",
-                   "zoo.heads"):
+    for module in ("zoo.errors", "zoo.runspec", "zoo.weights", "zoo.layers", "zoo.factory", "zoo.data.steps",
+                   "zoo.data.pipeline", "zoo.data.decoded", "zoo.data.prepare", "zoo.backbones.hub", "zoo.console",
+                   "zoo.export", "zoo.results", "zoo.heads"):
         upward = {m for m in graph[module] if m.startswith(("zoo.harness", "zoo.report", "zoo.cli"))}
         assert not upward, f"{module} imports {sorted(upward)} from a floor above it"
 

@@ -110,11 +110,11 @@ class Predictor:
         self.filesystem = None
 
     def prepare(self, location: str):
-        """One input as the model's input array and its original (height, width); raises
+        """One input as a stored row (resized and stored as the run's decoded cache stores it: what
+        :meth:`model_inputs` turns into the model's input) and its original (height, width); raises
         ValueError with the reason when it cannot be."""
-        from zoo.data.array_pipeline import apply_extra_preprocessing, resize_bilinear
+        from zoo.data.decoded import stored_image
         from zoo.data.folder import read_image, to_dataset_scale
-        from zoo.preprocessing import preprocess
 
         try:
             if _is_remote(location) and self.filesystem is None:
@@ -129,11 +129,17 @@ class Predictor:
             if array.shape[-1] != 1:
                 raise ValueError(f"has {array.shape[-1]} channels; the model expects {channels}")
             array = np.repeat(array, channels, axis=-1)
-        # The training pipeline's resize (TensorFlow's bilinear, in NumPy: no TensorFlow needed here).
-        image = resize_bilinear(array * np.float32(255.0 / self.input.max_pixel_value), self.input.image_size)
-        if self.input.study_steps:
-            image = apply_extra_preprocessing(image, list(self.input.study_steps))
-        return np.asarray(preprocess(image, self.input.backbone_preprocessing), dtype=np.float32), array.shape[:2]
+        return stored_image(array, self.input.image_size, self.input.max_pixel_value), array.shape[:2]
+
+    def model_inputs(self, rows: np.ndarray):
+        """Stored rows (N, S, S, C) as the model's input: the training pipeline's own function
+        (zoo.data.prepare), on the backend's device."""
+        from zoo.data.prepare import Preparation
+
+        preparation = Preparation(max_pixel_value=float(self.input.max_pixel_value),
+                                  study_steps=tuple(self.input.study_steps),
+                                  preprocessing=self.input.backbone_preprocessing)
+        return preparation.images(rows)
 
     def answer(self, locations, top_k: int = 5, mask_dir=None, threads: int = DECODE_THREADS) -> list[dict]:
         """One answer per location, in order: ``path``, ``label`` (top-1 class), ``probability``,
@@ -156,7 +162,8 @@ class Predictor:
             for index in range(len(locations)):
                 attempt(index)
         good = [i for i, item in enumerate(prepared) if not isinstance(item, ValueError)]
-        outputs = np.asarray(self.model.predict_on_batch(np.stack([prepared[i][0] for i in good]))) if good else []
+        outputs = (np.asarray(self.model.predict_on_batch(self.model_inputs(np.stack([prepared[i][0] for i in good]))))
+                   if good else [])
         answers = [{"path": location, "label": None, "probability": None, "top_k": None, "error": str(item)}
                    if isinstance(item, ValueError) else None for location, item in zip(locations, prepared)]
         for output, index in zip(outputs, good):

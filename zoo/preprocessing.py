@@ -29,7 +29,7 @@ def _per_channel(rgb_values: np.ndarray, channels: int) -> np.ndarray:
 def preprocess(images, mode: str):
     """Apply preprocessing ``mode`` (caffe | tf | torch | clip | model) to a batch or single image.
 
-    Works on NumPy arrays and TensorFlow tensors (inside tf.data) alike.
+    Works on NumPy arrays and on any Keras backend's tensors (zoo.data.prepare runs it on the device).
     """
     channels = int(images.shape[-1])
     if mode == "model":
@@ -39,7 +39,7 @@ def preprocess(images, mode: str):
     if mode in ("torch", "clip"):
         mean = _per_channel(IMAGENET_MEAN_RGB if mode == "torch" else CLIP_MEAN_RGB, channels)
         std = _per_channel(IMAGENET_STD_RGB if mode == "torch" else CLIP_STD_RGB, channels)
-        return (images / 255.0 - mean) / std
+        return (images / 255.0 - _constant(images, mean)) / _constant(images, std)
     if mode == "caffe":
         if channels >= 3:
             # Caffe models were trained on BGR: swap the first three channels.
@@ -48,13 +48,22 @@ def preprocess(images, mode: str):
             mean = np.concatenate([CAFFE_MEAN_BGR, np.full(channels - 3, CAFFE_MEAN_BGR.mean(), np.float32)])
         else:
             mean = np.full(channels, CAFFE_MEAN_BGR.mean(), dtype=np.float32)
-        return images - mean
+        return images - _constant(images, mean)
     raise ValueError(f"unknown preprocessing mode {mode!r}; expected caffe, tf, torch, clip or model")
+
+
+def _constant(images, values: np.ndarray):
+    """``values`` as an operand of ``images``: NumPy for NumPy, else the backend's tensor."""
+    if isinstance(images, np.ndarray):
+        return values
+    import keras
+
+    return keras.ops.convert_to_tensor(values)
 
 
 def _gather_channels(images, order):
     if isinstance(images, np.ndarray):
         return images[..., order]
-    import tensorflow as tf
+    import keras
 
-    return tf.gather(images, order, axis=-1)
+    return keras.ops.take(images, np.asarray(order, dtype=np.int32), axis=-1)

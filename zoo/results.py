@@ -88,6 +88,8 @@ RESULT_COLUMNS = {
     "compile_seconds": "seconds the run spent tracing, lowering and compiling its steps and reading compiled "
                        "ones from the cache (JAX's own timings; empty where not counted)",
     "compile_cache_hits": "compiled steps the run took from the output folder's persistent compilation cache (JAX)",
+    "input_cache": "where the run's images came from: built (decoded into the output folder's cache by this run), "
+                   "reused (decoded once by an earlier run), off (decoded every epoch: train.cache none, or no room)",
     "backend": "Keras backend the run trained on, with its library's version (e.g. 'tensorflow 2.21.0'); "
                "compare times only between runs with the same backend and device",
     "finished_at": "UTC time the run ended",

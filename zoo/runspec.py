@@ -34,7 +34,8 @@ class TrainSettings:
     xla: bool = False                 # XLA-compile the train step on TensorFlow (JAX always does)
     backend: str | None = None        # tensorflow | jax | torch: the Keras backend of the run's process;
                                       # None: the one zoo runs on (KERAS_BACKEND, else Keras's configured one)
-    cache: str = "none"               # none | memory | disk: cache decoded, resized images
+    cache: str = "auto"               # auto | memory | disk | none: the decoded-once image cache (zoo.data.decoded)
+    input_memory_gb: object = None    # decoded rows held in memory (auto) up to this many GB; None: a quarter of RAM
     cache_features: object = "auto"   # auto | true | false: train heads on cached frozen-backbone features
     steps_per_epoch: int | None = None  # cap batches per epoch (quick checks); None = whole split
     batchnorm_momentum: float | None = None  # None keeps each model's own

@@ -30,8 +30,8 @@ def installed(module: str) -> bool:
 
 
 def has_tensorflow() -> bool:
-    """Whether TensorFlow is installed: zoo then feeds every backend through tf.data and writes
-    TensorBoard logs; without it, through zoo.data.array_pipeline and without TensorBoard."""
+    """Whether TensorFlow is installed: zoo then writes TensorBoard logs and can read
+    tensorflow-datasets datasets; the input pipeline is the same either way (zoo.data.pipeline)."""
     return installed("tensorflow")
 
 

@@ -1,161 +1,119 @@
-"""The input pipeline run by tf.data: zoo.data.steps describes it, this module executes it (and, without
-TensorFlow, :func:`input_pipeline` hands the same description to zoo.data.array_pipeline).
+"""The input pipeline, one for every backend, with TensorFlow installed or not.
 
-scale to 0-255 -> resize -> [cache] -> shuffle -> augment -> optional study preprocessing
--> the backbone's preprocessing -> batch -> prefetch. Augmentation runs on 0-255 values,
-before the backbone's preprocessing, because Keras's contrast augmentation clips to that
-range. Everything streams: memory does not grow with the dataset unless ``cache="memory"``.
+The host reads stored rows (zoo.data.decoded: decoded, resized and stored as integers once per
+suite) by index, whole batches at once, in an order drawn from the run's seed and the epoch, and
+draws the batch's augmentation from the same seed; one compiled function on the backend's device
+(zoo.data.prepare) does the rest. The same seed gives the same batches on TensorFlow, JAX and
+PyTorch. Batches come as a ``keras.utils.PyDataset``, assembled by worker threads (JAX and PyTorch
+do not survive a fork).
 """
 from __future__ import annotations
 
+import math
+
+import keras
 import numpy as np
 
-from zoo.data.steps import EXTRA_PREPROCESSING, PipelineOptions, classification_augmenter, pipeline_steps
+from zoo.data.steps import PipelineOptions
 
 
-def equalize_histogram(image):
-    """Per-channel histogram equalisation of a 0-255 float image."""
-    import tensorflow as tf
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches of ``count`` rows made by ``make_batch(positions, epoch, index)``, in order or, with
+    ``shuffle_seed``, in a new permutation each epoch drawn from the seed and the epoch.
+    Iterating it yields one epoch; ``repeat()`` yields epochs without end."""
 
-    def one_channel(channel):
-        values = tf.clip_by_value(tf.cast(channel, tf.int32), 0, 255)
-        histogram = tf.math.bincount(tf.reshape(values, [-1]), minlength=256, maxlength=256, dtype=tf.float32)
-        cdf = tf.cumsum(histogram)
-        cdf_min = tf.reduce_min(tf.boolean_mask(cdf, cdf > 0))
-        lookup = (cdf - cdf_min) / tf.maximum(cdf[-1] - cdf_min, 1.0) * 255.0
-        return tf.gather(tf.clip_by_value(lookup, 0, 255), values)
+    def __init__(self, count: int, batch_size: int, make_batch, shuffle_seed: int | None = None,
+                 workers: int | None = None):
+        from zoo.runtime import logical_cpus
 
-    channels = tf.unstack(image, axis=-1)
-    return tf.stack([one_channel(c) for c in channels], axis=-1)
+        super().__init__(workers=workers or max(1, min(8, logical_cpus())), use_multiprocessing=False,
+                         max_queue_size=8)
+        self.count, self.batch_size, self.make_batch = count, batch_size, make_batch
+        self.shuffle_seed, self.epoch = shuffle_seed, 0
+        self.order = self._order()
 
+    def _order(self) -> np.ndarray:
+        if self.shuffle_seed is None:
+            return np.arange(self.count)
+        return np.random.default_rng([self.shuffle_seed, self.epoch]).permutation(self.count)
 
-def apply_extra_preprocessing(image, steps):
-    """The dog-breed study's optional preprocessing, on one 0-255 image (H, W, C)."""
-    import tensorflow as tf
+    def __len__(self) -> int:
+        return math.ceil(self.count / self.batch_size)
 
-    for step in steps:
-        if step == "grayscale":
-            grey = tf.image.rgb_to_grayscale(image[..., :3]) if image.shape[-1] >= 3 else image[..., :1]
-            image = tf.repeat(grey, image.shape[-1], axis=-1)  # keep the channel count the model expects
-        elif step == "equalize":
-            image = equalize_histogram(image)
-        elif step == "whiten":
-            # Per-image standardisation, re-expressed around 127.5 with spread 64 so the
-            # backbone's own preprocessing still sees the range it expects.
-            mean, variance = tf.nn.moments(image, axes=[0, 1], keepdims=True)
-            image = (image - mean) / tf.sqrt(variance + 1e-6) * 64.0 + 127.5
-        else:
-            raise ValueError(f"unknown preprocessing step {step!r}; expected one of {EXTRA_PREPROCESSING}")
-    return image
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.make_batch(self.order[index * self.batch_size:(index + 1) * self.batch_size], self.epoch, index)
 
+    def __iter__(self):
+        for index in range(len(self)):
+            yield self[index]
 
-def _segmentation_augment(image, mask, seed_pair):
-    """Flips and 90-degree rotations, applied identically to image and mask (exact for masks)."""
-    import tensorflow as tf
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self._order()
 
-    seeds = tf.random.experimental.stateless_split(seed_pair, 3)
-    flip_lr = tf.random.stateless_uniform([], seeds[0]) < 0.5
-    flip_ud = tf.random.stateless_uniform([], seeds[1]) < 0.5
-    turns = tf.random.stateless_uniform([], seeds[2], maxval=4, dtype=tf.int32)
-    mask = mask[..., None]
-    image = tf.where(flip_lr, tf.image.flip_left_right(image), image)
-    mask = tf.where(flip_lr, tf.image.flip_left_right(mask), mask)
-    image = tf.where(flip_ud, tf.image.flip_up_down(image), image)
-    mask = tf.where(flip_ud, tf.image.flip_up_down(mask), mask)
-    return tf.image.rot90(image, turns), tf.image.rot90(mask, turns)[..., 0]
+    def repeat(self):
+        """Epochs without end, reshuffled between them."""
+        while True:
+            yield from self
+            self.on_epoch_end()
 
 
-def input_pipeline(source, split, indices, info, options: PipelineOptions, training: bool):
-    """Batches of ``split`` (rows ``indices``) for ``model.fit``: tf.data where TensorFlow is
-    installed (every Keras backend accepts it), else zoo.data.array_pipeline's PyDataset."""
-    from zoo.runtime import has_tensorflow
+def preparation_for(info, options: PipelineOptions):
+    """The on-device preparation (zoo.data.prepare.Preparation) a run's options ask for."""
+    from zoo.data.prepare import Preparation
 
-    if has_tensorflow():
-        return build_pipeline(source.examples(split, indices), info, options, training)
-    from zoo.data.array_pipeline import build_array_pipeline
-
-    return build_array_pipeline(source.example_arrays(split, indices), info, options, training)
-
-
-def build_pipeline(examples, info, options: PipelineOptions, training: bool):
-    """Batches ready for ``model.fit`` from a source's tf.data (image, target) examples, following
-    :func:`pipeline_steps`.
-
-    Yields (images, labels) for classification, (images, masks, pixel_weights) for
-    segmentation (ignored classes weigh 0), (images, proportions) for the distribution head.
-    """
-    import tensorflow as tf
-
-    from zoo.preprocessing import preprocess
-
-    autotune = tf.data.AUTOTUNE
-    dataset = examples
-    per_example = {}  # the steps after any batch augmentation, run in one map
-
-    def finish(image, target):
-        if "extra_preprocessing" in per_example:
-            image = apply_extra_preprocessing(image, per_example["extra_preprocessing"]["steps"])
-        image = preprocess(image, per_example["preprocess"]["mode"])
-        targets = per_example["targets"]
-        kind, num_classes = targets["kind"], targets["num_classes"]
-        pixel_weights = tf.constant(targets["pixel_weights"], tf.float32)
-        if kind == "proportions":
-            counts = tf.math.bincount(tf.reshape(target, [-1]), minlength=num_classes, maxlength=num_classes,
-                                      dtype=tf.float32)
-            counts = counts * tf.cast(pixel_weights > 0, tf.float32)
-            return image, counts / tf.maximum(tf.reduce_sum(counts), 1.0)
-        if kind == "masks":
-            return image, target, tf.gather(pixel_weights, target)
-        if kind == "one_hot":
-            return image, tf.one_hot(target, num_classes)
-        return image, target
-
-    for step, params in pipeline_steps(info, options, training):
-        if step == "scale_resize":
-            dataset = dataset.map(_tf_scale_resize(**params), num_parallel_calls=autotune)
-        elif step == "cache":
-            dataset = dataset.cache() if params["where"] == "memory" else dataset.cache(str(params["where"]))
-        elif step == "shuffle":
-            dataset = dataset.shuffle(params["buffer"], seed=params["seed"], reshuffle_each_iteration=True)
-        elif step == "augment_pairs":
-            seeds = tf.data.Dataset.random(seed=params["seed"]).batch(2)
-            dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-                lambda example, seed: _segmentation_augment(example[0], example[1], seed),
-                num_parallel_calls=autotune)
-        elif step == "augment_batches":
-            # Layer by layer: each Keras preprocessing layer switches to TensorFlow's ops inside tf.data,
-            # while a Sequential of them would run the process's own backend (JAX, PyTorch) on graph tensors.
-            layers = classification_augmenter(params["seed"]).layers
-
-            def augment(images, labels):
-                for layer in layers:
-                    images = layer(images, training=True)
-                return images, labels
-
-            dataset = dataset.batch(params["batch_size"]).map(augment, num_parallel_calls=autotune).unbatch()
-        elif step in ("extra_preprocessing", "preprocess", "targets"):
-            per_example[step] = params
-        elif step == "batch":
-            dataset = dataset.map(finish, num_parallel_calls=autotune).batch(params["size"]).prefetch(autotune)
-        else:
-            raise ValueError(f"unknown pipeline step {step!r}")
-    return dataset
+    segmentation = info.task == "segmentation"
+    ignore = [c for c in info.ignore_classes if c < info.num_classes]
+    weights = (options.class_weights if options.class_weights is not None
+               else [0.0 if c in ignore else 1.0 for c in range(info.num_classes)])
+    target = ("proportions" if options.target == "proportions" else "masks" if segmentation
+              else "one_hot" if options.one_hot else "labels")
+    return Preparation(max_pixel_value=float(info.max_pixel_value), study_steps=tuple(options.extra_preprocessing),
+                       preprocessing=options.preprocessing, target=target, num_classes=int(info.num_classes),
+                       pixel_weights=tuple(float(w) for w in weights))
 
 
-def _tf_scale_resize(scale, size, channels, masks):
-    import tensorflow as tf
+def input_pipeline(source, split, indices, info, options: PipelineOptions, training: bool, log=print):
+    """Batches of ``split`` (rows ``indices``, all when None) for ``model.fit``: shuffled and, with
+    ``options.augment``, augmented where ``training``. Its ``input_cache`` says where the rows came
+    from (built, reused, off)."""
+    from zoo.data.decoded import decoded_in_memory, open_decoded
+    from zoo.data.prepare import compiled, pair_augmentation, photo_augmentation
 
-    def scale_and_resize(image, target):
-        image = tf.cast(image, tf.float32) * scale
-        image = tf.image.resize(image, (size, size))
-        if masks:
-            target = tf.image.resize(tf.cast(target, tf.int32)[..., None], (size, size), method="nearest")[..., 0]
-        else:
-            target = tf.cast(target, tf.int32)
-        image.set_shape([size, size, channels])
-        return image, target
+    if options.cache_root is None:
+        decoded = decoded_in_memory(source, split, options.image_size)
+    else:
+        decoded = open_decoded(source, split, options.image_size, options.cache_root, options.cache,
+                               options.memory_limit, log)
+    rows = np.arange(len(decoded)) if indices is None else np.asarray(indices, dtype=np.int64)
+    prepare = compiled(preparation_for(info, options))
+    augment = options.augment and training
+    pairs = augment and info.task == "segmentation"
+    seed, size = int(options.seed), int(options.image_size)
 
-    return scale_and_resize
+    def host_batch(positions, epoch, index):
+        """The host's share of a batch: stored rows gathered, the augmentation drawn."""
+        images, targets = decoded.rows(rows[positions])
+        augmentation = None
+        if augment:
+            rng = np.random.default_rng([seed, epoch, index])
+            if pairs:
+                images, targets = pair_augmentation(rng, images, targets)
+            else:
+                augmentation = photo_augmentation(rng, len(images), size)
+        if targets.dtype == np.int64:
+            targets = targets.astype(np.int32)  # JAX's default integers; class indices fit
+        return images, targets, augmentation
+
+    def make_batch(positions, epoch, index):
+        return prepare(*host_batch(positions, epoch, index))
+
+    batches = ArrayBatches(len(rows), options.batch_size, make_batch, shuffle_seed=seed if training else None)
+    batches.input_cache = decoded.origin
+    batches.host_batch = host_batch  # for benchmarks/pipeline_throughput.py: the host's share alone
+    return batches
 
 
 def class_counts(source, split, indices, num_classes) -> np.ndarray:

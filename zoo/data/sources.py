@@ -59,9 +59,9 @@ class ExampleArrays:
 
 
 class Source:
-    """Base class. Subclasses set ``self.info`` and implement ``labels`` and ``example_arrays``
-    (tf.data's ``examples`` then follows; sources read through tensorflow-datasets implement
-    ``examples`` alone)."""
+    """Base class. Subclasses set ``self.info`` and implement ``labels`` and ``example_arrays``;
+    sources read through tensorflow-datasets implement ``examples`` (a tf.data.Dataset) instead,
+    which zoo.data.decoded reads once into the decoded cache."""
 
     info: DatasetInfo
 
@@ -79,32 +79,11 @@ class Source:
 
     def example_arrays(self, split: str, indices=None) -> "ExampleArrays":
         """Random access to the (image, target) examples of ``split`` (restricted to ``indices``) as
-        NumPy arrays: what the input pipeline reads without TensorFlow (zoo.data.array_pipeline).
-        Sources read through tensorflow-datasets have none."""
+        NumPy arrays: what zoo.data.decoded decodes into the cache. Sources read through
+        tensorflow-datasets have none."""
         raise DataError(f"dataset {self.info.name!r} is read through tensorflow-datasets, which needs TensorFlow: "
                         f"pip install tensorflow tensorflow-datasets (the embedded synthetic datasets and your own "
                         f"folders need neither)")
-
-    def examples(self, split: str, indices=None):
-        """A tf.data.Dataset of (image, target) for ``split``, restricted to ``indices`` if given:
-        here the source's example arrays, decoded in parallel; sources with a faster path of
-        their own (in-memory arrays, TFRecords) override it."""
-        import tensorflow as tf
-
-        arrays = self.example_arrays(split, indices)
-        target_type = tf.uint8 if arrays.masks else tf.int64
-
-        def load(position):
-            image, target = arrays[int(position)]
-            return image, np.asarray(target, dtype=target_type.as_numpy_dtype)
-
-        def decode(position):
-            image, target = tf.numpy_function(load, [position], [tf.float32, target_type])
-            image.set_shape([None, None, arrays.channels])
-            target.set_shape([None, None] if arrays.masks else [])
-            return image, target
-
-        return tf.data.Dataset.range(len(arrays)).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
     def content_id(self, split: str) -> str:
         """An identity of the images of ``split``: caches of per-image results (features) are
@@ -297,12 +276,6 @@ class SyntheticSource(Source):
         rows = np.arange(len(self.images)) if indices is None else np.asarray(indices)
         return ExampleArrays(len(rows), lambda i: (self.images[rows[i]].astype(np.float32), self.targets[rows[i]]),
                              self.info.channels, masks=self.info.task != "classification")
-
-    def examples(self, split, indices=None):
-        import tensorflow as tf
-
-        chosen = slice(None) if indices is None else np.asarray(indices)
-        return tf.data.Dataset.from_tensor_slices((self.images[chosen].astype(np.float32), self.targets[chosen]))
 
 
 # --- the user's folders -----------------------------------------------------------------

@@ -98,13 +98,6 @@ class SyntheticTracksSource(_TrackSource):
         return ExampleArrays(len(rows), lambda i: (self.tiles[points[i]].astype(np.float32), labels[i]),
                              self.info.channels)
 
-    def examples(self, split, indices=None):
-        import tensorflow as tf
-
-        chosen = slice(None) if indices is None else np.asarray(indices)
-        images = self.tiles[self.rows["point"][chosen]].astype(np.float32)
-        return tf.data.Dataset.from_tensor_slices((images, self.rows["label"][chosen]))
-
 
 @register_source("tracks")
 class TrackManifestSource(_TrackSource):

@@ -32,10 +32,12 @@ def calibration_images(run, count: int = CALIBRATION_IMAGES):
     """A function yielding up to ``count`` of the run's training images, unaugmented and
     preprocessed as in training, one at a time (1, H, W, C): int8's calibration set."""
 
+    import keras
+
     def images():
         given = 0
         for batch in run.data.pipeline("train", False, augment=False):
-            for image in np.asarray(batch[0], dtype=np.float32):
+            for image in keras.ops.convert_to_numpy(batch[0]).astype(np.float32):
                 if given == count:
                     return
                 given += 1

@@ -50,6 +50,8 @@ def compute_features(extractor, pipelines: dict, folder: Path) -> None:
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    import keras
+
     from zoo.runtime import compiled_predict
 
     # Traced once for any batch size: a split's last, shorter batch does not trace the backbone again.
@@ -60,7 +62,7 @@ def compute_features(extractor, pipelines: dict, folder: Path) -> None:
             values = extract(batch[0])
             values = values if isinstance(values, (list, tuple)) else [values]
             outputs.append([np.asarray(v, dtype=np.float32) for v in values])
-            targets.append(np.asarray(batch[1]))
+            targets.append(keras.ops.convert_to_numpy(batch[1]))
         for index in range(len(outputs[0])):
             np.save(partial / f"{split}-feature{index}.npy", np.concatenate([o[index] for o in outputs]))
         np.save(partial / f"{split}-target0.npy", np.concatenate(targets))
@@ -70,69 +72,30 @@ def compute_features(extractor, pipelines: dict, folder: Path) -> None:
 
 
 def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int | None, indices=None,
-                    finish=None, shuffle_buffer: int = 2048):
-    """tf.data of (features, target) batches from the cache: the rows ``indices`` of source split
-    ``split`` (all when None) in that order, shuffled like the image pipeline when
-    ``shuffle_seed`` is given; ``finish(target)`` returns the batch's (target, ...) as the
-    run's loss wants them. In memory up to IN_MEMORY_BYTES, else read from memory-mapped files.
-    Without TensorFlow, the same rows as a PyDataset (zoo.data.array_pipeline.ArrayBatches, which
-    shuffles by a permutation per epoch instead of tf.data's buffer)."""
-    from zoo.runtime import has_tensorflow
+                    finish=None):
+    """Batches of (features, target) from the cache (a zoo.data.pipeline.ArrayBatches, on every
+    backend): the rows ``indices`` of source split ``split`` (all when None) in that order, shuffled
+    as the image pipeline shuffles when ``shuffle_seed`` is given, so the head sees the batches the
+    full model would; ``finish(target)`` returns the batch's (target, ...) as the run's loss wants
+    them. In memory up to IN_MEMORY_BYTES, else read from memory-mapped files batch by batch."""
+    from zoo.data.pipeline import ArrayBatches
 
     features = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{split}-feature*.npy"))]
     targets = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{split}-target*.npy"))]
     rows = np.arange(len(targets[0])) if indices is None else np.asarray(indices, dtype=np.int64)
     finish = finish or (lambda *target: target)
     in_memory = sum(a.nbytes for a in features + targets) * len(rows) / max(1, len(targets[0])) <= IN_MEMORY_BYTES
-    if not has_tensorflow():
-        from zoo.data.array_pipeline import ArrayBatches
+    arrays = [np.asarray(a[rows]) for a in features + targets] if in_memory else None
 
-        arrays = [np.asarray(a[rows]) for a in features + targets] if in_memory else None
+    def make_batch(positions, epoch, index):
+        if arrays is not None:
+            chosen = [a[positions] for a in arrays]
+        else:  # memory-mapped rows
+            chosen = [np.asarray(a[rows[positions]]) for a in features + targets]
+        inputs = tuple(chosen[:len(features)])
+        return (inputs if len(inputs) > 1 else inputs[0], *finish(*chosen[len(features):]))
 
-        def make_batch(positions, epoch):
-            if arrays is not None:
-                chosen = [a[positions] for a in arrays]
-            else:  # memory-mapped rows, read in file order
-                order = np.sort(rows[positions])
-                chosen = [np.ascontiguousarray(a[order]) for a in features + targets]
-            inputs = tuple(chosen[:len(features)])
-            return (inputs if len(inputs) > 1 else inputs[0], *finish(*chosen[len(features):]))
-
-        return ArrayBatches(len(rows), batch_size, make_batch, shuffle_seed=shuffle_seed, workers=1)
-
-    import tensorflow as tf
-
-    # Plain tensor code: autograph's conversion would cost each run ~50 ms a dataset for nothing.
-    @tf.autograph.experimental.do_not_convert
-    def assemble(*arrays):
-        inputs = tuple(arrays[:len(features)])
-        return (inputs if len(inputs) > 1 else inputs[0], *finish(*arrays[len(features):]))
-
-    if in_memory:
-        # Small enough: serve from memory, with the image pipeline's shuffle, so the head sees
-        # the batches the full model would.
-        dataset = tf.data.Dataset.from_tensor_slices(tuple(np.asarray(a[rows]) for a in features + targets))
-        if shuffle_seed is not None:
-            dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-        return dataset.batch(batch_size).map(assemble).prefetch(tf.data.AUTOTUNE)
-
-    def take(positions):
-        chosen = np.sort(rows[positions])
-        return tuple(np.ascontiguousarray(a[chosen]) for a in features + targets)
-
-    signature = [tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in features + targets]
-    dataset = tf.data.Dataset.range(len(rows))
-    if shuffle_seed is not None:
-        # The image pipeline's seed and buffer: the head sees the batches the full model would.
-        dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-
-    def load(positions):
-        arrays = tf.numpy_function(take, [positions], [s.dtype for s in signature])
-        for array, spec in zip(arrays, signature):
-            array.set_shape(spec.shape)
-        return assemble(*arrays)
-
-    return dataset.batch(batch_size).map(load).prefetch(tf.data.AUTOTUNE)
+    return ArrayBatches(len(rows), batch_size, make_batch, shuffle_seed=shuffle_seed, workers=1)
 
 
 def build_head_model(model, head_spec, backbone_spec, num_classes, input_shape):
@@ -156,24 +119,13 @@ def copy_head_weights(source, target) -> None:
 
 
 def target_finisher(task: str, num_classes: int, one_hot: bool, pixel_weights):
-    """What a run's loss needs from a batch of plain cached targets (see build_pipeline): tensors
-    in tf.data, NumPy arrays without TensorFlow."""
-    from zoo.runtime import has_tensorflow
-
-    if not has_tensorflow():
-        weights = np.asarray(pixel_weights, dtype=np.float32)
-        if task == "segmentation":
-            return lambda masks: (masks, weights[np.asarray(masks, dtype=np.int64)])
-        if one_hot:
-            return lambda labels: (np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)],)
-        return lambda target: (target,)
-    import tensorflow as tf
-
+    """What a run's loss needs from a batch of plain cached targets, as zoo.data.prepare builds it
+    from images' targets."""
+    weights = np.asarray(pixel_weights, dtype=np.float32)
     if task == "segmentation":
-        weights = tf.constant(pixel_weights, tf.float32)
-        return lambda masks: (masks, tf.gather(weights, tf.cast(masks, tf.int32)))
+        return lambda masks: (masks, weights[np.asarray(masks, dtype=np.int64)])
     if one_hot:
-        return lambda labels: (tf.one_hot(labels, num_classes),)
+        return lambda labels: (np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)],)
     return lambda target: (target,)
 
 
@@ -194,9 +146,11 @@ def prepare(spec, data, model, head_spec, backbone_spec, precision: str, global_
     if not reused:
         extractor = model.get_layer("backbone")
         # Every image of each split in index order, unaugmented, with plain targets.
-        options = PipelineOptions(**{**data.options, "class_weights": None, "one_hot": False}, augment=False)
+        options = PipelineOptions(**{**data.options, "class_weights": None, "one_hot": False}, augment=False,
+                                  cache=data.cache, cache_root=data.cache_root, memory_limit=data.memory_limit)
         pipelines = {split: input_pipeline(data.source, split, None, data.info, options, training=False)
                      for split in source_splits}
+        data.input_cache.extend(batches.input_cache for batches in pipelines.values())
         compute_features(extractor, pipelines, folder)
     seconds = 0.0 if reused else time.perf_counter() - start
     head_model = build_head_model(model, head_spec, backbone_spec, data.info.num_classes,

@@ -126,9 +126,11 @@ class RunData:
     class_weights: list | None  # train.class_weights: per class, else None
     options: dict            # zoo.data.steps.PipelineOptions' run-wide fields
     augment: bool
-    cache: str               # train.cache
-    cache_prefix: str        # where train.cache: disk writes, per split name appended
+    cache: str               # train.cache: the decoded cache's mode (zoo.data.decoded)
+    cache_root: str          # where decoded splits live: the output folder's cache/images
+    memory_limit: int | None  # bytes of decoded rows held in memory
     pipelines: LazyPipelines = field(init=False)
+    input_cache: list = field(default_factory=list)  # each pipeline's rows: built, reused or off
 
     def __post_init__(self):
         # Built when first used: a head trained on cached features never reads the images.
@@ -157,11 +159,20 @@ class RunData:
         from zoo.data.steps import PipelineOptions
 
         split, indices = self.plan[name]
-        cache = None if self.cache == "none" else ("memory" if self.cache == "memory"
-                                                   else f"{self.cache_prefix}-{name}")
         augment = self.augment and training if augment is None else augment
-        options = PipelineOptions(**self.options, augment=augment, cache=cache)
-        return input_pipeline(self.source, split, indices, self.info, options, training)
+        options = PipelineOptions(**self.options, augment=augment, cache=self.cache, cache_root=self.cache_root,
+                                  memory_limit=self.memory_limit)
+        batches = input_pipeline(self.source, split, indices, self.info, options, training)
+        self.input_cache.append(batches.input_cache)
+        return batches
+
+    @property
+    def input_cache_state(self) -> str | None:
+        """results.csv's input_cache: built when this run decoded any split, else reused or off."""
+        for state in ("built", "off", "reused"):
+            if state in self.input_cache:
+                return state
+        return None
 
 
 def open_data(spec: RunSpec, global_batch: int, cache_dir: Path) -> RunData:
@@ -188,7 +199,17 @@ def open_data(spec: RunSpec, global_batch: int, cache_dir: Path) -> RunData:
                    one_hot=spec.train.loss == "focal" and task == "classification")
     return RunData(source=source, task=task, plan=plan, sizes=sizes, train_counts=train_counts,
                    class_weights=weights, options=options, augment=bool(spec.train.augment), cache=spec.train.cache,
-                   cache_prefix=str(cache_dir / spec.run_id))
+                   cache_root=str(cache_dir / "images"), memory_limit=input_memory_limit(spec.train.input_memory_gb))
+
+
+def input_memory_limit(gigabytes) -> int:
+    """train.input_memory_gb in bytes; None: a quarter of this machine's memory."""
+    if gigabytes is not None:
+        return int(float(gigabytes) * 1e9)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 * 10**9
 
 
 def record_split(run_dir: Path, spec: RunSpec, data: RunData) -> None:
@@ -392,6 +413,13 @@ def train(spec: RunSpec, runtime: Runtime, data: RunData, model, run_dir: Path) 
 
 
 # -- scores -------------------------------------------------------------------------------------------
+def _host(tensor) -> np.ndarray:
+    """A batch's tensor (on the backend's device: zoo.data.prepare) as NumPy."""
+    import keras
+
+    return keras.ops.convert_to_numpy(tensor)
+
+
 def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
     """The test metrics and predictions of ``predict`` (batch in, NumPy probabilities out) over
     ``test_data``: the trained model's, or an exported copy's (zoo.harness.deploy)."""
@@ -403,7 +431,7 @@ def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
         truth, probabilities = [], []
         for images, labels in test_data:
             probabilities.append(predict(images))
-            labels = np.asarray(labels)
+            labels = _host(labels)
             truth.append(labels.argmax(axis=-1) if labels.ndim == 2 else labels)
         y_true, y_prob = np.concatenate(truth), np.concatenate(probabilities)
         eval_seconds = time.perf_counter() - start
@@ -414,7 +442,7 @@ def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
         masks, predicted, true_props, predicted_props = [], [], [], []
         for images, batch_masks, _ in test_data:
             probabilities = predict(images)
-            batch_masks = np.asarray(batch_masks)
+            batch_masks = _host(batch_masks)
             batch_pred = probabilities.argmax(axis=-1)
             confusion += metrics.pixel_confusion(batch_masks, batch_pred, len(names))
             true_props.append(np.stack([np.bincount(m.ravel(), minlength=len(names)) for m in batch_masks]))
@@ -431,7 +459,7 @@ def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
         truth, predicted = [], []
         for images, proportions in test_data:
             predicted.append(predict(images))
-            truth.append(np.asarray(proportions))
+            truth.append(_host(proportions))
         y_true, y_pred = np.concatenate(truth), np.concatenate(predicted)
         eval_seconds = time.perf_counter() - start
         result = metrics.distribution_metrics(y_true, y_pred, names, ignore)
@@ -619,6 +647,7 @@ def record(trained: Trained) -> dict:
     result.update(fitted.timing)
     cache = fitted.features
     result["features"] = "off" if cache is None else ("reused" if cache["reused"] else "computed")
+    result["input_cache"] = opened.data.input_cache_state
     result["feature_seconds"] = None if cache is None else cache["seconds"]
     result["precise_bn_batches"] = result["precise_bn"]["batches"]
     write_json(opened.dir / "metrics.json", result)

@@ -55,7 +55,7 @@ CHOICES = {
     "lr_schedule": ("constant", "cosine", "plateau"),
     "loss": ("auto", "crossentropy", "focal"),
     "precision": ("float32", "mixed"),
-    "cache": ("none", "memory", "disk"),
+    "cache": ("auto", "memory", "disk", "none"),
     "cache_features": ("auto", True, False),
     "backend": (None, "tensorflow", "jax", "torch"),
 }
@@ -134,6 +134,10 @@ def validate_train(train: dict, where: str) -> None:
             raise ConfigError(f"{where}.{key} must be a positive whole number, got {train[key]!r}")
     if not isinstance(train["learning_rate"], (int, float)) or train["learning_rate"] <= 0:
         raise ConfigError(f"{where}.learning_rate must be a positive number, got {train['learning_rate']!r}")
+    memory = train["input_memory_gb"]
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory < 0):
+        raise ConfigError(f"{where}.input_memory_gb must be a number of gigabytes (0: read every batch from the "
+                          f"disk cache) or null (a quarter of this machine's memory), got {memory!r}")
     momentum = train["batchnorm_momentum"]
     if momentum is not None and not (isinstance(momentum, (int, float)) and 0 < momentum < 1):
         raise ConfigError(f"{where}.batchnorm_momentum must be a number between 0 and 1 or null, got {momentum!r}")

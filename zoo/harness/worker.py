@@ -142,12 +142,7 @@ def preload_run_modules() -> None:
         import keras  # noqa: F401
 
         from zoo import factory, metrics, runtime, stats  # noqa: F401
-        from zoo.data import pipeline  # noqa: F401
-
-        if runtime.has_tensorflow():  # the input pipeline's, on every backend
-            import tensorflow  # noqa: F401
-        else:
-            from zoo.data import array_pipeline  # noqa: F401
+        from zoo.data import decoded, pipeline, prepare  # noqa: F401
         from zoo.harness import features, stages  # noqa: F401
     except Exception:
         return
