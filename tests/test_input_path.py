@@ -174,6 +174,27 @@ def test_rows_over_the_memory_limit_are_read_from_disk_with_the_same_batches(tmp
     assert_same_batches(epoch(read), epoch(held))
 
 
+@pytest.mark.parametrize("target", ["labels", "masks"])
+def test_rows_held_on_the_device_give_the_same_batches(tmp_path, monkeypatch, target):
+    """Rows placed on the accelerator once (forced here onto the CPU device) are indexed there: the
+    same batches as rows gathered on the host; segmentation's host-side augmentation keeps host rows."""
+    from zoo.data import pipeline
+
+    source = make_photos(tmp_path / "photos") if target == "labels" else make_tiles(tmp_path / "tiles")
+    options = PipelineOptions(image_size=24, batch_size=4, augment=True, seed=2, target=target,
+                              preprocessing="torch", cache_root=str(tmp_path / "cache"))
+    monkeypatch.setenv("ZOO_INPUT_ON_DEVICE", "0")
+    host = input_pipeline(source, "train", None, source.info, options, training=True)
+    monkeypatch.setenv("ZOO_INPUT_ON_DEVICE", "1")
+    pipeline._RESIDENT.clear()
+    device = input_pipeline(source, "train", None, source.info, options, training=True)
+    assert not host.on_device and device.on_device == (target == "labels")
+    for _ in range(2):
+        assert_same_batches(epoch(device), epoch(host))
+        device.on_epoch_end()
+        host.on_epoch_end()
+
+
 def test_segmentation_augmentation_moves_image_and_mask_together():
     rng = np.random.default_rng(0)
     masks = rng.integers(0, 4, (32, 16, 16)).astype(np.uint8)

@@ -88,12 +88,21 @@ def test_class_weights_are_the_balanced_ones_and_reach_the_loss(tmp_path, imbala
     assert weighted["loss"].iloc[0] != pytest.approx(plain["loss"].iloc[0], rel=1e-3)  # same start, other loss
 
 
-def test_the_disk_cache_is_written_and_changes_no_number(tmp_path):
-    _, _, cached = train(tmp_path, "disk", cache="disk", epochs=2)
-    _, _, plain = train(tmp_path, "none", cache="none", epochs=2)
-    assert list((tmp_path / "disk" / "cache").glob("*-train*.index"))  # tf.data's cache files, per split
-    for column in ("accuracy", "macro_f1", "test_examples"):
-        assert cached[column] == plain[column]
+def test_the_decoded_cache_is_written_once_and_changes_no_number(tmp_path):
+    """train.cache: the images are decoded once into the output folder's cache (auto: held in memory;
+    disk: read from the cache file batch by batch), or every epoch (none): the same numbers each way."""
+    from zoo.data import decoded
+
+    rows = {}
+    for mode in ("auto", "disk", "none"):
+        decoded.forget_opened()  # as a fresh worker would
+        _, _, rows[mode] = train(tmp_path, mode, cache=mode, epochs=2)
+    assert rows["auto"]["input_cache"] == "built" and rows["disk"]["input_cache"] == "built"
+    assert rows["none"]["input_cache"] == "off"
+    assert len(list((tmp_path / "disk" / "cache" / "images").glob("synthetic_terrain-train-32px-*/images.npy"))) == 1
+    assert not (tmp_path / "none" / "cache" / "images").exists()
+    for column in ("accuracy", "macro_f1", "log_loss", "test_examples"):
+        assert rows["auto"][column] == rows["disk"][column] == rows["none"][column], column
 
 
 @pytest.mark.parametrize("flag", [[], ["--isolate"]], ids=["worker", "isolate"])

@@ -287,8 +287,10 @@ def describe_input(spec, info: dict, format_name: str, quantize: str) -> dict:
             "pixel_range": [0, 255], "max_pixel_value": fed.max_pixel_value,
             "extra_preprocessing": list(fed.study_steps),
             "preprocessing": fed.backbone_preprocessing,
-            "steps": "scale the image to 0-255 (divide by max_pixel_value, times 255), resize to input_shape, apply "
-                     "extra_preprocessing, then the backbone's preprocessing (zoo.preprocessing.preprocess)",
+            "steps": "resize the image to input_shape (bilinear, half-pixel centres), scale it to 0-255 (divide by "
+                     "max_pixel_value, times 255) rounded to whole steps of 8 bits (of 16 bits where max_pixel_value "
+                     "is above 255), apply extra_preprocessing, then the backbone's preprocessing "
+                     "(zoo.data.decoded.stored_image, then zoo.data.prepare.Preparation.images)",
             "output": OUTPUTS[head_task(spec.head)],
             "class_names": info["class_names"], "zoo": __version__}
 

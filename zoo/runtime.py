@@ -67,6 +67,31 @@ def gpu_names() -> list[str]:
     return []
 
 
+def accelerator_memory_bytes() -> int | None:
+    """Memory of the backend's first GPU, or None where there is none (or it cannot say)."""
+    if not gpu_names():
+        return None
+    name = backend()
+    try:
+        if name == "jax":
+            import jax
+
+            gpu = next(d for d in jax.devices() if d.platform == "gpu")
+            return int((gpu.memory_stats() or {}).get("bytes_limit")) or None
+        if name == "torch":
+            import torch
+
+            return int(torch.cuda.get_device_properties(0).total_memory)
+        if name == "tensorflow":
+            import tensorflow as tf
+
+            details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+            return int(details.get("memory_limit") or 0) or None
+    except (StopIteration, TypeError, ValueError, RuntimeError, IndexError):
+        return None
+    return None
+
+
 def describe_device() -> str:
     """The device runs train on: GPU names, or the CPU model and core count."""
     gpus = gpu_names()
@@ -203,15 +228,16 @@ def _padded_predict_on_batch(model):
     sizes = []
 
     def predict(images):
-        # tf.data hands over TensorFlow tensors, which a jitted step does not take.
-        images = keras.tree.map_structure(np.asarray, list(images) if isinstance(images, tuple) else images)
+        images = list(images) if isinstance(images, tuple) else images
         count = int(keras.tree.flatten(images)[0].shape[0])
         if not sizes:
             sizes.append(count)
         missing = sizes[0] - count
         if missing <= 0 or count == 1:  # one image stays one: a latency measurement times one image
             return model.predict_on_batch(images)
-        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], missing, axis=0)])  # noqa: E731
+        # Padded where the batch is (the input pipeline's batches are already on the backend's device).
+        ops = np if isinstance(keras.tree.flatten(images)[0], np.ndarray) else keras.ops
+        pad = lambda x: ops.concatenate([x, ops.repeat(x[-1:], missing, axis=0)])  # noqa: E731
         outputs = model.predict_on_batch(keras.tree.map_structure(pad, images))
         return keras.tree.map_structure(lambda y: y[:count], outputs)
 

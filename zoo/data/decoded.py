@@ -308,7 +308,7 @@ def open_decoded(source, split: str, size: int, cache_root, mode: str = "auto", 
     streams = type(source).example_arrays is not Source.example_arrays
     folder = _folder(cache_root, source, split, size)
     with _LOCK:
-        if folder in _OPENED:
+        if folder in _OPENED and mode in ("auto", "memory"):
             held = _OPENED[folder]
             return DecodedSplit(held.images, held.targets, "reused", folder)
     expected = _expected(source, split, size)

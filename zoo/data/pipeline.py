@@ -92,9 +92,18 @@ def input_pipeline(source, split, indices, info, options: PipelineOptions, train
     augment = options.augment and training
     pairs = augment and info.task == "segmentation"
     seed, size = int(options.seed), int(options.image_size)
+    # Held on the accelerator when they fit: an epoch is then indexing there (segmentation's flips and
+    # quarter turns, drawn and done on the host, need host rows).
+    resident = None if pairs else device_rows(decoded)
 
     def host_batch(positions, epoch, index):
-        """The host's share of a batch: stored rows gathered, the augmentation drawn."""
+        """The host's share of a batch: stored rows gathered (or, for rows on the device, indexed
+        there), the augmentation drawn."""
+        if resident is not None:
+            chosen = keras.ops.convert_to_tensor(rows[positions].astype(np.int32))
+            images, targets = (keras.ops.take(part, chosen, axis=0) for part in resident)
+            return images, targets, (photo_augmentation(np.random.default_rng([seed, epoch, index]), len(positions),
+                                                        size) if augment else None)
         images, targets = decoded.rows(rows[positions])
         augmentation = None
         if augment:
@@ -112,8 +121,40 @@ def input_pipeline(source, split, indices, info, options: PipelineOptions, train
 
     batches = ArrayBatches(len(rows), options.batch_size, make_batch, shuffle_seed=seed if training else None)
     batches.input_cache = decoded.origin
+    batches.on_device = resident is not None
     batches.host_batch = host_batch  # for benchmarks/pipeline_throughput.py: the host's share alone
     return batches
+
+
+# Decoded rows go to the accelerator when they take at most this share of its memory (the model, its
+# activations and the optimizer need the rest). ZOO_INPUT_ON_DEVICE=1 places them on any device, the CPU
+# included (tests); 0 never.
+DEVICE_SHARE = 0.25
+_RESIDENT: dict = {}
+
+
+def device_rows(decoded):
+    """A decoded split's (images, targets) as tensors on the backend's device, placed once per process,
+    when they are held in memory and fit DEVICE_SHARE of the accelerator's memory; else None."""
+    import os
+
+    from zoo.runtime import accelerator_memory_bytes
+
+    if not isinstance(decoded.images, np.ndarray) or decoded.folder is None:
+        return None
+    forced = os.environ.get("ZOO_INPUT_ON_DEVICE")
+    if forced == "0":
+        return None
+    if forced != "1":
+        memory = accelerator_memory_bytes()
+        if memory is None or decoded.nbytes > DEVICE_SHARE * memory:
+            return None
+    key = decoded.folder
+    if key not in _RESIDENT:
+        _RESIDENT.clear()  # one split on the device at a time: a worker's runs move on to other data
+        targets = decoded.targets.astype(np.int32) if decoded.targets.dtype == np.int64 else decoded.targets
+        _RESIDENT[key] = (keras.ops.convert_to_tensor(decoded.images), keras.ops.convert_to_tensor(targets))
+    return _RESIDENT[key]
 
 
 def class_counts(source, split, indices, num_classes) -> np.ndarray:

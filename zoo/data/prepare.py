@@ -53,8 +53,7 @@ class Preparation:
         ops = keras.ops
         images = ops.cast(stored, "float32") * self.scale
         if augmentation is not None:
-            images = ops.image.affine_transform(images, augmentation[:, :8], interpolation="bilinear",
-                                                fill_mode="reflect")
+            images = transform_reflected(images, augmentation)
             mean = ops.mean(images, axis=(1, 2), keepdims=True)
             factor = ops.reshape(augmentation[:, 8], (-1, 1, 1, 1))
             images = ops.clip((images - mean) * factor + mean, 0.0, 255.0)
@@ -107,6 +106,49 @@ def study_step(images, step: str):
     raise ValueError(f"unknown preprocessing step {step!r}; expected one of {EXTRA_PREPROCESSING}")
 
 
+def _reflect(index, size: int):
+    """Integer pixel positions folded into [0, size) as a mirror does (d c b a | a b c d | d c b a)."""
+    import keras
+
+    period = 2 * size
+    index = keras.ops.mod(index, period)
+    return keras.ops.where(index >= size, period - 1 - index, index)
+
+
+def transform_reflected(images, transforms):
+    """Each image (N, H, W, C) resampled bilinearly through its affine transform (the first six of
+    ``transforms``' columns, output pixel to input pixel, as keras.ops.image.affine_transform reads
+    them), positions outside the image mirrored back in. Four gathers on the flattened batch: on a
+    CPU several times faster than Keras's JAX and PyTorch affine_transform, and one definition on
+    every backend. TensorFlow has a kernel for this very resampling (the same values within float
+    rounding), several times faster than gathers there: it is used on that backend."""
+    import keras
+
+    ops = keras.ops
+    if keras.backend.backend() == "tensorflow":
+        return ops.image.affine_transform(images, transforms[:, :8], interpolation="bilinear", fill_mode="reflect")
+    height, width, channels = (int(d) for d in images.shape[1:])
+    count = ops.shape(images)[0]
+    rows, columns = ops.meshgrid(ops.arange(height, dtype="float32"), ops.arange(width, dtype="float32"),
+                                 indexing="ij")
+    coefficient = [ops.reshape(transforms[:, k], (-1, 1, 1)) for k in range(6)]
+    x = coefficient[0] * columns + coefficient[1] * rows + coefficient[2]
+    y = coefficient[3] * columns + coefficient[4] * rows + coefficient[5]
+    left, top = ops.floor(x), ops.floor(y)
+    x_weight, y_weight = ops.reshape(x - left, (-1, 1)), ops.reshape(y - top, (-1, 1))
+    left, top = ops.cast(left, "int32"), ops.cast(top, "int32")
+    pixels = ops.reshape(images, (-1, channels))
+    first = ops.reshape(ops.arange(count, dtype="int32") * (height * width), (-1, 1, 1))
+
+    def at(row, column):
+        return ops.take(pixels, ops.reshape(first + _reflect(row, height) * width + _reflect(column, width), (-1,)),
+                        axis=0)
+
+    upper = at(top, left) * (1.0 - x_weight) + at(top, left + 1) * x_weight
+    lower = at(top + 1, left) * (1.0 - x_weight) + at(top + 1, left + 1) * x_weight
+    return ops.reshape(upper * (1.0 - y_weight) + lower * y_weight, (-1, height, width, channels))
+
+
 def equalize_histogram(images):
     """Per-image, per-channel histogram equalisation of a 0-255 batch (N, H, W, C): a pixel of value v
     goes to (cdf(v) - cdf_min) / (pixels - cdf_min) * 255."""
@@ -130,7 +172,7 @@ def equalize_histogram(images):
 def photo_augmentation(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
     """``count`` draws of the photo augmentation for (size, size) images, as (count, 9) float32: the
     projective transform (rotation, zoom and horizontal flip about the centre, mapping output to input
-    pixels as keras.ops.image.affine_transform wants) and the contrast factor."""
+    pixels as keras.ops.image.affine_transform reads it) and the contrast factor."""
     angle = rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES, count) * (math.pi / 180.0)
     zoom = 1.0 + rng.uniform(-ZOOM, ZOOM, count)
     contrast = 1.0 + rng.uniform(-CONTRAST, CONTRAST, count)
@@ -204,7 +246,7 @@ def _traced_once(function):
     traced._omit_frequent_tracing_warning = True
 
     def call(stored, raw, augmentation=None):
-        key = (np.shape(stored), np.shape(raw), augmentation is None)
+        key = (tuple(stored.shape), tuple(raw.shape), augmentation is None)
         if key in seen:
             return traced(stored, raw, augmentation)
         with lock:

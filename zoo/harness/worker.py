@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Keras warns that fit's shuffle=True is ignored for tf.data input; zoo shuffles in the pipeline.
+# Keras warns that fit's shuffle=True is ignored for a PyDataset; zoo shuffles in the pipeline.
 import warnings  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*shuffle=True. was passed.*")
