@@ -57,6 +57,8 @@ def main() -> int:
     parser.add_argument("--augment", action="store_true")
     parser.add_argument("--batches", type=int, default=30, help="batches timed after warm-up")
     parser.add_argument("--model", help="backbone to time training steps of (with the linear or fcn head)")
+    parser.add_argument("--precision", choices=["float32", "mixed"], default="float32",
+                        help="the model's precision (mixed: float16 on GPUs, bfloat16 on CPUs)")
     parser.add_argument("--cache-dir", help="where the decoded cache goes (default: a temporary folder)")
     parser.add_argument("--csv", default="reports/pipeline_throughput.csv", help="rows appended here ('' for none)")
     args = parser.parse_args()
@@ -80,7 +82,7 @@ def main() -> int:
         options.preprocessing = BACKBONES.get(args.model).preprocessing
     device = describe_device()
     where = f"Keras {keras.__version__} on {backend()} {backend_version()}, TensorFlow importable: {has_tensorflow()}"
-    print(f"device: {device}; float32; {where}")
+    print(f"device: {device}; model {args.precision}; {where}")
     start = time.perf_counter()
     batches = input_pipeline(source, "train", None, source.info, options, training=True)
     build_seconds = time.perf_counter() - start
@@ -102,14 +104,16 @@ def main() -> int:
     model_rate = None
     if args.model:
         from zoo import build_model
+        from zoo.runtime import precision_policy
 
+        keras.mixed_precision.set_global_policy(precision_policy(args.precision))
         head = "linear" if source.info.task == "classification" else "fcn"
         model = build_model(args.model, head, source.info.num_classes, (args.size, args.size, source.info.channels))
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         fixed = batches[0]
         images, targets = keras.ops.convert_to_numpy(fixed[0]), keras.ops.convert_to_numpy(fixed[1])
         model_rate = rate(lambda: model.train_on_batch(images, targets), args.batches, len(images))
-        print(f"training  {args.model}/{head} float32: {model_rate:,.0f} images/s")
+        print(f"training  {args.model}/{head} {args.precision}: {model_rate:,.0f} images/s")
         for name, value in rates.items():
             print(f"ratio input/training, {name}: {value / model_rate:.1f}x (target >= 3)")
     if args.csv:
@@ -123,7 +127,7 @@ def main() -> int:
                                  "batch", "augment", "cache_build_seconds", "host_images_per_second",
                                  "delivered_images_per_second", "model", "model_train_images_per_second"])
             writer.writerow([datetime.now(timezone.utc).strftime("%Y-%m-%d"), device,
-                             f"{backend()} {backend_version()}", has_tensorflow(), "float32", source.info.name,
+                             f"{backend()} {backend_version()}", has_tensorflow(), args.precision, source.info.name,
                              args.size, args.batch, args.augment, round(build_seconds, 2), round(rates["host"]),
                              round(rates["delivered"]), args.model or "",
                              "" if model_rate is None else round(model_rate)])

@@ -195,6 +195,21 @@ def test_rows_held_on_the_device_give_the_same_batches(tmp_path, monkeypatch, ta
         host.on_epoch_end()
 
 
+def test_batches_split_over_devices_divide_among_them():
+    """Over 4 devices, 30 rows in batches of 8: 8, 8, 8 and 4 (two rows left out of each epoch, other ones
+    the next epoch); over one device every row."""
+    from zoo.data.pipeline import ArrayBatches
+
+    split = ArrayBatches(30, 8, lambda positions, epoch, index: positions, shuffle_seed=0, multiple=4)
+    first = list(split)
+    assert [len(b) for b in first] == [8, 8, 8, 4]
+    split.on_epoch_end()
+    second = list(split)
+    assert set(np.concatenate(first)) != set(np.concatenate(second))
+    whole = ArrayBatches(30, 8, lambda positions, epoch, index: positions, shuffle_seed=0)
+    assert [len(b) for b in whole] == [8, 8, 8, 6]
+
+
 def test_segmentation_augmentation_moves_image_and_mask_together():
     rng = np.random.default_rng(0)
     masks = rng.integers(0, 4, (32, 16, 16)).astype(np.uint8)

@@ -20,15 +20,18 @@ from zoo.data.steps import PipelineOptions
 class ArrayBatches(keras.utils.PyDataset):
     """Batches of ``count`` rows made by ``make_batch(positions, epoch, index)``, in order or, with
     ``shuffle_seed``, in a new permutation each epoch drawn from the seed and the epoch.
-    Iterating it yields one epoch; ``repeat()`` yields epochs without end."""
+    Iterating it yields one epoch; ``repeat()`` yields epochs without end. ``multiple``: every batch's
+    size is a multiple of it (the devices a batch is split over); the rows of an epoch's last batch
+    beyond the largest multiple are left out of that epoch (fewer than ``multiple``)."""
 
     def __init__(self, count: int, batch_size: int, make_batch, shuffle_seed: int | None = None,
-                 workers: int | None = None):
+                 workers: int | None = None, multiple: int = 1):
         from zoo.runtime import logical_cpus
 
         super().__init__(workers=workers or max(1, min(8, logical_cpus())), use_multiprocessing=False,
                          max_queue_size=8)
         self.count, self.batch_size, self.make_batch = count, batch_size, make_batch
+        self.used = count - count % batch_size % multiple  # a multiple only where batch_size is one too
         self.shuffle_seed, self.epoch = shuffle_seed, 0
         self.order = self._order()
 
@@ -38,12 +41,13 @@ class ArrayBatches(keras.utils.PyDataset):
         return np.random.default_rng([self.shuffle_seed, self.epoch]).permutation(self.count)
 
     def __len__(self) -> int:
-        return math.ceil(self.count / self.batch_size)
+        return math.ceil(self.used / self.batch_size)
 
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return self.make_batch(self.order[index * self.batch_size:(index + 1) * self.batch_size], self.epoch, index)
+        end = min((index + 1) * self.batch_size, self.used)
+        return self.make_batch(self.order[index * self.batch_size:end], self.epoch, index)
 
     def __iter__(self):
         for index in range(len(self)):
@@ -119,7 +123,8 @@ def input_pipeline(source, split, indices, info, options: PipelineOptions, train
     def make_batch(positions, epoch, index):
         return prepare(*host_batch(positions, epoch, index))
 
-    batches = ArrayBatches(len(rows), options.batch_size, make_batch, shuffle_seed=seed if training else None)
+    batches = ArrayBatches(len(rows), options.batch_size, make_batch, shuffle_seed=seed if training else None,
+                           multiple=options.batch_multiple)
     batches.input_cache = decoded.origin
     batches.on_device = resident is not None
     batches.host_batch = host_batch  # for benchmarks/pipeline_throughput.py: the host's share alone

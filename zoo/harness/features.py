@@ -72,12 +72,13 @@ def compute_features(extractor, pipelines: dict, folder: Path) -> None:
 
 
 def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int | None, indices=None,
-                    finish=None):
+                    finish=None, multiple: int = 1):
     """Batches of (features, target) from the cache (a zoo.data.pipeline.ArrayBatches, on every
     backend): the rows ``indices`` of source split ``split`` (all when None) in that order, shuffled
     as the image pipeline shuffles when ``shuffle_seed`` is given, so the head sees the batches the
     full model would; ``finish(target)`` returns the batch's (target, ...) as the run's loss wants
-    them. In memory up to IN_MEMORY_BYTES, else read from memory-mapped files batch by batch."""
+    them; ``multiple``: each batch's size a multiple of it (see ArrayBatches). In memory up to
+    IN_MEMORY_BYTES, else read from memory-mapped files batch by batch."""
     from zoo.data.pipeline import ArrayBatches
 
     features = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{split}-feature*.npy"))]
@@ -95,7 +96,7 @@ def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int
         inputs = tuple(chosen[:len(features)])
         return (inputs if len(inputs) > 1 else inputs[0], *finish(*chosen[len(features):]))
 
-    return ArrayBatches(len(rows), batch_size, make_batch, shuffle_seed=shuffle_seed, workers=1)
+    return ArrayBatches(len(rows), batch_size, make_batch, shuffle_seed=shuffle_seed, workers=1, multiple=multiple)
 
 
 def build_head_model(model, head_spec, backbone_spec, num_classes, input_shape):
@@ -160,7 +161,8 @@ def prepare(spec, data, model, head_spec, backbone_spec, precision: str, global_
 
     def dataset(name, shuffle_seed):
         split, indices = data.plan[name]
-        return feature_dataset(folder, split, global_batch, shuffle_seed, indices, finish)
+        return feature_dataset(folder, split, global_batch, shuffle_seed, indices, finish,
+                               data.replicas if name in ("train", "val") else 1)
 
     return {"key": key, "folder": folder, "reused": reused, "seconds": seconds, "head_model": head_model,
             "dataset": dataset, "train": dataset("train", spec.seed), "val": dataset("val", None),

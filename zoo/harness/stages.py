@@ -129,6 +129,7 @@ class RunData:
     cache: str               # train.cache: the decoded cache's mode (zoo.data.decoded)
     cache_root: str          # where decoded splits live: the output folder's cache/images
     memory_limit: int | None  # bytes of decoded rows held in memory
+    replicas: int = 1        # devices fit splits each batch over: its train and val batches divide by it
     pipelines: LazyPipelines = field(init=False)
     input_cache: list = field(default_factory=list)  # each pipeline's rows: built, reused or off
 
@@ -161,7 +162,8 @@ class RunData:
         split, indices = self.plan[name]
         augment = self.augment and training if augment is None else augment
         options = PipelineOptions(**self.options, augment=augment, cache=self.cache, cache_root=self.cache_root,
-                                  memory_limit=self.memory_limit)
+                                  memory_limit=self.memory_limit,
+                                  batch_multiple=self.replicas if name in ("train", "val") else 1)
         batches = input_pipeline(self.source, split, indices, self.info, options, training)
         self.input_cache.append(batches.input_cache)
         return batches
@@ -175,7 +177,7 @@ class RunData:
         return None
 
 
-def open_data(spec: RunSpec, global_batch: int, cache_dir: Path) -> RunData:
+def open_data(spec: RunSpec, global_batch: int, cache_dir: Path, replicas: int = 1) -> RunData:
     """The run's dataset opened, its split carved and its pipelines described (built on first use)."""
     from zoo.data.pipeline import class_counts
     from zoo.data.splits import plan_for_source
@@ -199,7 +201,8 @@ def open_data(spec: RunSpec, global_batch: int, cache_dir: Path) -> RunData:
                    one_hot=spec.train.loss == "focal" and task == "classification")
     return RunData(source=source, task=task, plan=plan, sizes=sizes, train_counts=train_counts,
                    class_weights=weights, options=options, augment=bool(spec.train.augment), cache=spec.train.cache,
-                   cache_root=str(cache_dir / "images"), memory_limit=input_memory_limit(spec.train.input_memory_gb))
+                   cache_root=str(cache_dir / "images"), memory_limit=input_memory_limit(spec.train.input_memory_gb),
+                   replicas=replicas)
 
 
 def input_memory_limit(gigabytes) -> int:
@@ -616,7 +619,7 @@ def train_and_score(run_dir: Path, spec: RunSpec, progress: dict) -> Trained:
     runtime = start_runtime(spec)
     progress.update(runtime=runtime)
     write_json(run_dir / "environment.json", environment(runtime))
-    data = open_data(spec, runtime.global_batch, cache_dir)
+    data = open_data(spec, runtime.global_batch, cache_dir, runtime.replicas)
     record_split(run_dir, spec, data)
     model = build_run_model(spec, data, runtime)
     progress.update(model=model)
@@ -681,4 +684,5 @@ def reopen(run_dir) -> OpenedRun:
 
     spec, _, model = load_run_model(run_dir)
     runtime = start_runtime(spec)
-    return OpenedRun(Path(run_dir), spec, runtime, open_data(spec, runtime.global_batch, cache_folder(run_dir)), model)
+    data = open_data(spec, runtime.global_batch, cache_folder(run_dir), runtime.replicas)
+    return OpenedRun(Path(run_dir), spec, runtime, data, model)
