@@ -9,6 +9,8 @@ happens. It prints one line per mutation and the score, and can write them as CS
 
     python benchmarks/mutations.py [--only NAME] [--csv reports/mutations.csv]
 
+With --only and an existing --csv file, the rows of the mutations run replace theirs and the others stay.
+
 A mutation whose original text is no longer in its file is reported as "stale": the product moved, so the
 mutation must be moved with it. Run from the repository root with the test environment (.[dev]).
 """
@@ -191,10 +193,16 @@ def main() -> int:
     print(f"mutation score: {killed}/{len(judged)} killed"
           + (f"; {len(rows) - len(judged)} stale" if len(rows) != len(judged) else ""))
     if args.csv:
+        table = rows
+        if args.only and Path(args.csv).is_file():
+            # A partial rerun replaces its own rows of an earlier full run and keeps the others, in order.
+            fresh = {row["mutation"]: row for row in rows}
+            earlier = list(csv.DictReader(open(args.csv)))
+            table = [fresh.pop(row["mutation"], row) for row in earlier] + list(fresh.values())
         with open(args.csv, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["mutation", "file", "outcome", "seconds"])
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(table)
     return 0 if killed == len(judged) and judged else 1
 
 

@@ -104,13 +104,16 @@ def test_a_damaged_or_half_written_cache_is_rebuilt_with_the_same_rows(tmp_path)
     good = open_decoded(source, "train", 24, root).images.copy()
     folder = next(root.iterdir())
     (root / f".{folder.name}.999-dead.tmp").mkdir()  # an interrupted writer's leftovers: never read
-    for damage in ("truncate", "meta"):
+    for damage in ("truncate", "meta", "an earlier zoo's"):
         decoded.forget_opened()
         if damage == "truncate":
             with open(folder / "images.npy", "r+b") as stream:
                 stream.truncate(200)
-        else:
+        elif damage == "meta":
             (folder / "meta.json").write_text("{not json")
+        else:  # whole files of another decoding (its rounding or resize may differ): never read as this one's
+            meta = json.loads((folder / "meta.json").read_text())
+            (folder / "meta.json").write_text(json.dumps({**meta, "version": decoded.DECODE_VERSION - 1}))
         rebuilt = open_decoded(source, "train", 24, root)
         assert rebuilt.origin == "built", damage
         np.testing.assert_array_equal(rebuilt.images, good)
@@ -226,12 +229,23 @@ def test_photo_augmentation_changes_images_and_follows_the_seed():
     options = PipelineOptions(image_size=32, batch_size=8, seed=0)
     plain = epoch(input_pipeline(source, "train", list(range(16)), source.info, options, training=True))
     augmented = PipelineOptions(image_size=32, batch_size=8, seed=0, augment=True)
-    first = epoch(input_pipeline(source, "train", list(range(16)), source.info, augmented, training=True))
+    pipeline = input_pipeline(source, "train", list(range(16)), source.info, augmented, training=True)
+    first = epoch(pipeline)
     second = epoch(input_pipeline(source, "train", list(range(16)), source.info, augmented, training=True))
     assert_same_batches(first, second)
     np.testing.assert_array_equal(first[0][1], plain[0][1])  # same order: augmentation draws apart
-    assert not np.allclose(first[0][0], plain[0][0])
     assert 0.0 <= first[0][0].min() and first[0][0].max() <= 255.0
+    # Each image is the stored one resampled through its drawn rotation, zoom and flip (mirrored at the
+    # borders), then its contrast scaled about its mean: computed here with Keras's own affine_transform.
+    import keras
+
+    rows, _, drawn = pipeline.host_batch(pipeline.order[:8], 0, 0)
+    moved = keras.ops.convert_to_numpy(keras.ops.image.affine_transform(
+        rows.astype(np.float32), drawn[:, :8], interpolation="bilinear", fill_mode="reflect"))
+    mean = moved.mean(axis=(1, 2), keepdims=True)
+    expected = np.clip((moved - mean) * drawn[:, 8].reshape(-1, 1, 1, 1) + mean, 0, 255)
+    np.testing.assert_allclose(first[0][0], expected, atol=0.05)
+    assert np.abs(drawn[:, 8] - 1).max() <= 0.1 and not np.allclose(first[0][0], plain[0][0], atol=1)
 
 
 def textbook_equalisation(channel: np.ndarray) -> np.ndarray:
