@@ -15,6 +15,11 @@ from pathlib import Path
 from zoo.errors import DataError
 
 
+# train.cache: the decoded-once image cache (zoo.data.decoded): held in memory within train.input_memory_gb
+# (auto), always held (memory), always read from the cache file (disk), or decoded every epoch (none).
+CACHE_MODES = ("auto", "memory", "disk", "none")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """A run's ``train:`` settings, resolved (a suite's ``train:`` keys and their defaults)."""

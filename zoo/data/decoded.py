@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.runspec import CACHE_MODES
+
 # Bump when stored rows would differ for the same source (resize, rounding, layout).
 DECODE_VERSION = 1
 DECODE_THREADS = 8
 # The disk the cache lives on keeps at least this much free after the cache is written.
 DISK_MARGIN_BYTES = 1 << 30
-CACHE_MODES = ("auto", "memory", "disk", "none")
 
 
 def storage_dtype(max_pixel_value: float):
@@ -171,7 +172,7 @@ class StreamedRows:
 
     def __init__(self, arrays, size: int, max_pixel_value: float, masks: bool, threads: int = DECODE_THREADS):
         self.arrays, self.size, self.max_pixel_value, self.masks = arrays, size, max_pixel_value, masks
-        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads)  # kept: a batch is requested every step of every epoch
 
     def __len__(self) -> int:
         return len(self.arrays)
@@ -182,9 +183,7 @@ class StreamedRows:
                 stored_target(target, self.size, self.masks))
 
     def __getitem__(self, positions):
-        with ThreadPoolExecutor(self.threads) as pool:
-            pairs = list(pool.map(self.row, np.asarray(positions, dtype=np.int64)))
-        return pairs
+        return list(self.pool.map(self.row, np.asarray(positions, dtype=np.int64)))
 
 
 def cache_key(source, split: str, size: int) -> str:
@@ -229,9 +228,7 @@ def _read_complete(folder: Path, expected: dict):
 def _decoded_examples(source, split: str):
     """(position, image, target) of every example of ``split`` in order: decoded in threads from
     the source's example arrays, or read through tf.data for tensorflow-datasets sources."""
-    from zoo.data.sources import Source
-
-    if type(source).example_arrays is not Source.example_arrays:
+    if source.reads_by_position:
         arrays = source.example_arrays(split)
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
             for start in range(0, len(arrays), 256):
@@ -300,12 +297,10 @@ def open_decoded(source, split: str, size: int, cache_root, mode: str = "auto", 
     use), held in memory when ``mode`` is memory, or auto and they fit ``memory_limit`` bytes (None:
     no limit); read from the disk cache batch by batch otherwise; decoded per batch when ``mode`` is
     none or the cache cannot be written (``log`` says why, once)."""
-    from zoo.data.sources import Source
-
     if mode not in CACHE_MODES:
         raise ValueError(f"unknown input cache mode {mode!r}; expected one of {CACHE_MODES}")
     info = source.info
-    streams = type(source).example_arrays is not Source.example_arrays
+    streams = source.reads_by_position  # else (tensorflow-datasets) only the cache gives random access
     folder = _folder(cache_root, source, split, size)
     with _LOCK:
         if folder in _OPENED and mode in ("auto", "memory"):
@@ -317,9 +312,8 @@ def open_decoded(source, split: str, size: int, cache_root, mode: str = "auto", 
     origin = "reused"
     complete = _read_complete(folder, expected)
     if complete is None:
-        needed = 0
-        for key in ("images", "targets"):
-            needed += int(np.prod(expected[f"{key}_shape"], dtype=np.int64)) * np.dtype(expected[f"{key}_dtype"]).itemsize
+        needed = sum(int(np.prod(expected[f"{key}_shape"], dtype=np.int64)) * np.dtype(expected[f"{key}_dtype"]).itemsize
+                     for key in ("images", "targets"))
         Path(cache_root).mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(cache_root).free
         if needed + DISK_MARGIN_BYTES > free and streams:

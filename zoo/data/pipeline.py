@@ -10,6 +10,7 @@ do not survive a fork).
 from __future__ import annotations
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -141,8 +142,6 @@ _RESIDENT: dict = {}
 def device_rows(decoded):
     """A decoded split's (images, targets) as tensors on the backend's device, placed once per process,
     when they are held in memory and fit DEVICE_SHARE of the accelerator's memory; else None."""
-    import os
-
     from zoo.runtime import accelerator_memory_bytes
 
     if not isinstance(decoded.images, np.ndarray) or decoded.folder is None:
@@ -176,9 +175,7 @@ def class_counts(source, split, indices, num_classes) -> np.ndarray:
 
 def numpy_examples(source, split, indices=None):
     """The (image, target) examples of a split as NumPy, without TensorFlow where the source allows."""
-    from zoo.data.sources import Source
-
-    if type(source).example_arrays is not Source.example_arrays:
+    if source.reads_by_position:
         arrays = source.example_arrays(split, indices)
         return (arrays[i] for i in range(len(arrays)))
     return source.examples(split, indices).as_numpy_iterator()

@@ -24,7 +24,6 @@ GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's
 # and a horizontal flip half of the time (keras.layers.RandomRotation(20/360), RandomZoom(0.15),
 # RandomContrast(0.1), RandomFlip("horizontal")).
 ROTATION_DEGREES, ZOOM, CONTRAST = 20.0, 0.15, 0.1
-AUGMENTATION_COLUMNS = 9  # 8 projective-transform coefficients, then the contrast factor
 
 
 @dataclass(frozen=True)

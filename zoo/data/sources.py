@@ -77,6 +77,12 @@ class Source:
         """track_id, position and point_id per example, for sources whose points lie on tracks."""
         return None
 
+    @property
+    def reads_by_position(self) -> bool:
+        """Whether the source has example arrays (random access without TensorFlow); sources read
+        through tensorflow-datasets stream their examples in order instead."""
+        return type(self).example_arrays is not Source.example_arrays
+
     def example_arrays(self, split: str, indices=None) -> "ExampleArrays":
         """Random access to the (image, target) examples of ``split`` (restricted to ``indices``) as
         NumPy arrays: what zoo.data.decoded decodes into the cache. Sources read through

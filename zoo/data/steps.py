@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from zoo.data.prepare import EXTRA_PREPROCESSING  # noqa: F401  (the suite checks names against it)
-
 TARGETS = ("labels", "masks", "proportions")
 
 
@@ -17,7 +15,7 @@ class PipelineOptions:
     image_size: int
     batch_size: int
     preprocessing: str = "model"          # the backbone's mode
-    extra_preprocessing: list = field(default_factory=list)  # from EXTRA_PREPROCESSING
+    extra_preprocessing: list = field(default_factory=list)  # from zoo.data.prepare.EXTRA_PREPROCESSING
     augment: bool = False
     cache: str = "auto"                   # the decoded cache: auto | memory | disk | none (zoo.data.decoded)
     cache_root: str | None = None         # where decoded splits live; None: decoded into memory, not kept

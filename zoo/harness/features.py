@@ -119,15 +119,17 @@ def copy_head_weights(source, target) -> None:
             target.get_layer(layer.name).set_weights(layer.get_weights())
 
 
-def target_finisher(task: str, num_classes: int, one_hot: bool, pixel_weights):
-    """What a run's loss needs from a batch of plain cached targets, as zoo.data.prepare builds it
-    from images' targets."""
-    weights = np.asarray(pixel_weights, dtype=np.float32)
-    if task == "segmentation":
-        return lambda masks: (masks, weights[np.asarray(masks, dtype=np.int64)])
-    if one_hot:
-        return lambda labels: (np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)],)
-    return lambda target: (target,)
+def target_finisher(data):
+    """What a run's loss needs from a batch of plain cached targets (``data``: the run's
+    zoo.harness.stages.RunData): the image pipeline's own target building (zoo.data.prepare), so
+    one-hot labels and pixel weights are made in one place; class proportions are cached as they
+    are used."""
+    from zoo.data.pipeline import preparation_for
+    from zoo.data.steps import PipelineOptions
+
+    if data.task == "distribution":
+        return lambda proportions: (proportions,)
+    return preparation_for(data.info, PipelineOptions(**data.options)).targets
 
 
 def prepare(spec, data, model, head_spec, backbone_spec, precision: str, global_batch: int,
@@ -157,7 +159,7 @@ def prepare(spec, data, model, head_spec, backbone_spec, precision: str, global_
     head_model = build_head_model(model, head_spec, backbone_spec, data.info.num_classes,
                                   spec.input(data.info).shape)
     copy_head_weights(model, head_model)  # start from the full model's initial head
-    finish = target_finisher(data.task, data.info.num_classes, data.options["one_hot"], data.pixel_weights)
+    finish = target_finisher(data)
 
     def dataset(name, shuffle_seed):
         split, indices = data.plan[name]

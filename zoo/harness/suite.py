@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from zoo.errors import ConfigError
-from zoo.runspec import RunSpec, TrainSettings, features_apply, preprocessing_steps
+from zoo.runspec import CACHE_MODES, RunSpec, TrainSettings, features_apply, preprocessing_steps
 
 SUITE_DEFAULTS = {
     "name": None,              # required: names the output folder runs/<name>
@@ -55,7 +55,7 @@ CHOICES = {
     "lr_schedule": ("constant", "cosine", "plateau"),
     "loss": ("auto", "crossentropy", "focal"),
     "precision": ("float32", "mixed"),
-    "cache": ("auto", "memory", "disk", "none"),
+    "cache": CACHE_MODES,
     "cache_features": ("auto", True, False),
     "backend": (None, "tensorflow", "jax", "torch"),
 }
@@ -143,7 +143,7 @@ def validate_train(train: dict, where: str) -> None:
         raise ConfigError(f"{where}.batchnorm_momentum must be a number between 0 and 1 or null, got {momentum!r}")
     if not isinstance(train["early_stopping"], int) or train["early_stopping"] < 0:
         raise ConfigError(f"{where}.early_stopping is a patience in epochs (0 = off), got {train['early_stopping']!r}")
-    from zoo.data.steps import EXTRA_PREPROCESSING
+    from zoo.data.prepare import EXTRA_PREPROCESSING
 
     bad = [s for s in preprocessing_steps(train["preprocessing"]) if s not in EXTRA_PREPROCESSING]
     if bad:
