@@ -72,9 +72,29 @@ def test_an_unusable_cache_folder_warns_once_and_the_run_compiles_without_it(tmp
     assert result.stderr.count("the compilation cache") == 1 and "compiles without it" in result.stderr
 
 
-def test_tensorflow_rows_leave_the_compile_columns_empty(tmp_path):
+def test_tensorflow_xla_runs_share_their_executables_and_leave_the_counts_empty(tmp_path):
+    """train.xla on TensorFlow: the first run writes its XLA executables under the output folder (a subfolder
+    per machine), a later run of the sweep in another process loads them and writes none, a damaged entry is
+    compiled and written again with the same numbers, and the quiet output shows nothing of it. TensorFlow
+    gives no per-run count: the columns stay empty."""
     suite = tmp_path / "suite.yaml"
-    suite.write_text(json.dumps({**SUITE, "seeds": [0], "train": {**SUITE["train"], "backend": "tensorflow"}}))
-    _, table = zoo_run(suite, tmp_path / "out")
-    assert table.iloc[0]["status"] == "ok"
+    train = {**SUITE["train"], "backend": "tensorflow", "xla": True}
+    suite.write_text(json.dumps({**SUITE, "seeds": [0], "train": train}))
+    out = tmp_path / "out"
+    zoo_run(suite, out)
+    entries = lambda: sorted((out / "cache" / "compilation" / "tensorflow").glob("*/*.pb"))  # noqa: E731
+    written = entries()
+    assert written and all(entry.stat().st_size > 1000 for entry in written)
+    suite.write_text(json.dumps({**SUITE, "seeds": [0, 1], "train": train}))
+    result, table = zoo_run(suite, out)
+    assert entries() == written  # the second run loaded every executable it needed
+    assert "cpu_aot_loader" not in result.stderr and "XLA:CPU AOT" not in result.stderr
+    assert (table["status"] == "ok").all() and table["xla"].all()
     assert table[["compilations", "compile_seconds", "compile_cache_hits"]].isna().all().all()
+    for number, entry in enumerate(written):  # a foreign file, or one cut short by a killed run
+        entry.write_bytes(b"not an executable" if number % 2 else entry.read_bytes()[:-7])
+    _, again = zoo_run(suite, out, "--force", "--only", table.iloc[1]["run_id"])
+    assert all(entry.stat().st_size > 1000 for entry in entries())
+    row = again.set_index("run_id").loc[table.iloc[1]["run_id"]]
+    for metric in ("accuracy", "macro_f1", "macro_precision", "macro_recall"):
+        assert row[metric] == table.iloc[1][metric]

@@ -23,7 +23,13 @@ def batches(source, split="train", indices=None, training=False, **options):
 
     options = {"image_size": 32, "batch_size": 4, **options}
     pipeline = input_pipeline(source, split, indices, source.info, PipelineOptions(**options), training)
-    return [tuple(keras.ops.convert_to_numpy(part) for part in batch) for batch in pipeline]
+    numpy = lambda batch: tuple(keras.ops.convert_to_numpy(part) for part in batch)  # noqa: E731
+    if training:
+        return [numpy(batch) for batch in pipeline]
+    # Evaluation batches: the split's own rows (the last batch's completion cut), without the row weights
+    # that classification and class proportions get (segmentation keeps its pixel weights).
+    parts = 3 if source.info.task == "segmentation" and options.get("target") != "proportions" else 2
+    return [tuple(part[:rows] for part in numpy(batch)[:parts]) for batch, rows in pipeline.with_rows()]
 
 
 # --- tensorflow-datasets sources ------------------------------------------------------
@@ -154,8 +160,8 @@ def test_folder_skips_and_names_broken_files_and_trains_through_an_epoch(tmp_pat
     assert "not an image" in reasons["notes.txt"] and "unreadable" in reasons["corrupt.png"]
 
     source = open_source({"name": "photos", "source": "folder", "path": str(tmp_path / "photos")})
-    seen = sum(int(images.shape[0]) for images, _ in batches(source, training=True, augment=True))
-    assert seen == 13  # the grey GIF is expanded to RGB, nothing crashes mid-epoch
+    seen = [int(images.shape[0]) for images, _ in batches(source, training=True, augment=True)]
+    assert seen == [4, 4, 4, 4]  # 13 and 3 of them again: the grey GIF is expanded to RGB, nothing crashes mid-epoch
 
 
 def test_folder_with_split_subfolders_and_16_bit_multiband_tiff(tmp_path):

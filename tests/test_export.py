@@ -60,7 +60,7 @@ def test_each_exported_format_is_measured_and_recorded_in_the_results_row(export
 def test_images(exported):
     """The run's own test images, preprocessed as in training, and the Keras model's outputs."""
     run = reopen_run(exported[1])
-    images = np.concatenate([np.asarray(batch[0]) for batch in run.data.pipelines["test"]])
+    images = np.concatenate([np.asarray(batch[0])[:rows] for batch, rows in run.data.pipelines["test"].with_rows()])
     return images, run.model.predict_on_batch(images)
 
 

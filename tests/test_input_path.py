@@ -198,19 +198,41 @@ def test_rows_held_on_the_device_give_the_same_batches(tmp_path, monkeypatch, ta
         host.on_epoch_end()
 
 
-def test_batches_split_over_devices_divide_among_them():
-    """Over 4 devices, 30 rows in batches of 8: 8, 8, 8 and 4 (two rows left out of each epoch, other ones
-    the next epoch); over one device every row."""
+def test_every_batch_is_full_so_a_compiled_step_sees_one_shape():
+    """30 rows in batches of 8. Training: four batches of 8 an epoch, every row in them, the last batch
+    completed with the epoch's first rows; a new order the next epoch. Evaluation: the rows in order,
+    the last batch completed by repeating its last row, weighted 0 there and 1 elsewhere; with_rows
+    says how many rows to keep."""
     from zoo.data.pipeline import ArrayBatches
 
-    split = ArrayBatches(30, 8, lambda positions, epoch, index: positions, shuffle_seed=0, multiple=4)
-    first = list(split)
-    assert [len(b) for b in first] == [8, 8, 8, 4]
-    split.on_epoch_end()
-    second = list(split)
-    assert set(np.concatenate(first)) != set(np.concatenate(second))
-    whole = ArrayBatches(30, 8, lambda positions, epoch, index: positions, shuffle_seed=0)
-    assert [len(b) for b in whole] == [8, 8, 8, 6]
+    train = ArrayBatches(30, 8, lambda positions, epoch, index: (positions, positions), shuffle_seed=0)
+    first = [batch[0] for batch in train]
+    assert [len(b) for b in first] == [8, 8, 8, 8] and len(train) == 4 and train.padded_count == 32
+    assert sorted(np.concatenate(first)[:30]) == list(range(30))
+    np.testing.assert_array_equal(first[-1][6:], first[0][:2])
+    train.on_epoch_end()
+    assert not np.array_equal(np.concatenate([b[0] for b in train]), np.concatenate(first))
+
+    evaluation = ArrayBatches(30, 8, lambda positions, epoch, index: (positions, positions))
+    batches = list(evaluation.with_rows())
+    assert [rows for _, rows in batches] == [8, 8, 8, 6]
+    positions, _, weights = batches[-1][0]
+    np.testing.assert_array_equal(positions, [24, 25, 26, 27, 28, 29, 29, 29])
+    np.testing.assert_array_equal(weights, [1, 1, 1, 1, 1, 1, 0, 0])
+    assert all(batch[2].tolist() == [1.0] * 8 for batch, _ in batches[:-1])
+
+    pixels = ArrayBatches(3, 2, lambda positions, epoch, index: (positions, positions, np.ones((2, 4, 4), "float32")))
+    _, _, pixel_weights = keras_numpy(pixels[1])
+    assert pixel_weights[0].min() == 1 and pixel_weights[1].max() == 0  # the repeated tile's pixels weigh nothing
+
+    small = ArrayBatches(3, 8, lambda positions, epoch, index: positions, shuffle_seed=1)
+    assert len(small) == 1 and sorted(set(small[0])) == [0, 1, 2] and len(small[0]) == 8
+
+
+def keras_numpy(batch):
+    import keras
+
+    return tuple(keras.ops.convert_to_numpy(part) for part in batch)
 
 
 def test_segmentation_augmentation_moves_image_and_mask_together():

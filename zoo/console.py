@@ -27,6 +27,11 @@ HARMLESS = [re.compile(pattern) for pattern in (
     _LOG + r"cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use available CPU instructions",
     r"^To enable the following instructions: .*, in other operations, rebuild TensorFlow with the appropriate "
     r"compiler flags\.$",
+    # XLA:CPU reading an executable of its persistent cache (train.xla on TensorFlow) compiled on this very
+    # machine (zoo keys the cache folder by processor): "prefer-no-gather/scatter" are tuning hints XLA
+    # records, not processor features, yet it compares them with the host's.
+    _LOG + r"cpu_aot_loader\.cc:\d+\] Loading XLA:CPU AOT result\. Target machine feature "
+    r"\+prefer-no-(gather|scatter) is not\s+supported on the host machine\.",
 )]
 # Harmless where there is no NVIDIA GPU: TensorFlow's CUDA build looking for one. Where a GPU is present
 # they say it cannot be used, so they are kept and zoo adds what to check.

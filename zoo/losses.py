@@ -1,11 +1,15 @@
-"""Losses zoo needs beyond Keras's own.
+"""The loss and the metric zoo needs beyond Keras's own.
 
 ``PixelCrossentropy``: sparse categorical cross-entropy of per-pixel class probabilities,
 written with keras.ops. Keras 3.15's PyTorch implementation of SparseCategoricalCrossentropy
 moves the class axis before PyTorch's nll_loss, and the gradient it sends back makes PyTorch's
 bilinear up-sampling backward fail ("grad_input must be contiguous"), so every segmentation head
-failed to train on PyTorch. The same quantity gathered along the last axis trains. Registered, so
-models saved with it load anywhere.
+failed to train on PyTorch. The same quantity gathered along the last axis trains.
+
+``RowAccuracy``: classification accuracy that leaves out the rows completing an evaluation's last
+batch (weight 0, zoo.data.pipeline.ArrayBatches) and counts every other row once.
+
+Both registered, so models saved with them load anywhere.
 """
 from __future__ import annotations
 
@@ -25,3 +29,24 @@ class PixelCrossentropy(keras.losses.Loss):
         probabilities = ops.clip(probabilities, keras.backend.epsilon(), 1.0 - keras.backend.epsilon())
         classes = ops.expand_dims(ops.cast(y_true, "int32"), axis=-1)
         return -ops.log(ops.squeeze(ops.take_along_axis(probabilities, classes, axis=-1), axis=-1))
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class RowAccuracy(keras.metrics.MeanMetricWrapper):
+    """Accuracy over the rows whose sample weight is above 0, each counted once. Keras's "accuracy"
+    among ``metrics`` ignores weights (the zero-weight rows that complete a validation batch would
+    count); among ``weighted_metrics`` it would weigh training rows by their class weights. Named
+    "accuracy", so history keeps its columns. ``one_hot``: labels come one-hot (the focal loss)."""
+
+    def __init__(self, name="accuracy", dtype=None, one_hot=False):
+        accuracy = keras.metrics.categorical_accuracy if one_hot else keras.metrics.sparse_categorical_accuracy
+        super().__init__(accuracy, name=name, dtype=dtype)
+        self.one_hot = one_hot
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            sample_weight = ops.cast(ops.greater(sample_weight, 0), self.dtype)
+        return super().update_state(y_true, y_pred, sample_weight=sample_weight)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "one_hot": self.one_hot}

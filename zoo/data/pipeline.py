@@ -19,21 +19,28 @@ from zoo.data.steps import PipelineOptions
 
 
 class ArrayBatches(keras.utils.PyDataset):
-    """Batches of ``count`` rows made by ``make_batch(positions, epoch, index)``, in order or, with
-    ``shuffle_seed``, in a new permutation each epoch drawn from the seed and the epoch.
-    Iterating it yields one epoch; ``repeat()`` yields epochs without end. ``multiple``: every batch's
-    size is a multiple of it (the devices a batch is split over); the rows of an epoch's last batch
-    beyond the largest multiple are left out of that epoch (fewer than ``multiple``)."""
+    """Batches of ``count`` rows made by ``make_batch(positions, epoch, index)``, every one of exactly
+    ``batch_size`` rows: a compiled step (Keras's train, test and predict steps, the preparation) then
+    sees one shape and compiles once, whatever the split's size.
+
+    Training (``shuffle_seed`` given): a new permutation each epoch, drawn from the seed and the epoch;
+    the epoch's last batch is completed with the epoch's first rows again (PyTorch's DistributedSampler
+    convention), so every row is seen at least once an epoch and none is left out.
+    Evaluation (rows in order): the last batch is completed by repeating its last row, and every batch
+    ends with a weight per row, 0 for the repeats: Keras's weighted metrics and loss leave them out
+    (see :func:`padding_loss_correction` for the loss's mean); :meth:`with_rows` says how many of a
+    batch's rows are the split's, for loops that score or store them.
+    Iterating it yields one epoch; ``repeat()`` yields epochs without end."""
 
     def __init__(self, count: int, batch_size: int, make_batch, shuffle_seed: int | None = None,
-                 workers: int | None = None, multiple: int = 1):
+                 workers: int | None = None):
         from zoo.runtime import logical_cpus
 
         super().__init__(workers=workers or max(1, min(8, logical_cpus())), use_multiprocessing=False,
                          max_queue_size=8)
         self.count, self.batch_size, self.make_batch = count, batch_size, make_batch
-        self.used = count - count % batch_size % multiple  # a multiple only where batch_size is one too
         self.shuffle_seed, self.epoch = shuffle_seed, 0
+        self.weighted = shuffle_seed is None
         self.order = self._order()
 
     def _order(self) -> np.ndarray:
@@ -42,17 +49,52 @@ class ArrayBatches(keras.utils.PyDataset):
         return np.random.default_rng([self.shuffle_seed, self.epoch]).permutation(self.count)
 
     def __len__(self) -> int:
-        return math.ceil(self.used / self.batch_size)
+        return math.ceil(self.count / self.batch_size)
 
-    def __getitem__(self, index: int):
+    @property
+    def padded_count(self) -> int:
+        """Rows an epoch's batches hold, the completion of the last one included."""
+        return len(self) * self.batch_size
+
+    def rows(self, index: int) -> int:
+        """How many of batch ``index``'s rows are the split's own (the others complete it)."""
+        return min(self.batch_size, self.count - index * self.batch_size)
+
+    def positions(self, index: int) -> np.ndarray:
+        """The rows of batch ``index``: the epoch's order, the last batch completed as the class says."""
         if not 0 <= index < len(self):
             raise IndexError(index)
-        end = min((index + 1) * self.batch_size, self.used)
-        return self.make_batch(self.order[index * self.batch_size:end], self.epoch, index)
+        start = index * self.batch_size
+        chosen = self.order[start:start + self.batch_size]
+        missing = self.batch_size - len(chosen)
+        if missing:
+            completion = (np.resize(self.order, missing) if self.shuffle_seed is not None
+                          else np.full(missing, chosen[-1]))
+            chosen = np.concatenate([chosen, completion])
+        return chosen
+
+    def __getitem__(self, index: int):
+        batch = self.make_batch(self.positions(index), self.epoch, index)
+        if not self.weighted:
+            return batch
+        rows = self.rows(index)
+        weights = (np.arange(self.batch_size) < rows).astype(np.float32)
+        if len(batch) == 3:  # segmentation's pixel weights: the completion's pixels weigh nothing
+            if rows == self.batch_size:
+                return batch
+            shape = (-1,) + (1,) * (len(batch[2].shape) - 1)
+            return (batch[0], batch[1], keras.ops.multiply(batch[2], keras.ops.reshape(weights, shape)))
+        return (*batch, weights)
 
     def __iter__(self):
         for index in range(len(self)):
             yield self[index]
+
+    def with_rows(self):
+        """(batch, rows) for each batch of an epoch: the batch as a compiled step takes it, and how many
+        of its first rows are the split's (the rest complete the last batch and are to be cut away)."""
+        for index in range(len(self)):
+            yield self[index], self.rows(index)
 
     def on_epoch_end(self):
         self.epoch += 1
@@ -63,6 +105,21 @@ class ArrayBatches(keras.utils.PyDataset):
         while True:
             yield from self
             self.on_epoch_end()
+
+
+def padding_loss_correction(validation):
+    """A Keras callback that gives fit's ``val_loss`` its unpadded value. Keras averages each batch's
+    loss over all its rows, zero-weighted ones included, and weighs the batch by its row count, so
+    over ``validation`` (an ArrayBatches) it reports (sum of the split's losses) / padded_count; the
+    split's mean is that times padded_count / count. Exact for zoo's losses, each a mean of per-row
+    (or per-pixel) terms. Put it before every callback that reads ``val_loss``."""
+
+    class PaddingLossCorrection(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None and "val_loss" in logs and validation.padded_count != validation.count:
+                logs["val_loss"] = float(logs["val_loss"]) * validation.padded_count / validation.count
+
+    return PaddingLossCorrection()
 
 
 def preparation_for(info, options: PipelineOptions):
@@ -124,8 +181,7 @@ def input_pipeline(source, split, indices, info, options: PipelineOptions, train
     def make_batch(positions, epoch, index):
         return prepare(*host_batch(positions, epoch, index))
 
-    batches = ArrayBatches(len(rows), options.batch_size, make_batch, shuffle_seed=seed if training else None,
-                           multiple=options.batch_multiple)
+    batches = ArrayBatches(len(rows), options.batch_size, make_batch, shuffle_seed=seed if training else None)
     batches.input_cache = decoded.origin
     batches.on_device = resident is not None
     batches.host_batch = host_batch  # for benchmarks/pipeline_throughput.py: the host's share alone

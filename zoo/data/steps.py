@@ -24,7 +24,6 @@ class PipelineOptions:
     target: str = "labels"                # labels | masks | proportions
     class_weights: list | None = None     # per class; segmentation gets per-pixel sample weights
     one_hot: bool = False                 # classification labels as one-hot (for the focal loss)
-    batch_multiple: int = 1               # each batch a multiple of this: the devices fit splits it over
 
 
 def class_weights_from_counts(counts, ignore_classes=()) -> list[float]:

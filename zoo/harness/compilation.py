@@ -5,8 +5,13 @@ compiled, counted by the backend itself.
 On JAX: ``jax_compilation_cache_dir``, every executable cached whatever its compile time or size (a CPU run's
 steps compile in well under JAX's default one second), and JAX's own monitoring events counted: XLA backend
 compilations, the seconds spent tracing, lowering, compiling and reading the cache, and cache hits. A damaged
-or foreign entry is JAX's to skip (it logs and compiles again); a full disk only loses the entry. TensorFlow
-and PyTorch: no persistent cache yet and no count (their columns stay empty).
+or foreign entry is JAX's to skip (it logs and compiles again); a full disk only loses the entry.
+
+On TensorFlow: XLA's persistent cache (``TF_XLA_FLAGS=--tf_xla_persistent_cache_directory``) for runs with
+``train.xla``, a subfolder per machine; an entry that is not a whole message is removed before a run
+(TensorFlow would fail the run reading it) and compiled and written again. TensorFlow gives no
+per-process count of its compilations or their time (the columns stay empty), nor does PyTorch, which has
+no persistent cache here.
 """
 from __future__ import annotations
 
@@ -87,11 +92,10 @@ def use_persistent_cache(cache_dir: Path) -> Path | None:
     the folder in use, or None on backends without one."""
     from zoo.runtime import backend
 
-    if backend() != "jax":
+    name = backend()
+    if name not in ("jax", "tensorflow"):
         return None
-    import jax
-
-    folder = Path(cache_dir) / CACHE_FOLDER / "jax"
+    folder = Path(cache_dir) / CACHE_FOLDER / name
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a read-only or full output folder: compile as before
@@ -100,6 +104,10 @@ def use_persistent_cache(cache_dir: Path) -> Path | None:
         print(f"zoo worker: warning: the compilation cache {folder} cannot be used ({error.strerror or error}); "
               f"this run compiles without it", file=sys.stderr, flush=True)
         return None
+    if name == "tensorflow":
+        return _tensorflow_xla_cache(folder)
+    import jax
+
     if jax.config.jax_compilation_cache_dir != str(folder):
         jax.config.update("jax_compilation_cache_dir", str(folder))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -111,3 +119,115 @@ def use_persistent_cache(cache_dir: Path) -> Path | None:
         except (ImportError, AttributeError):
             pass
     return folder
+
+
+TF_CACHE_FLAG = "--tf_xla_persistent_cache_directory="
+
+
+def _tensorflow_xla_cache(folder: Path) -> Path | None:
+    """TensorFlow's XLA executables (``train.xla``) kept under ``folder``, in a subfolder per machine
+    (XLA:CPU stores code for this CPU's instructions; an output folder on a shared disk may serve others).
+    TF_XLA_FLAGS is read once per process, at its first XLA compilation, so the first output folder of a
+    process is the one its XLA runs share (a worker serves one suite). A folder the user already named
+    there is kept."""
+    import os
+    import re
+
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    named = re.search(re.escape(TF_CACHE_FLAG) + r"(\S+)", flags)
+    if named:
+        return Path(named.group(1))
+    folder = folder / machine_key()
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    os.environ["TF_XLA_FLAGS"] = f"{flags} {TF_CACHE_FLAG}{folder}".strip()
+    remove_damaged_entries(folder)
+    return folder
+
+
+_checked: dict = {}  # entry path -> (size, mtime) found whole in this process
+
+
+def remove_damaged_entries(folder: Path) -> list[Path]:
+    """Delete the entries of a TensorFlow XLA cache folder that are not whole serialized messages (a run
+    killed while writing one, a damaged disk): TensorFlow fails the run that reads such an entry
+    (DataLossError) where it should compile again, so zoo removes them first and TensorFlow compiles and
+    writes them anew. Returns what was removed."""
+    removed = []
+    for entry in Path(folder).glob("*.pb"):
+        try:
+            stat = entry.stat()
+            if _checked.get(entry) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            if whole_protobuf(entry.read_bytes()):
+                _checked[entry] = (stat.st_size, stat.st_mtime_ns)
+                continue
+            entry.unlink()
+            removed.append(entry)
+        except OSError:  # gone meanwhile (another process), or unreadable: TensorFlow's own checks remain
+            continue
+    return removed
+
+
+def whole_protobuf(data: bytes) -> bool:
+    """Whether ``data`` is a well-formed binary protobuf message: a sequence of fields whose tags, lengths
+    and values end exactly at its end (a truncated or foreign file is not)."""
+    position, end = 0, len(data)
+
+    def varint() -> int | None:
+        nonlocal position
+        value = shift = 0
+        while position < end and shift < 64:
+            byte = data[position]
+            position += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+        return None
+
+    if not data:
+        return False
+    while position < end:
+        tag = varint()
+        if tag is None or tag >> 3 == 0:
+            return False
+        kind = tag & 7
+        if kind == 0:
+            if varint() is None:
+                return False
+        elif kind in (1, 5):
+            position += 8 if kind == 1 else 4
+        elif kind == 2:
+            length = varint()
+            if length is None:
+                return False
+            position += length
+        else:  # groups (3, 4) and the unused wire types
+            return False
+        if position > end:
+            return False
+    return True
+
+
+def machine_key() -> str:
+    """This machine's processor and NVIDIA GPUs, as a short key: compiled code for one runs on it alone."""
+    import glob
+    import hashlib
+    import platform
+
+    parts = [platform.machine()]
+    try:
+        with open("/proc/cpuinfo") as info:
+            parts += sorted({line.strip() for line in info if line.startswith(("model name", "flags"))})
+    except OSError:
+        parts.append(platform.processor())
+    for path in sorted(glob.glob("/proc/driver/nvidia/gpus/*/information")):
+        try:
+            with open(path) as info:
+                parts += [line.strip() for line in info if line.startswith("Model:")]
+        except OSError:
+            pass
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]

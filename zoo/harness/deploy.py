@@ -36,8 +36,8 @@ def calibration_images(run, count: int = CALIBRATION_IMAGES):
 
     def images():
         given = 0
-        for batch in run.data.pipeline("train", False, augment=False):
-            for image in keras.ops.convert_to_numpy(batch[0]).astype(np.float32):
+        for batch, rows in run.data.pipeline("train", False, augment=False).with_rows():
+            for image in keras.ops.convert_to_numpy(batch[0])[:rows].astype(np.float32):
                 if given == count:
                     return
                 given += 1

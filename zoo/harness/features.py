@@ -54,15 +54,14 @@ def compute_features(extractor, pipelines: dict, folder: Path) -> None:
 
     from zoo.runtime import compiled_predict
 
-    # Traced once for any batch size: a split's last, shorter batch does not trace the backbone again.
     extract = compiled_predict(extractor)
     for split, dataset in pipelines.items():
         outputs, targets = [], []
-        for batch in dataset:
+        for batch, rows in dataset.with_rows():  # full batches, one shape; the last one's completion cut away
             values = extract(batch[0])
             values = values if isinstance(values, (list, tuple)) else [values]
-            outputs.append([np.asarray(v, dtype=np.float32) for v in values])
-            targets.append(keras.ops.convert_to_numpy(batch[1]))
+            outputs.append([np.asarray(v[:rows], dtype=np.float32) for v in values])
+            targets.append(keras.ops.convert_to_numpy(batch[1])[:rows])
         for index in range(len(outputs[0])):
             np.save(partial / f"{split}-feature{index}.npy", np.concatenate([o[index] for o in outputs]))
         np.save(partial / f"{split}-target0.npy", np.concatenate(targets))
@@ -72,12 +71,12 @@ def compute_features(extractor, pipelines: dict, folder: Path) -> None:
 
 
 def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int | None, indices=None,
-                    finish=None, multiple: int = 1):
+                    finish=None):
     """Batches of (features, target) from the cache (a zoo.data.pipeline.ArrayBatches, on every
     backend): the rows ``indices`` of source split ``split`` (all when None) in that order, shuffled
     as the image pipeline shuffles when ``shuffle_seed`` is given, so the head sees the batches the
     full model would; ``finish(target)`` returns the batch's (target, ...) as the run's loss wants
-    them; ``multiple``: each batch's size a multiple of it (see ArrayBatches). In memory up to
+    them; every batch full, as ArrayBatches makes them. In memory up to
     IN_MEMORY_BYTES, else read from memory-mapped files batch by batch."""
     from zoo.data.pipeline import ArrayBatches
 
@@ -96,7 +95,7 @@ def feature_dataset(folder: Path, split: str, batch_size: int, shuffle_seed: int
         inputs = tuple(chosen[:len(features)])
         return (inputs if len(inputs) > 1 else inputs[0], *finish(*chosen[len(features):]))
 
-    return ArrayBatches(len(rows), batch_size, make_batch, shuffle_seed=shuffle_seed, workers=1, multiple=multiple)
+    return ArrayBatches(len(rows), batch_size, make_batch, shuffle_seed=shuffle_seed, workers=1)
 
 
 def build_head_model(model, head_spec, backbone_spec, num_classes, input_shape):
@@ -163,8 +162,7 @@ def prepare(spec, data, model, head_spec, backbone_spec, precision: str, global_
 
     def dataset(name, shuffle_seed):
         split, indices = data.plan[name]
-        return feature_dataset(folder, split, global_batch, shuffle_seed, indices, finish,
-                               data.replicas if name in ("train", "val") else 1)
+        return feature_dataset(folder, split, global_batch, shuffle_seed, indices, finish)
 
     return {"key": key, "folder": folder, "reused": reused, "seconds": seconds, "head_model": head_model,
             "dataset": dataset, "train": dataset("train", spec.seed), "val": dataset("val", None),

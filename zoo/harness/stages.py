@@ -129,7 +129,6 @@ class RunData:
     cache: str               # train.cache: the decoded cache's mode (zoo.data.decoded)
     cache_root: str          # where decoded splits live: the output folder's cache/images
     memory_limit: int | None  # bytes of decoded rows held in memory
-    replicas: int = 1        # devices fit splits each batch over: its train and val batches divide by it
     pipelines: LazyPipelines = field(init=False)
     input_cache: list = field(default_factory=list)  # each pipeline's rows: built, reused or off
 
@@ -162,8 +161,7 @@ class RunData:
         split, indices = self.plan[name]
         augment = self.augment and training if augment is None else augment
         options = PipelineOptions(**self.options, augment=augment, cache=self.cache, cache_root=self.cache_root,
-                                  memory_limit=self.memory_limit,
-                                  batch_multiple=self.replicas if name in ("train", "val") else 1)
+                                  memory_limit=self.memory_limit)
         batches = input_pipeline(self.source, split, indices, self.info, options, training)
         self.input_cache.append(batches.input_cache)
         return batches
@@ -177,7 +175,7 @@ class RunData:
         return None
 
 
-def open_data(spec: RunSpec, global_batch: int, cache_dir: Path, replicas: int = 1) -> RunData:
+def open_data(spec: RunSpec, global_batch: int, cache_dir: Path) -> RunData:
     """The run's dataset opened, its split carved and its pipelines described (built on first use)."""
     from zoo.data.pipeline import class_counts
     from zoo.data.splits import plan_for_source
@@ -201,8 +199,7 @@ def open_data(spec: RunSpec, global_batch: int, cache_dir: Path, replicas: int =
                    one_hot=spec.train.loss == "focal" and task == "classification")
     return RunData(source=source, task=task, plan=plan, sizes=sizes, train_counts=train_counts,
                    class_weights=weights, options=options, augment=bool(spec.train.augment), cache=spec.train.cache,
-                   cache_root=str(cache_dir / "images"), memory_limit=input_memory_limit(spec.train.input_memory_gb),
-                   replicas=replicas)
+                   cache_root=str(cache_dir / "images"), memory_limit=input_memory_limit(spec.train.input_memory_gb))
 
 
 def input_memory_limit(gigabytes) -> int:
@@ -291,18 +288,21 @@ class _Training:
 
         from zoo.harness.recipes import (FEATURE_STEPS_PER_EXECUTION, compiled_with_xla, jit_compile, make_loss,
                                          make_optimizer)
+        from zoo.losses import RowAccuracy
 
         train = self.spec.train
         schedule = learning_rate
         if train.lr_schedule == "cosine":
             schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=self.steps_per_epoch() * epochs)
         task = self.data.task
-        metrics = {"classification": ["accuracy"], "segmentation": [], "distribution": []}[task]
-        weighted = ["accuracy"] if task == "segmentation" else None
+        # Weighted, so the zero-weight rows completing the last validation batch count for nothing:
+        # pixel accuracy weighted by the pixel weights (as the loss is); for classification each row once.
+        weighted = {"classification": lambda: [RowAccuracy(one_hot=self.data.options["one_hot"])],
+                    "segmentation": lambda: ["accuracy"], "distribution": lambda: []}[task]()
         self.calibration_forward = None  # traced again: trainable flags may have changed
         with self.runtime.strategy.scope():  # the optimizer's variables too belong to the strategy
             settings = dict(optimizer=make_optimizer(train.optimizer, schedule), loss=make_loss(task, train.loss),
-                            metrics=metrics, weighted_metrics=weighted, jit_compile=jit_compile(train.xla))
+                            weighted_metrics=weighted, jit_compile=jit_compile(train.xla))
             if self.features is None:
                 self.trained_model.compile(**settings)
             else:
@@ -329,13 +329,16 @@ class _Training:
     def callbacks(self, append: bool) -> list:
         import keras
 
+        from zoo.data.pipeline import padding_loss_correction
         from zoo.harness.precise_bn import (forward_in_training_mode, precise_bn_callback, trained_batchnorm_layers,
                                             validation_batches)
         from zoo.harness.recipes import best_weights_callback, learning_rate_log, tensorboard_callbacks
 
         train = self.spec.train
         self.best_weights = best_weights_callback()
-        callbacks = [self.timer, learning_rate_log(), keras.callbacks.TerminateOnNaN()]
+        # First: every later callback (checkpointing, early stopping, schedules, the CSV log) reads val_loss.
+        callbacks = [padding_loss_correction(self.fit_data[1]), self.timer, learning_rate_log(),
+                     keras.callbacks.TerminateOnNaN()]
         if train.precise_bn_batches and trained_batchnorm_layers(self.trained_model):
             # Keras runs validation inside fit before on_epoch_end: this callback's on_test_begin
             # recalibrates first, so checkpointing, early stopping and schedules judge current statistics.
@@ -425,16 +428,18 @@ def _host(tensor) -> np.ndarray:
 
 def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
     """The test metrics and predictions of ``predict`` (batch in, NumPy probabilities out) over
-    ``test_data``: the trained model's, or an exported copy's (zoo.harness.deploy)."""
+    ``test_data`` (a zoo.data.pipeline.ArrayBatches: full batches, each ending with its row weights;
+    the last batch's completion is cut from predictions and targets alike): the trained model's, or
+    an exported copy's (zoo.harness.deploy)."""
     from zoo import metrics
 
     start = time.perf_counter()
     names, ignore = data.info.class_names, data.info.ignore_classes
     if data.task == "classification":
         truth, probabilities = [], []
-        for images, labels in test_data:
-            probabilities.append(predict(images))
-            labels = _host(labels)
+        for (images, labels, _), rows in test_data.with_rows():
+            probabilities.append(predict(images)[:rows])
+            labels = _host(labels)[:rows]
             truth.append(labels.argmax(axis=-1) if labels.ndim == 2 else labels)
         y_true, y_prob = np.concatenate(truth), np.concatenate(probabilities)
         eval_seconds = time.perf_counter() - start
@@ -443,9 +448,9 @@ def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
     elif data.task == "segmentation":
         confusion = np.zeros((len(names), len(names)), dtype=np.int64)
         masks, predicted, true_props, predicted_props = [], [], [], []
-        for images, batch_masks, _ in test_data:
-            probabilities = predict(images)
-            batch_masks = _host(batch_masks)
+        for (images, batch_masks, _), rows in test_data.with_rows():
+            probabilities = predict(images)[:rows]
+            batch_masks = _host(batch_masks)[:rows]
             batch_pred = probabilities.argmax(axis=-1)
             confusion += metrics.pixel_confusion(batch_masks, batch_pred, len(names))
             true_props.append(np.stack([np.bincount(m.ravel(), minlength=len(names)) for m in batch_masks]))
@@ -460,9 +465,9 @@ def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
                        "proportions_pred": np.concatenate(predicted_props)}
     else:
         truth, predicted = [], []
-        for images, proportions in test_data:
-            predicted.append(predict(images))
-            truth.append(_host(proportions))
+        for (images, proportions, _), rows in test_data.with_rows():
+            predicted.append(predict(images)[:rows])
+            truth.append(_host(proportions)[:rows])
         y_true, y_pred = np.concatenate(truth), np.concatenate(predicted)
         eval_seconds = time.perf_counter() - start
         result = metrics.distribution_metrics(y_true, y_pred, names, ignore)
@@ -619,7 +624,7 @@ def train_and_score(run_dir: Path, spec: RunSpec, progress: dict) -> Trained:
     runtime = start_runtime(spec)
     progress.update(runtime=runtime)
     write_json(run_dir / "environment.json", environment(runtime))
-    data = open_data(spec, runtime.global_batch, cache_dir, runtime.replicas)
+    data = open_data(spec, runtime.global_batch, cache_dir)
     record_split(run_dir, spec, data)
     model = build_run_model(spec, data, runtime)
     progress.update(model=model)
@@ -684,5 +689,5 @@ def reopen(run_dir) -> OpenedRun:
 
     spec, _, model = load_run_model(run_dir)
     runtime = start_runtime(spec)
-    data = open_data(spec, runtime.global_batch, cache_folder(run_dir), runtime.replicas)
+    data = open_data(spec, runtime.global_batch, cache_folder(run_dir))
     return OpenedRun(Path(run_dir), spec, runtime, data, model)
