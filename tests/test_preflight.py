@@ -173,3 +173,24 @@ def test_the_plan_estimates_the_split_sizes_the_run_carves(fractions):
                   for split, (origin, indices) in plan_for_source(source, fractions, 3).items()}
         run = SimpleNamespace(train=TrainSettings(split=fractions), dataset={}, split_seed=3)
         assert split_sizes(run, source.info) == carved
+
+
+def test_the_pytorch_backend_on_an_nvidia_gpu_is_named_with_its_measured_speed_before_the_suite(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """Keras's PyTorch backend measured about a tenth of the JAX backend's speed on an H200: zoo plan says so,
+    with the figures, where an NVIDIA GPU is present and a run trains there; not on a CPU, not for JAX runs."""
+    from zoo.harness.preflight import GPU_SPEED_VS_TIMM, slow_backend_warnings
+
+    runs = expand_suite(load_suite({**QUICK, "train": {**QUICK["train"], "backend": "torch"}}))
+    jax_runs = expand_suite(load_suite({**QUICK, "train": {**QUICK["train"], "backend": "jax"}}))
+    (line,) = slow_backend_warnings(runs, gpu="/dev/nvidia0")
+    assert "2 run(s)" in line and GPU_SPEED_VS_TIMM["torch"]["inference"] in line and "train.backend: jax" in line
+    assert slow_backend_warnings(jax_runs, gpu="/dev/nvidia0") == []
+    monkeypatch.setattr("zoo.console.nvidia_gpu_present", lambda: None)
+    assert slow_backend_warnings(runs) == []
+
+    monkeypatch.setattr("zoo.console.nvidia_gpu_present", lambda: "/dev/nvidia0")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(json.dumps({**QUICK, "backbones": ["baseline_cnn"], "train": {**QUICK["train"], "backend": "torch"}}))
+    main(["plan", str(suite), "--out", str(tmp_path / "out")])
+    assert "Keras's PyTorch backend on this NVIDIA GPU" in capsys.readouterr().out

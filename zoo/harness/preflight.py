@@ -142,6 +142,31 @@ def backend_problems(runs) -> list[Problem]:
     return problems
 
 
+# Keras's backends against timm on one NVIDIA H200 (benchmarks/vs_timm.py at 224 px, batch 64, mixed
+# precision; Keras 3.15.1, JAX 0.11.2, PyTorch 2.11; 2026-11, recorded in issue 31): zoo's images/s over timm's.
+GPU_SPEED_VS_TIMM = {"torch": {"inference": "0.07-0.09x", "training": "0.13x"},
+                     "jax": {"inference": "0.56-0.77x", "training": "0.81-1.33x"}}
+
+
+def slow_backend_warnings(runs, gpu: str | None = None) -> list[str]:
+    """One line when runs train with Keras's PyTorch backend on an NVIDIA GPU (``gpu``: the device file
+    that shows one, found when None), where it measured about a tenth of the JAX backend's speed; nothing
+    on CPUs, where it is not the slower one."""
+    import os
+
+    from zoo.console import nvidia_gpu_present
+
+    gpu = gpu or nvidia_gpu_present()
+    slow = [run for run in runs if (run.train.backend or os.environ.get("KERAS_BACKEND")) == "torch"]
+    if not gpu or not slow:
+        return []
+    torch, jax = GPU_SPEED_VS_TIMM["torch"], GPU_SPEED_VS_TIMM["jax"]
+    return [f"warning: {len(slow)} run(s) train with Keras's PyTorch backend on this NVIDIA GPU, which measured "
+            f"{torch['inference']} of timm's inference and {torch['training']} of its training images/s on an "
+            f"H200 (benchmarks/vs_timm.py), against {jax['inference']} and {jax['training']} with the JAX "
+            f"backend: set train.backend: jax (pip install 'jax[cuda12]') unless the runs need PyTorch"]
+
+
 def check_readiness(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
     """Every problem that would stop a run of ``runs`` at its start, and the datasets opened."""
     sources, problems = open_datasets(runs, cache_dir)

@@ -212,7 +212,7 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     run is logged to.
     """
     from zoo.harness.preflight import (NotReadyError, check_readiness, format_problems, prepare_missing,
-                                       small_class_warnings)
+                                       slow_backend_warnings, small_class_warnings)
 
     out_dir = Path(out_dir)
     runs, selected = select_runs(suite, only)
@@ -233,7 +233,7 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
             if problems:
                 raise NotReadyError(format_problems(problems, None if prepare else suite_path))
             log_skipped_files(sources, log)
-            for warning in small_class_warnings(todo, sources):
+            for warning in small_class_warnings(todo, sources) + slow_backend_warnings(todo):
                 log(warning)
         else:
             sources = {}
@@ -433,7 +433,7 @@ def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log, record: 
     estimates for the pending ones; trains nothing and writes nothing but the folder-scan cache
     the runs reuse, and with ``record`` OUT/plan.json (the estimates, which ``zoo serve`` shows beside
     the time each run then takes). 2 if a run cannot start."""
-    from zoo.harness.preflight import check_readiness, format_plan, format_problems, make_plan
+    from zoo.harness.preflight import check_readiness, format_plan, format_problems, make_plan, slow_backend_warnings
 
     out_dir = Path(out_dir)
     _, selected = select_runs(suite, only)
@@ -441,6 +441,8 @@ def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log, record: 
     sources, problems = check_readiness(todo, cache_dir=out_dir / "cache")
     plan = make_plan(selected, out_dir, sources, problems, log=log)
     log(format_plan(plan))
+    for warning in slow_backend_warnings(todo):
+        log(warning)
     if record:
         _record_plan(out_dir, plan)
     if problems:
