@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("jax")
+pytestmark = pytest.mark.slow  # two whole runs; tests/test_input_path.py checks the batches in the fast tier
 
 SUITE = {"name": "padding", "datasets": ["synthetic_terrain", "synthetic_landcover"], "backbones": ["baseline_cnn"],
          "heads": ["linear", "unet"], "seeds": [0],

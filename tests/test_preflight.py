@@ -194,3 +194,34 @@ def test_the_pytorch_backend_on_an_nvidia_gpu_is_named_with_its_measured_speed_b
     suite.write_text(json.dumps({**QUICK, "backbones": ["baseline_cnn"], "train": {**QUICK["train"], "backend": "torch"}}))
     main(["plan", str(suite), "--out", str(tmp_path / "out")])
     assert "Keras's PyTorch backend on this NVIDIA GPU" in capsys.readouterr().out
+
+
+def test_the_plan_prices_decoding_once_per_dataset_and_size_and_not_once_cached(tmp_path, capsys):
+    """The first run of a dataset and image size decodes its images (measured on a few), the second seed
+    reads them; once OUT/cache/images holds them, no run pays; train.cache: none pays every epoch."""
+    from zoo.data import open_source
+    from zoo.data.decoded import open_decoded
+    from zoo.harness.preflight import _dataset_key, decode_estimates
+
+    suite = {**QUICK, "backbones": ["baseline_cnn"], "seeds": [0, 1]}
+    runs = expand_suite(load_suite(suite))
+    source = open_source("synthetic_terrain")
+    sources = {_dataset_key(runs[0].dataset): source}
+    estimates = decode_estimates(runs, sources, tmp_path)
+    first, second = (estimates[run.run_id] for run in runs)
+    assert first > 0 and second == 0
+    streamed = expand_suite(load_suite({**suite, "train": {**QUICK["train"], "cache": "none", "epochs": 3}}))
+    assert decode_estimates(streamed, sources, tmp_path)[streamed[1].run_id] > 3 * first
+    open_decoded(source, "train", 32, tmp_path / "cache" / "images")
+    assert set(decode_estimates(runs, sources, tmp_path).values()) == {0.0}
+
+    main(["plan", json_file(tmp_path, suite), "--out", str(tmp_path / "fresh")])
+    assert "Decoding the images" in capsys.readouterr().out
+    main(["plan", json_file(tmp_path, suite), "--out", str(tmp_path)])
+    assert "Decoding the images" not in capsys.readouterr().out
+
+
+def json_file(folder, suite) -> str:
+    path = folder / "suite.json"
+    path.write_text(json.dumps(suite))
+    return str(path)

@@ -278,6 +278,38 @@ def _build(source, split: str, size: int, folder: Path, expected: dict) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def decode_needed(source, split: str, size: int, cache_root) -> bool:
+    """Whether ``split`` at ``size`` px has no whole decoded folder under ``cache_root`` yet (the next run
+    reading it decodes it)."""
+    return _read_complete(_folder(cache_root, source, split, size), _expected(source, split, size)) is None
+
+
+def decode_seconds_per_example(source, split: str, size: int, sample: int = 16) -> float:
+    """Wall seconds per example to decode, resize and store ``split`` at ``size`` px as the cache's build
+    does (DECODE_THREADS threads), measured on its first ``sample`` examples."""
+    import time
+
+    info = source.info
+    masks = info.task != "classification"
+    count = min(sample, int(info.splits[split]))
+    if count == 0:
+        return 0.0
+
+    def one(example):
+        image, target = example
+        return stored_image(image, size, info.max_pixel_value), stored_target(target, size, masks)
+
+    start = time.perf_counter()
+    if source.reads_by_position:
+        arrays = source.example_arrays(split)
+        with ThreadPoolExecutor(DECODE_THREADS) as pool:
+            list(pool.map(lambda i: one(arrays[i]), range(count)))
+    else:
+        for example in source.examples(split).take(count).as_numpy_iterator():
+            one(example)
+    return (time.perf_counter() - start) / count
+
+
 def decoded_in_memory(source, split: str, size: int) -> DecodedSplit:
     """A split decoded into memory and not kept (no cache folder: a script's or a test's pipeline)."""
     expected = _expected(source, split, size)

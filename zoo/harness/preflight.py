@@ -354,6 +354,42 @@ def estimate_seconds(run, sizes: dict, figures: dict, startup: float, features_c
             + RUN_FIXED_SECONDS + (0.0 if speed_measured else SPEED_SECONDS))
 
 
+def decode_estimates(runs, sources: dict, out_dir) -> dict:
+    """Seconds each run spends decoding images (zoo.data.decoded), by run id: a split decoded at an image
+    size is paid by the first run that reads it, unless OUT/cache/images already holds it; with
+    ``train.cache: none`` every run decodes its splits each epoch and for the test. Measured on a few
+    examples per split and size."""
+    from zoo.data.decoded import decode_needed, decode_seconds_per_example
+    from zoo.data.splits import plan_splits
+
+    cache_root = Path(out_dir) / "cache" / "images"
+    rates, decoded, estimates = {}, set(), {}
+    for run in runs:
+        source = sources.get(_dataset_key(run.dataset))
+        if source is None:
+            continue
+        info = source.info
+        labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
+        try:
+            plan = plan_splits(labelled, run.train.split or run.dataset.get("split"), run.split_seed, {"train": None})
+        except ConfigError:
+            continue
+        seconds = 0.0
+        for split in sorted({split for split, _ in plan.values()}):
+            key = (_dataset_key(run.dataset), split, run.train.image_size)
+            streamed = run.train.cache == "none"
+            if not streamed and (key in decoded or not decode_needed(source, split, run.train.image_size, cache_root)):
+                decoded.add(key)
+                continue
+            if key not in rates:
+                rates[key] = decode_seconds_per_example(source, split, run.train.image_size)
+            passes = run.train.epochs + 1 + (run.finetune or {}).get("epochs", 0) if streamed else 1
+            seconds += rates[key] * info.splits[split] * passes
+            decoded.add(key)
+        estimates[run.run_id] = seconds
+    return estimates
+
+
 def run_status(run, runs_dir: Path) -> str:
     from zoo.results import read_result
 
@@ -370,6 +406,8 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=pr
 
     startup = startup_seconds()
     runs_dir = Path(out_dir) / "runs"
+    pending = [run for run in runs if run_status(run, runs_dir) != "finished"]
+    decoding = decode_estimates(pending, sources, out_dir)
     figures, rows = {}, []
     speed_keys, feature_keys = set(), set()
     for run in runs:
@@ -397,8 +435,9 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=pr
             except ConfigError:  # an impossible split: the run says so itself; no estimate
                 rows.append(row)
                 continue
-            row["estimate_seconds"] = estimate_seconds(run, sizes, figures[key], startup, features_cached=cached,
-                                                       speed_measured=key in speed_keys)
+            row["decode_seconds"] = decoding.get(run.run_id, 0.0)
+            row["estimate_seconds"] = row["decode_seconds"] + estimate_seconds(
+                run, sizes, figures[key], startup, features_cached=cached, speed_measured=key in speed_keys)
             startup = 0.0  # one worker runs them all
             speed_keys.add(key)
             if run.trains_on_features:
@@ -459,4 +498,9 @@ def format_plan(plan: dict) -> str:
     lines.append("Estimates: each architecture's inference measured here after tracing; training taken as "
                  f"{TRAIN_STEP_FACTOR:g}x inference per image and its tracing as {TRAIN_TRACE_FACTOR:g}x; every epoch "
                  "counted (early stopping can only shorten a run).")
+    decoding = sum(r.get("decode_seconds") or 0 for r in pending)
+    if decoding:
+        lines.append(f"Decoding the images, measured on a few of each split: about {format_duration(decoding)} of "
+                     f"that, paid by the first run of each dataset and image size (OUT/cache/images keeps them; "
+                     f"train.cache: none decodes every epoch).")
     return "\n".join(lines)
