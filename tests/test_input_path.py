@@ -229,6 +229,27 @@ def test_every_batch_is_full_so_a_compiled_step_sees_one_shape():
     assert len(small) == 1 and sorted(set(small[0])) == [0, 1, 2] and len(small[0]) == 8
 
 
+def test_capped_epochs_read_endless_batches_in_each_epochs_own_order():
+    """With steps_per_epoch fit reads batch i of an endless input: batch i % len of epoch i // len, the same
+    rows and augmentation epoch as the finite input's epochs."""
+    from zoo.data.pipeline import ArrayBatches
+
+    def make(positions, epoch, index):
+        return positions, np.full(len(positions), epoch)
+
+    finite = ArrayBatches(10, 4, make, shuffle_seed=3)
+    epochs = []
+    for _ in range(3):
+        epochs.append(list(finite))
+        finite.on_epoch_end()
+    endless = ArrayBatches(10, 4, make, shuffle_seed=3).endless()
+    assert endless.num_batches is None
+    for i in range(9):
+        positions, epoch = endless[i]
+        np.testing.assert_array_equal(positions, epochs[i // 3][i % 3][0])
+        assert set(epoch) == {i // 3}
+
+
 def keras_numpy(batch):
     import keras
 

@@ -41,15 +41,27 @@ class ArrayBatches(keras.utils.PyDataset):
         self.count, self.batch_size, self.make_batch = count, batch_size, make_batch
         self.shuffle_seed, self.epoch = shuffle_seed, 0
         self.weighted = shuffle_seed is None
+        self.is_endless = False
         self.order = self._order()
 
-    def _order(self) -> np.ndarray:
+    def _order(self, epoch: int | None = None) -> np.ndarray:
         if self.shuffle_seed is None:
             return np.arange(self.count)
-        return np.random.default_rng([self.shuffle_seed, self.epoch]).permutation(self.count)
+        return np.random.default_rng([self.shuffle_seed, self.epoch if epoch is None else epoch]).permutation(self.count)
 
     def __len__(self) -> int:
         return math.ceil(self.count / self.batch_size)
+
+    def endless(self):
+        """This object, made to yield batches without end, as fit needs with ``steps_per_epoch`` (a cap on
+        an epoch's steps: Keras stops training when a finite input runs out before steps x epochs): batch
+        ``i`` is batch ``i % len`` of the split's epoch ``i // len``, in that epoch's order."""
+        self.is_endless = True
+        return self
+
+    @property
+    def num_batches(self):
+        return None if self.is_endless else len(self)
 
     @property
     def padded_count(self) -> int:
@@ -60,21 +72,29 @@ class ArrayBatches(keras.utils.PyDataset):
         """How many of batch ``index``'s rows are the split's own (the others complete it)."""
         return min(self.batch_size, self.count - index * self.batch_size)
 
-    def positions(self, index: int) -> np.ndarray:
-        """The rows of batch ``index``: the epoch's order, the last batch completed as the class says."""
+    def positions(self, index: int, order: np.ndarray | None = None) -> np.ndarray:
+        """The rows of batch ``index`` of an epoch (``order``: its order, the current epoch's by default),
+        the last batch completed as the class says."""
         if not 0 <= index < len(self):
             raise IndexError(index)
+        order = self.order if order is None else order
         start = index * self.batch_size
-        chosen = self.order[start:start + self.batch_size]
+        chosen = order[start:start + self.batch_size]
         missing = self.batch_size - len(chosen)
         if missing:
-            completion = (np.resize(self.order, missing) if self.shuffle_seed is not None
+            completion = (np.resize(order, missing) if self.shuffle_seed is not None
                           else np.full(missing, chosen[-1]))
             chosen = np.concatenate([chosen, completion])
         return chosen
 
     def __getitem__(self, index: int):
-        batch = self.make_batch(self.positions(index), self.epoch, index)
+        if self.is_endless:
+            epoch, index = divmod(index, len(self))
+            batch = self.make_batch(self.positions(index, self._order(epoch)), epoch, index)
+            return self._weighted(batch, index)
+        return self._weighted(self.make_batch(self.positions(index), self.epoch, index), index)
+
+    def _weighted(self, batch, index: int):
         if not self.weighted:
             return batch
         rows = self.rows(index)
@@ -97,6 +117,8 @@ class ArrayBatches(keras.utils.PyDataset):
             yield self[index], self.rows(index)
 
     def on_epoch_end(self):
+        if self.is_endless:  # the epoch follows from the batch index
+            return
         self.epoch += 1
         self.order = self._order()
 

@@ -279,6 +279,8 @@ class _Training:
             self.fit_data = (self.features["train"], self.features["val"])
         else:
             self.trained_model, self.fit_data = model, (data.pipelines["train"], data.pipelines["val"])
+        if spec.train.steps_per_epoch:  # a cap on each epoch's steps: every epoch gets them all
+            self.fit_data[0].endless()
 
     def steps_per_epoch(self) -> int:
         return self.spec.train.steps_per_epoch or max(1, math.ceil(self.data.sizes["train"] / self.runtime.global_batch))
