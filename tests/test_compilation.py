@@ -98,3 +98,18 @@ def test_tensorflow_xla_runs_share_their_executables_and_leave_the_counts_empty(
     row = again.set_index("run_id").loc[table.iloc[1]["run_id"]]
     for metric in ("accuracy", "macro_f1", "macro_precision", "macro_recall"):
         assert row[metric] == table.iloc[1][metric]
+
+
+def test_a_users_own_xla_cache_folder_is_kept_and_zoos_own_follows_the_output_folder(tmp_path, monkeypatch):
+    from zoo.harness import compilation
+
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_min_cluster_size=2 --tf_xla_persistent_cache_directory=/mine")
+    monkeypatch.delenv(compilation.TF_CACHE_SET_BY_ZOO, raising=False)
+    assert str(compilation._tensorflow_xla_cache(tmp_path / "a")) == "/mine"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_min_cluster_size=2")
+    first = compilation._tensorflow_xla_cache(tmp_path / "a")
+    second = compilation._tensorflow_xla_cache(tmp_path / "b")  # a parent's setting, inherited: replaced
+    assert first.parent == tmp_path / "a" and second.parent == tmp_path / "b"
+    assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_min_cluster_size=2 --tf_xla_persistent_cache_directory={second}"

@@ -99,8 +99,8 @@ def test_short_training_scores_what_it_learned_and_early_stopping_sees_current_s
     assert long_accuracy > 0.9
     assert precise["accuracy"] >= long_accuracy - 0.05
     assert stale["accuracy"] < long_accuracy - 0.3  # the collapse precise BN removes
-    # 630 training tiles at batch 32: 19 full batches (the short 20th is skipped).
-    assert precise["precise_bn_batches"] == 19
+    # 630 training tiles at batch 32: 20 full batches (the 20th completed with the epoch's first rows).
+    assert precise["precise_bn_batches"] == 20
 
     # Early stopping on validation loss: with stale averages a model whose training accuracy
     # climbs past 0.95 shows a validation accuracy near chance; recalibrated before each

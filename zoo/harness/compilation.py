@@ -122,6 +122,7 @@ def use_persistent_cache(cache_dir: Path) -> Path | None:
 
 
 TF_CACHE_FLAG = "--tf_xla_persistent_cache_directory="
+TF_CACHE_SET_BY_ZOO = "ZOO_TF_XLA_CACHE"  # the folder zoo named in TF_XLA_FLAGS (a user's own is kept)
 
 
 def _tensorflow_xla_cache(folder: Path) -> Path | None:
@@ -135,14 +136,17 @@ def _tensorflow_xla_cache(folder: Path) -> Path | None:
 
     flags = os.environ.get("TF_XLA_FLAGS", "")
     named = re.search(re.escape(TF_CACHE_FLAG) + r"(\S+)", flags)
-    if named:
-        return Path(named.group(1))
+    if named and named.group(1) != os.environ.get(TF_CACHE_SET_BY_ZOO):
+        return Path(named.group(1))  # the user's own
+    if named:  # zoo's, for another output folder, inherited from a parent process or set here before
+        flags = (flags[:named.start()] + flags[named.end():]).strip()
     folder = folder / machine_key()
     try:
         folder.mkdir(exist_ok=True)
     except OSError:
         return None
     os.environ["TF_XLA_FLAGS"] = f"{flags} {TF_CACHE_FLAG}{folder}".strip()
+    os.environ[TF_CACHE_SET_BY_ZOO] = str(folder)
     remove_damaged_entries(folder)
     return folder
 
