@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py [--backends jax torch tensorflow] [--out-dir reports]
     python benchmarks/gpu_check.py --quick      # the same steps, tiny, to try the script on a CPU
 
-Three measurements, each in its own processes, on the machine's first device:
+Four measurements, each in its own processes, on the machine's first device:
 1. ``vs_timm``: inference and training images/s of mobilenet_v2, resnet50, densenet121 and vgg16 at 224 px,
    batch 64, mixed precision, on every installed Keras backend, beside timm's (benchmarks/vs_timm.py);
    targets zoo / timm >= 1.0 for inference and >= 0.9 for training.
@@ -11,6 +11,9 @@ Three measurements, each in its own processes, on the machine's first device:
    time and each run's compile seconds, compilations and first and later epochs (target <= 60 s on an H200).
 3. ``input``: the input path at 224 px against mobilenet_v2's mixed-precision training on that backend
    (benchmarks/pipeline_throughput.py; target delivered >= 3x training).
+4. ``evaluation``: a run's own evaluation loop of mobilenet_v2 (input pipeline, prediction, metrics) against
+   `zoo speed`'s figure for the same model (benchmarks/eval_speed.py; target >= 0.9: a report's images/s is
+   what a run sees).
 Writes ``reports/gpu-<device>.csv`` (one row per figure: check, subject, backend, value, unit, target) and
 ``reports/gpu-<device>.md`` (a short summary with the device, versions and every figure against its target).
 Meant to take at most 8 minutes on an H100/H200; TensorFlow is optional (JAX and/or PyTorch suffice).
@@ -81,6 +84,18 @@ def check_input(backend: str, size: int, batch: int, precision: str, batches: in
     return next(csv.DictReader(open(out)))
 
 
+def check_evaluation(backend: str, size: int, batch: int, precision: str, folder: Path) -> dict:
+    """benchmarks/eval_speed.py's row: a run's own evaluation of mobilenet_v2 against zoo speed's figure."""
+    out = folder / "evaluation.csv"
+    command = [sys.executable, str(BENCHMARKS / "eval_speed.py"), "--backbone", "mobilenet_v2", "--size", str(size),
+               "--batch", str(batch), "--precision", precision, "--csv", str(out)]
+    done = subprocess.run(command, env={**environment(), "KERAS_BACKEND": backend}, capture_output=True, text=True)
+    if not out.is_file():
+        print(f"evaluation on {backend}: {(done.stdout + done.stderr)[-1500:]}", flush=True)
+        return {}
+    return next(csv.DictReader(open(out)))
+
+
 def number(value) -> float | None:
     try:
         return float(value)
@@ -142,6 +157,12 @@ def main(argv=None) -> int:
                     f"host {measured.get('host_images_per_second')} img/s, delivered {delivered} img/s, training "
                     f"{training} img/s ({measured.get('precision')}), cache built in "
                     f"{measured.get('cache_build_seconds')} s")
+            evaluated = check_evaluation(fastest, size, batch, precision, folder)
+            if evaluated:
+                add("evaluation", "run's evaluation / zoo speed, mobilenet_v2", fastest, number(evaluated.get("ratio")),
+                    "ratio", ">= 0.9", f"evaluation {evaluated.get('evaluation_images_per_second')} img/s over "
+                    f"{evaluated.get('test_examples')} test images, zoo speed {evaluated.get('speed_images_per_second')}"
+                    f" img/s ({evaluated.get('precision')})")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"gpu-{slug(device)}" + ("-quick" if args.quick else "")

@@ -23,7 +23,8 @@ def test_the_gpu_check_writes_every_figure_with_its_target(tmp_path):
     rows = list(csv.DictReader(open(table)))
     checks = {(row["check"], row["subject"]) for row in rows}
     assert {("vs_timm", "mobilenet_v2"), ("quickstart", "whole command"),
-            ("input", "delivered / mobilenet_v2 training")} <= checks
+            ("input", "delivered / mobilenet_v2 training"),
+            ("evaluation", "run's evaluation / zoo speed, mobilenet_v2")} <= checks
     runs = [row for row in rows if row["check"] == "quickstart" and row["subject"] != "whole command"]
     assert len(runs) == 2 and all("status ok" in row["detail"] for row in runs)
     assert all(float(row["value"]) > 0 for row in runs)  # JAX compiled each run's steps: seconds measured

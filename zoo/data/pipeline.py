@@ -9,6 +9,7 @@ do not survive a fork).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 
@@ -112,9 +113,23 @@ class ArrayBatches(keras.utils.PyDataset):
 
     def with_rows(self):
         """(batch, rows) for each batch of an epoch: the batch as a compiled step takes it, and how many
-        of its first rows are the split's (the rest complete the last batch and are to be cut away)."""
-        for index in range(len(self)):
-            yield self[index], self.rows(index)
+        of its first rows are the split's (the rest complete the last batch and are to be cut away).
+        Made ahead by the worker threads, as fit's reader makes them, so that the host's share of the next
+        batches overlaps what the caller does with this one (prediction on the device)."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        indices = iter(range(len(self)))
+        with ThreadPoolExecutor(max(1, self.workers)) as pool:
+            ahead = deque((pool.submit(self.__getitem__, index), index)
+                          for index in itertools.islice(indices, self.max_queue_size))
+            while ahead:
+                future, index = ahead.popleft()
+                following = next(indices, None)
+                if following is not None:
+                    ahead.append((pool.submit(self.__getitem__, following), following))
+                yield future.result(), self.rows(index)
+
 
     def on_epoch_end(self):
         if self.is_endless:  # the epoch follows from the batch index
