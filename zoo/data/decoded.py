@@ -290,23 +290,15 @@ def decode_seconds_per_example(source, split: str, size: int, sample: int = 16) 
     import time
 
     info = source.info
-    masks = info.task != "classification"
     count = min(sample, int(info.splits[split]))
     if count == 0:
         return 0.0
-
-    def one(example):
-        image, target = example
-        return stored_image(image, size, info.max_pixel_value), stored_target(target, size, masks)
-
     start = time.perf_counter()
-    if source.reads_by_position:
-        arrays = source.example_arrays(split)
-        with ThreadPoolExecutor(DECODE_THREADS) as pool:
-            list(pool.map(lambda i: one(arrays[i]), range(count)))
-    else:
-        for example in source.examples(split).take(count).as_numpy_iterator():
-            one(example)
+    examples = (source.example_arrays(split) if source.reads_by_position
+                else list(source.examples(split).take(count).as_numpy_iterator()))
+    rows = StreamedRows(examples, size, info.max_pixel_value, info.task != "classification")
+    rows[np.arange(count)]
+    rows.pool.shutdown()
     return (time.perf_counter() - start) / count
 
 

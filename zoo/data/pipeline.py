@@ -43,6 +43,7 @@ class ArrayBatches(keras.utils.PyDataset):
         self.shuffle_seed, self.epoch = shuffle_seed, 0
         self.weighted = shuffle_seed is None
         self.is_endless = False
+        self._last_order = None  # (epoch, order) of an endless input
         self.order = self._order()
 
     def _order(self, epoch: int | None = None) -> np.ndarray:
@@ -89,11 +90,18 @@ class ArrayBatches(keras.utils.PyDataset):
         return chosen
 
     def __getitem__(self, index: int):
+        epoch, order = self.epoch, self.order
         if self.is_endless:
             epoch, index = divmod(index, len(self))
-            batch = self.make_batch(self.positions(index, self._order(epoch)), epoch, index)
-            return self._weighted(batch, index)
-        return self._weighted(self.make_batch(self.positions(index), self.epoch, index), index)
+            order = self._endless_order(epoch)
+        return self._weighted(self.make_batch(self.positions(index, order), epoch, index), index)
+
+    def _endless_order(self, epoch: int) -> np.ndarray:
+        """Epoch ``epoch``'s order, drawn once (the worker threads ask for it batch after batch)."""
+        known = self._last_order
+        if known is None or known[0] != epoch:
+            known = self._last_order = (epoch, self._order(epoch))
+        return known[1]
 
     def _weighted(self, batch, index: int):
         if not self.weighted:
@@ -129,7 +137,6 @@ class ArrayBatches(keras.utils.PyDataset):
                 if following is not None:
                     ahead.append((pool.submit(self.__getitem__, following), following))
                 yield future.result(), self.rows(index)
-
 
     def on_epoch_end(self):
         if self.is_endless:  # the epoch follows from the batch index

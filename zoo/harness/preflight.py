@@ -256,14 +256,20 @@ RUN_FIXED_SECONDS = 1.0  # saving, writing the run folder
 SPEED_SECONDS = 2.0  # inference speed after warm-up: once per architecture, reused by the others
 
 
-def split_sizes(run, info) -> dict:
-    """Train/validation/test sizes of ``run``, carved by zoo.data.splits.plan_splits as the worker carves
-    them (unstratified here: without the labels the sizes are the same)."""
+def split_plan(run, info) -> dict:
+    """``run``'s train/validation/test carving (name -> (source split, indices or None)), by
+    zoo.data.splits.plan_splits as the worker carves it (unstratified here: without the labels the sizes
+    and source splits are the same)."""
     from zoo.data.splits import plan_splits
 
     labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
-    plan = plan_splits(labelled, run.train.split or run.dataset.get("split"), run.split_seed, {"train": None})
-    return {name: len(indices) if indices is not None else labelled[split] for name, (split, indices) in plan.items()}
+    return plan_splits(labelled, run.train.split or run.dataset.get("split"), run.split_seed, {"train": None})
+
+
+def split_sizes(run, info) -> dict:
+    """Train/validation/test sizes of ``run`` (see :func:`split_plan`)."""
+    return {name: len(indices) if indices is not None else info.splits[split]
+            for name, (split, indices) in split_plan(run, info).items()}
 
 
 def architecture_key(run, info) -> tuple:
@@ -360,7 +366,6 @@ def decode_estimates(runs, sources: dict, out_dir) -> dict:
     ``train.cache: none`` every run decodes its splits each epoch and for the test. Measured on a few
     examples per split and size."""
     from zoo.data.decoded import decode_needed, decode_seconds_per_example
-    from zoo.data.splits import plan_splits
 
     cache_root = Path(out_dir) / "cache" / "images"
     rates, decoded, estimates = {}, set(), {}
@@ -369,9 +374,8 @@ def decode_estimates(runs, sources: dict, out_dir) -> dict:
         if source is None:
             continue
         info = source.info
-        labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
         try:
-            plan = plan_splits(labelled, run.train.split or run.dataset.get("split"), run.split_seed, {"train": None})
+            plan = split_plan(run, info)
         except ConfigError:
             continue
         seconds = 0.0
@@ -406,12 +410,12 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=pr
 
     startup = startup_seconds()
     runs_dir = Path(out_dir) / "runs"
-    pending = [run for run in runs if run_status(run, runs_dir) != "finished"]
-    decoding = decode_estimates(pending, sources, out_dir)
+    statuses = {run.run_id: run_status(run, runs_dir) for run in runs}
+    decoding = decode_estimates([run for run in runs if statuses[run.run_id] != "finished"], sources, out_dir)
     figures, rows = {}, []
     speed_keys, feature_keys = set(), set()
     for run in runs:
-        status = run_status(run, runs_dir)
+        status = statuses[run.run_id]
         source = sources.get(_dataset_key(run.dataset))
         row = {"run_id": run.run_id, "dataset": run.dataset["name"], "backbone": run.backbone, "head": run.head,
                "weights": run.weights, "trainable": run.trainable + (f" then {run.finetune['trainable']} for "
