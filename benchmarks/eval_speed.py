@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--passes", type=int, default=3, help="timed passes over the test split (median)")
-    parser.add_argument("--precision", choices=["float32", "mixed"], default="float32")
+    parser.add_argument("--precision", choices=["float32", "mixed", "mixed_float16", "mixed_bfloat16"], default="float32")
     parser.add_argument("--csv", help="append the row to this CSV file")
     parser.add_argument("--note", default="", help="what this row measures (the code's state), for the CSV")
     args = parser.parse_args()

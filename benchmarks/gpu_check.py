@@ -14,6 +14,9 @@ Four measurements, each in its own processes, on the machine's first device:
 4. ``evaluation``: a run's own evaluation loop of mobilenet_v2 (input pipeline, prediction, metrics) against
    `zoo speed`'s figure for the same model (benchmarks/eval_speed.py; target >= 0.9: a report's images/s is
    what a run sees).
+5. ``bfloat16``: `zoo speed --precision mixed_bfloat16` of the first two models on the fastest backend against
+   timm's figures of (1) (AMP float16) and zoo's own float16 figures: whether bfloat16, which needs no loss
+   scaling and is as fast on Hopper's tensor cores, should be what ``mixed`` means on such a GPU.
 Writes ``reports/gpu-<device>.csv`` (one row per figure: check, subject, backend, value, unit, target) and
 ``reports/gpu-<device>.md`` (a short summary with the device, versions and every figure against its target).
 Meant to take at most 8 minutes on an H100/H200; TensorFlow is optional (JAX and/or PyTorch suffice).
@@ -96,6 +99,18 @@ def check_evaluation(backend: str, size: int, batch: int, precision: str, folder
     return next(csv.DictReader(open(out)))
 
 
+def check_bfloat16(models, size, batch, backend: str) -> dict:
+    """``zoo speed`` rows of ``models`` in mixed_bfloat16 on ``backend``, by model."""
+    zoo_speed = load("vs_timm").zoo_speed
+    return {model: zoo_speed(model, size, batch, backend, "mixed_bfloat16") for model in models}
+
+
+def float16_figures(row: dict, backend: str) -> tuple:
+    """(inference, training) images/s of ``backend`` in a vs_timm row's ``zoo_by_backend``, else (None, None)."""
+    found = re.search(rf"(?:^|; ){re.escape(backend)} [^:]*: ([0-9.]+)/([0-9.]+) img/s", row.get("zoo_by_backend", ""))
+    return (float(found.group(1)), float(found.group(2))) if found else (None, None)
+
+
 def number(value) -> float | None:
     try:
         return float(value)
@@ -163,6 +178,18 @@ def main(argv=None) -> int:
                     "ratio", ">= 0.9", f"evaluation {evaluated.get('evaluation_images_per_second')} img/s over "
                     f"{evaluated.get('test_examples')} test images, zoo speed {evaluated.get('speed_images_per_second')}"
                     f" img/s ({evaluated.get('precision')})")
+            by_model = {row["model"]: row for row in timm_rows}
+            for model, measured in check_bfloat16(args.models[:2], size, batch, fastest).items():
+                reference = by_model.get(model, {})
+                half = float16_figures(reference, fastest)
+                for index, kind in enumerate(("infer", "train")):
+                    zoo = number(measured.get(f"{kind}_images_per_second"))
+                    timm = number(reference.get(f"timm_{kind}_images_per_second"))
+                    add("bfloat16", f"{model} {kind}", fastest, zoo / timm if zoo and timm else None,
+                        "zoo bfloat16/timm", ">= 1.0" if kind == "infer" else ">= 0.9",
+                        f"zoo mixed_bfloat16 {zoo or '-'} img/s, zoo {precision} {half[index] or '-'} img/s, timm "
+                        f"{timm or '-'} img/s ({reference.get('timm_precision') or '-'})"
+                        f"{'; ' + measured['error'] if measured.get('error') else ''}")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"gpu-{slug(device)}" + ("-quick" if args.quick else "")

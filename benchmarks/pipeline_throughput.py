@@ -57,7 +57,7 @@ def main() -> int:
     parser.add_argument("--augment", action="store_true")
     parser.add_argument("--batches", type=int, default=30, help="batches timed after warm-up")
     parser.add_argument("--model", help="backbone to time training steps of (with the linear or fcn head)")
-    parser.add_argument("--precision", choices=["float32", "mixed"], default="float32",
+    parser.add_argument("--precision", choices=["float32", "mixed", "mixed_float16", "mixed_bfloat16"], default="float32",
                         help="the model's precision (mixed: float16 on GPUs, bfloat16 on CPUs)")
     parser.add_argument("--cache-dir", help="where the decoded cache goes (default: a temporary folder)")
     parser.add_argument("--csv", default="reports/pipeline_throughput.csv", help="rows appended here ('' for none)")

@@ -5,8 +5,10 @@
                                  [--out reports/vs-timm.csv]
 
 For each model, zoo's figures come from ``zoo speed`` (backbone + linear head, mixed precision
-unless --precision float32, warm-up before timing) run once per installed Keras backend, each in its
-own process (a process has one backend); the best backend's figure is compared. timm's come from the
+unless --precision float32, warm-up before timing; inference as a run's evaluation predicts, the next
+batch queued before this one's outputs are copied out, training through Keras's fit as a run trains)
+run once per installed Keras backend, each in its own process (a process has one backend); the best
+backend's figure is compared. timm's come from the
 same measurement done the way timm's own benchmark.py does it: the PyTorch model under AMP (float16
 autocast) in channels-last memory format, warm-up steps, then timed steps between CUDA
 synchronisations, SGD for training, at the same batch size and input size. Prints zoo / timm per
@@ -76,15 +78,18 @@ def _timed(step, synchronize, warmup: int, steps: int) -> float:
 def timm_speed(model_name: str, size: int, batch: int, precision: str = "mixed", warmup: int = 10,
                steps: int = 40) -> dict:
     """Inference and training images/s of timm's model, as timm's benchmark.py measures them
-    (``precision`` "mixed": under AMP; "float32": without autocast)."""
+    (``precision`` "mixed": under AMP in timm's default half type; "mixed_float16", "mixed_bfloat16":
+    in that one; "float32": without autocast)."""
     import timm
     import torch
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    # AMP: float16 with loss scaling on GPUs (timm's default amp dtype); bfloat16 on CPUs.
-    amp_dtype = torch.float16 if cuda else torch.bfloat16
-    amp = precision == "mixed"
+    # AMP: float16 with loss scaling on GPUs (timm's default amp dtype), bfloat16 on CPUs; or the half
+    # type zoo is measured in (timm's --amp-dtype).
+    amp_dtype = {"mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}.get(
+        precision, torch.float16 if cuda else torch.bfloat16)
+    amp = precision != "float32"
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
     torch.backends.cudnn.benchmark = True
     model = timm.create_model(model_name, pretrained=False, num_classes=1000).to(device)
@@ -126,8 +131,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--backends", nargs="+", default=list(BACKEND_MODULES), choices=list(BACKEND_MODULES))
-    parser.add_argument("--precision", choices=["mixed", "float32"], default="mixed",
-                        help="mixed: zoo's mixed precision against timm under AMP (GPUs); float32 on both")
+    parser.add_argument("--precision", choices=["mixed", "mixed_float16", "mixed_bfloat16", "float32"],
+                        default="mixed", help="mixed: zoo's mixed precision against timm under AMP (GPUs: float16); "
+                                              "mixed_bfloat16 / mixed_float16: that half type on both; float32 on both")
     parser.add_argument("--out", help="write the rows as CSV (e.g. reports/vs-timm-h100.csv)")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends if importlib.util.find_spec(BACKEND_MODULES[b])]

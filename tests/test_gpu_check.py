@@ -3,6 +3,7 @@ every check writes its rows, the summary names the device and each figure beside
 import csv
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,14 @@ def test_the_gpu_check_writes_every_figure_with_its_target(tmp_path):
     checks = {(row["check"], row["subject"]) for row in rows}
     assert {("vs_timm", "mobilenet_v2"), ("quickstart", "whole command"),
             ("input", "delivered / mobilenet_v2 training"),
-            ("evaluation", "run's evaluation / zoo speed, mobilenet_v2")} <= checks
+            ("evaluation", "run's evaluation / zoo speed, mobilenet_v2"), ("bfloat16", "mobilenet_v2 infer"),
+            ("bfloat16", "mobilenet_v2 train")} <= checks
+    has_timm = importlib.util.find_spec("timm") is not None
+    for row in rows:
+        if row["check"] == "bfloat16":  # measured in bfloat16, set beside zoo's own other figure and timm's
+            figures = re.search(r"zoo mixed_bfloat16 ([0-9.]+) img/s, zoo float32 ([0-9.]+) img/s", row["detail"])
+            assert figures and float(figures.group(1)) > 0 and float(figures.group(2)) > 0, row
+            assert bool(row["value"]) == has_timm, row  # the ratio to timm where timm is installed
     runs = [row for row in rows if row["check"] == "quickstart" and row["subject"] != "whole command"]
     assert len(runs) == 2 and all("status ok" in row["detail"] for row in runs)
     assert all(float(row["value"]) > 0 for row in runs)  # JAX compiled each run's steps: seconds measured

@@ -35,7 +35,7 @@ class TrainSettings:
     class_weights: bool = False       # balanced weights from training frequencies
     augment: bool = False             # rotation, zoom, contrast, flip (flips/rot90 for segmentation)
     preprocessing: str = "none"       # none | grayscale | equalize | whiten, joined with '+'
-    precision: str = "float32"        # float32 | mixed (float16 on GPU, bfloat16 on CPU)
+    precision: str = "float32"        # float32 | mixed (float16 on GPU, bfloat16 on CPU) | mixed_float16 | mixed_bfloat16
     xla: bool = False                 # XLA-compile the train step on TensorFlow (JAX always does)
     backend: str | None = None        # tensorflow | jax | torch: the Keras backend of the run's process;
                                       # None: the one zoo runs on (KERAS_BACKEND, else Keras's configured one)

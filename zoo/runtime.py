@@ -106,12 +106,20 @@ def describe_device() -> str:
     return f"CPU {model_name} ({os.cpu_count()} cores)"
 
 
+# A run's precision: float32; ``mixed``, the device's usual half type; or one named (Keras's policy names).
+PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
+
+
 def precision_policy(precision: str) -> str:
-    """The Keras dtype policy for a requested precision: float32, or for ``mixed`` float16
-    compute on GPUs (with loss scaling) and bfloat16 on CPUs, which lack fast float16."""
-    if precision == "float32":
-        return "float32"
-    return "mixed_float16" if gpu_names() else "mixed_bfloat16"
+    """The Keras dtype policy for a requested precision (PRECISIONS): float32; for ``mixed`` float16
+    compute on GPUs (with loss scaling, as timm's AMP default) and bfloat16 on CPUs, which lack fast
+    float16; ``mixed_float16`` or ``mixed_bfloat16`` as named (on Ampere and Hopper GPUs bfloat16's
+    tensor cores are as fast as float16's and it trains without loss scaling)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision == "mixed":
+        return "mixed_float16" if gpu_names() else "mixed_bfloat16"
+    return precision
 
 
 def make_deterministic(seed: int, xla: bool = False) -> None:
@@ -217,11 +225,11 @@ def compiled_function(function):
     return function
 
 
-def _padded_predict_on_batch(model):
-    """Keras's compiled predict step (jitted on JAX) with every batch padded to the first batch's
-    size and the outputs cut back: a split's short last batch then compiles nothing new (JAX
-    compiles once per input shape; each example is predicted alone, so the padding changes no
-    output). A single image is predicted alone, as latency measurements need."""
+def _padded_to_first_size(predict_on_batch):
+    """``predict_on_batch`` (a compiled predict step) with every batch padded to the first batch's size
+    and the outputs cut back: a split's short last batch then compiles nothing new (JAX compiles once
+    per input shape; each example is predicted alone, so the padding changes no output). A single
+    image is predicted alone, as latency measurements need."""
     import keras
     import numpy as np
 
@@ -234,22 +242,45 @@ def _padded_predict_on_batch(model):
             sizes.append(count)
         missing = sizes[0] - count
         if missing <= 0 or count == 1:  # one image stays one: a latency measurement times one image
-            return model.predict_on_batch(images)
+            return predict_on_batch(images)
         # Padded where the batch is (the input pipeline's batches are already on the backend's device).
         ops = np if isinstance(keras.tree.flatten(images)[0], np.ndarray) else keras.ops
         pad = lambda x: ops.concatenate([x, ops.repeat(x[-1:], missing, axis=0)])  # noqa: E731
-        outputs = model.predict_on_batch(keras.tree.map_structure(pad, images))
+        outputs = predict_on_batch(keras.tree.map_structure(pad, images))
         return keras.tree.map_structure(lambda y: y[:count], outputs)
 
     return predict
 
 
-def compiled_predict(model):
-    """``model(images, training=False)`` as one compiled function returning NumPy; correct under any
-    distribution strategy (Keras's predict_on_batch under MirroredStrategy returns one copy of
-    the batch per replica). On TensorFlow it is traced once for any batch size: a last short
-    batch or a batch-1 latency measurement does not trace the model again; elsewhere Keras's own
-    compiled predict step, padded to one batch size (see _padded_predict_on_batch)."""
+def _jitted_inference(model):
+    """On JAX, one device: ``model(images, training=False)`` jitted as a pure function of the variables
+    (Keras's stateless_call), returning device arrays without waiting for them. Keras's
+    predict_on_batch copies every batch's outputs to the host before it returns, so the device idles
+    while Python prepares the next batch; this lets the caller queue the next batch first
+    (:func:`predictions_ahead`). The variables are read at each call: a model trained between calls
+    is predicted with its new weights."""
+    import jax
+
+    @jax.jit
+    def infer(trainable, non_trainable, images):
+        return model.stateless_call(trainable, non_trainable, images, training=False)[0]
+
+    def predict(images):
+        return infer([v.value for v in model.trainable_variables],
+                     [v.value for v in model.non_trainable_variables], images)
+
+    return predict
+
+
+def device_predict(model):
+    """``model(images, training=False)`` as one compiled function whose outputs stay on the backend's
+    device (NumPy where the backend gives nothing else), so that a loop can queue the next batch
+    before reading this one (:func:`predictions_ahead`). Correct under any distribution strategy
+    (Keras's predict_on_batch under MirroredStrategy returns one copy of the batch per replica).
+    On TensorFlow it is traced once for any batch size: a last short batch or a batch-1 latency
+    measurement does not trace the model again; on JAX (one device) jitted once per batch shape,
+    batches padded to the first one's size; elsewhere Keras's own compiled predict step, padded
+    likewise."""
     import keras
 
     if backend() == "tensorflow":
@@ -258,9 +289,39 @@ def compiled_predict(model):
         specs = [tf.TensorSpec(tensor.shape, tensor.dtype) for tensor in model.inputs]
         signature = [specs[0] if len(specs) == 1 else specs]
         traced = tf.function(lambda images: model(images, training=False), input_signature=signature)
-        # Several inputs (a pyramid head on cached features) come as a tuple from tf.data.
-        compiled = lambda images: traced(list(images) if isinstance(images, tuple) else images)  # noqa: E731
-    else:
-        compiled = _padded_predict_on_batch(model)
-    # Several outputs (a feature pyramid) come back as a list of arrays.
-    return lambda images: keras.tree.map_structure(keras.ops.convert_to_numpy, compiled(images))
+        # Several inputs (a pyramid head on cached features) come as a tuple.
+        return lambda images: traced(list(images) if isinstance(images, tuple) else images)
+    if backend() == "jax" and keras.distribution.distribution() is None:
+        return _padded_to_first_size(_jitted_inference(model))
+    # Several devices (keras.distribution places the batch's shards) or PyTorch.
+    return _padded_to_first_size(model.predict_on_batch)
+
+
+def host_outputs(outputs):
+    """A prediction's outputs (device tensors, NumPy, a list of either) as NumPy: waits for them."""
+    import keras
+
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+
+
+def compiled_predict(model):
+    """``model(images, training=False)`` as one compiled function returning NumPy (see
+    :func:`device_predict`; a feature pyramid comes back as a list of arrays)."""
+    predict = device_predict(model)
+    return lambda images: host_outputs(predict(images))
+
+
+def predictions_ahead(predict, batches, images_of=None):
+    """``(batch, outputs as NumPy)`` for each of ``batches``, in order, with ``predict`` (returning
+    device tensors, as :func:`device_predict`'s function does, or NumPy) called on the next batch
+    before this one's outputs are read: the device computes the next batch while the host copies
+    and scores this one, as timm's and Keras's own predict loops keep it busy. ``images_of(batch)``
+    picks the model input out of a batch (default: the batch itself)."""
+    pending = None
+    for batch in batches:
+        outputs = predict(batch if images_of is None else images_of(batch))
+        if pending is not None:
+            yield pending[0], host_outputs(pending[1])
+        pending = (batch, outputs)
+    if pending is not None:
+        yield pending[0], host_outputs(pending[1])

@@ -52,13 +52,14 @@ def compute_features(extractor, pipelines: dict, folder: Path) -> None:
     partial.mkdir(parents=True)
     import keras
 
-    from zoo.runtime import compiled_predict
+    from zoo.runtime import device_predict, predictions_ahead
 
-    extract = compiled_predict(extractor)
+    extract = device_predict(extractor)
     for split, dataset in pipelines.items():
         outputs, targets = [], []
-        for batch, rows in dataset.with_rows():  # full batches, one shape; the last one's completion cut away
-            values = extract(batch[0])
+        # Full batches, one shape; the last one's completion cut away. The next batch is queued on the
+        # device while this one's features are copied out.
+        for (batch, rows), values in predictions_ahead(extract, dataset.with_rows(), images_of=lambda item: item[0][0]):
             values = values if isinstance(values, (list, tuple)) else [values]
             outputs.append([np.asarray(v[:rows], dtype=np.float32) for v in values])
             targets.append(keras.ops.convert_to_numpy(batch[1])[:rows])

@@ -69,8 +69,9 @@ def _jitted_training_forward(model):
         return non_trainable
 
     def forward(images):
-        # tf.data hands over TensorFlow tensors; jit takes arrays.
-        images = keras.tree.map_structure(np.asarray, list(images) if isinstance(images, tuple) else images)
+        # The pipeline's batches are already on the device (zoo.data.prepare): kept there, not copied out.
+        images = keras.tree.map_structure(keras.ops.convert_to_tensor,
+                                          list(images) if isinstance(images, tuple) else images)
         values = updated_state([v.value for v in model.trainable_variables],
                                [v.value for v in model.non_trainable_variables], images)
         for variable, value in zip(model.non_trainable_variables, values):

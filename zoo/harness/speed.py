@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 
 import numpy as np
+
+from zoo.runtime import PRECISIONS
 
 SPEED_COLUMNS = ["backbone", "head", "device", "backend", "backend_version", "precision", "xla", "batch_size",
                  "image_size", "params", "infer_images_per_second", "infer_step_ms", "train_images_per_second",
@@ -25,24 +26,18 @@ def out_of_memory(error: BaseException) -> bool:
     return any(marker.lower() in text.lower() for marker in OUT_OF_MEMORY)
 
 
-def _timed(step, warmup, min_seconds, max_steps=50):
-    for _ in range(warmup):
-        step()
-    count, start = 0, time.perf_counter()
-    while count < 3 or (time.perf_counter() - start < min_seconds and count < max_steps):
-        step()
-        count += 1
-    return (time.perf_counter() - start) / count
-
-
 def measure(backbone: str, image_size: int, batch_size: int, precision: str = "float32", xla: bool = False,
             num_classes: int = 1000, warmup: int = 3, min_seconds: float = 2.0) -> dict:
     """One row of speed figures for ``backbone`` with the linear head, on this process's Keras
-    backend (JAX compiles every step: its rows say xla True)."""
+    backend (JAX compiles every step: its rows say xla True), measured the way a run computes:
+    inference as a run's evaluation predicts (zoo.harness.timing.inference_speed: the next batch
+    queued before this one's outputs are copied out), training as a run's fit trains
+    (zoo.harness.timing.training_speed), both on a batch already on the device, after warm-up."""
     import keras
 
     from zoo import build_model
-    from zoo.runtime import backend, backend_version, describe_device, precision_policy
+    from zoo.harness.timing import inference_speed, training_speed
+    from zoo.runtime import backend, backend_version, describe_device, device_predict, precision_policy
 
     policy = precision_policy(precision)
     keras.mixed_precision.set_global_policy(policy)
@@ -60,9 +55,10 @@ def measure(backbone: str, image_size: int, batch_size: int, precision: str = "f
                 rng = np.random.default_rng(0)
                 images = keras.ops.convert_to_tensor(
                     rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32"))
-                labels = keras.ops.convert_to_tensor(rng.integers(0, num_classes, batch_size))
-                infer = _timed(lambda: model.predict_on_batch(images), warmup, min_seconds)
-                train = _timed(lambda: model.train_on_batch(images, labels), warmup, min_seconds)
+                labels = keras.ops.convert_to_tensor(rng.integers(0, num_classes, batch_size).astype("int32"))
+                infer = inference_speed(device_predict(model), (image_size, image_size, 3), batch_size, min_seconds,
+                                        warmup, latency=False)["step_seconds"]
+                train = training_speed(model, images, labels, min_seconds, warmup)["step_seconds"]
                 break
             except Exception as error:
                 if batch_size == 1 or not out_of_memory(error):
@@ -126,7 +122,8 @@ def add_speed_command(commands) -> None:
     speed.add_argument("patterns", nargs="*", help="backbone names or globs (default: all)")
     speed.add_argument("--size", type=int, default=224)
     speed.add_argument("--batch", type=int, default=64)
-    speed.add_argument("--precision", choices=["float32", "mixed"], default="float32")
+    speed.add_argument("--precision", choices=PRECISIONS, default="float32",
+                       help="mixed: float16 on GPUs, bfloat16 on CPUs; or the half type named")
     speed.add_argument("--xla", action="store_true", help="XLA-compile the steps (JAX always compiles)")
     speed.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
                        help="the Keras backend to measure on (default: KERAS_BACKEND, else Keras's configured one)")

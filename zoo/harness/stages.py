@@ -428,19 +428,29 @@ def _host(tensor) -> np.ndarray:
     return keras.ops.convert_to_numpy(tensor)
 
 
+def _predicted(predict, test_data):
+    """``(targets, rows, outputs)`` of each batch of ``test_data``, the next batch's prediction queued
+    on the device before this one's outputs are read (zoo.runtime.predictions_ahead)."""
+    from zoo.runtime import predictions_ahead
+
+    for ((_, targets, _), rows), outputs in predictions_ahead(predict, test_data.with_rows(),
+                                                             images_of=lambda item: item[0][0]):
+        yield targets, rows, outputs
+
+
 def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
-    """The test metrics and predictions of ``predict`` (batch in, NumPy probabilities out) over
-    ``test_data`` (a zoo.data.pipeline.ArrayBatches: full batches, each ending with its row weights;
-    the last batch's completion is cut from predictions and targets alike): the trained model's, or
-    an exported copy's (zoo.harness.deploy)."""
+    """The test metrics and predictions of ``predict`` (batch in, probabilities out: device tensors
+    or NumPy) over ``test_data`` (a zoo.data.pipeline.ArrayBatches: full batches, each ending with
+    its row weights; the last batch's completion is cut from predictions and targets alike): the
+    trained model's, or an exported copy's (zoo.harness.deploy)."""
     from zoo import metrics
 
     start = time.perf_counter()
     names, ignore = data.info.class_names, data.info.ignore_classes
     if data.task == "classification":
         truth, probabilities = [], []
-        for (images, labels, _), rows in test_data.with_rows():
-            probabilities.append(predict(images)[:rows])
+        for labels, rows, outputs in _predicted(predict, test_data):
+            probabilities.append(outputs[:rows])
             labels = _host(labels)[:rows]
             truth.append(labels.argmax(axis=-1) if labels.ndim == 2 else labels)
         y_true, y_prob = np.concatenate(truth), np.concatenate(probabilities)
@@ -450,8 +460,8 @@ def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
     elif data.task == "segmentation":
         confusion = np.zeros((len(names), len(names)), dtype=np.int64)
         masks, predicted, true_props, predicted_props = [], [], [], []
-        for (images, batch_masks, _), rows in test_data.with_rows():
-            probabilities = predict(images)[:rows]
+        for batch_masks, rows, outputs in _predicted(predict, test_data):
+            probabilities = outputs[:rows]
             batch_masks = _host(batch_masks)[:rows]
             batch_pred = probabilities.argmax(axis=-1)
             confusion += metrics.pixel_confusion(batch_masks, batch_pred, len(names))
@@ -467,8 +477,8 @@ def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
                        "proportions_pred": np.concatenate(predicted_props)}
     else:
         truth, predicted = [], []
-        for (images, proportions, _), rows in test_data.with_rows():
-            predicted.append(predict(images)[:rows])
+        for proportions, rows, outputs in _predicted(predict, test_data):
+            predicted.append(outputs[:rows])
             truth.append(_host(proportions)[:rows])
         y_true, y_pred = np.concatenate(truth), np.concatenate(predicted)
         eval_seconds = time.perf_counter() - start
@@ -501,29 +511,29 @@ def add_uncertainty(data: RunData, result: dict, predictions: dict) -> None:
 
 
 class ModelPredict:
-    """A model's compiled inference function (zoo.runtime.compiled_predict), traced on first use and
-    then shared by evaluation and the speed measurement."""
+    """A model's compiled inference function (zoo.runtime.device_predict: outputs left on the
+    device), traced on first use and then shared by evaluation and the speed measurement."""
 
     def __init__(self, model):
         self.model, self._predict = model, None
 
     def __call__(self, images):
         if self._predict is None:
-            from zoo.runtime import compiled_predict
+            from zoo.runtime import device_predict
 
-            self._predict = compiled_predict(self.model)
+            self._predict = device_predict(self.model)
         return self._predict(images)
 
 
 def evaluate(data: RunData, predict_model: ModelPredict, fitted: Fitted) -> tuple[dict, dict]:
     """Test metrics and predictions: the full model on test images, or, with cached features,
     the head on the test images' features (the same function of the same images)."""
-    from zoo.runtime import compiled_predict
+    from zoo.runtime import device_predict
 
     if fitted.features is None:
         predict, test_data = predict_model, data.pipelines["test"]
     else:
-        predict, test_data = compiled_predict(fitted.trained_model), fitted.features["test"]
+        predict, test_data = device_predict(fitted.trained_model), fitted.features["test"]
     result, predictions = score(data, predict, test_data)
     add_uncertainty(data, result, predictions)
     return result, predictions

@@ -19,6 +19,7 @@ import yaml
 
 from zoo.errors import ConfigError
 from zoo.runspec import CACHE_MODES, RunSpec, TrainSettings, features_apply, preprocessing_steps
+from zoo.runtime import PRECISIONS
 
 SUITE_DEFAULTS = {
     "name": None,              # required: names the output folder runs/<name>
@@ -54,7 +55,7 @@ CHOICES = {
     "optimizer": ("adam", "adamw", "sgd", "rmsprop", "nadam"),
     "lr_schedule": ("constant", "cosine", "plateau"),
     "loss": ("auto", "crossentropy", "focal"),
-    "precision": ("float32", "mixed"),
+    "precision": PRECISIONS,
     "cache": CACHE_MODES,
     "cache_features": ("auto", True, False),
     "backend": (None, "tensorflow", "jax", "torch"),

@@ -30,25 +30,62 @@ class EpochTimer(keras.callbacks.Callback):
                 "epoch_seconds": float(statistics.median(later)) if later else None}
 
 
-def inference_speed(predict, input_shape, batch_size, min_seconds=1.0, warmup=3) -> dict:
-    """Images/s at ``batch_size`` and median batch-1 latency (ms) of ``predict(images)``
-    (returning a NumPy array, so the time includes the result), both after warm-up, on
-    random input (speed does not depend on the values)."""
+def inference_speed(predict, input_shape, batch_size, min_seconds=1.0, warmup=3, latency=True,
+                    max_steps=200) -> dict:
+    """Images/s at ``batch_size`` and (``latency``) median batch-1 latency (ms) of ``predict(images)``
+    (device tensors or NumPy out), both after warm-up, on random input (speed does not depend on the
+    values). Throughput is timed the way a run's evaluation predicts (zoo.runtime.predictions_ahead:
+    the next batch queued before this one's outputs are copied to NumPy), every output copied, over
+    at least ``min_seconds`` (at most ``max_steps`` batches); latency waits for each single image's
+    output."""
+    from zoo.runtime import host_outputs, predictions_ahead
+
     rng = np.random.default_rng(0)
-    batch = rng.uniform(0, 255, (batch_size, *input_shape)).astype("float32")
-    for _ in range(warmup):
-        predict(batch)
-    count, start = 0, time.perf_counter()
-    while count < 3 or (time.perf_counter() - start < min_seconds and count < 200):
-        predict(batch)
-        count += 1
-    images_per_second = count * batch_size / (time.perf_counter() - start)
+    batch = keras.ops.convert_to_tensor(rng.uniform(0, 255, (batch_size, *input_shape)).astype("float32"))
+
+    def timed_steps(count: int) -> float:
+        start = time.perf_counter()
+        for _ in predictions_ahead(predict, (batch for _ in range(count))):
+            pass
+        return time.perf_counter() - start
+
+    timed_steps(warmup)
+    per_step = timed_steps(3) / 3
+    count = int(min(max_steps, max(3, min_seconds / max(per_step, 1e-6))))
+    images_per_second = count * batch_size / timed_steps(count)
+    if not latency:
+        return {"images_per_second": float(images_per_second), "step_seconds": batch_size / images_per_second}
     single = batch[:1]
     for _ in range(warmup):
-        predict(single)
+        host_outputs(predict(single))
     latencies = []
     for _ in range(20):
         tick = time.perf_counter()
-        predict(single)
+        host_outputs(predict(single))
         latencies.append((time.perf_counter() - tick) * 1000)
-    return {"images_per_second": float(images_per_second), "latency_ms": float(statistics.median(latencies))}
+    return {"images_per_second": float(images_per_second), "step_seconds": batch_size / images_per_second,
+            "latency_ms": float(statistics.median(latencies))}
+
+
+def training_speed(model, images, labels, min_seconds=2.0, warmup=3, max_steps=200) -> dict:
+    """Images/s and seconds per step of ``model.fit`` on one batch (``images``, ``labels``: tensors on
+    the backend's device) read again and again through the run's own reader (zoo.data.pipeline's
+    ArrayBatches) as a run's epochs read theirs: Keras's compiled train step, no synchronisation per
+    step. Warm-up epochs first (the first compiles), then one timed epoch of at least ``min_seconds``
+    (at most ``max_steps`` steps). ``model`` is compiled; its weights move."""
+    from zoo.data.pipeline import ArrayBatches
+
+    batch_size = int(images.shape[0])
+
+    def epoch_seconds(steps: int) -> float:
+        batches = ArrayBatches(steps * batch_size, batch_size, lambda positions, epoch, index: (images, labels),
+                               shuffle_seed=0)
+        start = time.perf_counter()
+        model.fit(batches, epochs=1, verbose=0)
+        return time.perf_counter() - start
+
+    epoch_seconds(warmup)
+    per_step = epoch_seconds(3) / 3
+    steps = int(min(max_steps, max(3, min_seconds / max(per_step, 1e-6))))
+    step_seconds = epoch_seconds(steps) / steps
+    return {"images_per_second": batch_size / step_seconds, "step_seconds": step_seconds}
