@@ -54,7 +54,10 @@ def test_each_step_compiles_once_whatever_the_split_sizes(runs, task):
     # The first run compiles; the second finds what the two share (the preparation) in the cache.
     for step in ("jit(train_step)", "jit(test_step)"):
         assert compiled[step] == 1, compiled
-    assert compiled.get("jit(batch)", 0) <= 1 and compiled["jit(predict_step)"] <= 2  # batch and batch-1 latency
+    assert compiled.get("jit(batch)", 0) <= 1
+    # zoo's own jitted inference (outputs left on the device), not Keras's predict step: the test batch and
+    # the batch-1 latency, or the latter alone where the other run compiled the former.
+    assert 1 <= compiled["jit(inference)"] <= 2 and "jit(predict_step)" not in compiled, compiled
 
 
 def scored_without_padding(run_dir: str, task: str) -> dict:

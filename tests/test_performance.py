@@ -164,16 +164,21 @@ def test_cache_features_true_where_it_cannot_apply_is_a_config_error():
 
 
 def test_speed_rows_and_batch_halving_on_out_of_memory(tmp_path, monkeypatch, capsys):
-    import keras
+    import zoo.runtime
 
-    original = keras.Model.predict_on_batch
+    original = zoo.runtime.device_predict
 
-    def small_memory(self, x):
-        if x.shape[0] > 8:
-            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
-        return original(self, x)
+    def small_memory(model):
+        predict = original(model)
 
-    monkeypatch.setattr(keras.Model, "predict_on_batch", small_memory)
+        def checked(images):
+            if images.shape[0] > 8:
+                raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+            return predict(images)
+
+        return checked
+
+    monkeypatch.setattr(zoo.runtime, "device_predict", small_memory)
     out = tmp_path / "speed.csv"
     assert main(["speed", "baseline_cnn", "--size", "32", "--batch", "32", "--out", str(out)]) == 0
     row = pd.read_csv(out).iloc[0]

@@ -262,11 +262,11 @@ def _jitted_inference(model):
     import jax
 
     @jax.jit
-    def infer(trainable, non_trainable, images):
+    def inference(trainable, non_trainable, images):
         return model.stateless_call(trainable, non_trainable, images, training=False)[0]
 
     def predict(images):
-        return infer([v.value for v in model.trainable_variables],
+        return inference([v.value for v in model.trainable_variables],
                      [v.value for v in model.non_trainable_variables], images)
 
     return predict

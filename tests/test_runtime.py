@@ -1,0 +1,84 @@
+"""zoo.runtime's prediction: the next batch is queued on the device before this one's outputs are read (the
+device does not idle while the host copies and scores), and on JAX zoo's own jitted inference leaves
+outputs on the device, equals Keras's predict_on_batch and compiles once for a split's batches."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from zoo.runtime import PRECISIONS, precision_policy, predictions_ahead
+
+
+def test_the_next_batch_is_predicted_before_this_one_is_handed_over():
+    queued = []
+
+    def predict(images):
+        queued.append(int(images[0]))
+        return images * 2
+
+    batches = [np.full(3, index) for index in range(4)]
+    handed = []
+    for batch, outputs in predictions_ahead(predict, batches):
+        # When batch i reaches the caller, batch i + 1 is already on its way (the last one has none after it).
+        assert queued == list(range(min(int(batch[0]) + 2, len(batches)))), queued
+        handed.append((int(batch[0]), outputs.tolist()))
+    assert handed == [(index, [2 * index] * 3) for index in range(4)]
+    assert list(predictions_ahead(predict, [])) == []
+
+
+def test_images_of_picks_the_model_input_out_of_each_batch():
+    items = [((np.arange(2) + 10 * index, "targets"), 2) for index in range(3)]
+    seen = list(predictions_ahead(lambda images: images + 1, items, images_of=lambda item: item[0][0]))
+    assert [item for item, _ in seen] == items
+    assert [outputs.tolist() for _, outputs in seen] == [[1, 2], [11, 12], [21, 22]]
+
+
+def test_precisions_name_their_half_type_and_refuse_others():
+    assert precision_policy("float32") == "float32"
+    assert precision_policy("mixed_bfloat16") == "mixed_bfloat16"
+    assert precision_policy("mixed_float16") == "mixed_float16"
+    assert precision_policy("mixed") in ("mixed_float16", "mixed_bfloat16")
+    with pytest.raises(ValueError, match="mixed_bfloat16"):
+        precision_policy("bfloat16")
+    assert set(PRECISIONS) == {"float32", "mixed", "mixed_float16", "mixed_bfloat16"}
+
+
+JAX_PREDICTION = r"""
+import json, sys
+import jax, numpy as np
+from zoo import build_model
+from zoo.harness import compilation
+from zoo.runtime import device_predict, predictions_ahead
+
+compilation.watch()
+model = build_model("baseline_cnn", "linear", 5, (16, 16, 3))
+model.compile(loss="sparse_categorical_crossentropy")
+images = np.random.default_rng(0).uniform(0, 255, (20, 16, 16, 3)).astype("float32")
+reference = model.predict_on_batch(images[:8])
+predict = device_predict(model)
+first = predict(jax.device_put(images[:8]))
+batches = [images[start:start + 8] for start in (0, 8, 16)]  # the last one short: padded, not compiled again
+ahead = np.concatenate([outputs for _, outputs in predictions_ahead(predict, batches)])
+dense = [layer for layer in model.layers if hasattr(layer, "kernel")][-1]
+dense.kernel.assign(dense.kernel * 2.0)  # new weights are read at the next call
+print(json.dumps({"on_device": isinstance(first, jax.Array), "equal": bool((np.asarray(first) == reference).all()),
+                  "ahead_rows": len(ahead), "ahead_first": bool((ahead[:8] == reference).all()),
+                  "retrained_differs": bool((np.asarray(predict(images[:8])) != reference).any()),
+                  "compiled": compilation.snapshot()["functions"]}))
+"""
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("jax") is None, reason="jax is not installed")
+def test_jax_inference_stays_on_the_device_equals_keras_and_compiles_once(tmp_path):
+    done = subprocess.run([sys.executable, "-c", JAX_PREDICTION], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["on_device"] and found["equal"] and found["ahead_first"] and found["ahead_rows"] == 20
+    assert found["retrained_differs"]
+    # One compilation of zoo's inference for the batches of 8, the short last one padded to them; Keras's
+    # predict step compiled once for the reference above and not used by zoo.
+    assert found["compiled"].get("jit(inference)") == 1, found["compiled"]
