@@ -8,7 +8,8 @@ Four measurements, each in its own processes, on the machine's first device:
    batch 64, mixed precision, on every installed Keras backend, beside timm's (benchmarks/vs_timm.py);
    targets zoo / timm >= 1.0 for inference and >= 0.9 for training.
 2. ``quickstart``: `zoo run benchmarks/quickstart.yaml` on the fastest backend of (1), whole-command wall
-   time and each run's compile seconds, compilations and first and later epochs (target <= 60 s on an H200).
+   time and each run's compile seconds (and the functions they went to), compilations and first and later
+   epochs (target <= 60 s on an H200).
 3. ``input``: the input path at 224 px against mobilenet_v2's mixed-precision training on that backend
    (benchmarks/pipeline_throughput.py; target delivered >= 3x training).
 4. ``evaluation``: a run's own evaluation loop of mobilenet_v2 (input pipeline, prediction, metrics) against
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -111,6 +113,15 @@ def float16_figures(row: dict, backend: str) -> tuple:
     return (float(found.group(1)), float(found.group(2))) if found else (None, None)
 
 
+def compile_breakdown(run_dir: Path, shown: int = 5) -> str:
+    """A run's largest compile times by function (metrics.json's compile_seconds_by_function), as text."""
+    try:
+        by_function = json.loads((run_dir / "metrics.json").read_text()).get("compile_seconds_by_function") or {}
+    except (OSError, ValueError):
+        return "-"
+    return ", ".join(f"{name} {seconds:.1f}" for name, seconds in list(by_function.items())[:shown]) or "-"
+
+
 def number(value) -> float | None:
     try:
         return float(value)
@@ -162,7 +173,8 @@ def main(argv=None) -> int:
             for run in runs:
                 add("quickstart", run["run_id"], fastest, number(run.get("compile_seconds")), "compile s", "",
                     f"status {run['status']}; compilations {run.get('compilations') or '-'}; first epoch "
-                    f"{run.get('first_epoch_seconds') or '-'} s; later epochs {run.get('epoch_seconds') or '-'} s")
+                    f"{run.get('first_epoch_seconds') or '-'} s; later epochs {run.get('epoch_seconds') or '-'} s; "
+                    f"compile s by function: {compile_breakdown(folder / fastest / 'runs' / run['run_id'])}")
             measured = check_input(fastest, size, batch, precision, 5 if args.quick else 30, folder)
             if measured:
                 delivered = number(measured.get("delivered_images_per_second"))

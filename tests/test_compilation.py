@@ -40,8 +40,14 @@ def test_later_runs_of_a_sweep_compile_nothing_new(sweep):
     assert first["compilations"] > 0 and first["compile_seconds"] > 0 and first["compile_cache_hits"] == 0
     assert (later["compilations"] == 0).all() and (later["compile_cache_hits"] > 0).all()
     assert (later["compile_seconds"] < first["compile_seconds"]).all()
-    compiled = json.loads((root / "out" / "runs" / first["run_id"] / "metrics.json").read_text())["compiled_functions"]
+    recorded = json.loads((root / "out" / "runs" / first["run_id"] / "metrics.json").read_text())
+    compiled = recorded["compiled_functions"]
     assert compiled["jit(train_step)"] == 1  # full batches only (steps_per_epoch): one shape, one compilation
+    # Where the compile time went, by function: every compiled function named, the train step the largest
+    # share (forward and backward), the parts adding up to the run's compile_seconds.
+    by_function = recorded["compile_seconds_by_function"]
+    assert set(compiled) <= set(by_function) and max(by_function, key=by_function.get) == "jit(train_step)"
+    assert abs(sum(by_function.values()) - first["compile_seconds"]) < 0.01 + 0.001 * len(by_function)
     assert any((root / "out" / "cache" / "compilation" / "jax").iterdir())
 
 

@@ -36,6 +36,7 @@ def test_the_gpu_check_writes_every_figure_with_its_target(tmp_path):
     runs = [row for row in rows if row["check"] == "quickstart" and row["subject"] != "whole command"]
     assert len(runs) == 2 and all("status ok" in row["detail"] for row in runs)
     assert all(float(row["value"]) > 0 for row in runs)  # JAX compiled each run's steps: seconds measured
+    assert all(re.search(r"compile s by function: .*jit\(train_step\) [0-9.]+", row["detail"]) for row in runs), runs
     whole = next(row for row in rows if row["subject"] == "whole command")
     assert float(whole["value"]) > 0 and whole["backend"] == "jax" and whole["target"] == "<= 60 on an H200"
     summary = table.with_suffix(".md").read_text()

@@ -27,6 +27,7 @@ CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 _totals = {"compilations": 0, "compile_seconds": 0.0, "compile_cache_hits": 0}
 _compiled: dict = {}  # function name -> XLA compilations in this process (cache hits not counted)
+_seconds: dict = {}   # function name -> seconds tracing, lowering, compiling (or reading the cache) in this process
 _lock = threading.Lock()
 _pending_hit = threading.local()  # a cache hit is reported inside the backend step that it ends
 _watching = False
@@ -37,6 +38,7 @@ def _on_duration(event: str, duration: float, fun_name: str | None = None, **_) 
         return
     with _lock:
         _totals["compile_seconds"] += float(duration)
+        _seconds[fun_name or "?"] = _seconds.get(fun_name or "?", 0.0) + float(duration)
         if event == BACKEND_COMPILE_EVENT:
             if getattr(_pending_hit, "value", False):
                 _pending_hit.value = False
@@ -73,18 +75,23 @@ def snapshot() -> dict | None:
     if not watch():
         return None
     with _lock:
-        return {**_totals, "functions": dict(_compiled)}
+        return {**_totals, "functions": dict(_compiled), "seconds": dict(_seconds)}
 
 
 def since(before: dict | None) -> dict:
     """results.csv's ``compilations``, ``compile_seconds`` and ``compile_cache_hits`` since ``before``, and
-    metrics.json's ``compiled_functions`` (function name -> compilations)."""
+    metrics.json's ``compiled_functions`` (function name -> compilations) and ``compile_seconds_by_function``
+    (function name -> seconds: where a run's compile time went, the train step's, the test step's, the
+    inference's, precise BatchNorm's, the input preparation's)."""
     now = snapshot()
     if before is None or now is None:
         return {"compilations": None, "compile_seconds": None, "compile_cache_hits": None}
     compiled = {name: count - before["functions"].get(name, 0) for name, count in now["functions"].items()}
+    seconds = {name: value - before["seconds"].get(name, 0.0) for name, value in now["seconds"].items()}
     return {**{key: now[key] - before[key] for key in _totals},
-            "compiled_functions": {name: count for name, count in sorted(compiled.items()) if count}}
+            "compiled_functions": {name: count for name, count in sorted(compiled.items()) if count},
+            "compile_seconds_by_function": {name: round(value, 3) for name, value in
+                                            sorted(seconds.items(), key=lambda item: -item[1]) if value >= 0.0005}}
 
 
 def use_persistent_cache(cache_dir: Path) -> Path | None:
