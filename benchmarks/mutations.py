@@ -82,6 +82,11 @@ MUTATIONS = [
              "        frozen = predict.__dict__.setdefault(\"trainable\", [v.value for v in model.trainable_variables])\n"
              "        return inference(frozen,\n",
              ("tests/test_runtime.py::test_jax_inference_stays_on_the_device_equals_keras_and_compiles_once",)),
+    Mutation("JAX draws each initial weight itself, one compiled program per shape", "zoo/runtime.py",
+             "    if backend() != \"jax\":\n        yield\n        return\n    try:\n        import jax\n",
+             "    if True:\n        yield\n        return\n    try:\n        import jax\n",
+             ("tests/test_runtime.py::test_building_a_model_on_jax_compiles_nothing_per_weight_shape",
+              "tests/test_padding.py::test_each_step_compiles_once_whatever_the_split_sizes")),
     Mutation("a capped epoch stops where the split's batches run out", "zoo/harness/stages.py",
              "            self.fit_data[0].endless()\n", "            pass\n",
              ("tests/test_harness.py::test_every_capped_epoch_trains_its_steps",)),

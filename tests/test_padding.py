@@ -58,6 +58,9 @@ def test_each_step_compiles_once_whatever_the_split_sizes(runs, task):
     # zoo's own jitted inference (outputs left on the device), not Keras's predict step: the test batch and
     # the batch-1 latency, or the latter alone where the other run compiled the former.
     assert 1 <= compiled["jit(inference)"] <= 2 and "jit(predict_step)" not in compiled, compiled
+    # Initial weights and the optimizer's slots drawn on the host: no program compiled per weight shape, a
+    # dozen programs in all (dozens more before).
+    assert not {"jit(_uniform)", "jit(broadcast_in_dim)"} & set(compiled) and sum(compiled.values()) <= 16, compiled
 
 
 def scored_without_padding(run_dir: str, task: str) -> dict:

@@ -82,3 +82,45 @@ def test_jax_inference_stays_on_the_device_equals_keras_and_compiles_once(tmp_pa
     # One compilation of zoo's inference for the batches of 8, the short last one padded to them; Keras's
     # predict step compiled once for the reference above and not used by zoo.
     assert found["compiled"].get("jit(inference)") == 1, found["compiled"]
+
+
+JAX_BUILD = r"""
+import json
+import keras, numpy as np
+from zoo import build_model
+from zoo.harness import compilation
+
+compilation.watch()
+
+def built(seed):
+    keras.utils.set_random_seed(seed)
+    model = build_model("mobilenet_v3_small", "linear", 5, (32, 32, 3))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+first, again, other = built(0), built(0), built(1)
+dense = [layer for layer in first.layers if hasattr(layer, "kernel")][-1]
+fan_in, fan_out = dense.kernel.shape
+limit = float(np.sqrt(6.0 / (fan_in + fan_out)))  # Glorot uniform's bound
+kernel = np.asarray(dense.kernel)
+print(json.dumps({
+    "same_seed_same_weights": all((np.asarray(a) == np.asarray(b)).all() for a, b in zip(first.weights, again.weights)),
+    "other_seed_differs": any((np.asarray(a) != np.asarray(b)).any() for a, b in zip(first.weights, other.weights)),
+    "glorot": bool(np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit),
+    "compiled": compilation.snapshot()["functions"]}))
+"""
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("jax") is None, reason="jax is not installed")
+def test_building_a_model_on_jax_compiles_nothing_per_weight_shape():
+    done = subprocess.run([sys.executable, "-c", JAX_BUILD], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["same_seed_same_weights"] and found["other_seed_differs"] and found["glorot"], found
+    # JAX's own draws compiled one program per weight shape (59 for this model, 17 s on a 2-core CPU): the
+    # initial values are drawn on the host instead, and three builds leave at most a handful of programs.
+    per_shape = {name: count for name, count in found["compiled"].items()
+                 if name in ("jit(_uniform)", "jit(_normal)", "jit(_truncated_normal)", "jit(broadcast_in_dim)",
+                             "jit(stage)")}
+    assert not per_shape and sum(found["compiled"].values()) <= 5, found["compiled"]

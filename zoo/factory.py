@@ -226,8 +226,18 @@ def build_model(backbone: str, head: str, num_classes: int, input_shape, weights
             shape, to share instead of building the backbone again (several heads over one
             backbone share its weights and its trainable flags).
 
-    The backbone is a nested model named ``"backbone"``; the output is float32 softmax.
+    The backbone is a nested model named ``"backbone"``; the output is float32 softmax. On JAX the
+    initial weights are drawn on the host (zoo.runtime.initial_values_on_host).
     """
+    from zoo.runtime import initial_values_on_host
+
+    with initial_values_on_host():
+        return _build_model(backbone, head, num_classes, input_shape, weights, trainable, backbone_options,
+                            batchnorm_momentum, head_seed, reuse_frozen_backbone, extractor)
+
+
+def _build_model(backbone, head, num_classes, input_shape, weights, trainable, backbone_options, batchnorm_momentum,
+                 head_seed, reuse_frozen_backbone, extractor):
     import keras
 
     from zoo.weights import weights_identity

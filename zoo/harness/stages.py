@@ -291,6 +291,7 @@ class _Training:
         from zoo.harness.recipes import (FEATURE_STEPS_PER_EXECUTION, compiled_with_xla, jit_compile, make_loss,
                                          make_optimizer)
         from zoo.losses import RowAccuracy
+        from zoo.runtime import initial_values_on_host
 
         train = self.spec.train
         schedule = learning_rate
@@ -307,6 +308,9 @@ class _Training:
                             weighted_metrics=weighted, jit_compile=jit_compile(train.xla))
             if self.features is None:
                 self.trained_model.compile(**settings)
+                if keras.backend.backend() == "jax":  # the optimizer's slots, zeros of each weight's shape, too
+                    with initial_values_on_host():
+                        self.trained_model.optimizer.build(self.trained_model.trainable_variables)
             else:
                 # A head on cached features: each step is a matrix product or two, so Keras's
                 # per-call overhead would dominate; several steps per call give the same numbers.
