@@ -293,9 +293,11 @@ def load_run_model(run_dir):
         _keras_hub()  # keras-hub's layer classes and zoo's, registered for loading
         zoo_layers()
     import zoo.losses  # noqa: F401  (registers the losses a model may have been compiled with)
+    from zoo.runtime import initial_values_on_host
 
     try:
-        model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+        with initial_values_on_host():  # the layers' first values, replaced by the saved ones at once
+            model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
     except Exception as error:  # zip, HDF5 and deserialisation errors all mean "damaged"
         raise DataError(f"{run_dir / 'model.keras'} cannot be loaded ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:160] if str(error) else 'no detail'}): {redo}") from None
