@@ -347,7 +347,7 @@ def _jitted_inference(model):
 
     def predict(images):
         return inference([v.value for v in model.trainable_variables],
-                     [v.value for v in model.non_trainable_variables], images)
+                         [v.value for v in model.non_trainable_variables], images)
 
     return predict
 
