@@ -30,6 +30,16 @@ class EpochTimer(keras.callbacks.Callback):
                 "epoch_seconds": float(statistics.median(later)) if later else None}
 
 
+def _seconds_per_step(timed_steps, warmup: int, min_seconds: float, max_steps: int) -> float:
+    """Seconds per step of ``timed_steps(count)`` (the wall time of ``count`` steps in one go): after
+    ``warmup`` steps, three steps estimate how many fill ``min_seconds`` (3 to ``max_steps``), and those
+    are timed."""
+    timed_steps(warmup)
+    per_step = timed_steps(3) / 3
+    count = int(min(max_steps, max(3, min_seconds / max(per_step, 1e-6))))
+    return timed_steps(count) / count
+
+
 def inference_speed(predict, input_shape, batch_size, min_seconds=1.0, warmup=3, latency=True,
                     max_steps=200) -> dict:
     """Images/s at ``batch_size`` and (``latency``) median batch-1 latency (ms) of ``predict(images)``
@@ -49,10 +59,7 @@ def inference_speed(predict, input_shape, batch_size, min_seconds=1.0, warmup=3,
             pass
         return time.perf_counter() - start
 
-    timed_steps(warmup)
-    per_step = timed_steps(3) / 3
-    count = int(min(max_steps, max(3, min_seconds / max(per_step, 1e-6))))
-    images_per_second = count * batch_size / timed_steps(count)
+    images_per_second = batch_size / _seconds_per_step(timed_steps, warmup, min_seconds, max_steps)
     if not latency:
         return {"images_per_second": float(images_per_second), "step_seconds": batch_size / images_per_second}
     single = batch[:1]
@@ -84,8 +91,5 @@ def training_speed(model, images, labels, min_seconds=2.0, warmup=3, max_steps=2
         model.fit(batches, epochs=1, verbose=0)
         return time.perf_counter() - start
 
-    epoch_seconds(warmup)
-    per_step = epoch_seconds(3) / 3
-    steps = int(min(max_steps, max(3, min_seconds / max(per_step, 1e-6))))
-    step_seconds = epoch_seconds(steps) / steps
+    step_seconds = _seconds_per_step(epoch_seconds, warmup, min_seconds, max_steps)
     return {"images_per_second": batch_size / step_seconds, "step_seconds": step_seconds}
