@@ -48,7 +48,24 @@ def test_segmentation_metrics_leave_ignored_classes_out():
     assert result["class_names"] == ["x", "y"]
     assert result["pixel_accuracy"] == pytest.approx(0.5)
     assert result["miou"] == pytest.approx(1 / 3)
-    assert result["confusion_matrix"] == [[1, 1], [1, 1]]
+    assert result["confusion_matrix"] == [[1, 1, 0], [1, 1, 0]]
+
+
+def test_a_pixel_predicted_as_an_ignored_class_is_an_error_of_its_true_class():
+    # Only truth decides what leaves the metrics (mmsegmentation's and torchmetrics's ignore_index): a
+    # model that paints x as clouds must not score as if that pixel did not exist.
+    truth = np.array([[2, 2], [3, 3], [0, 1]])
+    predicted = np.array([[2, 1], [3, 3], [2, 3]])
+    names = ["no_data", "clouds", "x", "y"]
+    result = segmentation_metrics(pixel_confusion(truth, predicted, 4), names, ignore_classes=[0, 1])
+    assert result["pixel_accuracy"] == pytest.approx(3 / 4)
+    by_class = {row["class"]: row for row in result["per_class"]}
+    assert by_class["x"]["support"] == 2 and by_class["x"]["recall"] == pytest.approx(0.5)
+    assert by_class["x"]["precision"] == pytest.approx(1.0)
+    assert by_class["x"]["iou"] == pytest.approx(0.5) and by_class["y"]["iou"] == pytest.approx(1.0)
+    assert result["miou"] == pytest.approx(0.75)
+    assert result["pixels_predicted_as_ignored"] == 1
+    assert result["confusion_matrix"] == [[1, 0, 1], [0, 2, 0]]  # the last column: predicted as ignored
 
 
 def test_kl_score_matches_the_challenge_definition():

@@ -100,16 +100,36 @@ def pixel_confusion(y_true, y_pred, num_classes) -> np.ndarray:
     return confusion_matrix(np.ravel(y_true), np.ravel(y_pred), labels=np.arange(num_classes))
 
 
+def kept_confusion(confusion, kept) -> np.ndarray:
+    """A confusion matrix (or a stack of them, rows: truth) over the ``kept`` classes, with one last
+    column: kept pixels predicted as an ignored class. Only pixels whose truth is an ignored class leave
+    the metrics (``ignore_index`` in mmsegmentation and torchmetrics): a forest pixel predicted as
+    clouds is an error of forest, not a pixel left out."""
+    confusion = np.asarray(confusion, dtype=np.int64)
+    ignored = [c for c in range(confusion.shape[-1]) if c not in set(kept)]
+    rows = confusion[..., kept, :]
+    return np.concatenate([rows[..., kept], rows[..., ignored].sum(axis=-1, keepdims=True)], axis=-1)
+
+
+def confusion_counts(matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """True positives, support (pixels of each truth class), predicted (pixels predicted as each class)
+    and union of a :func:`kept_confusion` matrix."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    classes = matrix[:, :matrix.shape[0]]
+    true_positive, support, predicted = np.diag(classes), matrix.sum(axis=1), classes.sum(axis=0)
+    return true_positive, support, predicted, support + predicted - true_positive
+
+
 def segmentation_metrics(confusion, class_names, ignore_classes=(), true_proportions=None,
                          predicted_proportions=None) -> dict:
     """Pixel accuracy, per-class IoU/precision/recall and mIoU from an accumulated confusion matrix
-    (rows: truth), ignored classes left out; plus the KL score when proportions are given."""
-    confusion = np.asarray(confusion, dtype=np.int64)
+    (rows: truth). Pixels whose truth is an ignored class are left out; a pixel predicted as an ignored
+    class counts as an error of its true class (:func:`kept_confusion`). Plus the KL score when
+    proportions are given."""
     kept = [c for c in range(len(class_names)) if c not in set(ignore_classes)]
-    matrix = confusion[np.ix_(kept, kept)]  # pixels of ignored truth or ignored prediction drop out
-    true_positive = np.diag(matrix).astype(np.float64)
-    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
-    union = support + predicted - true_positive
+    with_ignored = kept_confusion(confusion, kept)
+    true_positive, support, predicted, union = confusion_counts(with_ignored)
+    support = support.astype(np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, true_positive / union, 0.0)
         precision = np.where(predicted > 0, true_positive / predicted, 0.0)
@@ -117,13 +137,15 @@ def segmentation_metrics(confusion, class_names, ignore_classes=(), true_proport
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     present = union > 0
     names = [class_names[c] for c in kept]
-    result = {"pixel_accuracy": float(true_positive.sum() / max(matrix.sum(), 1)),
+    result = {"pixel_accuracy": float(true_positive.sum() / max(with_ignored.sum(), 1)),
               "miou": float(iou[present].mean()) if present.any() else 0.0,
               "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
               "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
               "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
               "per_class": per_class_table(names, support, precision, recall, f1, iou),
-              "confusion_matrix": matrix.tolist(), "class_names": names}
+              # rows: kept truth; columns: kept predictions, then (with ignored classes) "predicted as one of them"
+              "confusion_matrix": (with_ignored if len(kept) < len(class_names) else with_ignored[:, :-1]).tolist(),
+              "class_names": names, "pixels_predicted_as_ignored": int(with_ignored[:, -1].sum())}
     result["accuracy"] = result["pixel_accuracy"]
     if true_proportions is not None:
         result["kl_score"] = kl_score(true_proportions, predicted_proportions, ignore_classes)

@@ -59,26 +59,31 @@ class ExampleScores:
 
 
 def tile_confusions(y_true, y_pred, num_classes: int, kept) -> np.ndarray:
-    """One confusion matrix per tile (rows: truth), restricted to the kept classes."""
+    """One confusion matrix per tile over the kept classes (zoo.metrics.kept_confusion: rows truth, a last
+    column of pixels predicted as an ignored class)."""
+    from zoo.metrics import kept_confusion
+
     y_true = np.asarray(y_true, dtype=np.int64).reshape(len(y_true), -1)
     y_pred = np.asarray(y_pred, dtype=np.int64).reshape(len(y_pred), -1)
     tiles = np.arange(len(y_true))[:, None]
     flat = (tiles * num_classes + y_true) * num_classes + y_pred
     counts = np.bincount(flat.ravel(), minlength=len(y_true) * num_classes ** 2)
-    return counts.reshape(len(y_true), num_classes, num_classes)[:, kept][:, :, kept]
+    return kept_confusion(counts.reshape(len(y_true), num_classes, num_classes), kept)
 
 
 def _miou(confusions) -> float:
-    matrix = confusions.sum(axis=0).astype(np.float64)
-    true_positive = np.diag(matrix)
-    union = matrix.sum(axis=0) + matrix.sum(axis=1) - true_positive
+    from zoo.metrics import confusion_counts
+
+    true_positive, _, _, union = confusion_counts(confusions.sum(axis=0))
     present = union > 0
     return float((true_positive[present] / union[present]).mean()) if present.any() else 0.0
 
 
 def _pixel_accuracy(confusions) -> float:
+    from zoo.metrics import confusion_counts
+
     matrix = confusions.sum(axis=0)
-    return float(np.trace(matrix) / max(matrix.sum(), 1))
+    return float(confusion_counts(matrix)[0].sum() / max(matrix.sum(), 1))
 
 
 def _macro_f1(pairs) -> float:

@@ -17,13 +17,16 @@ def _save(figure, path):
 
 
 def confusion_heatmap(matrix, class_names, title, path):
+    """Rows: true classes, shaded by their share of each; a segmentation matrix's one extra column counts
+    pixels predicted as an ignored class (zoo.metrics.kept_confusion)."""
     matrix = np.asarray(matrix, dtype=float)
+    predicted_names = list(class_names) + ["(an ignored class)"] * (matrix.shape[1] - len(class_names))
     normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = min(12, 4.5 + 0.3 * len(class_names))
     figure, axes = plt.subplots(figsize=(size, size * 0.85))
     image = axes.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     if len(class_names) <= 30:
-        axes.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
+        axes.set_xticks(range(len(predicted_names)), predicted_names, rotation=60, ha="right", fontsize=8)
         axes.set_yticks(range(len(class_names)), class_names, fontsize=8)
         if len(class_names) <= 12:
             for (row, column), value in np.ndenumerate(matrix):
