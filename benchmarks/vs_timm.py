@@ -8,12 +8,12 @@ For each model, zoo's figures come from ``zoo speed`` (backbone + linear head, m
 unless --precision float32, warm-up before timing; inference as a run's evaluation predicts, the next
 batch queued before this one's outputs are copied out, training through Keras's fit as a run trains)
 run once per installed Keras backend, each in its own process (a process has one backend); the best
-backend's figure is compared. timm's come from the
-same measurement done the way timm's own benchmark.py does it: the PyTorch model under AMP (float16
-autocast) in channels-last memory format, warm-up steps, then timed steps between CUDA
-synchronisations, SGD for training, at the same batch size and input size. Prints zoo / timm per
-model; targets: >= 1.0 for inference and >= 0.9 for training. Writes one CSV row per model with
-every backend's figures, the device and the versions.
+backend's figure is compared. timm's come from the same measurement done the way timm's own
+benchmark.py does it: the PyTorch model under AMP (float16 autocast) in channels-last memory format,
+warm-up steps, then timed steps between CUDA synchronisations, SGD with momentum 0.9 for training (zoo
+speed trains with the same), at the same batch size and input size. Prints zoo / timm per model;
+targets: >= 1.0 for inference and >= 0.9 for training. Writes one CSV row per model with every
+backend's figures, the device and the versions.
 
 Runs as is on a machine with TensorFlow, JAX or PyTorch (only the backends installed are
 measured; timm and torch are needed for the reference). On a CPU it measures CPU figures, which
