@@ -67,7 +67,9 @@ dense.kernel.assign(dense.kernel * 2.0)  # new weights are read at the next call
 print(json.dumps({"on_device": isinstance(first, jax.Array), "equal": bool((np.asarray(first) == reference).all()),
                   "ahead_rows": len(ahead), "ahead_first": bool((ahead[:8] == reference).all()),
                   "retrained_differs": bool((np.asarray(predict(images[:8])) != reference).any()),
-                  "compiled": compilation.snapshot()["functions"]}))
+                  "constants": all(tuple(c.shape) == shape and np.allclose(np.asarray(c), 1e-6)
+                     for c, shape in zip(constants, ((96,), (192,), (3, 5)))),
+    "compiled": compilation.snapshot()["functions"]}))
 """
 
 
@@ -99,6 +101,9 @@ def built(seed):
     return model
 
 first, again, other = built(0), built(0), built(1)
+from zoo.runtime import initial_values_on_host
+with initial_values_on_host():  # ConvNeXt's layer scale: a constant of each block's width
+    constants = [keras.initializers.Constant(1e-6)(shape) for shape in ((96,), (192,), (3, 5))]
 dense = [layer for layer in first.layers if hasattr(layer, "kernel")][-1]
 fan_in, fan_out = dense.kernel.shape
 limit = float(np.sqrt(6.0 / (fan_in + fan_out)))  # Glorot uniform's bound
@@ -107,6 +112,8 @@ print(json.dumps({
     "same_seed_same_weights": all((np.asarray(a) == np.asarray(b)).all() for a, b in zip(first.weights, again.weights)),
     "other_seed_differs": any((np.asarray(a) != np.asarray(b)).any() for a, b in zip(first.weights, other.weights)),
     "glorot": bool(np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit),
+    "constants": all(tuple(c.shape) == shape and np.allclose(np.asarray(c), 1e-6)
+                     for c, shape in zip(constants, ((96,), (192,), (3, 5)))),
     "compiled": compilation.snapshot()["functions"]}))
 """
 
@@ -118,9 +125,10 @@ def test_building_a_model_on_jax_compiles_nothing_per_weight_shape():
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["same_seed_same_weights"] and found["other_seed_differs"] and found["glorot"], found
+    assert found["constants"], found
     # JAX's own draws compiled one program per weight shape (59 for this model, 17 s on a 2-core CPU): the
     # initial values are drawn on the host instead, and three builds leave at most a handful of programs.
     per_shape = {name: count for name, count in found["compiled"].items()
                  if name in ("jit(_uniform)", "jit(_normal)", "jit(_truncated_normal)", "jit(broadcast_in_dim)",
-                             "jit(stage)")}
+                             "jit(multiply)", "jit(stage)")}
     assert not per_shape and sum(found["compiled"].values()) <= 5, found["compiled"]

@@ -147,7 +147,7 @@ def make_deterministic(seed: int, xla: bool = False) -> None:
 @contextlib.contextmanager
 def initial_values_on_host():
     """On JAX, within this block, Keras's initializers draw new weights with NumPy on the host and put
-    them on the device as they are (random uniform, normal and truncated normal, zeros, ones). JAX's
+    them on the device as they are (random uniform, normal and truncated normal, zeros, ones, constants). JAX's
     own draws compile one XLA program per weight shape: building mobilenet_v3_small compiled 59 of
     them in 17 s on a 2-core CPU, and an optimizer's zero slots as many again, before the first step.
     The values follow from Keras's seeds (``keras.utils.set_random_seed``, an initializer's own seed)
@@ -169,7 +169,8 @@ def initial_values_on_host():
         return
     original = {(jax_random, name): getattr(jax_random, name, None) for name in ("uniform", "normal", "truncated_normal")}
     original.update({(constant_initializers.Zeros, "__call__"): constant_initializers.Zeros.__call__,
-                     (constant_initializers.Ones, "__call__"): constant_initializers.Ones.__call__})
+                     (constant_initializers.Ones, "__call__"): constant_initializers.Ones.__call__,
+                     (constant_initializers.Constant, "__call__"): constant_initializers.Constant.__call__})
     if None in original.values():
         yield
         return
@@ -214,6 +215,9 @@ def initial_values_on_host():
             lambda self, shape, dtype=None: jax.device_put(np.zeros(tuple(shape), host_dtype(dtype))),
         (constant_initializers.Ones, "__call__"):
             lambda self, shape, dtype=None: jax.device_put(np.ones(tuple(shape), host_dtype(dtype))),
+        (constant_initializers.Constant, "__call__"):  # ConvNeXt's layer scale
+            lambda self, shape, dtype=None: jax.device_put(
+                np.full(tuple(shape), np.asarray(self.value), host_dtype(dtype))),
     }
     for (owner, name), function in replaced.items():
         setattr(owner, name, function)
