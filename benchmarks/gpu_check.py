@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py [--backends jax torch tensorflow] [--out-dir reports]
     python benchmarks/gpu_check.py --quick      # the same steps, tiny, to try the script on a CPU
 
-Four measurements, each in its own processes, on the machine's first device:
+Five measurements, each in its own processes, on the machine's first device:
 1. ``vs_timm``: inference and training images/s of mobilenet_v2, resnet50, densenet121 and vgg16 at 224 px,
    batch 64, mixed precision, on every installed Keras backend, beside timm's (benchmarks/vs_timm.py);
    targets zoo / timm >= 1.0 for inference and >= 0.9 for training.
@@ -21,6 +21,9 @@ Four measurements, each in its own processes, on the machine's first device:
 Writes ``reports/gpu-<device>.csv`` (one row per figure: check, subject, backend, value, unit, target) and
 ``reports/gpu-<device>.md`` (a short summary with the device, versions and every figure against its target).
 Meant to take at most 8 minutes on an H100/H200; TensorFlow is optional (JAX and/or PyTorch suffice).
+``--budget`` (default 480 s; none with --quick) makes sure of it: a check still running when it is spent is
+stopped, the checks not begun are rows saying so, and both files are written again after every check, so a
+command cut short by the machine's own limit leaves every figure measured until then.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from budget import Budget
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = Path(__file__).resolve().parent
@@ -60,51 +65,53 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "device"
 
 
-def check_vs_timm(models, size, batch, backends, precision, folder: Path) -> list[dict]:
+def check_vs_timm(models, size, batch, backends, precision, folder: Path, budget: Budget) -> list[dict]:
     """Rows of benchmarks/vs_timm.py for ``models`` on ``backends``."""
     out = folder / "vs_timm.csv"
     load("vs_timm").main(["--models", *models, "--size", str(size), "--batch", str(batch), "--backends", *backends,
-                          "--precision", precision, "--out", str(out)])
+                          "--precision", precision, "--out", str(out), "--budget", str(budget.left() or 0)])
     return list(csv.DictReader(open(out))) if out.is_file() else []
 
 
-def check_quickstart(backend: str, overrides: list[str], only, folder: Path) -> tuple[float, list[dict]]:
-    """The quickstart's whole-command wall time and result rows on ``backend``."""
-    seconds, rows, tail = load("quickstart_backends").run_quickstart(backend, overrides, only, folder)
+def check_quickstart(backend: str, overrides: list[str], only, folder: Path,
+                     budget: Budget) -> tuple[float, list[dict], bool]:
+    """The quickstart's whole-command wall time, result rows on ``backend``, and whether it was cut."""
+    seconds, rows, tail = load("quickstart_backends").run_quickstart(backend, overrides, only, folder, budget)
     if not rows:
         print(f"quickstart on {backend}: no results\n{tail}", flush=True)
-    return seconds, rows
+    return seconds, rows, tail.startswith("[cut at the time budget")
 
 
-def check_input(backend: str, size: int, batch: int, precision: str, batches: int, folder: Path) -> dict:
+def check_input(backend: str, size: int, batch: int, precision: str, batches: int, folder: Path,
+                budget: Budget) -> dict:
     """benchmarks/pipeline_throughput.py's row at ``size`` against mobilenet_v2 training on ``backend``."""
     out = folder / "input.csv"
     command = [sys.executable, str(BENCHMARKS / "pipeline_throughput.py"), "synthetic_terrain", "--size", str(size),
                "--batch", str(batch), "--model", "mobilenet_v2", "--precision", precision, "--batches", str(batches),
                "--csv", str(out), "--cache-dir", str(folder / "input-cache")]
-    done = subprocess.run(command, env={**environment(), "KERAS_BACKEND": backend}, capture_output=True, text=True)
+    done = budget.run(command, env={**environment(), "KERAS_BACKEND": backend})
     if not out.is_file():
-        print(f"input path on {backend}: {(done.stdout + done.stderr)[-1500:]}", flush=True)
-        return {}
+        print(f"input path on {backend}: {done.output[-1500:]}", flush=True)
+        return {"cut": True} if done.cut else {}
     return next(csv.DictReader(open(out)))
 
 
-def check_evaluation(backend: str, size: int, batch: int, precision: str, folder: Path) -> dict:
+def check_evaluation(backend: str, size: int, batch: int, precision: str, folder: Path, budget: Budget) -> dict:
     """benchmarks/eval_speed.py's row: a run's own evaluation of mobilenet_v2 against zoo speed's figure."""
     out = folder / "evaluation.csv"
     command = [sys.executable, str(BENCHMARKS / "eval_speed.py"), "--backbone", "mobilenet_v2", "--size", str(size),
                "--batch", str(batch), "--precision", precision, "--csv", str(out)]
-    done = subprocess.run(command, env={**environment(), "KERAS_BACKEND": backend}, capture_output=True, text=True)
+    done = budget.run(command, env={**environment(), "KERAS_BACKEND": backend})
     if not out.is_file():
-        print(f"evaluation on {backend}: {(done.stdout + done.stderr)[-1500:]}", flush=True)
-        return {}
+        print(f"evaluation on {backend}: {done.output[-1500:]}", flush=True)
+        return {"cut": True} if done.cut else {}
     return next(csv.DictReader(open(out)))
 
 
-def check_bfloat16(models, size, batch, backend: str) -> dict:
+def check_bfloat16(models, size, batch, backend: str, budget: Budget) -> dict:
     """``zoo speed`` rows of ``models`` in mixed_bfloat16 on ``backend``, by model."""
     zoo_speed = load("vs_timm").zoo_speed
-    return {model: zoo_speed(model, size, batch, backend, "mixed_bfloat16") for model in models}
+    return {model: zoo_speed(model, size, batch, backend, "mixed_bfloat16", budget) for model in models}
 
 
 def float16_figures(row: dict, backend: str) -> tuple:
@@ -122,6 +129,30 @@ def compile_breakdown(run_dir: Path, shown: int = 5) -> str:
     return ", ".join(f"{name} {seconds:.1f}" for name, seconds in list(by_function.items())[:shown]) or "-"
 
 
+def device_named_outside() -> str:
+    """The device's name where no measurement named it (the budget spent first): nvidia-smi's, else the CPU's."""
+    try:
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                               text=True, timeout=30).stdout.split("\n")
+        names = [name.strip() for name in names if name.strip()]
+        if names:
+            return f"{len(names)}x {names[0]}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+        return f"CPU {model} ({os.cpu_count()} cores)"
+    except (OSError, StopIteration):
+        return "unknown device"
+
+
+def shown(value) -> str:
+    """A figure for the summary's text: one decimal, or '-' where there is none."""
+    found = number(value)
+    return "-" if found is None else f"{found:.1f}"
+
+
 def number(value) -> float | None:
     try:
         return float(value)
@@ -137,61 +168,92 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes (32 px, batch 8, float32; the quickstart's baseline_cnn runs for two steps): "
                              "tries the script on a CPU")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="stop when this many seconds are spent: the check under way is stopped, the others "
+                             "are rows saying they were not run (default 480; none with --quick; 0: none)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    budget = Budget(args.budget if args.budget is not None else (0 if args.quick else 480))
     backends = [b for b in args.backends if importlib.util.find_spec(BACKEND_MODULES[b])]
     size, batch, precision = (32, 8, "float32") if args.quick else (224, 64, "mixed")
     overrides = ["train.epochs=1", "train.steps_per_epoch=2"] if args.quick else []
-    rows, lines = [], []
+    rows: list[dict] = []
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work)
-        timm_rows = check_vs_timm(args.models, size, batch, backends, precision, folder)
-        device = next((r["device"] for r in timm_rows if r.get("device")), "unknown device")
-        date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        timm_rows = check_vs_timm(args.models, size, batch, backends, precision, folder, budget)
+        device = next((r["device"] for r in timm_rows if r.get("device")), None) or device_named_outside()
+        report = Summary(Path(args.out_dir), f"gpu-{slug(device)}" + ("-quick" if args.quick else ""), device,
+                         date, args.quick, backends, started, budget)
 
         def add(check, subject, backend, value, unit, target="", detail=""):
             rows.append({"date": date, "device": device, "check": check, "subject": subject, "backend": backend,
                          "value": "" if value is None else round(value, 3), "unit": unit, "target": target,
                          "detail": detail})
 
+        def not_run(check, subject, backend, why=""):
+            add(check, subject, backend, None, "", "", why or f"not run: the time budget ({budget.seconds:.0f} s) "
+                                                              f"was spent before this check")
+
         speeds = {}
         for row in timm_rows:
             for kind, target in (("infer", ">= 1.0"), ("train", ">= 0.9")):
                 add("vs_timm", row["model"], row.get(f"best_{kind}_backend") or "",
                     number(row.get(f"{kind}_ratio")), f"zoo/timm {kind}", target,
-                    f"zoo {row.get(f'zoo_{kind}_images_per_second') or '-'} img/s, timm "
-                    f"{row.get(f'timm_{kind}_images_per_second') or '-'} img/s; {row.get('zoo_by_backend', '')}"
+                    f"zoo {shown(row.get(f'zoo_{kind}_images_per_second'))} img/s, timm "
+                    f"{shown(row.get(f'timm_{kind}_images_per_second'))} img/s; {row.get('zoo_by_backend', '')}"
                     f"{'; ' + row['error'] if row.get('error') else ''}")
                 backend = row.get(f"best_{kind}_backend")
                 if kind == "train" and backend:
                     speeds[backend] = speeds.get(backend, 0.0) + (number(row.get("zoo_train_images_per_second")) or 0)
+        report.write(rows)
         fastest = max(speeds, key=speeds.get) if speeds else (backends[0] if backends else None)
-        if fastest:
-            seconds, runs = check_quickstart(fastest, overrides, "*baseline_cnn*" if args.quick else None, folder)
-            add("quickstart", "whole command", fastest, seconds, "s", "<= 60 on an H200",
-                f"{sum(r['status'] == 'ok' for r in runs)} of {len(runs)} runs ok")
+        if fastest and budget.spent():
+            not_run("quickstart", "whole command", fastest)
+        elif fastest:
+            seconds, runs, cut = check_quickstart(fastest, overrides, "*baseline_cnn*" if args.quick else None, folder,
+                                                  budget)
+            add("quickstart", "whole command", fastest, None if cut else seconds, "s", "<= 60 on an H200",
+                f"{sum(r['status'] == 'ok' for r in runs)} of {len(runs)} runs ok"
+                + (f"; cut at the time budget after {seconds:.0f} s" if cut else ""))
             for run in runs:
                 add("quickstart", run["run_id"], fastest, number(run.get("compile_seconds")), "compile s", "",
                     f"status {run['status']}; compilations {run.get('compilations') or '-'}; first epoch "
-                    f"{run.get('first_epoch_seconds') or '-'} s; later epochs {run.get('epoch_seconds') or '-'} s; "
+                    f"{shown(run.get('first_epoch_seconds'))} s; later epochs {shown(run.get('epoch_seconds'))} s; "
                     f"compile s by function: {compile_breakdown(folder / fastest / 'runs' / run['run_id'])}")
-            measured = check_input(fastest, size, batch, precision, 5 if args.quick else 30, folder)
-            if measured:
+            report.write(rows)
+        subject = "delivered / mobilenet_v2 training"
+        if fastest and budget.spent():
+            not_run("input", subject, fastest)
+        elif fastest:
+            measured = check_input(fastest, size, batch, precision, 5 if args.quick else 30, folder, budget)
+            if measured.get("cut"):
+                not_run("input", subject, fastest, "cut at the time budget")
+            elif measured:
                 delivered = number(measured.get("delivered_images_per_second"))
                 training = number(measured.get("model_train_images_per_second"))
-                add("input", "delivered / mobilenet_v2 training", fastest,
+                add("input", subject, fastest,
                     delivered / training if delivered and training else None, "ratio", ">= 3",
                     f"host {measured.get('host_images_per_second')} img/s, delivered {delivered} img/s, training "
                     f"{training} img/s ({measured.get('precision')}), cache built in "
                     f"{measured.get('cache_build_seconds')} s")
-            evaluated = check_evaluation(fastest, size, batch, precision, folder)
-            if evaluated:
-                add("evaluation", "run's evaluation / zoo speed, mobilenet_v2", fastest, number(evaluated.get("ratio")),
+            report.write(rows)
+        subject = "run's evaluation / zoo speed, mobilenet_v2"
+        if fastest and budget.spent():
+            not_run("evaluation", subject, fastest)
+        elif fastest:
+            evaluated = check_evaluation(fastest, size, batch, precision, folder, budget)
+            if evaluated.get("cut"):
+                not_run("evaluation", subject, fastest, "cut at the time budget")
+            elif evaluated:
+                add("evaluation", subject, fastest, number(evaluated.get("ratio")),
                     "ratio", ">= 0.9", f"evaluation {evaluated.get('evaluation_images_per_second')} img/s over "
                     f"{evaluated.get('test_examples')} test images, zoo speed {evaluated.get('speed_images_per_second')}"
                     f" img/s ({evaluated.get('precision')})")
+            report.write(rows)
+        if fastest:
             by_model = {row["model"]: row for row in timm_rows}
-            for model, measured in check_bfloat16(args.models[:2], size, batch, fastest).items():
+            for model, measured in check_bfloat16(args.models[:2], size, batch, fastest, budget).items():
                 reference = by_model.get(model, {})
                 half = float16_figures(reference, fastest)
                 for index, kind in enumerate(("infer", "train")):
@@ -199,31 +261,54 @@ def main(argv=None) -> int:
                     timm = number(reference.get(f"timm_{kind}_images_per_second"))
                     add("bfloat16", f"{model} {kind}", fastest, zoo / timm if zoo and timm else None,
                         "zoo bfloat16/timm", ">= 1.0" if kind == "infer" else ">= 0.9",
-                        f"zoo mixed_bfloat16 {zoo or '-'} img/s, zoo {precision} {half[index] or '-'} img/s, timm "
-                        f"{timm or '-'} img/s ({reference.get('timm_precision') or '-'})"
+                        f"zoo mixed_bfloat16 {shown(zoo)} img/s, zoo {precision} {shown(half[index])} img/s, timm "
+                        f"{shown(timm)} img/s ({reference.get('timm_precision') or '-'})"
                         f"{'; ' + measured['error'] if measured.get('error') else ''}")
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"gpu-{slug(device)}" + ("-quick" if args.quick else "")
-    with open(out_dir / f"{name}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    from importlib.metadata import version
-
-    versions = ", ".join(f"{module} {version(module)}" for module in ("keras", "jax", "torch", "tensorflow", "timm")
-                         if importlib.util.find_spec(module))
-    lines = [f"# GPU check: {device}", "",
-             f"{date}; `python benchmarks/gpu_check.py{' --quick' if args.quick else ''}` in "
-             f"{time.perf_counter() - started:.0f} s; {versions}; backends measured: {', '.join(backends)}; "
-             f"{'float32, 32 px, batch 8 (--quick: a try of the script, not a measurement of a GPU)' if args.quick else 'mixed precision, 224 px, batch 64'}.",
-             "", "| check | subject | backend | value | target | detail |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['check']} | {r['subject']} | {r['backend']} | {r['value']} {r['unit']} | {r['target']} | "
-              f"{r['detail']} |" for r in rows]
-    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[4:]))
-    print(f"wrote {out_dir / name}.csv and .md in {time.perf_counter() - started:.0f} s")
+            report.write(rows)
+    paths = report.write(rows, final=True)
+    print("\n".join(paths["text"].splitlines()[4:]))
+    print(f"wrote {paths['csv']} and .md in {time.perf_counter() - started:.0f} s")
     return 0 if rows else 1
+
+
+class Summary:
+    """reports/gpu-<device>.csv and .md, written again after every check (each file whole: a temporary
+    name renamed), so a command stopped from outside leaves what it had measured."""
+
+    def __init__(self, out_dir: Path, name: str, device: str, date: str, quick: bool, backends, started: float,
+                 budget: Budget):
+        self.out_dir, self.name, self.device, self.date, self.quick = out_dir, name, device, date, quick
+        self.backends, self.started, self.budget = backends, started, budget
+
+    def write(self, rows: list[dict], final: bool = False) -> dict:
+        from importlib.metadata import version
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        table = self.out_dir / f"{self.name}.csv"
+        partial = table.with_name(table.name + ".partial")
+        with open(partial, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(partial, table)
+        versions = ", ".join(f"{module} {version(module)}" for module in
+                             ("keras", "jax", "torch", "tensorflow", "timm") if importlib.util.find_spec(module))
+        state = "" if final else " (so far: the command had not ended when this was written)"
+        limit = f", time budget {self.budget.seconds:.0f} s" if self.budget.seconds else ""
+        lines = [f"# GPU check: {self.device}", "",
+                 f"{self.date}; `python benchmarks/gpu_check.py{' --quick' if self.quick else ''}` in "
+                 f"{time.perf_counter() - self.started:.0f} s{state}{limit}; {versions}; backends measured: "
+                 f"{', '.join(self.backends)}; "
+                 f"{'float32, 32 px, batch 8 (--quick: a try of the script, not a measurement of a GPU)' if self.quick else 'mixed precision, 224 px, batch 64'}.",
+                 "", "| check | subject | backend | value | target | detail |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['check']} | {r['subject']} | {r['backend']} | {r['value']} {r['unit']} | {r['target']} | "
+                  f"{r['detail']} |" for r in rows]
+        text = "\n".join(lines) + "\n"
+        summary = self.out_dir / f"{self.name}.md"
+        partial = summary.with_name(summary.name + ".partial")
+        partial.write_text(text)
+        os.replace(partial, summary)
+        return {"csv": table, "text": text}
 
 
 if __name__ == "__main__":

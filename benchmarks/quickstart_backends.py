@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from budget import Budget
 from zoo.runtime import installed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,8 +30,11 @@ COLUMNS = ["backend", "backend_version", "device", "precision", "command_seconds
            "train_seconds", "first_epoch_seconds", "epoch_seconds", "accuracy", "miou", "overrides"]
 
 
-def run_quickstart(backend: str, overrides: list[str], only: str | None, folder: Path) -> tuple[float, list, str]:
-    """One `zoo run` of the quickstart on ``backend``: (wall seconds, result rows, output tail)."""
+def run_quickstart(backend: str, overrides: list[str], only: str | None, folder: Path,
+                   budget: Budget | None = None) -> tuple[float, list, str]:
+    """One `zoo run` of the quickstart on ``backend``: (wall seconds, result rows, output tail). Where
+    ``budget`` is spent first, `zoo run` is interrupted: the rows are the runs it finished, and the tail
+    says it was cut."""
     out = folder / backend
     command = [sys.executable, "-m", "zoo.cli", "run", str(ROOT / "benchmarks" / "quickstart.yaml"), "--out", str(out),
                "--no-report", "--set", f"train.backend={backend}"]
@@ -42,11 +45,12 @@ def run_quickstart(backend: str, overrides: list[str], only: str | None, folder:
     env = {**os.environ, "KERAS_BACKEND": backend,
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=folder)
+    done = (budget or Budget(None)).run(command, env=env, cwd=folder)
     seconds = time.perf_counter() - start
     results = out / "results.csv"
     rows = list(csv.DictReader(open(results))) if results.is_file() else []
-    return seconds, rows, (done.stdout + done.stderr)[-1500:]
+    cut = f"[cut at the time budget after {seconds:.0f} s]\n" if done.cut else ""
+    return seconds, rows, cut + done.output[-1500:]
 
 
 def main(argv=None) -> int:

@@ -28,11 +28,12 @@ import csv
 import importlib.util
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from budget import Budget
 
 ROOT = Path(__file__).resolve().parent.parent
 # zoo's registry name -> timm's name of the same architecture.
@@ -49,16 +50,21 @@ COLUMNS = ["model", "timm_model", "image_size", "batch_size", "device", "zoo_pre
            "zoo_by_backend", "keras", "torch", "timm", "python", "note", "error"]
 
 
-def zoo_speed(model: str, size: int, batch: int, backend: str, precision: str = "mixed") -> dict:
-    """``zoo speed`` on ``backend`` in a new process; the CSV row it wrote."""
+def zoo_speed(model: str, size: int, batch: int, backend: str, precision: str = "mixed",
+              budget: Budget | None = None) -> dict:
+    """``zoo speed`` on ``backend`` in a new process, within ``budget``; the CSV row it wrote."""
+    budget = budget or Budget(None)
+    if budget.spent():
+        return {"error": f"not measured: the time budget ({budget.seconds:.0f} s) was spent"}
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "speed.csv"
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        result = subprocess.run([sys.executable, "-m", "zoo.cli", "speed", model, "--size", str(size), "--batch",
-                                 str(batch), "--precision", precision, "--backend", backend, "--out", str(out)],
-                                env=env, capture_output=True, text=True)
+        done = budget.run([sys.executable, "-m", "zoo.cli", "speed", model, "--size", str(size), "--batch",
+                           str(batch), "--precision", precision, "--backend", backend, "--out", str(out)], env=env)
+        if done.cut:
+            return {"error": f"cut at the time budget ({budget.seconds:.0f} s)"}
         if not out.is_file():
-            return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+            return {"error": (done.output.strip().splitlines() or ["no output"])[-1][:300]}
         with open(out) as handle:
             row = next(csv.DictReader(handle))
     return row
@@ -134,8 +140,12 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", choices=["mixed", "mixed_float16", "mixed_bfloat16", "float32"],
                         default="mixed", help="mixed: zoo's mixed precision against timm under AMP (GPUs: float16); "
                                               "mixed_bfloat16 / mixed_float16: that half type on both; float32 on both")
-    parser.add_argument("--out", help="write the rows as CSV (e.g. reports/vs-timm-h100.csv)")
+    parser.add_argument("--out", help="write the rows as CSV (e.g. reports/vs-timm-h100.csv), after every model")
+    parser.add_argument("--budget", type=float, default=0, metavar="SECONDS",
+                        help="stop measuring when this many seconds are spent (a zoo process still running is "
+                             "stopped); the models not measured are rows saying so (0: no limit)")
     args = parser.parse_args(argv)
+    budget = Budget(args.budget)
     backends = [b for b in args.backends if importlib.util.find_spec(BACKEND_MODULES[b])]
     has_timm = importlib.util.find_spec("timm") is not None and importlib.util.find_spec("torch") is not None
     print(f"Keras backends measured: {', '.join(backends) or 'none'}; timm reference: "
@@ -147,7 +157,7 @@ def main(argv=None) -> int:
         row = {"model": model, "timm_model": TIMM_NAMES.get(model, ""), "image_size": args.size,
                "batch_size": args.batch, "keras": version("keras"), "python": platform.python_version(),
                "note": NOTES.get(model, ""), "error": ""}
-        figures = {b: zoo_speed(model, args.size, args.batch, b, args.precision) for b in backends}
+        figures = {b: zoo_speed(model, args.size, args.batch, b, args.precision, budget) for b in backends}
         good = {b: f for b, f in figures.items() if not f.get("error")}
         row["zoo_by_backend"] = "; ".join(
             f"{b} {f.get('backend_version', '')}: {float(f['infer_images_per_second']):.1f}/"
@@ -160,7 +170,9 @@ def main(argv=None) -> int:
                        zoo_infer_images_per_second=float(good[infer_backend]["infer_images_per_second"]),
                        zoo_train_images_per_second=float(good[train_backend]["train_images_per_second"]),
                        zoo_precision=good[infer_backend]["precision"], device=good[infer_backend]["device"])
-        if has_timm and model in TIMM_NAMES:
+        if has_timm and model in TIMM_NAMES and budget.spent():
+            row["error"] = f"timm: not measured: the time budget ({budget.seconds:.0f} s) was spent"
+        elif has_timm and model in TIMM_NAMES:
             try:
                 reference = timm_speed(TIMM_NAMES[model], args.size, args.batch, args.precision)
                 row.update(timm_infer_images_per_second=reference["infer"],
@@ -179,14 +191,21 @@ def main(argv=None) -> int:
               f"{ratio(row['infer_ratio'])} (target 1.0x); train zoo {row.get('zoo_train_images_per_second') or 0:8.1f} "
               f"({row.get('best_train_backend', '-')}) / timm {row.get('timm_train_images_per_second') or 0:8.1f} = "
               f"{ratio(row['train_ratio'])} (target 0.9x)  [{row['zoo_by_backend']}]", flush=True)
+        if args.out:  # after every model: a command cut short keeps the rows it measured
+            write_rows(rows, Path(args.out))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows({key: row.get(key) for key in COLUMNS} for row in rows)
         print(f"wrote {args.out}")
     return 0
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({key: row.get(key) for key in COLUMNS} for row in rows)
+    os.replace(partial, path)
 
 
 if __name__ == "__main__":

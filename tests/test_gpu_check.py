@@ -42,3 +42,52 @@ def test_the_gpu_check_writes_every_figure_with_its_target(tmp_path):
     summary = table.with_suffix(".md").read_text()
     assert summary.startswith("# GPU check: CPU") and "not a measurement of a GPU" in summary
     assert "| input | delivered / mobilenet_v2 training | jax |" in summary
+
+
+def test_a_spent_budget_stops_a_child_politely_then_for_good(tmp_path):
+    """The lent GPU machine cuts a command at its limit and returns only what was written: a check that
+    runs past the budget is interrupted (SIGINT, so `zoo run` can keep the runs it finished), and killed
+    when it does not stop."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from budget import Budget
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    polite = ("import sys, time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+              f"    open({str(tmp_path / 'interrupted')!r}, 'w').write('yes')\n    sys.exit(130)\n")
+    done = Budget(2).run([sys.executable, "-c", polite])
+    assert done.cut and done.returncode is None and (tmp_path / "interrupted").read_text() == "yes"
+    stubborn = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('started', flush=True)\ntime.sleep(600)\n"
+    import budget as budget_module
+
+    budget_module.GRACE_SECONDS, grace = 1.0, budget_module.GRACE_SECONDS
+    try:
+        done = Budget(2).run([sys.executable, "-c", stubborn])
+    finally:
+        budget_module.GRACE_SECONDS = grace
+    assert done.cut and "started" in done.output
+    finished = Budget(30).run([sys.executable, "-c", "print('done')"])
+    assert not finished.cut and finished.returncode == 0 and finished.output.strip() == "done"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_the_gpu_check_ends_within_its_budget_and_says_what_it_did_not_run(tmp_path):
+    import time
+
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--backends", "jax",
+                           "--models", "mobilenet_v2", "resnet50", "--out-dir", str(tmp_path), "--budget", "5"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert seconds < 5 + 30 + 30, seconds  # the budget, one interrupted child's grace, start-up
+    [table] = list(tmp_path.glob("gpu-*-quick.csv"))
+    rows = list(csv.DictReader(open(table)))
+    assert not list(tmp_path.glob("*.partial"))
+    resnet = [row for row in rows if row["check"] == "vs_timm" and row["subject"] == "resnet50"]
+    assert resnet and all("time budget" in row["detail"] and not row["value"] for row in resnet), resnet
+    later = {row["check"]: row for row in rows if row["check"] in ("quickstart", "input", "evaluation")}
+    assert set(later) == {"quickstart", "input", "evaluation"}, rows
+    assert all("not run: the time budget (5 s)" in row["detail"] and not row["value"] for row in later.values())
+    summary = table.with_suffix(".md").read_text()
+    assert "time budget 5 s" in summary and "had not ended" not in summary

@@ -1,0 +1,54 @@
+"""A benchmark command that must end in time: a lent GPU machine gives one command a few minutes, and a
+command cut there returns only what it had written. The scripts that run on such a machine
+(gpu_check.py, vs_timm.py, quickstart_backends.py) measure within a Budget: a child process still
+running when the budget is spent is interrupted (SIGINT: `zoo run` stops its worker and keeps the runs
+it finished), then killed; checks not begun are recorded as skipped, and each script writes its rows
+after every check, so a cut-short command still leaves every figure it measured."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+GRACE_SECONDS = 30.0  # an interrupted `zoo run` records its runs and stops its worker within this
+
+
+@dataclass
+class Finished:
+    returncode: int | None  # None: cut at the budget
+    output: str             # stdout and stderr together
+    cut: bool
+
+
+class Budget:
+    """Seconds left to a command; ``seconds`` None or 0: no limit."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds or None
+        self.deadline = time.monotonic() + seconds if seconds else None
+
+    def left(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def spent(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def run(self, command: list[str], **popen) -> Finished:
+        """``command`` run to its end or until the budget is spent: then SIGINT, then SIGKILL after
+        GRACE_SECONDS (``popen``: subprocess.Popen's env, cwd...)."""
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+        try:
+            output, _ = process.communicate(timeout=self.left())
+            return Finished(process.returncode, output, cut=False)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+            try:
+                output, _ = process.communicate(timeout=GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                try:
+                    output, _ = process.communicate(timeout=GRACE_SECONDS)
+                except subprocess.TimeoutExpired:  # a grandchild still holds the pipe: leave its output
+                    output = ""
+            return Finished(None, output or "", cut=True)
