@@ -67,9 +67,7 @@ dense.kernel.assign(dense.kernel * 2.0)  # new weights are read at the next call
 print(json.dumps({"on_device": isinstance(first, jax.Array), "equal": bool((np.asarray(first) == reference).all()),
                   "ahead_rows": len(ahead), "ahead_first": bool((ahead[:8] == reference).all()),
                   "retrained_differs": bool((np.asarray(predict(images[:8])) != reference).any()),
-                  "constants": all(tuple(c.shape) == shape and np.allclose(np.asarray(c), 1e-6)
-                     for c, shape in zip(constants, ((96,), (192,), (3, 5)))),
-    "compiled": compilation.snapshot()["functions"]}))
+                  "compiled": compilation.snapshot()["functions"]}))
 """
 
 
