@@ -68,8 +68,13 @@ def test_segmentation_scores_resample_tiles(rng):
                                   "miou", num_classes=4, ignore_classes=[0])
     from zoo.metrics import pixel_confusion, segmentation_metrics
 
-    expected = segmentation_metrics(pixel_confusion(y_true, y_pred, 4), list("abcd"), [0])["miou"]
+    whole = segmentation_metrics(pixel_confusion(y_true, y_pred, 4), list("abcd"), [0])
+    expected = whole["miou"]
     assert scores.value() == pytest.approx(expected)
+    assert whole["pixels_predicted_as_ignored"] > 0  # the two agree where the ignored class is predicted too
+    accuracy = stats.example_scores({"y_true": y_true, "y_pred": y_pred, "example_ids": ids}, "segmentation",
+                                    "accuracy", num_classes=4, ignore_classes=[0])
+    assert accuracy.value() == pytest.approx(whole["pixel_accuracy"])
     low, high = stats.interval(scores)
     assert low < expected < high
 
