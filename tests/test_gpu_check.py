@@ -91,3 +91,31 @@ def test_the_gpu_check_ends_within_its_budget_and_says_what_it_did_not_run(tmp_p
     assert all("not run: the time budget (5 s)" in row["detail"] and not row["value"] for row in later.values())
     summary = table.with_suffix(".md").read_text()
     assert "time budget 5 s" in summary and "had not ended" not in summary
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_a_gpu_check_killed_from_outside_leaves_the_figures_it_measured(tmp_path):
+    """The lent machine kills a command at its limit without asking: the files must already hold every
+    check finished by then (written after each one), the summary saying the command had not ended."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--backends",
+                                "jax", "--models", "mobilenet_v2", "--out-dir", str(tmp_path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                               env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and not list(tmp_path.glob("gpu-*-quick.md")):  # written after the CSV
+            assert process.poll() is None, "the check ended before it was killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the check and the processes it started, as a machine's limit does
+        process.wait()
+    [table] = list(tmp_path.glob("gpu-*-quick.csv"))
+    rows = list(csv.DictReader(open(table)))
+    assert {row["check"] for row in rows} == {"vs_timm"} and all(row["value"] == "" or float(row["value"]) >= 0
+                                                                 for row in rows), rows
+    assert "zoo " in rows[0]["detail"] and "img/s" in rows[0]["detail"]
+    assert "had not ended" in table.with_suffix(".md").read_text()
