@@ -76,10 +76,10 @@ def check_vs_timm(models, size, batch, backends, precision, folder: Path, budget
 def check_quickstart(backend: str, overrides: list[str], only, folder: Path,
                      budget: Budget) -> tuple[float, list[dict], bool]:
     """The quickstart's whole-command wall time, result rows on ``backend``, and whether it was cut."""
-    seconds, rows, tail = load("quickstart_backends").run_quickstart(backend, overrides, only, folder, budget)
+    seconds, rows, tail, cut = load("quickstart_backends").run_quickstart(backend, overrides, only, folder, budget)
     if not rows:
         print(f"quickstart on {backend}: no results\n{tail}", flush=True)
-    return seconds, rows, tail.startswith("[cut at the time budget")
+    return seconds, rows, cut
 
 
 def check_input(backend: str, size: int, batch: int, precision: str, batches: int, folder: Path,

@@ -31,10 +31,10 @@ COLUMNS = ["backend", "backend_version", "device", "precision", "command_seconds
 
 
 def run_quickstart(backend: str, overrides: list[str], only: str | None, folder: Path,
-                   budget: Budget | None = None) -> tuple[float, list, str]:
-    """One `zoo run` of the quickstart on ``backend``: (wall seconds, result rows, output tail). Where
-    ``budget`` is spent first, `zoo run` is interrupted: the rows are the runs it finished, and the tail
-    says it was cut."""
+                   budget: Budget | None = None) -> tuple[float, list, str, bool]:
+    """One `zoo run` of the quickstart on ``backend``: (wall seconds, result rows, output tail, cut). Where
+    ``budget`` is spent first, `zoo run` is interrupted (cut True): the rows are the runs it finished and
+    the one it was running, ``interrupted``."""
     out = folder / backend
     command = [sys.executable, "-m", "zoo.cli", "run", str(ROOT / "benchmarks" / "quickstart.yaml"), "--out", str(out),
                "--no-report", "--set", f"train.backend={backend}"]
@@ -49,8 +49,7 @@ def run_quickstart(backend: str, overrides: list[str], only: str | None, folder:
     seconds = time.perf_counter() - start
     results = out / "results.csv"
     rows = list(csv.DictReader(open(results))) if results.is_file() else []
-    cut = f"[cut at the time budget after {seconds:.0f} s]\n" if done.cut else ""
-    return seconds, rows, cut + done.output[-1500:]
+    return seconds, rows, done.output[-1500:], done.cut
 
 
 def main(argv=None) -> int:
@@ -68,7 +67,7 @@ def main(argv=None) -> int:
     table = []
     with tempfile.TemporaryDirectory() as folder:
         for backend in backends:
-            seconds, rows, tail = run_quickstart(backend, args.overrides, args.only, Path(folder))
+            seconds, rows, tail, _ = run_quickstart(backend, args.overrides, args.only, Path(folder))
             ok = [r for r in rows if r["status"] == "ok"]
             device = rows[0].get("device", "?") if rows else "?"
             train = sum(float(r["train_seconds"] or 0) for r in ok)
