@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import io
 import json
 import os
 import re
@@ -40,13 +41,17 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from budget import Budget
-
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))  # zoo from this checkout, installed or not (the GPU machine has it as files)
+
+from budget import Budget  # noqa: E402
+from zoo.results import write_atomic  # noqa: E402
 BACKEND_MODULES = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
 MODELS = ["mobilenet_v2", "resnet50", "densenet121", "vgg16"]
 COLUMNS = ["date", "device", "check", "subject", "backend", "value", "unit", "target", "detail"]
+INPUT_SUBJECT = "delivered / mobilenet_v2 training"
+EVALUATION_SUBJECT = "run's evaluation / zoo speed, mobilenet_v2"
 
 
 def load(name: str):
@@ -82,30 +87,16 @@ def check_quickstart(backend: str, overrides: list[str], only, folder: Path,
     return seconds, rows, cut
 
 
-def check_input(backend: str, size: int, batch: int, precision: str, batches: int, folder: Path,
-                budget: Budget) -> dict:
-    """benchmarks/pipeline_throughput.py's row at ``size`` against mobilenet_v2 training on ``backend``."""
-    out = folder / "input.csv"
-    command = [sys.executable, str(BENCHMARKS / "pipeline_throughput.py"), "synthetic_terrain", "--size", str(size),
-               "--batch", str(batch), "--model", "mobilenet_v2", "--precision", precision, "--batches", str(batches),
-               "--csv", str(out), "--cache-dir", str(folder / "input-cache")]
-    done = budget.run(command, env={**environment(), "KERAS_BACKEND": backend})
+def script_row(script: str, arguments: list[str], backend: str, folder: Path, budget: Budget) -> tuple[dict, bool]:
+    """The first CSV row that benchmarks/``script``.py writes with ``arguments`` on ``backend`` (empty where it
+    wrote none), and whether the budget cut it."""
+    out = folder / f"{script}.csv"
+    done = budget.run([sys.executable, str(BENCHMARKS / f"{script}.py"), *arguments, "--csv", str(out)],
+                      env={**environment(), "KERAS_BACKEND": backend})
     if not out.is_file():
-        print(f"input path on {backend}: {done.output[-1500:]}", flush=True)
-        return {"cut": True} if done.cut else {}
-    return next(csv.DictReader(open(out)))
-
-
-def check_evaluation(backend: str, size: int, batch: int, precision: str, folder: Path, budget: Budget) -> dict:
-    """benchmarks/eval_speed.py's row: a run's own evaluation of mobilenet_v2 against zoo speed's figure."""
-    out = folder / "evaluation.csv"
-    command = [sys.executable, str(BENCHMARKS / "eval_speed.py"), "--backbone", "mobilenet_v2", "--size", str(size),
-               "--batch", str(batch), "--precision", precision, "--csv", str(out)]
-    done = budget.run(command, env={**environment(), "KERAS_BACKEND": backend})
-    if not out.is_file():
-        print(f"evaluation on {backend}: {done.output[-1500:]}", flush=True)
-        return {"cut": True} if done.cut else {}
-    return next(csv.DictReader(open(out)))
+        print(f"{script} on {backend}: {done.output[-1500:]}", flush=True)
+        return {}, done.cut
+    return next(csv.DictReader(open(out)), {}), done.cut
 
 
 def check_bfloat16(models, size, batch, backend: str, budget: Budget) -> dict:
@@ -208,9 +199,8 @@ def main(argv=None) -> int:
                     speeds[backend] = speeds.get(backend, 0.0) + (number(row.get("zoo_train_images_per_second")) or 0)
         report.write(rows)
         fastest = max(speeds, key=speeds.get) if speeds else (backends[0] if backends else None)
-        if fastest and budget.spent():
-            not_run("quickstart", "whole command", fastest)
-        elif fastest:
+
+        def quickstart():
             seconds, runs, cut = check_quickstart(fastest, overrides, "*baseline_cnn*" if args.quick else None, folder,
                                                   budget)
             add("quickstart", "whole command", fastest, None if cut else seconds, "s", "<= 60 on an H200",
@@ -221,37 +211,35 @@ def main(argv=None) -> int:
                     f"status {run['status']}; compilations {run.get('compilations') or '-'}; first epoch "
                     f"{shown(run.get('first_epoch_seconds'))} s; later epochs {shown(run.get('epoch_seconds'))} s; "
                     f"compile s by function: {compile_breakdown(folder / fastest / 'runs' / run['run_id'])}")
-            report.write(rows)
-        subject = "delivered / mobilenet_v2 training"
-        if fastest and budget.spent():
-            not_run("input", subject, fastest)
-        elif fastest:
-            measured = check_input(fastest, size, batch, precision, 5 if args.quick else 30, folder, budget)
-            if measured.get("cut"):
-                not_run("input", subject, fastest, "cut at the time budget")
+
+        def input_path():
+            measured, cut = script_row("pipeline_throughput", [
+                "synthetic_terrain", "--size", str(size), "--batch", str(batch), "--model", "mobilenet_v2",
+                "--precision", precision, "--batches", str(5 if args.quick else 30),
+                "--cache-dir", str(folder / "input-cache")], fastest, folder, budget)
+            if cut:
+                not_run("input", INPUT_SUBJECT, fastest, "cut at the time budget")
             elif measured:
                 delivered = number(measured.get("delivered_images_per_second"))
                 training = number(measured.get("model_train_images_per_second"))
-                add("input", subject, fastest,
+                add("input", INPUT_SUBJECT, fastest,
                     delivered / training if delivered and training else None, "ratio", ">= 3",
                     f"host {measured.get('host_images_per_second')} img/s, delivered {delivered} img/s, training "
                     f"{training} img/s ({measured.get('precision')}), cache built in "
                     f"{measured.get('cache_build_seconds')} s")
-            report.write(rows)
-        subject = "run's evaluation / zoo speed, mobilenet_v2"
-        if fastest and budget.spent():
-            not_run("evaluation", subject, fastest)
-        elif fastest:
-            evaluated = check_evaluation(fastest, size, batch, precision, folder, budget)
-            if evaluated.get("cut"):
-                not_run("evaluation", subject, fastest, "cut at the time budget")
+
+        def evaluation():
+            evaluated, cut = script_row("eval_speed", ["--backbone", "mobilenet_v2", "--size", str(size), "--batch",
+                                                       str(batch), "--precision", precision], fastest, folder, budget)
+            if cut:
+                not_run("evaluation", EVALUATION_SUBJECT, fastest, "cut at the time budget")
             elif evaluated:
-                add("evaluation", subject, fastest, number(evaluated.get("ratio")),
+                add("evaluation", EVALUATION_SUBJECT, fastest, number(evaluated.get("ratio")),
                     "ratio", ">= 0.9", f"evaluation {evaluated.get('evaluation_images_per_second')} img/s over "
                     f"{evaluated.get('test_examples')} test images, zoo speed {evaluated.get('speed_images_per_second')}"
                     f" img/s ({evaluated.get('precision')})")
-            report.write(rows)
-        if fastest:
+
+        def bfloat16():
             by_model = {row["model"]: row for row in timm_rows}
             for model, measured in check_bfloat16(args.models[:2], size, batch, fastest, budget).items():
                 reference = by_model.get(model, {})
@@ -264,6 +252,14 @@ def main(argv=None) -> int:
                         f"zoo mixed_bfloat16 {shown(zoo)} img/s, zoo {precision} {shown(half[index])} img/s, timm "
                         f"{shown(timm)} img/s ({reference.get('timm_precision') or '-'})"
                         f"{'; ' + measured['error'] if measured.get('error') else ''}")
+
+        checks = [("quickstart", "whole command", quickstart), ("input", INPUT_SUBJECT, input_path),
+                  ("evaluation", EVALUATION_SUBJECT, evaluation), ("bfloat16", ", ".join(args.models[:2]), bfloat16)]
+        for check, subject, measure in checks if fastest else []:
+            if budget.spent():
+                not_run(check, subject, fastest)
+            else:
+                measure()
             report.write(rows)
     paths = report.write(rows, final=True)
     print("\n".join(paths["text"].splitlines()[4:]))
@@ -272,8 +268,8 @@ def main(argv=None) -> int:
 
 
 class Summary:
-    """reports/gpu-<device>.csv and .md, written again after every check (each file whole: a temporary
-    name renamed), so a command stopped from outside leaves what it had measured."""
+    """reports/gpu-<device>.csv and .md, written again after every check (each file whole:
+    zoo.results.write_atomic), so a command stopped from outside leaves what it had measured."""
 
     def __init__(self, out_dir: Path, name: str, device: str, date: str, quick: bool, backends, started: float,
                  budget: Budget):
@@ -283,14 +279,12 @@ class Summary:
     def write(self, rows: list[dict], final: bool = False) -> dict:
         from importlib.metadata import version
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         table = self.out_dir / f"{self.name}.csv"
-        partial = table.with_name(table.name + ".partial")
-        with open(partial, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(partial, table)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(table, text.getvalue())
         versions = ", ".join(f"{module} {version(module)}" for module in
                              ("keras", "jax", "torch", "tensorflow", "timm") if importlib.util.find_spec(module))
         state = "" if final else " (so far: the command had not ended when this was written)"
@@ -304,10 +298,7 @@ class Summary:
         lines += [f"| {r['check']} | {r['subject']} | {r['backend']} | {r['value']} {r['unit']} | {r['target']} | "
                   f"{r['detail']} |" for r in rows]
         text = "\n".join(lines) + "\n"
-        summary = self.out_dir / f"{self.name}.md"
-        partial = summary.with_name(summary.name + ".partial")
-        partial.write_text(text)
-        os.replace(partial, summary)
+        write_atomic(self.out_dir / f"{self.name}.md", text)
         return {"csv": table, "text": text}
 
 

@@ -21,10 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from budget import Budget
-from zoo.runtime import installed
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # zoo from this checkout, installed or not (the GPU machine has it as files)
+
+from budget import Budget  # noqa: E402
+from zoo.runtime import installed  # noqa: E402
 BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 COLUMNS = ["backend", "backend_version", "device", "precision", "command_seconds", "run_id", "status", "error",
            "train_seconds", "first_epoch_seconds", "epoch_seconds", "accuracy", "miou", "overrides"]

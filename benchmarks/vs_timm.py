@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import io
 import os
 import platform
 import sys
@@ -33,9 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from budget import Budget
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # zoo from this checkout, installed or not
+
+from budget import Budget  # noqa: E402
+from zoo.results import write_atomic  # noqa: E402
 # zoo's registry name -> timm's name of the same architecture.
 TIMM_NAMES = {"mobilenet_v2": "mobilenetv2_100", "resnet50": "resnet50", "densenet121": "densenet121",
               "vgg16": "vgg16", "resnet101": "resnet101", "efficientnet_b0": "efficientnet_b0",
@@ -199,13 +202,11 @@ def main(argv=None) -> int:
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({key: row.get(key) for key in COLUMNS} for row in rows)
-    os.replace(partial, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({key: row.get(key) for key in COLUMNS} for row in rows)
+    write_atomic(path, text.getvalue())
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def kept_confusion(confusion, kept) -> np.ndarray:
     the metrics (``ignore_index`` in mmsegmentation and torchmetrics): a forest pixel predicted as
     clouds is an error of forest, not a pixel left out."""
     confusion = np.asarray(confusion, dtype=np.int64)
-    ignored = [c for c in range(confusion.shape[-1]) if c not in set(kept)]
+    ignored = sorted(set(range(confusion.shape[-1])) - set(kept))
     rows = confusion[..., kept, :]
     return np.concatenate([rows[..., kept], rows[..., ignored].sum(axis=-1, keepdims=True)], axis=-1)
 

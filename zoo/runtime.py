@@ -147,8 +147,8 @@ def make_deterministic(seed: int, xla: bool = False) -> None:
 @contextlib.contextmanager
 def initial_values_on_host():
     """On JAX, within this block, Keras's initializers draw new weights with NumPy on the host and put
-    them on the device as they are (random uniform, normal and truncated normal, zeros, ones, constants). JAX's
-    own draws compile one XLA program per weight shape: building mobilenet_v3_small compiled 59 of
+    them on the device as they are (random uniform, normal and truncated normal, zeros, ones, constants).
+    JAX's own draws compile one XLA program per weight shape: building mobilenet_v3_small compiled 59 of
     them in 17 s on a 2-core CPU, and an optimizer's zero slots as many again, before the first step.
     The values follow from Keras's seeds (``keras.utils.set_random_seed``, an initializer's own seed)
     as JAX's do, but are other numbers: a JAX run's initial weights are NumPy's draws from the same
