@@ -60,6 +60,40 @@ def test_bootstrap_interval_covers_the_true_accuracy_at_the_expected_rate():
     assert 0.90 <= covered / trials <= 0.99  # 95 % nominal; percentile intervals run slightly narrow
 
 
+@pytest.mark.parametrize("kind", ["accuracy", "kl_score"])
+def test_mean_metric_intervals_are_scipys_bootstrap_and_rows_share_its_resamples(rng, kind):
+    """The leaderboard's intervals are scipy.stats.bootstrap's percentile intervals for the same seed
+    (exactly, for 0/1 scores), and scoring many rows at once gives each what it gets alone."""
+    from scipy.stats import bootstrap
+
+    def scores(values):
+        return stats.ExampleScores(kind, np.array([f"test/{i}" for i in range(len(values))]), values=values)
+
+    many = [scores((rng.random(150) < p).astype(float) if kind == "accuracy" else rng.gamma(2.0, p, 150))
+            for p in (0.3, 0.6, 0.9)]
+    many.append(scores(np.ones(150)))  # every resample gives 1
+    together = stats.intervals(many, seed=3)
+    for row, (low, high) in zip(many[:3], together):
+        expected = bootstrap((row.values,), np.mean, vectorized=True, n_resamples=stats.RESAMPLES_MEAN,
+                             confidence_level=stats.CONFIDENCE, method="percentile",
+                             random_state=np.random.default_rng(3)).confidence_interval
+        if kind == "accuracy":
+            assert (low, high) == (expected.low, expected.high)
+        else:
+            assert (low, high) == pytest.approx((expected.low, expected.high), rel=1e-12)
+    assert together[3] == (1.0, 1.0)
+    alone = [stats.interval(row, seed=3) for row in many]
+    for batched, single in zip(together, alone):  # equal but for the matrix product's rounding
+        assert batched == (single if kind == "accuracy" else pytest.approx(single, rel=1e-12))
+
+    others, best = many[:3] + [accuracy_scores(np.ones(150), ids=[f"other/{i}" for i in range(150)])], many[2]
+    each = stats.compare_each(others, best, seed=3)
+    for batched, single in zip(each[:3], [stats.compare(row, best, seed=3) for row in many[:3]]):
+        assert batched == (single if kind == "accuracy" else pytest.approx(single, rel=1e-12))
+    assert isinstance(each[3], stats.ComparisonError) and "different images" in str(each[3])
+    assert each[2]["p_value"] == 1.0 and each[0]["ci_high"] < 0
+
+
 def test_segmentation_scores_resample_tiles(rng):
     y_true = rng.integers(0, 4, (20, 8, 8))
     y_pred = np.where(rng.random((20, 8, 8)) < 0.7, y_true, rng.integers(0, 4, (20, 8, 8)))

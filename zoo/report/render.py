@@ -22,6 +22,11 @@ from zoo.export import FORMATS
 from zoo.results import RESULT_COLUMNS, load_runs, write_atomic
 
 GROUP_KEYS = ["backbone", "head", "weights", "trainable", "swept"]
+# results.csv columns a leaderboard averages over a model's seeds.
+NUMERIC_COLUMNS = (["miou", "accuracy_smoothed", "macro_precision", "macro_recall", "train_seconds", "epoch_seconds",
+                    "first_epoch_seconds", "images_per_second", "latency_ms", "precise_bn_batches"]
+                   + [f"{name}_{measure}" for name in FORMATS
+                      for measure in ("megabytes", "latency_ms", "accuracy", "accuracy_drop")])
 
 
 def headline_metric(task: str) -> str:
@@ -121,32 +126,34 @@ class ReportBuilder:
 
     # -- one dataset ---------------------------------------------------------------
     def leaderboard(self, ok: pd.DataFrame, metric: str, higher: bool) -> list[dict]:
+        # Cast once, not per group: a sweep's leaderboard has as many groups as runs.
+        ok = ok.astype({column: float for column in NUMERIC_COLUMNS + [metric]})
         rows = []
         for _, group in ok.groupby(GROUP_KEYS, sort=False, dropna=False):
             first = group.iloc[0]
-            score = group[metric].astype(float)
+            score = group[metric]
             rows.append({
                 "label": _label(first), "backbone": first["backbone"], "head": first["head"],
                 "weights": first["weights"], "trainable": first["trainable"], "swept": first["swept"],
                 "seeds": len(group), "score": float(score.mean()), "score_text": _mean_std(score),
-                "miou_text": _mean_std(group["miou"].astype(float)),
-                "smoothed_text": _mean_std(group["accuracy_smoothed"].astype(float)),
-                "macro_precision_text": _mean_std(group["macro_precision"].astype(float)),
-                "macro_recall_text": _mean_std(group["macro_recall"].astype(float)),
-                "train_seconds_text": _mean_std(group["train_seconds"].astype(float), 1),
-                "epoch_seconds_text": _mean_std(group["epoch_seconds"].astype(float), 2),
-                "first_epoch_seconds_text": _mean_std(group["first_epoch_seconds"].astype(float), 2),
+                "miou_text": _mean_std(group["miou"]),
+                "smoothed_text": _mean_std(group["accuracy_smoothed"]),
+                "macro_precision_text": _mean_std(group["macro_precision"]),
+                "macro_recall_text": _mean_std(group["macro_recall"]),
+                "train_seconds_text": _mean_std(group["train_seconds"], 1),
+                "epoch_seconds_text": _mean_std(group["epoch_seconds"], 2),
+                "first_epoch_seconds_text": _mean_std(group["first_epoch_seconds"], 2),
                 "images_per_second": float(group["images_per_second"].mean()),
-                "images_per_second_text": _mean_std(group["images_per_second"].astype(float), 1),
+                "images_per_second_text": _mean_std(group["images_per_second"], 1),
                 "latency_ms": float(group["latency_ms"].mean()),
-                "latency_ms_text": _mean_std(group["latency_ms"].astype(float), 2),
+                "latency_ms_text": _mean_std(group["latency_ms"], 2),
                 "params": int(first["params"]), "params_text": _fmt(int(first["params"])),
                 "model_megabytes_text": _fmt(float(first["model_megabytes"]), 2),
-                "precise_bn_text": _mean_std(group["precise_bn_batches"].astype(float), 0),
+                "precise_bn_text": _mean_std(group["precise_bn_batches"], 0),
                 "device": first["device"], "precision": first["precision"], "backend": _backend_name(first),
                 "timed_on": _timed_on(first),
                 "run_ids": list(group["run_id"]), "task": first["task"],
-                "model_megabytes": float(first["model_megabytes"]), "deployments": self.deployments(group),
+                "model_megabytes": float(first["model_megabytes"]), "deployments": self.deployments(group, first),
                 "test_examples": int(first["test_examples"]) if pd.notna(first.get("test_examples")) else None,
             })
         rows.sort(key=lambda r: -r["score"] if higher else r["score"])
@@ -154,12 +161,12 @@ class ReportBuilder:
             row["rank"] = rank
         return rows
 
-    def deployments(self, group: pd.DataFrame) -> list[dict]:
-        """The exported forms of one model (its seeds averaged): format, quantization, size, CPU
-        latency and score after conversion, or why the conversion failed."""
-        first, found = group.iloc[0], []
+    def deployments(self, group: pd.DataFrame, first: pd.Series) -> list[dict]:
+        """The exported forms of one model (its seeds averaged; ``first``: its first row): format,
+        quantization, size, CPU latency and score after conversion, or why the conversion failed."""
+        found = []
         for name in FORMATS:
-            sizes = group[f"{name}_megabytes"].astype(float)
+            sizes = group[f"{name}_megabytes"]
             errors = [e for e in group[f"{name}_error"] if isinstance(e, str) and e]
             if sizes.isna().all() and not errors:
                 continue
@@ -168,10 +175,10 @@ class ReportBuilder:
                           "metric": first["export_metric"],
                           "megabytes": float(sizes.mean()) if sizes.notna().any() else None,
                           "megabytes_text": _mean_std(sizes, 2),
-                          "latency_ms_text": _mean_std(group[f"{name}_latency_ms"].astype(float), 2),
-                          "score_text": _mean_std(group[f"{name}_accuracy"].astype(float)),
-                          "drop": float(group[f"{name}_accuracy_drop"].astype(float).mean()),
-                          "drop_text": _mean_std(group[f"{name}_accuracy_drop"].astype(float)),
+                          "latency_ms_text": _mean_std(group[f"{name}_latency_ms"], 2),
+                          "score_text": _mean_std(group[f"{name}_accuracy"]),
+                          "drop": float(group[f"{name}_accuracy_drop"].mean()),
+                          "drop_text": _mean_std(group[f"{name}_accuracy_drop"]),
                           "error": "; ".join(dict.fromkeys(errors))})
         return found
 
@@ -209,28 +216,33 @@ class ReportBuilder:
 
     def add_significance(self, board: list[dict], metric: str) -> None:
         """Each row's 95 % interval, and whether it is significantly worse than the best: a paired
-        test on the same test examples, Holm-corrected over the comparisons with the best."""
+        test on the same test examples, Holm-corrected over the comparisons with the best. The rows'
+        bootstraps share one set of resamples (zoo.stats.intervals, compare_each)."""
         for row in board:
             row.update(interval_text="", tie=None, p_text="", compared=False)
             try:
                 row["scores"] = self.scores_of(row, metric)
-                low, high = stats.interval(row["scores"])
-                row["interval_text"] = f"[{low:.4f}, {high:.4f}]"
+                if not row["scores"].n:
+                    raise ValueError("no test examples")
             except (OSError, KeyError, ValueError) as error:
                 row["scores"], row["p_text"] = None, f"not tested: {error}"
+        scored = [row for row in board if row["scores"] is not None]
+        for row, (low, high) in zip(scored, stats.intervals([row["scores"] for row in scored])):
+            row["interval_text"] = f"[{low:.4f}, {high:.4f}]"
         if not board or board[0]["scores"] is None:
             return
         best = board[0]
         best.update(tie=True, compared=True, p_text="best")
+        others = [row for row in board[1:] if row["scores"] is not None]
+        comparisons = stats.compare_each([row["scores"] for row in others], best["scores"],
+                                         [row["seeds"] for row in others], best["seeds"])
         tested = []
-        for row in board[1:]:
-            if row["scores"] is None:
-                continue
-            try:
-                row["comparison"] = stats.compare(row["scores"], best["scores"], row["seeds"], best["seeds"])
+        for row, comparison in zip(others, comparisons):
+            if isinstance(comparison, stats.ComparisonError):
+                row["p_text"] = f"not compared: {comparison}"
+            else:
+                row["comparison"] = comparison
                 tested.append(row)
-            except stats.ComparisonError as error:
-                row["p_text"] = f"not compared: {error}"
         for row, adjusted in zip(tested, stats.holm([r["comparison"]["p_value"] for r in tested])):
             row.update(tie=adjusted >= stats.SIGNIFICANCE, compared=True, p_adjusted=adjusted,
                        p_text=f"{adjusted:.3g}")
