@@ -56,7 +56,7 @@ def report(tmp_path_factory):
     write_results_csv(out, [f"synthetic_terrain-{b}-linear-s0" for b in MODELS])
     assert main(["report", str(out), "-o", str(root / "report"), "--format", "md",
                  "--latency-budget", str(LATENCY_BUDGET_MS), "--size-budget", str(SIZE_BUDGET_MB)]) == 0
-    return pd.read_csv(out / "results.csv"), (root / "report" / "report.md").read_text()
+    return pd.read_csv(out / "results.csv"), (root / "report" / "report.md").read_text(), out
 
 
 def expected_ties(table: pd.DataFrame) -> set:
@@ -80,7 +80,7 @@ def named(text: str, sentence_start: str) -> str:
 
 
 def test_the_fastest_and_smallest_ties_and_the_budget_picks_follow_the_numbers(report):
-    table, text = report
+    table, text, _ = report
     ties = table[table["backbone"].isin(expected_ties(table))]
     best = table.sort_values("accuracy", ascending=False).iloc[0]["backbone"]
     fastest = ties.sort_values("images_per_second").iloc[-1]["backbone"]
@@ -98,9 +98,24 @@ def test_the_fastest_and_smallest_ties_and_the_budget_picks_follow_the_numbers(r
 
 
 def test_the_leaderboard_verdicts_are_holm_corrected(report):
-    table, text = report
+    table, text, _ = report
     ties = expected_ties(table)
     for backbone in MODELS:
         line = next(line for line in text.splitlines() if line.startswith("|") and f" {backbone}/linear " in line)
         verdict = "best" if backbone == "resnet50" else ("tie" if backbone in ties else "worse")
         assert f"| {verdict}" in line, line
+
+
+def test_a_large_study_details_the_first_models_and_every_one_the_recommendation_names(report, tmp_path):
+    """With --detailed-models 1 the per-class sections are the best's and those of the models the
+    recommendation names (the fastest and smallest ties, the budget picks); the fourth model keeps its
+    leaderboard row, and the report says how many were left out."""
+    _, _, out = report
+    assert main(["report", str(out), "-o", str(tmp_path), "--format", "md", "--detailed-models", "1",
+                 "--latency-budget", str(LATENCY_BUDGET_MS), "--size-budget", str(SIZE_BUDGET_MB)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    detailed = set(re.findall(r"^#### (\w+)/linear", text, flags=re.MULTILINE))
+    assert detailed == {"resnet50", "mobilenet_v2", "densenet121"}  # vgg16 is named by nothing
+    assert "The 1 other models have their leaderboard rows only" in text
+    assert sum(1 for line in text.splitlines() if line.startswith("|") and "/linear " in line) >= len(MODELS)
+    assert len(list((tmp_path / "figures").glob("confusion-*.png"))) == 3

@@ -173,7 +173,7 @@ def cmd_report(args) -> int:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     notes: list[str] = []
     for path in write_report(args.out, formats=formats, report_dir=args.o, latency_budget_ms=args.latency_budget,
-                             notes=notes, size_budget_mb=args.size_budget):
+                             notes=notes, size_budget_mb=args.size_budget, detailed_models=args.detailed_models):
         print(path)
     for note in notes:
         print(f"zoo: warning: {note}", file=sys.stderr)
@@ -335,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--latency-budget", type=float, metavar="MS", help="also name the best model within this latency")
     report.add_argument("--size-budget", type=float, metavar="MB",
                         help="also name the best model whose file (exported, else .keras) fits this size")
+    report.add_argument("--detailed-models", type=int, default=None, metavar="N",
+                        help="per-class tables, confusion matrices and training curves for each dataset's first N "
+                             "models and those the recommendation names (default 20; every model keeps its "
+                             "leaderboard row)")
     report.set_defaults(func=cmd_report)
 
     export = commands.add_parser("export", help="export a finished run's model (SavedModel, LiteRT, ONNX)")

@@ -69,12 +69,15 @@ def pareto_front(points, higher_is_better=True):
     return front
 
 
-def score_vs_speed(labels, scores, speeds, metric, higher_is_better, title, path):
+def score_vs_speed(labels, scores, speeds, metric, higher_is_better, title, path, named=None):
+    """Every model's score against its inference speed, the Pareto front drawn; the labels of the
+    models at indices ``named`` (all when None) and of the front's."""
     figure, axes = plt.subplots(figsize=(7, 4.2))
     axes.scatter(speeds, scores, color="tab:blue")
-    for label, x, y in zip(labels, speeds, scores):
-        axes.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     front = sorted(pareto_front(list(zip(scores, speeds)), higher_is_better), key=lambda i: speeds[i])
+    shown = set(range(len(labels)) if named is None else named) | set(front)
+    for index in sorted(shown):
+        axes.annotate(labels[index], (speeds[index], scores[index]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if front:
         axes.plot([speeds[i] for i in front], [scores[i] for i in front], "-o", color="tab:red",
                   label="Pareto front: nothing is both better and faster")

@@ -22,6 +22,10 @@ from zoo.export import FORMATS
 from zoo.results import RESULT_COLUMNS, load_runs, write_atomic
 
 GROUP_KEYS = ["backbone", "head", "weights", "trainable", "swept"]
+# Models of a dataset given per-class tables, confusion matrices and training curves: the leaderboard's
+# first ones and every model the recommendation names. A sweep's report stays readable (and quick to
+# write) at hundreds of models; zoo serve shows every run's details.
+DETAILED_MODELS = 20
 # results.csv columns a leaderboard averages over a model's seeds.
 NUMERIC_COLUMNS = (["miou", "accuracy_smoothed", "macro_precision", "macro_recall", "train_seconds", "epoch_seconds",
                     "first_epoch_seconds", "images_per_second", "latency_ms", "precise_bn_batches"]
@@ -86,8 +90,10 @@ def _slug(text) -> str:
 
 
 class ReportBuilder:
-    def __init__(self, out_dir, report_dir, latency_budget_ms=None, size_budget_mb=None):
+    def __init__(self, out_dir, report_dir, latency_budget_ms=None, size_budget_mb=None,
+                 detailed_models: int = DETAILED_MODELS):
         self.out_dir = Path(out_dir)
+        self.detailed_models = detailed_models
         # No report folder (zoo serve): the leaderboards and the recommendation only, nothing written.
         self.report_dir = Path(report_dir) if report_dir is not None else None
         self.figure_dir = self.report_dir / "figures" if self.report_dir is not None else None
@@ -182,9 +188,10 @@ class ReportBuilder:
                           "error": "; ".join(dict.fromkeys(errors))})
         return found
 
-    def size_sentence(self, board: list[dict]) -> str:
+    def size_pick(self, board: list[dict]) -> tuple[str, dict | None]:
         """The best model (leaderboard order) with a working form that fits the size budget: of
-        its forms that fit (exported files, its .keras file), the one that loses least."""
+        its forms that fit (exported files, its .keras file), the one that loses least; the sentence
+        saying so and the model's row (None when nothing fits)."""
         def forms(row):
             found = [(d["megabytes"], d["format"] + (f" {d['quantize']}" if d["quantize"] != "none" else ""), d)
                      for d in row["deployments"] if d["megabytes"] is not None and not d["error"]]
@@ -198,11 +205,12 @@ class ReportBuilder:
                 after = (f"; {deployment['metric']} after conversion {deployment['score_text']} (drop "
                          f"{deployment['drop_text']})" if deployment else "")
                 return (f"Best within the {budget:g} MB size budget: **{row['label']}**, {row['score_text']}, "
-                        f"{size:.2f} MB as {form}{after}.")
+                        f"{size:.2f} MB as {form}{after}."), row
         size, form, row = min(((size, form, row) for row in board for size, form, _ in forms(row)),
                               key=lambda item: item[0])
         hint = "" if any(r["deployments"] for r in board) else " (the suite key export makes smaller files)"
-        return f"No model fits the {budget:g} MB size budget; the smallest, {row['label']}, takes {size:.2f} MB as {form}{hint}."
+        return (f"No model fits the {budget:g} MB size budget; the smallest, {row['label']}, takes {size:.2f} MB as "
+                f"{form}{hint}."), None
 
     def scores_of(self, row: dict, metric: str) -> stats.ExampleScores:
         """The headline metric's per-example scores of a leaderboard row, its seeds pooled."""
@@ -251,8 +259,14 @@ class ReportBuilder:
                               f"{'tie' if row['tie'] else 'worse'} (p = {row['p_text']})")
 
     def recommendation(self, board: list[dict], metric: str, higher: bool) -> list[str]:
+        """The recommendation's sentences for one dataset's leaderboard."""
+        return self.recommend(board, metric, higher)[0]
+
+    def recommend(self, board: list[dict], metric: str, higher: bool) -> tuple[list[str], list[dict]]:
+        """The recommendation's sentences, and the leaderboard rows they name (the best, the fastest and
+        smallest ties, the budget picks)."""
         if not board:
-            return []
+            return [], []
         name = {"accuracy": "accuracy", "kl_score": "KL score"}.get(metric, metric)
         best = board[0]
         examples = (f"{best['test_examples']:,} test {'images' if best['task'] == 'classification' else 'tiles'}"
@@ -274,6 +288,7 @@ class ReportBuilder:
         fastest = max([r for r in ties or [best] if r["timed_on"] == best["timed_on"]] or [best],
                       key=lambda r: r["images_per_second"])
         smallest = min(ties or [best], key=lambda r: r["params"])
+        named = [best, fastest, smallest]
         if fastest is not best:
             sentences.append(f"**{fastest['label']}** is statistically indistinguishable from {best['label']} on "
                              f"these {examples} ({fastest['score_text']}, paired test p = {fastest['p_text']} "
@@ -297,6 +312,7 @@ class ReportBuilder:
             within = [r for r in board if r["latency_ms"] <= self.latency_budget_ms]
             if within:
                 pick = within[0]
+                named.append(pick)
                 sentences.append(f"Best within the {self.latency_budget_ms:g} ms latency budget: **{pick['label']}**, "
                                  f"{pick['score_text']} at {pick['latency_ms']:.2f} ms per image.")
             else:
@@ -304,9 +320,11 @@ class ReportBuilder:
                 sentences.append(f"No model meets the {self.latency_budget_ms:g} ms latency budget; the quickest, "
                                  f"{fastest_any['label']}, takes {fastest_any['latency_ms']:.2f} ms per image.")
         if self.size_budget_mb is not None:
-            sentences.append(self.size_sentence(board))
+            sentence, pick = self.size_pick(board)
+            sentences.append(sentence)
+            named += [pick] if pick is not None else []
         sentences.append(f"Its times were measured on {best['timed_on']}.")
-        return sentences
+        return sentences, named
 
     def ranked(self, frame: pd.DataFrame) -> dict:
         """One dataset's rows ranked: its task, headline metric and direction, its successful runs and
@@ -322,11 +340,16 @@ class ReportBuilder:
     def dataset_section(self, dataset: str, frame: pd.DataFrame) -> dict:
         ranked = self.ranked(frame)
         task, metric, higher, ok, board = (ranked[k] for k in ("task", "metric", "higher_is_better", "ok", "board"))
+        recommendation, named = self.recommend(board, metric, higher)
+        # Rows are compared by identity: they hold arrays, which == cannot compare.
+        chosen = {id(r) for r in board[:max(0, self.detailed_models)]} | {id(r) for r in named}
+        detailed = [r for r in board if id(r) in chosen]
+        detailed_runs = {run_id for r in detailed for run_id in r["run_ids"]}
         runs = []
         histories = {}
         # One confusion matrix per model, its seeds' test predictions pooled, beside its first run.
         seeds_of = {run_ids[0]: run_ids for run_ids in (r["run_ids"] for r in board)}
-        for _, row in ok.iterrows():
+        for _, row in ok[ok["run_id"].isin(detailed_runs)].iterrows():
             metrics = self.metrics_of(row["run_id"])
             smoothed = {c["class"]: c for c in metrics.get("smoothed", {}).get("per_class", [])}
             per_class = [{**c, "precision_smoothed": smoothed.get(c["class"], {}).get("precision"),
@@ -357,7 +380,11 @@ class ReportBuilder:
             path = figures.score_vs_speed([r["label"] for r in board], [r["score"] for r in board],
                                           [r["images_per_second"] for r in board], metric, higher,
                                           f"{dataset}: {metric} against inference speed",
-                                          self.figure_dir / f"tradeoff-{_slug(dataset)}.png")
+                                          self.figure_dir / f"tradeoff-{_slug(dataset)}.png",
+                                          # a large sweep's labels would cover each other: the front's and
+                                          # the recommendation's only
+                                          named=None if len(detailed) == len(board) else
+                                          [index for index, r in enumerate(board) if any(r is n for n in named)])
             tradeoff = self.figure(path)
         failed = frame[frame["status"] != "ok"]
         info = self.dataset_info(frame)
@@ -369,7 +396,8 @@ class ReportBuilder:
                 if skipped else None,
                 "no_test_classes": no_test, "classes_tested": len(info.get("class_names", [])) - len(no_test), "task": task, "metric": metric, "higher_is_better": higher,
                 "smoothing": bool(ok["accuracy_smoothed"].notna().any()),
-                "leaderboard": board, "recommendation": self.recommendation(board, metric, higher),
+                "leaderboard": board, "recommendation": recommendation,
+                "detailed": len(detailed), "not_detailed": len(board) - len(detailed),
                 # Where rows were timed on different devices, backends or precisions, the table says where.
                 "timed_apart": len({r["timed_on"] for r in board}) > 1,
                 "deployment": [d for r in board for d in r["deployments"]],
@@ -418,10 +446,12 @@ def _inline_markdown(text: str) -> str:
 
 
 def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budget_ms=None,
-                 notes: list | None = None, size_budget_mb=None) -> list[Path]:
+                 notes: list | None = None, size_budget_mb=None, detailed_models: int | None = None) -> list[Path]:
     """Write report.md and/or report.html (plus figures/) for a results store; returns the paths.
     ``notes``, if given, receives what was left out of the report (damaged runs, lines of
-    results.csv that are not runs), one sentence each."""
+    results.csv that are not runs), one sentence each. Per-class tables, confusion matrices and
+    training curves are given for each dataset's first ``detailed_models`` models and those the
+    recommendation names (DETAILED_MODELS when None); every model has its leaderboard row."""
     builder = None
     out_dir = Path(out_dir)
     unknown = set(formats) - {"md", "html"}
@@ -430,7 +460,8 @@ def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budge
     suite_name = yaml.safe_load((out_dir / "suite.yaml").read_text()).get("name") \
         if (out_dir / "suite.yaml").is_file() else out_dir.name
     report_dir = Path(report_dir) if report_dir else Path("reports") / suite_name
-    builder = ReportBuilder(out_dir, report_dir, latency_budget_ms, size_budget_mb)
+    builder = ReportBuilder(out_dir, report_dir, latency_budget_ms, size_budget_mb,
+                            DETAILED_MODELS if detailed_models is None else detailed_models)
     model = builder.build()
     if notes is not None:
         notes.extend(builder.left_out)
