@@ -61,10 +61,13 @@ def test_bootstrap_interval_covers_the_true_accuracy_at_the_expected_rate():
 
 
 @pytest.mark.parametrize("kind", ["accuracy", "kl_score"])
-def test_mean_metric_intervals_are_scipys_bootstrap_and_rows_share_its_resamples(rng, kind):
+def test_mean_metric_intervals_are_scipys_bootstrap_and_rows_share_its_resamples(rng, kind, monkeypatch):
     """The leaderboard's intervals are scipy.stats.bootstrap's percentile intervals for the same seed
-    (exactly, for 0/1 scores), and scoring many rows at once gives each what it gets alone."""
+    (exactly, for 0/1 scores), and scoring many rows at once gives each what it gets alone, across
+    blocks of rows too."""
     from scipy.stats import bootstrap
+
+    monkeypatch.setattr(stats, "COLUMN_BLOCK", 2)
 
     def scores(values):
         return stats.ExampleScores(kind, np.array([f"test/{i}" for i in range(len(values))]), values=values)

@@ -8,8 +8,8 @@ from statsmodels, every other metric with a paired bootstrap. Several seeds of o
 pooled by averaging their per-example scores.
 
 Metrics that are means over examples (accuracy, the KL score) are resampled here, with the very
-resamples ``scipy.stats.bootstrap`` draws from the same seed, counted once and shared by every
-row of a leaderboard (:func:`intervals`, :func:`compare_each`): scipy draws them anew for every
+resamples ``scipy.stats.bootstrap`` draws from the same seed, counted once for up to 256 rows of a
+leaderboard at a time (:func:`intervals`, :func:`compare_each`): scipy draws them anew for every
 call, which made a 1,000-run leaderboard take half a minute. Other metrics (mIoU, macro F1) go
 through ``scipy.stats.bootstrap`` itself.
 """
@@ -167,6 +167,7 @@ def _alignment(reference_ids, other_ids) -> np.ndarray:
 
 
 RESAMPLE_CHUNK_VALUES = 1 << 22  # resampled indices held at once (32 MiB of int64), whatever the test set's size
+COLUMN_BLOCK = 256  # distributions held at once (20 MB at 9,999 resamples), whatever the leaderboard's size
 
 
 def _mean_distributions(columns: np.ndarray, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
@@ -195,31 +196,39 @@ def _percentile_interval(distributions: np.ndarray) -> np.ndarray:
     return np.quantile(distributions, [alpha, 1 - alpha], axis=0)
 
 
-def _mean_bootstraps(columns: list[np.ndarray], seed: int = BOOTSTRAP_SEED) -> list[tuple[float, float, np.ndarray]]:
-    """(low, high, distribution) of the mean of each of ``columns`` (per-example values, all of one
-    length), from one shared set of resamples; a column whose values are all equal gives that value."""
-    if not columns:
-        return []
+def _p_value_of_zero(distribution: np.ndarray) -> float:
+    """The two-sided bootstrap p-value of a difference being 0, from its bootstrap distribution."""
+    return float(min(1.0, 2 * min(np.mean(distribution <= 0), np.mean(distribution >= 0))))
+
+
+def _mean_bootstraps(columns: list[np.ndarray], seed: int = BOOTSTRAP_SEED) -> list[tuple[float, float, float]]:
+    """(low, high, p-value of 0) of the mean of each of ``columns`` (per-example values, all of one
+    length), from the same resamples for every column (drawn again for each block of COLUMN_BLOCK
+    columns, so memory does not grow with their number); a column whose values are all equal gives
+    that value."""
+    results = [(float(values[0]), float(values[0]), _p_value_of_zero(np.full(2, float(values[0]))))
+               for values in columns]
     varied = [index for index, values in enumerate(columns) if np.ptp(values) != 0]
-    results = [(float(values[0]), float(values[0]), np.full(2, float(values[0]))) for values in columns]
-    if varied:
-        distributions = _mean_distributions(np.stack([columns[i] for i in varied], axis=1), seed)
+    for start in range(0, len(varied), COLUMN_BLOCK):
+        block = varied[start:start + COLUMN_BLOCK]
+        distributions = _mean_distributions(np.stack([columns[i] for i in block], axis=1), seed)
         bounds = _percentile_interval(distributions)
-        for position, index in enumerate(varied):
-            results[index] = (float(bounds[0, position]), float(bounds[1, position]), distributions[:, position])
+        for position, index in enumerate(block):
+            results[index] = (float(bounds[0, position]), float(bounds[1, position]),
+                              _p_value_of_zero(distributions[:, position]))
     return results
 
 
 def _bootstrap(statistic_of_indices, n: int, seed: int = BOOTSTRAP_SEED):
     """scipy's percentile bootstrap of a statistic of example indices (metrics that are not means
-    over examples); returns (low, high, distribution)."""
+    over examples); returns (low, high, p-value of 0)."""
     from scipy.stats import bootstrap
 
     result = bootstrap((np.arange(n),), lambda chosen: statistic_of_indices(chosen.astype(np.int64)),
                        vectorized=False, n_resamples=RESAMPLES_RATIO, confidence_level=CONFIDENCE,
                        method="percentile", random_state=np.random.default_rng(seed))
-    distribution = np.asarray(result.bootstrap_distribution)
-    return float(result.confidence_interval.low), float(result.confidence_interval.high), distribution
+    return (float(result.confidence_interval.low), float(result.confidence_interval.high),
+            _p_value_of_zero(np.asarray(result.bootstrap_distribution)))
 
 
 def intervals(many: list[ExampleScores], seed: int = BOOTSTRAP_SEED) -> list[tuple[float, float]]:
@@ -273,16 +282,17 @@ def compare_each(models: list[ExampleScores], reference: ExampleScores, seeds: l
         means, _mean_bootstraps([a.values - b.values for _, a, b in means], seed))}
     for index, a, b in paired:
         if index in differences:
-            low, high, distribution = differences[index]
+            low, high, p_bootstrap = differences[index]
         else:
-            low, high, distribution = _bootstrap(lambda chosen, a=a, b=b: a.value(chosen) - b.value(chosen), a.n, seed)
-        results[index] = _comparison(a, b, seeds[index], reference_seeds, low, high, distribution)
+            low, high, p_bootstrap = _bootstrap(lambda chosen, a=a, b=b: a.value(chosen) - b.value(chosen), a.n, seed)
+        results[index] = _comparison(a, b, seeds[index], reference_seeds, low, high, p_bootstrap)
     return results
 
 
 def _comparison(a: ExampleScores, b: ExampleScores, seeds_a: int, seeds_b: int, low: float, high: float,
-                distribution: np.ndarray) -> dict:
-    """The comparison of a and b (aligned) given the bootstrap of their difference."""
+                p_bootstrap: float) -> dict:
+    """The comparison of a and b (aligned) given the bootstrap of their difference (its interval and
+    p-value)."""
     value_a, value_b = a.value(), b.value()
     pooled = seeds_a > 1 or seeds_b > 1
     if a.metric == "accuracy" and a.values is not None and not pooled and set(np.unique(a.values)) <= {0.0, 1.0}:
@@ -294,7 +304,7 @@ def _comparison(a: ExampleScores, b: ExampleScores, seeds_a: int, seeds_b: int, 
         p_value = float(mcnemar(table, exact=True).pvalue)
         test = "McNemar's exact test"
     else:
-        p_value = float(min(1.0, 2 * min(np.mean(distribution <= 0), np.mean(distribution >= 0))))
+        p_value = p_bootstrap
         test = "paired bootstrap over test examples"
     if pooled:
         test += (f"; seeds pooled by averaging each example's score over the seeds of each model "
