@@ -1,6 +1,7 @@
-"""`zoo serve` as a user feels it: the leaderboard of a folder of 1,000 runs (first load, then later loads
-with other budgets, against the 1 s target) and "try it" on one 224-px image once its model is loaded
-(against the 0.5 s target), over a real `zoo serve` process on 127.0.0.1.
+"""`zoo serve` as a user feels it: the leaderboard of a folder of 1,000 runs (first load the moment the
+server answers, first load of a server started --wait seconds before, as when one opens the printed address,
+then later loads with other budgets, against the 1 s target) and "try it" on one 224-px image once its model
+is loaded (against the 0.5 s target), over a real `zoo serve` process on 127.0.0.1.
 
 The 1,000-run folder is generated from one real finished run: each copy gets its own run id, sweep value
 and test predictions (the template's with a share of answers changed at random), so that every row has
@@ -128,6 +129,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--wait", type=float, default=10.0,
+                        help="seconds between a server's start and the first load of the second measure")
     parser.add_argument("--csv", default=str(ROOT / "reports" / "serve_speed.csv"))
     args = parser.parse_args()
     import io
@@ -146,6 +149,12 @@ def main() -> int:
             rows = page.count(b"<tr data-family")
             later = [server.timed(f"/s/0/leaderboard?latency={budget}")[0]
                      for budget in np.linspace(1, 20, args.repeats)]
+        finally:
+            server.stop()
+        server = Server(work / "many")
+        try:
+            time.sleep(args.wait)
+            after_wait, _ = server.timed("/s/0/leaderboard")
         finally:
             server.stop()
 
@@ -168,12 +177,14 @@ def main() -> int:
     leaderboard = statistics.median(later)
     predict = statistics.median(predictions)
     device = f"CPU {cpu_name()} ({os.cpu_count()} cores)"
-    print(f"leaderboard of {args.runs} runs ({rows} rows): first load {first:.2f}s, later loads median {leaderboard:.3f}s "
-          f"({leaderboard / 1.0:.2f}x the 1 s target)")
+    print(f"leaderboard of {args.runs} runs ({rows} rows): first load {first:.2f}s ({after_wait:.2f}s when the server "
+          f"started {args.wait:g}s before), later loads median {leaderboard:.3f}s ({leaderboard / 1.0:.2f}x the 1 s target)")
     print(f"try it, one 224-px image: first (model loaded) {loading:.2f}s, then median {predict:.3f}s "
           f"({predict / 0.5:.2f}x the 0.5 s target)")
     frame = pd.DataFrame([
         {"measure": "leaderboard_first_load_seconds", "value": first, "runs": args.runs, "target": None},
+        {"measure": f"leaderboard_first_load_{args.wait:g}s_after_start_seconds", "value": after_wait, "runs": args.runs,
+         "target": None},
         {"measure": "leaderboard_later_load_seconds_median", "value": leaderboard, "runs": args.runs, "target": 1.0},
         {"measure": "predict_first_seconds_with_model_load", "value": loading, "runs": 1, "target": None},
         {"measure": "predict_224px_seconds_median", "value": predict, "runs": 1, "target": 0.5},

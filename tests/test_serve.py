@@ -250,6 +250,35 @@ def test_the_compare_page_gives_zoo_compare_s_p_value(study):
     assert status == 200 and f'data-value="{expected!r}"' in text or f'data-value="{expected}"' in text
 
 
+def test_leaderboards_are_computed_once_however_many_ask_at_start(study, monkeypatch):
+    """zoo serve computes a study's leaderboards in the background as it starts; a visit meanwhile waits
+    for that computation instead of starting its own, and gets the same boards."""
+    import threading
+
+    from zoo.report import render
+    from zoo.serve.study import Study
+
+    out, _ = study
+    built, original = [], render.ReportBuilder.__init__
+    started = threading.Event()
+
+    def counted(self, *args, **kwargs):
+        built.append(threading.current_thread().name)
+        started.set()
+        time.sleep(0.5)  # the visit below surely comes while this computation runs
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(render.ReportBuilder, "__init__", counted)
+    served = Study(out)
+    warming = served.warm()
+    assert started.wait(60)
+    boards = served.leaderboards()  # asked while the background computation runs (or just after)
+    warming.join(60)
+    assert len(built) == 1 and built[0].startswith("zoo-serve-warm")
+    assert served.leaderboards() == boards and len(built) == 1
+    assert {s["name"] for s in boards["sections"]} == {"synthetic_terrain", "synthetic_landcover"}
+
+
 def test_a_token_is_required_on_every_request_when_set(study):
     out, _ = study
     server = Server(out, token="s3cret")

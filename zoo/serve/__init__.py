@@ -52,6 +52,8 @@ def serve(folders, host: str = "127.0.0.1", port: int = 8000, token: str | None 
     from zoo.serve.app import make_app
 
     app = make_app(folders, token=token, models=models)
+    for study in app.state.studies:
+        study.warm()
     shown_host = f"[{host}]" if ":" in host else host
     address = f"http://{shown_host}:{port}/" + (f"?token={token}" if token else "")
     log(f"zoo serve: {', '.join(str(f) for f in folders)} at {address}  (Ctrl+C stops)")

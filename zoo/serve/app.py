@@ -216,6 +216,7 @@ def make_app(folders, token: str | None = None, models: int = 2) -> Starlette:
         Mount("/static", StaticFiles(packages=[("zoo.serve", "static")]), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    app.state.studies = studies
     if token:
         app.add_middleware(_TokenCheck, token=token)
     return app

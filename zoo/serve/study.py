@@ -64,6 +64,7 @@ class Study:
         self._lock = threading.Lock()
         self._planned = (None, None)  # (suite.yaml's stat, (run specs, problem))
         self._boards: dict = {}        # results.csv's stat -> builder with significance computed
+        self._building = threading.Lock()  # one leaderboard computation at a time: others wait for its result
         self._sources: dict = {}
 
     @property
@@ -210,22 +211,37 @@ class Study:
         per version of results.csv (the budgets only change the recommendation)."""
         from zoo.report.render import ReportBuilder
 
-        key = _stat_key(self.root / "results.csv")
-        with self._lock:
-            cached = self._boards.get(key)
-        if cached is not None:
+        with self._building:
+            key = _stat_key(self.root / "results.csv")
+            with self._lock:
+                cached = self._boards.get(key)
+            if cached is not None:
+                return cached
+            builder = ReportBuilder(self.root, report_dir=None)
+            sections = []
+            for dataset, frame in builder.results.groupby("dataset", sort=False):
+                ranked = builder.ranked(frame)  # the report's own ranking and significance
+                failed = [{"run_id": r["run_id"], "error": r["error"]}
+                          for _, r in frame[frame["status"] != "ok"].iterrows()]
+                sections.append({"name": dataset, "failed": failed,
+                                 **{k: ranked[k] for k in ("task", "metric", "higher_is_better", "board")}})
+            cached = (builder, sections)
+            with self._lock:
+                self._boards = {key: cached}
             return cached
-        builder = ReportBuilder(self.root, report_dir=None)
-        sections = []
-        for dataset, frame in builder.results.groupby("dataset", sort=False):
-            ranked = builder.ranked(frame)  # the report's own ranking and significance
-            failed = [{"run_id": r["run_id"], "error": r["error"]} for _, r in frame[frame["status"] != "ok"].iterrows()]
-            sections.append({"name": dataset, "failed": failed,
-                             **{k: ranked[k] for k in ("task", "metric", "higher_is_better", "board")}})
-        cached = (builder, sections)
-        with self._lock:
-            self._boards = {key: cached}
-        return cached
+
+    def warm(self) -> threading.Thread:
+        """Compute the leaderboards in a background thread (a large study's take seconds), so that the
+        first visit finds them ready, or waits for this computation instead of starting its own."""
+        def compute():
+            try:
+                self._builder()
+            except Exception:  # noqa: BLE001  the page that asks for them shows the problem
+                pass
+
+        thread = threading.Thread(target=compute, name=f"zoo-serve-warm-{self.root.name}", daemon=True)
+        thread.start()
+        return thread
 
     def leaderboards(self, latency_budget_ms=None, size_budget_mb=None) -> dict:
         """Each dataset's leaderboard (the report's table, with intervals and the paired verdict
