@@ -14,6 +14,14 @@ from dataclasses import dataclass
 GRACE_SECONDS = 30.0  # an interrupted `zoo run` records its runs and stops its worker within this
 
 
+def _interrupt_by_default() -> None:
+    """In the child, before it starts: SIGINT's default action. A script started as a background job
+    (a non-interactive shell's `cmd &`, as a remote machine may run it) has SIGINT ignored, its children
+    inherit that, and Python then never raises KeyboardInterrupt: the budget's interrupt would be lost
+    and the child killed GRACE_SECONDS later without writing what it had."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Finished:
     returncode: int | None  # None: cut at the budget
@@ -37,7 +45,8 @@ class Budget:
     def run(self, command: list[str], **popen) -> Finished:
         """``command`` run to its end or until the budget is spent: then SIGINT, then SIGKILL after
         GRACE_SECONDS (``popen``: subprocess.Popen's env, cwd...)."""
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=_interrupt_by_default, **popen)
         try:
             output, _ = process.communicate(timeout=self.left())
             return Finished(process.returncode, output, cut=False)

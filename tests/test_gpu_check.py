@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,9 +56,13 @@ def test_a_spent_budget_stops_a_child_politely_then_for_good(tmp_path):
         sys.path.remove(str(ROOT / "benchmarks"))
     polite = ("import sys, time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
               f"    open({str(tmp_path / 'interrupted')!r}, 'w').write('yes')\n    sys.exit(130)\n")
-    # Budgets of 8 s: the child must have started Python and set up its handling before the budget is
-    # spent (2 s were not always enough on a loaded 2-core machine; then SIGINT ended its start-up).
-    done = Budget(8).run([sys.executable, "-c", polite])
+    # Started as a background job starts it (`cmd &` in a non-interactive shell: SIGINT ignored, and
+    # inherited), the child must still get its interrupt. 8 s: time to start Python before the budget ends.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        done = Budget(8).run([sys.executable, "-c", polite])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert done.cut and done.returncode is None and (tmp_path / "interrupted").read_text() == "yes"
     stubborn = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('started', flush=True)\ntime.sleep(600)\n"
     import budget as budget_module
