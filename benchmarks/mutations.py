@@ -146,7 +146,7 @@ MUTATIONS = [
              ("tests/test_stats.py",)),
     Mutation("a large study's report details its first models but not those the recommendation names",
              "zoo/report/render.py",
-             "chosen = {id(r) for r in board[:max(0, self.detailed_models)]} | {id(r) for r in named}",
+             "chosen = {id(r) for r in board[:max(0, self.detailed_models)]} | named_ids",
              "chosen = {id(r) for r in board[:max(0, self.detailed_models)]}",
              ("tests/test_recommendation.py::test_a_large_study_details_the_first_models_and_every_one_the_recommendation_names",)),
     Mutation("the latency budget picks the fastest, not the best within it", "zoo/report/render.py",

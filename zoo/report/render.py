@@ -342,7 +342,8 @@ class ReportBuilder:
         task, metric, higher, ok, board = (ranked[k] for k in ("task", "metric", "higher_is_better", "ok", "board"))
         recommendation, named = self.recommend(board, metric, higher)
         # Rows are compared by identity: they hold arrays, which == cannot compare.
-        chosen = {id(r) for r in board[:max(0, self.detailed_models)]} | {id(r) for r in named}
+        named_ids = {id(r) for r in named}
+        chosen = {id(r) for r in board[:max(0, self.detailed_models)]} | named_ids
         detailed = [r for r in board if id(r) in chosen]
         detailed_runs = {run_id for r in detailed for run_id in r["run_ids"]}
         runs = []
@@ -384,7 +385,7 @@ class ReportBuilder:
                                           # a large sweep's labels would cover each other: the front's and
                                           # the recommendation's only
                                           named=None if len(detailed) == len(board) else
-                                          [index for index, r in enumerate(board) if any(r is n for n in named)])
+                                          [index for index, r in enumerate(board) if id(r) in named_ids])
             tradeoff = self.figure(path)
         failed = frame[frame["status"] != "ok"]
         info = self.dataset_info(frame)

@@ -64,7 +64,7 @@ class Study:
         self._lock = threading.Lock()
         self._planned = (None, None)  # (suite.yaml's stat, (run specs, problem))
         self._boards: dict = {}        # results.csv's stat -> builder with significance computed
-        self._building = threading.Lock()  # one leaderboard computation at a time: others wait for its result
+        self._building = threading.Lock()  # guards _boards: one computation at a time, others wait for its result
         self._sources: dict = {}
 
     @property
@@ -213,8 +213,7 @@ class Study:
 
         with self._building:
             key = _stat_key(self.root / "results.csv")
-            with self._lock:
-                cached = self._boards.get(key)
+            cached = self._boards.get(key)
             if cached is not None:
                 return cached
             builder = ReportBuilder(self.root, report_dir=None)
@@ -226,8 +225,7 @@ class Study:
                 sections.append({"name": dataset, "failed": failed,
                                  **{k: ranked[k] for k in ("task", "metric", "higher_is_better", "board")}})
             cached = (builder, sections)
-            with self._lock:
-                self._boards = {key: cached}
+            self._boards = {key: cached}
             return cached
 
     def warm(self) -> threading.Thread:
