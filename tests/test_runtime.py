@@ -1,6 +1,7 @@
 """zoo.runtime's prediction: the next batch is queued on the device before this one's outputs are read (the
 device does not idle while the host copies and scores), and on JAX zoo's own jitted inference leaves
-outputs on the device, equals Keras's predict_on_batch and compiles once for a split's batches."""
+outputs on the device, equals Keras's predict_on_batch and compiles once for a split's batches; processes that
+share a GPU with a training run take its memory as they need it."""
 import json
 import os
 import subprocess
@@ -130,3 +131,55 @@ def test_building_a_model_on_jax_compiles_nothing_per_weight_shape():
                  if name in ("jit(_uniform)", "jit(_normal)", "jit(_truncated_normal)", "jit(broadcast_in_dim)",
                              "jit(multiply)", "jit(stage)")}
     assert not per_shape and sum(found["compiled"].values()) <= 5, found["compiled"]
+
+
+ON_DEMAND = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
+@pytest.fixture
+def backend_defaults(monkeypatch):
+    """A process environment where nobody has set how the backends take GPU memory."""
+    for name in ON_DEMAND:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _memory_settings():
+    return {name: os.environ.get(name) for name in ON_DEMAND}
+
+
+def test_serve_and_predict_take_gpu_memory_as_needed_before_any_model_is_loaded(backend_defaults, tmp_path):
+    """zoo serve's "try it" and zoo predict run beside a suite training on the same GPU: with TensorFlow's
+    and JAX's defaults whichever process opened the GPU first would keep most of its memory and the other
+    would fail for lack of it."""
+    import zoo.predict
+    import zoo.serve
+    from zoo.cli import main
+
+    seen = {}
+    backend_defaults.setattr(zoo.serve, "serve", lambda *a, **k: seen.setdefault("serve", _memory_settings()) and 0)
+    backend_defaults.setattr(zoo.predict, "predict_images",
+                             lambda *a, **k: seen.setdefault("predict", _memory_settings()) and [])
+    assert main(["serve", str(tmp_path)]) == 0
+    for name in ON_DEMAND:
+        backend_defaults.delenv(name)
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"")
+    assert main(["predict", str(tmp_path), str(image)]) == 0
+    for name in ON_DEMAND:
+        backend_defaults.delenv(name)
+    backend_defaults.setattr(zoo.predict, "Predictor", lambda *a: seen.setdefault("ray actor", _memory_settings()))
+    zoo.predict.PredictBatches(str(tmp_path), 5, None)  # zoo predict --executor ray's actors: maybe several per GPU
+    assert seen == {"serve": ON_DEMAND, "predict": ON_DEMAND, "ray actor": ON_DEMAND}
+
+
+def test_only_ray_actors_sharing_a_gpu_take_its_memory_as_needed_and_a_users_setting_is_kept(backend_defaults):
+    import zoo.harness.worker
+    from zoo.harness.ray_executor import RunActor
+
+    backend_defaults.setattr(zoo.harness.worker, "preload_run_modules", lambda: None)
+    RunActor(shares_a_gpu=False)  # a whole GPU per run: the backends' defaults, fastest for training
+    assert _memory_settings() == dict.fromkeys(ON_DEMAND)
+    backend_defaults.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
+    RunActor(shares_a_gpu=True)
+    assert _memory_settings() == {**ON_DEMAND, "XLA_PYTHON_CLIENT_PREALLOCATE": "true"}

@@ -148,8 +148,10 @@ def cmd_mlflow_sync(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from zoo.runtime import take_gpu_memory_on_demand
     from zoo.serve import serve
 
+    take_gpu_memory_on_demand()  # "try it" beside a suite that trains on the same GPU
     return serve(args.out, host=args.host, port=args.port, token=args.token, models=args.models)
 
 
@@ -240,6 +242,9 @@ def cmd_compare(args) -> int:
 
 def cmd_predict(args) -> int:
     from zoo.predict import list_inputs, predict_images, predict_to_parquet
+    from zoo.runtime import take_gpu_memory_on_demand
+
+    take_gpu_memory_on_demand()  # it may run beside a suite that trains on the same GPU
 
     if args.output:
         summary = predict_to_parquet(args.run_dir, args.inputs, args.output, batch_size=args.batch_size,

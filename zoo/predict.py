@@ -245,7 +245,10 @@ class PredictBatches:
     """Ray Data's callable class: loads the run's model once per actor, answers a batch of paths."""
 
     def __init__(self, run_dir: str, top_k: int, mask_dir: str | None):
+        from zoo.runtime import take_gpu_memory_on_demand
+
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        take_gpu_memory_on_demand()  # gpus_per_worker below 1 puts several actors on one GPU
         self.predictor = Predictor(run_dir)
         self.top_k, self.mask_dir = top_k, mask_dir
 

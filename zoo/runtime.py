@@ -92,6 +92,24 @@ def accelerator_memory_bytes() -> int | None:
     return None
 
 
+# Read by each backend when it first opens a GPU: take memory as needed, not most of the device at once
+# (TensorFlow maps nearly all of it, JAX 75 %; PyTorch already allocates on demand).
+GPU_MEMORY_ON_DEMAND = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
+def take_gpu_memory_on_demand(environ=None) -> None:
+    """Make this process (or the environment ``environ`` of one to start) take GPU memory as it needs it.
+
+    For processes that share a GPU with others: `zoo serve` and `zoo predict` beside a suite that trains,
+    and Ray actors given a fraction of a GPU. With each backend's default the one that opens the GPU
+    first keeps most of its memory and the next one fails for lack of it. A value already set is kept;
+    this must run before the backend first opens the GPU. Training runs keep the defaults, which spare
+    them allocations and fragmentation."""
+    environ = os.environ if environ is None else environ
+    for name, value in GPU_MEMORY_ON_DEMAND.items():
+        environ.setdefault(name, value)
+
+
 def describe_device() -> str:
     """The device runs train on: GPU names, or the CPU model and core count."""
     gpus = gpu_names()

@@ -100,8 +100,10 @@ class RunActor:
 
     def __init__(self, shares_a_gpu: bool = False):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        if shares_a_gpu:  # --gpus-per-run below 1: TensorFlow must not take the whole GPU's memory
-            os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+        if shares_a_gpu:  # --gpus-per-run below 1: no actor may take most of the GPU's memory at its start
+            from zoo.runtime import take_gpu_memory_on_demand
+
+            take_gpu_memory_on_demand()
         from zoo.harness.worker import preload_run_modules
 
         preload_run_modules()  # start-up paid while the driver checks the runs, as the local worker does
