@@ -111,13 +111,17 @@ def float16_figures(row: dict, backend: str) -> tuple:
     return (float(found.group(1)), float(found.group(2))) if found else (None, None)
 
 
-def compile_breakdown(run_dir: Path, shown: int = 5) -> str:
-    """A run's largest compile times by function (metrics.json's compile_seconds_by_function), as text."""
+def run_breakdown(run_dir: Path, shown: int = 5) -> str:
+    """Where a run's time went, as text: its stages' seconds (metrics.json's stage_seconds) and its largest
+    compile times by function (compile_seconds_by_function)."""
     try:
-        by_function = json.loads((run_dir / "metrics.json").read_text()).get("compile_seconds_by_function") or {}
+        metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
-        return "-"
-    return ", ".join(f"{name} {seconds:.1f}" for name, seconds in list(by_function.items())[:shown]) or "-"
+        return "stage s: -; compile s by function: -"
+    stages = metrics.get("stage_seconds") or {}
+    by_function = metrics.get("compile_seconds_by_function") or {}
+    return (f"stage s: {', '.join(f'{name} {seconds:.1f}' for name, seconds in stages.items()) or '-'}; compile s by "
+            f"function: {', '.join(f'{name} {seconds:.1f}' for name, seconds in list(by_function.items())[:shown]) or '-'}")
 
 
 def device_named_outside() -> str:
@@ -203,14 +207,16 @@ def main(argv=None) -> int:
         def quickstart():
             seconds, runs, cut = check_quickstart(fastest, overrides, "*baseline_cnn*" if args.quick else None, folder,
                                                   budget)
+            in_runs = sum(number(r.get("run_seconds")) or 0.0 for r in runs)
             add("quickstart", "whole command", fastest, None if cut else seconds, "s", "<= 60 on an H200",
-                f"{sum(r['status'] == 'ok' for r in runs)} of {len(runs)} runs ok"
+                f"{sum(r['status'] == 'ok' for r in runs)} of {len(runs)} runs ok; {in_runs:.1f} s in the runs, "
+                f"{seconds - in_runs:.1f} s outside them (start-up, checks, report)"
                 + (f"; cut at the time budget after {seconds:.0f} s" if cut else ""))
             for run in runs:
                 add("quickstart", run["run_id"], fastest, number(run.get("compile_seconds")), "compile s", "",
-                    f"status {run['status']}; compilations {run.get('compilations') or '-'}; first epoch "
-                    f"{shown(run.get('first_epoch_seconds'))} s; later epochs {shown(run.get('epoch_seconds'))} s; "
-                    f"compile s by function: {compile_breakdown(folder / fastest / 'runs' / run['run_id'])}")
+                    f"status {run['status']}; run {shown(run.get('run_seconds'))} s; compilations "
+                    f"{run.get('compilations') or '-'}; first epoch {shown(run.get('first_epoch_seconds'))} s; later "
+                    f"epochs {shown(run.get('epoch_seconds'))} s; {run_breakdown(folder / fastest / 'runs' / run['run_id'])}")
 
         def input_path():
             measured, cut = script_row("pipeline_throughput", [

@@ -5,7 +5,7 @@
 
 Each backend gets one `zoo run benchmarks/quickstart.yaml --set train.backend=B` in a fresh
 process with KERAS_BACKEND=B (so it works on machines without TensorFlow), timed from outside:
-the wall time a user waits, start-up, data, training, evaluation and saving included (no report).
+the wall time a user waits, start-up, data, training, evaluation, saving and the report included.
 Prints, per backend, the wall time, runs ok / failed, summed training seconds and each run's
 accuracy or mIoU; with --out, one CSV row per run with the backend's wall time and device.
 Figures from different devices or backends say which device they come from; compare rows of one
@@ -28,17 +28,18 @@ from budget import Budget  # noqa: E402
 from zoo.runtime import installed  # noqa: E402
 BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 COLUMNS = ["backend", "backend_version", "device", "precision", "command_seconds", "run_id", "status", "error",
-           "train_seconds", "first_epoch_seconds", "epoch_seconds", "accuracy", "miou", "overrides"]
+           "run_seconds", "train_seconds", "first_epoch_seconds", "epoch_seconds", "accuracy", "miou", "overrides"]
 
 
 def run_quickstart(backend: str, overrides: list[str], only: str | None, folder: Path,
                    budget: Budget | None = None) -> tuple[float, list, str, bool]:
-    """One `zoo run` of the quickstart on ``backend``: (wall seconds, result rows, output tail, cut). Where
-    ``budget`` is spent first, `zoo run` is interrupted (cut True): the rows are the runs it finished and
-    the one it was running, ``interrupted``."""
+    """One `zoo run` of the quickstart on ``backend``, its report included as the README's main job writes it
+    (into ``folder``/reports/): (wall seconds, result rows, output tail, cut). Where ``budget`` is spent
+    first, `zoo run` is interrupted (cut True): the rows are the runs it finished and the one it was
+    running, ``interrupted``."""
     out = folder / backend
     command = [sys.executable, "-m", "zoo.cli", "run", str(ROOT / "benchmarks" / "quickstart.yaml"), "--out", str(out),
-               "--no-report", "--set", f"train.backend={backend}"]
+               "--set", f"train.backend={backend}"]
     for override in overrides:
         command += ["--set", override]
     if only:
@@ -72,8 +73,10 @@ def main(argv=None) -> int:
             ok = [r for r in rows if r["status"] == "ok"]
             device = rows[0].get("device", "?") if rows else "?"
             train = sum(float(r["train_seconds"] or 0) for r in ok)
+            in_runs = sum(float(r.get("run_seconds") or 0) for r in rows)
             print(f"{backend:10s} {device}: zoo run {seconds:7.1f} s, {len(ok)} of {len(rows)} runs ok, "
-                  f"training {train:.1f} s", flush=True)
+                  f"{in_runs:.1f} s in the runs (training {train:.1f} s), {seconds - in_runs:.1f} s outside them",
+                  flush=True)
             if not rows:
                 print(f"  no results: {tail}", flush=True)
             for row in rows:

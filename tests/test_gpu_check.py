@@ -38,8 +38,12 @@ def test_the_gpu_check_writes_every_figure_with_its_target(tmp_path):
     assert len(runs) == 2 and all("status ok" in row["detail"] for row in runs)
     assert all(float(row["value"]) > 0 for row in runs)  # JAX compiled each run's steps: seconds measured
     assert all(re.search(r"compile s by function: .*jit\(train_step\) [0-9.]+", row["detail"]) for row in runs), runs
+    assert all(re.search(r"; run [0-9.]+ s;.*stage s: start [0-9.]+, data [0-9.]+, build [0-9.]+, train [0-9.]+, "
+                         r"evaluate [0-9.]+, speed [0-9.]+, save [0-9.]+;", row["detail"]) for row in runs), runs
     whole = next(row for row in rows if row["subject"] == "whole command")
     assert float(whole["value"]) > 0 and whole["backend"] == "jax" and whole["target"] == "<= 60 on an H200"
+    inside, outside = map(float, re.search(r"([0-9.]+) s in the runs, (-?[0-9.]+) s outside them", whole["detail"]).groups())
+    assert inside > 0 and outside > 0 and abs(inside + outside - float(whole["value"])) < 0.2, whole
     summary = table.with_suffix(".md").read_text()
     assert summary.startswith("# GPU check: CPU") and "not a measurement of a GPU" in summary
     assert "| input | delivered / mobilenet_v2 training | jax |" in summary

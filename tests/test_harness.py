@@ -59,6 +59,17 @@ def test_results_table_has_one_documented_row_per_run(tiny_out):
     assert not np.isnan(frame[frame["task"] == "segmentation"].iloc[0]["miou"])
 
 
+def test_a_runs_whole_time_is_recorded_and_every_second_of_it_has_its_stage(tiny_out):
+    """results.csv's run_seconds is what a run cost, not only its epochs; metrics.json's stage_seconds says
+    where it went (on a GPU: how much of a short run is building, scoring, measuring and saving)."""
+    frame = pd.read_csv(tiny_out / "results.csv")
+    for _, row in frame.iterrows():
+        stages = json.loads((tiny_out / "runs" / row["run_id"] / "metrics.json").read_text())["stage_seconds"]
+        assert list(stages) == ["start", "data", "build", "train", "evaluate", "speed", "save"], row["run_id"]
+        assert all(seconds >= 0 for seconds in stages.values()) and stages["train"] >= row["train_seconds"]
+        assert sum(stages.values()) <= row["run_seconds"] <= sum(stages.values()) + 1.0, (row["run_seconds"], stages)
+
+
 def test_run_folder_holds_everything_a_report_needs(tiny_out):
     frame = pd.read_csv(tiny_out / "results.csv")
     for _, row in frame.iterrows():
@@ -172,6 +183,7 @@ def test_failing_runs_are_recorded_and_the_suite_goes_on(tmp_path):
     assert frame.loc["crash_backbone", "status"] == "failed"
     assert "killed by SIGKILL" in frame.loc["crash_backbone", "error"]
     assert "NaN" in frame.loc["nan_backbone", "error"]
+    assert frame.loc["nan_backbone", "run_seconds"] > 0  # a failed run's time until it failed, for the ETA
     assert "2 of 3 runs failed" in result.stdout
 
 

@@ -52,6 +52,8 @@ RESULT_COLUMNS = {
     "features": "off | computed | reused: whether the head trained (and was tested) on cached frozen-backbone "
                 "features",
     "feature_seconds": "seconds to compute the cached features (0 when reused; not part of train_seconds)",
+    "run_seconds": "wall-clock seconds of the whole run in its process: opening the data, building, training, "
+                   "scoring, measuring speed, exporting and saving (metrics.json's stage_seconds splits them)",
     "precise_bn_batches": "training batches over which BatchNorm population statistics were recomputed before "
                           "evaluation (0: off, or no BatchNorm layer trained)",
     "images_per_second": "inference throughput at the run's batch size, after warm-up",

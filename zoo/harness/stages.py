@@ -627,34 +627,45 @@ class Trained:
     fitted: Fitted
     result: dict             # metrics.json's content so far
     predictions: dict
+    clock: object            # zoo.harness.timing.StageClock: the stages' seconds so far
 
 
-def train_and_score(run_dir: Path, spec: RunSpec, progress: dict) -> Trained:
+def train_and_score(run_dir: Path, spec: RunSpec, progress: dict, clock=None) -> Trained:
     """Every stage of a run up to its scores, writing the run folder's records as it goes;
-    ``progress`` collects what is known so far, for the row of a run that fails midway."""
+    ``progress`` collects what is known so far, for the row of a run that fails midway; ``clock``
+    (zoo.harness.timing.StageClock, a new one when None) times each stage."""
     from zoo.harness import compilation
+    from zoo.harness.timing import StageClock
 
+    clock = clock or StageClock()
+    progress.update(clock=clock)
     cache_dir = cache_folder(run_dir)
-    compilation.use_persistent_cache(cache_dir)
-    compiled_before = compilation.snapshot()
-    runtime = start_runtime(spec)
-    progress.update(runtime=runtime)
-    write_json(run_dir / "environment.json", environment(runtime))
-    data = open_data(spec, runtime.global_batch, cache_dir)
-    record_split(run_dir, spec, data)
-    model = build_run_model(spec, data, runtime)
+    with clock.stage("start"):
+        compilation.use_persistent_cache(cache_dir)
+        compiled_before = compilation.snapshot()
+        runtime = start_runtime(spec)
+        progress.update(runtime=runtime)
+        write_json(run_dir / "environment.json", environment(runtime))
+    with clock.stage("data"):
+        data = open_data(spec, runtime.global_batch, cache_dir)
+        record_split(run_dir, spec, data)
+    with clock.stage("build"):
+        model = build_run_model(spec, data, runtime)
     progress.update(model=model)
-    fitted = train(spec, runtime, data, model, run_dir)
+    with clock.stage("train"):
+        fitted = train(spec, runtime, data, model, run_dir)
     progress.update(xla=fitted.xla)
     result = {"precise_bn": fitted.precise_bn}
     predict_model = ModelPredict(model)
-    evaluation, predictions = evaluate(data, predict_model, fitted)
-    result.update(evaluation)
-    if spec.stages().smooths_tracks:
-        smooth(spec, data, result, predictions)
-    result.update(measure_speed(spec, runtime, data, predict_model, cache_dir))
+    with clock.stage("evaluate"):
+        evaluation, predictions = evaluate(data, predict_model, fitted)
+        result.update(evaluation)
+        if spec.stages().smooths_tracks:
+            smooth(spec, data, result, predictions)
+    with clock.stage("speed"):
+        result.update(measure_speed(spec, runtime, data, predict_model, cache_dir))
     result.update(compilation.since(compiled_before))
-    return Trained(OpenedRun(Path(run_dir), spec, runtime, data, model), fitted, result, predictions)
+    return Trained(OpenedRun(Path(run_dir), spec, runtime, data, model), fitted, result, predictions, clock)
 
 
 def record(trained: Trained) -> dict:
@@ -665,15 +676,17 @@ def record(trained: Trained) -> dict:
 
     opened, fitted, result = trained.opened, trained.fitted, trained.result
     model_path = opened.dir / "model.keras"
-    keep_keras_saving_skipsets()
-    opened.model.save(model_path)
-    np.savez_compressed(opened.dir / "predictions.npz", **trained.predictions)
+    with trained.clock.stage("save"):
+        keep_keras_saving_skipsets()
+        opened.model.save(model_path)
+        np.savez_compressed(opened.dir / "predictions.npz", **trained.predictions)
     result.update(fitted.timing)
     cache = fitted.features
     result["features"] = "off" if cache is None else ("reused" if cache["reused"] else "computed")
     result["input_cache"] = opened.data.input_cache_state
     result["feature_seconds"] = None if cache is None else cache["seconds"]
     result["precise_bn_batches"] = result["precise_bn"]["batches"]
+    result.update(trained.clock.summary())  # metrics.json and TensorBoard's hparams below: its last milliseconds
     write_json(opened.dir / "metrics.json", result)
     tensorboard_hparams(opened.dir / "tensorboard", opened.spec, result)
     return results_row(opened.spec, opened.task, "ok", "", result, fitted.epochs_run, fitted.trainable,
@@ -686,9 +699,9 @@ def results_row(spec: RunSpec, task: str, status: str, error: str, result: dict 
     from zoo import runtime as backends
     from zoo.results import run_row
 
-    runtime, model = progress.get("runtime"), progress.get("model")
+    runtime, model, clock = progress.get("runtime"), progress.get("model"), progress.get("clock")
     count = lambda weights: int(sum(np.prod(w.shape) for w in weights))  # noqa: E731
-    values = dict(result or {}, trainable=trainable, epochs_run=epochs_run,
+    values = dict(result or (clock.summary() if clock else {}), trainable=trainable, epochs_run=epochs_run,
                   batch_size=runtime.global_batch if runtime else None, device=runtime.device if runtime else None,
                   precision=runtime.precision if runtime else None, xla=progress.get("xla"),
                   backend=f"{backends.backend()} {backends.backend_version()}")

@@ -2,6 +2,7 @@
 compilation), and inference throughput and latency measured after warm-up."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -28,6 +29,28 @@ class EpochTimer(keras.callbacks.Callback):
         return {"train_seconds": float(sum(self.seconds)),
                 "first_epoch_seconds": float(self.seconds[0]) if self.seconds else None,
                 "epoch_seconds": float(statistics.median(later)) if later else None}
+
+
+class StageClock:
+    """Wall-clock seconds of a run's stages (metrics.json's ``stage_seconds``) and of the whole run
+    (results.csv's ``run_seconds``): where a run's time goes besides its epochs, its compilations among
+    them (opening the data, building, scoring, measuring speed, exporting, saving)."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def summary(self) -> dict:
+        return {"run_seconds": time.perf_counter() - self.started,
+                "stage_seconds": {name: round(value, 3) for name, value in self.seconds.items()}}
 
 
 def _seconds_per_step(timed_steps, warmup: int, min_seconds: float, max_steps: int) -> float:

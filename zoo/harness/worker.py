@@ -49,18 +49,22 @@ def execute_run(run_dir) -> dict:
     caller then records it from the spec."""
     from zoo.harness import stages
     from zoo.harness.recipes import reset_keras_state
+    from zoo.harness.timing import StageClock
     from zoo.heads import head_task
 
-    reset_keras_state()
+    clock = StageClock()
+    with clock.stage("start"):  # the previous run's Keras state cleared: this run's cost in a shared worker
+        reset_keras_state()
     run_dir = Path(run_dir)
     spec = RunSpec.load(run_dir)
     progress: dict = {}
     try:
-        trained = stages.train_and_score(run_dir, spec, progress)
+        trained = stages.train_and_score(run_dir, spec, progress, clock)
         if spec.stages().export_formats:
             from zoo.harness.deploy import deployment_figures
 
-            trained.result.update(deployment_figures(trained.opened, spec.export, trained.result))
+            with clock.stage("export"):
+                trained.result.update(deployment_figures(trained.opened, spec.export, trained.result))
         row = stages.record(trained)
     except Exception as error:  # any failure is this run's, recorded, and the suite goes on
         from zoo.harness import kept_models
