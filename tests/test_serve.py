@@ -3,6 +3,7 @@ driven over HTTP and in a real headless Chromium (Playwright with the system's b
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -170,6 +171,16 @@ def test_paths_outside_the_served_folder_are_404(study, path):
         for link, _ in links:
             link.unlink()
     assert status == 404 and b"root:" not in body
+
+
+def test_a_run_page_says_where_the_run_s_time_went(study):
+    out, server = study
+    run_id = run_ids(out)[0]
+    status, body, _ = server.get(f"/s/0/run/{url(run_id)}")
+    stages = json.loads((out / "runs" / run_id / "metrics.json").read_text())["stage_seconds"]
+    shown = re.search(r'<p id="time">The whole run ([0-9.]+) s: (.*?)\.</p>', body.decode())
+    assert status == 200 and shown, body.decode()[:3000]
+    assert [part.split(" ")[0] for part in shown.group(2).split(" · ")] == list(stages)
 
 
 def test_files_of_a_run_are_served_read_only(study):
