@@ -148,8 +148,8 @@ def _memory_settings():
     return {name: os.environ.get(name) for name in ON_DEMAND}
 
 
-def test_serve_and_predict_take_gpu_memory_as_needed_before_any_model_is_loaded(backend_defaults, tmp_path):
-    """zoo serve's "try it" and zoo predict run beside a suite training on the same GPU: with TensorFlow's
+def test_serve_predict_and_export_take_gpu_memory_as_needed_before_any_model_is_loaded(backend_defaults, tmp_path):
+    """zoo serve's "try it", zoo predict and zoo export run beside a suite training on the same GPU: with TensorFlow's
     and JAX's defaults whichever process opened the GPU first would keep most of its memory and the other
     would fail for lack of it."""
     import zoo.predict
@@ -168,9 +168,16 @@ def test_serve_and_predict_take_gpu_memory_as_needed_before_any_model_is_loaded(
     assert main(["predict", str(tmp_path), str(image)]) == 0
     for name in ON_DEMAND:
         backend_defaults.delenv(name)
+    import zoo.harness.deploy
+
+    backend_defaults.setattr(zoo.harness.deploy, "export_run", lambda *a, **k: seen.setdefault("export", _memory_settings())
+                             and {"path": "model.onnx", "megabytes": 1.0, "seconds": 0.1})
+    assert main(["export", str(tmp_path), "--format", "onnx"]) == 0
+    for name in ON_DEMAND:
+        backend_defaults.delenv(name)
     backend_defaults.setattr(zoo.predict, "Predictor", lambda *a: seen.setdefault("ray actor", _memory_settings()))
     zoo.predict.PredictBatches(str(tmp_path), 5, None)  # zoo predict --executor ray's actors: maybe several per GPU
-    assert seen == {"serve": ON_DEMAND, "predict": ON_DEMAND, "ray actor": ON_DEMAND}
+    assert seen == {"serve": ON_DEMAND, "predict": ON_DEMAND, "export": ON_DEMAND, "ray actor": ON_DEMAND}
 
 
 def test_only_ray_actors_sharing_a_gpu_take_its_memory_as_needed_and_a_users_setting_is_kept(backend_defaults):

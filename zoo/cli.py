@@ -190,7 +190,9 @@ def cmd_export(args) -> int:
     from zoo.export import ExportFailed, check_export
     from zoo.harness.deploy import export_run, finished_runs, measure_finished
     from zoo.results import read_results, write_results_csv
+    from zoo.runtime import take_gpu_memory_on_demand
 
+    take_gpu_memory_on_demand()  # it may run beside a suite that trains on the same GPU
     check_export([args.format], args.quantize, "zoo export")
     target = Path(args.run_dir)
     whole_folder = (target / "results.csv").is_file() and not (target / "model.keras").exists()
