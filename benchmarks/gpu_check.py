@@ -118,10 +118,11 @@ def run_breakdown(run_dir: Path, shown: int = 5) -> str:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return "stage s: -; compile s by function: -"
-    stages = metrics.get("stage_seconds") or {}
-    by_function = metrics.get("compile_seconds_by_function") or {}
-    return (f"stage s: {', '.join(f'{name} {seconds:.1f}' for name, seconds in stages.items()) or '-'}; compile s by "
-            f"function: {', '.join(f'{name} {seconds:.1f}' for name, seconds in list(by_function.items())[:shown]) or '-'}")
+    def listed(seconds: dict, most: int | None = None) -> str:
+        return ", ".join(f"{name} {value:.1f}" for name, value in list(seconds.items())[:most]) or "-"
+
+    return (f"stage s: {listed(metrics.get('stage_seconds') or {})}; "
+            f"compile s by function: {listed(metrics.get('compile_seconds_by_function') or {}, shown)}")
 
 
 def device_named_outside() -> str:

@@ -100,7 +100,7 @@ MUTATIONS = [
              "                                   **popen)",
              ("tests/test_gpu_check.py::test_a_spent_budget_stops_a_child_politely_then_for_good",)),
     Mutation("zoo serve opens the GPU with the backend's defaults and keeps most of its memory from a training suite",
-             "zoo/cli.py", "    take_gpu_memory_on_demand()  # \"try it\" beside", "    pass  # \"try it\" beside",
+             "zoo/cli.py", 'BESIDE_TRAINING = {"serve", "predict", "export"}', 'BESIDE_TRAINING = {"predict", "export"}',
              ("tests/test_runtime.py::test_serve_predict_and_export_take_gpu_memory_as_needed_before_any_model_is_loaded",)),
     Mutation("a run's time leaves out its speed measurement", "zoo/harness/stages.py",
              '    with clock.stage("speed"):\n', "    if True:\n",

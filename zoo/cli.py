@@ -18,6 +18,10 @@ import argparse
 import json
 import sys
 
+# Commands that load models while a suite may be training on the same GPU ("try it" in zoo serve, zoo
+# predict, zoo export): they take GPU memory as they need it instead of most of the device at once.
+BESIDE_TRAINING = {"serve", "predict", "export"}
+
 # One example per command (and sub-command), shown at the end of its --help.
 EXAMPLES = {
     "list": "zoo list backbones 'resnet*' --long",
@@ -148,10 +152,8 @@ def cmd_mlflow_sync(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from zoo.runtime import take_gpu_memory_on_demand
     from zoo.serve import serve
 
-    take_gpu_memory_on_demand()  # "try it" beside a suite that trains on the same GPU
     return serve(args.out, host=args.host, port=args.port, token=args.token, models=args.models)
 
 
@@ -190,9 +192,7 @@ def cmd_export(args) -> int:
     from zoo.export import ExportFailed, check_export
     from zoo.harness.deploy import export_run, finished_runs, measure_finished
     from zoo.results import read_results, write_results_csv
-    from zoo.runtime import take_gpu_memory_on_demand
 
-    take_gpu_memory_on_demand()  # it may run beside a suite that trains on the same GPU
     check_export([args.format], args.quantize, "zoo export")
     target = Path(args.run_dir)
     whole_folder = (target / "results.csv").is_file() and not (target / "model.keras").exists()
@@ -244,9 +244,6 @@ def cmd_compare(args) -> int:
 
 def cmd_predict(args) -> int:
     from zoo.predict import list_inputs, predict_images, predict_to_parquet
-    from zoo.runtime import take_gpu_memory_on_demand
-
-    take_gpu_memory_on_demand()  # it may run beside a suite that trains on the same GPU
 
     if args.output:
         summary = predict_to_parquet(args.run_dir, args.inputs, args.output, batch_size=args.batch_size,
@@ -425,6 +422,10 @@ def main(argv=None) -> int:
     if "--verbose" in argv:  # zoo's own option, wherever it was typed (zoo run SUITE --verbose)
         argv = ["--verbose"] + [a for a in argv if a != "--verbose"]
     args = build_parser().parse_args(argv)
+    if args.command in BESIDE_TRAINING:
+        from zoo.runtime import take_gpu_memory_on_demand
+
+        take_gpu_memory_on_demand()
     try:
         return args.func(args)
     except KeyboardInterrupt:
