@@ -56,6 +56,15 @@ def _mean_std(values, digits=4):
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+def _own_measurements(group: pd.DataFrame, column: str) -> list:
+    """A model's speed figures, one per measurement: runs of one architecture share the first
+    one's (``speed_measured_in`` names it), so its seeds' equal copies are not a spread of 0."""
+    if "speed_measured_in" not in group:
+        return list(group[column])
+    own = group[group["speed_measured_in"].isna() | (group["speed_measured_in"] == "")]
+    return list((own if len(own) else group.iloc[:1])[column])
+
+
 def _label(row) -> str:
     swept = f" [{row['swept']}]" if isinstance(row.get("swept"), str) and row["swept"] else ""
     trainable = "" if row["trainable"] == "all" else f" ({row['trainable']})"
@@ -150,9 +159,9 @@ class ReportBuilder:
                 "epoch_seconds_text": _mean_std(group["epoch_seconds"], 2),
                 "first_epoch_seconds_text": _mean_std(group["first_epoch_seconds"], 2),
                 "images_per_second": float(group["images_per_second"].mean()),
-                "images_per_second_text": _mean_std(group["images_per_second"], 1),
+                "images_per_second_text": _mean_std(_own_measurements(group, "images_per_second"), 1),
                 "latency_ms": float(group["latency_ms"].mean()),
-                "latency_ms_text": _mean_std(group["latency_ms"], 2),
+                "latency_ms_text": _mean_std(_own_measurements(group, "latency_ms"), 2),
                 "params": int(first["params"]), "params_text": _fmt(int(first["params"])),
                 "model_megabytes_text": _fmt(float(first["model_megabytes"]), 2),
                 "precise_bn_text": _mean_std(group["precise_bn_batches"], 0),
