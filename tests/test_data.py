@@ -201,6 +201,27 @@ def test_segmentation_folder_problems_fail_before_training_naming_the_file(tmp_p
     assert "masks/" in str(error.value)
 
 
+def test_class_names_that_are_not_the_class_folders_are_refused(tmp_path):
+    make_classification_folder(tmp_path / "photos")
+    entry = {"name": "photos", "source": "folder", "path": str(tmp_path / "photos")}
+    assert open_source({**entry, "class_names": ["dune", "forest"]}).info.class_names == ["dune", "forest"]
+    with pytest.raises(DataError, match=r"class_names \['forest', 'dune'\] are not the class folders"):
+        open_source({**entry, "class_names": ["forest", "dune"]})
+
+
+def test_a_task_the_folder_layout_contradicts_is_refused(tmp_path):
+    from zoo.errors import ConfigError
+    from zoo.harness.suite import expand_suite, load_suite
+
+    make_segmentation_folder(tmp_path / "seg")
+    entry = {"name": "seg", "source": "folder", "path": str(tmp_path / "seg")}
+    suite = {"name": "x", "heads": ["linear", "fcn"], "datasets": [{**entry, "task": "classification"}]}
+    with pytest.raises(ConfigError, match="task 'classification', but its folder's layout is segmentation"):
+        expand_suite(load_suite(suite))
+    runs = expand_suite(load_suite({**suite, "heads": ["fcn"], "datasets": [{**entry, "task": "segmentation"}]}))
+    assert [run.head for run in runs] == ["fcn"]
+
+
 def test_single_class_and_empty_split_are_rejected(tmp_path):
     (tmp_path / "one" / "only").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "one" / "only" / "a.png")

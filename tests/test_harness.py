@@ -146,6 +146,12 @@ def test_predict_prints_top_classes(tiny_out, tmp_path, capsys):
     ({"trainable": "top"}, "top:N"),
     ({"weights": "/no/such/file.h5"}, "neither none, imagenet nor an existing weights file"),
     ({"datasets": ["eurosat_rbg"]}, "Did you mean eurosat_rgb"),
+    # A dataset entry's misspelt key is refused, not ignored (the classes would silently be class_0...).
+    ({"datasets": [{"name": "tiles", "source": "folder", "path": ".", "classes": ["water", "field"]}]},
+     "dataset 'tiles': unknown key 'classes' (did you mean 'class_names'?)"),
+    ({"datasets": [{"name": "synthetic_terrain", "splt": {"val": 0.1}}]},
+     "dataset 'synthetic_terrain': unknown key 'splt' (did you mean 'split'?)"),
+    ({"datasets": [{"name": "trips", "source": "track", "path": "t.csv"}]}, "`source: tracks` with a track manifest"),
 ])
 def test_bad_suite_fails_before_training_naming_the_key(change, message):
     with pytest.raises(ConfigError) as error:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -123,3 +125,76 @@ def test_postprocess_needs_a_dataset_with_tracks():
         expand_suite(load_suite({"name": "x", "datasets": ["synthetic_terrain"], "postprocess": {"method": "hmm"}}))
     with pytest.raises(ConfigError, match="postprocess.window must be an odd"):
         load_suite({"name": "x", "datasets": ["synthetic_tracks"], "postprocess": {"method": "window", "window": 4}})
+
+
+def write_track_manifest(root, tracks=12, points=10, seed=0):
+    """Tiles of three colours along tracks, as PNG files listed in a manifest CSV; one tile is
+    16-bit and one grey, and the manifest also lists a missing tile and a broken one."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "tiles").mkdir(parents=True)
+    colours = np.array([(200, 60, 60), (60, 200, 60), (60, 60, 200)])
+    rows = []
+    for track in range(tracks):
+        label = int(rng.integers(3))
+        for position in range(points):
+            if rng.random() < 0.2:
+                label = int(rng.integers(3))
+            name = f"tiles/t{track}_{position}.png"
+            pixels = (rng.normal(0, 25, (24, 24, 3)) + colours[label]).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name)
+            rows.append((name, ["sand", "mud", "grass"][label], f"trip{track}", position))
+    eight_bit = np.asarray(Image.open(root / "tiles/t0_0.png"))
+    Image.fromarray(eight_bit[..., 0].astype(np.uint16) * 257).save(root / "tiles/deep.png")  # 16-bit grey
+    rows.append(("tiles/deep.png", rows[0][1], "trip0", 10))
+    rows += [("tiles/missing.png", "mud", "trip1", 10), ("tiles/broken.png", "mud", "trip2", 10)]
+    (root / "tiles/broken.png").write_bytes(b"\x89PNG not really")
+    pd.DataFrame(rows, columns=["path", "label", "track_id", "position"]).to_csv(root / "tracks.csv", index=False)
+    return root / "tracks.csv"
+
+
+def test_a_suite_trains_and_smooths_along_the_tracks_of_a_manifest(tmp_path):
+    """`source: tracks` with a manifest CSV, as the README documents: the suite runs, its test
+    predictions are smoothed, unreadable and missing tiles are skipped and named, a 16-bit grey
+    tile is read on the dataset's scale, and every prediction is named by its tile and track point."""
+    from zoo.harness.runner import run_suite
+    from zoo.harness.suite import load_suite
+
+    manifest = write_track_manifest(tmp_path / "trips")
+    entry = {"name": "trips", "source": "tracks", "path": str(manifest), "split": {"val": 0.2, "test": 0.3}}
+    source = open_source(entry)
+    assert source.info.task == "classification" and source.info.class_names == ["grass", "mud", "sand"]
+    assert {Path(s["path"]).name: s["reason"].split(":")[0] for s in source.info.skipped} == {
+        "missing.png": "listed in the manifest but not found", "broken.png": "unreadable"}
+    ids = source.example_ids("train")
+    deep, twin = ids.index("tiles/deep.png@trip0:10"), ids.index("tiles/t0_0.png@trip0:0")
+    arrays = source.example_arrays("train")
+    assert arrays[deep][0].shape == (24, 24, 3)
+    np.testing.assert_allclose(arrays[deep][0][..., 0], arrays[twin][0][..., 0], atol=0.01)
+
+    suite = load_suite({"name": "trips-test", "datasets": [entry], "heads": ["linear"],
+                        "train": {"image_size": 24, "batch_size": 16, "epochs": 2},
+                        "postprocess": {"method": "hmm", "transitions": "estimate"}})
+    assert run_suite(suite, tmp_path / "out", executor="in-process", report=False, log=lambda *_: None) == 0
+    row = pd.read_csv(tmp_path / "out" / "results.csv").iloc[0]
+    assert row["status"] == "ok" and 0 < row["accuracy_smoothed"] <= 1
+    predictions = np.load(tmp_path / "out" / "runs" / row["run_id"] / "predictions.npz")
+    assert len(set(predictions["example_ids"])) == len(predictions["y_true"]) > 0
+    # Whole tracks go to one side of the carved splits.
+    from zoo.data.splits import plan_for_source
+
+    plan = plan_for_source(source, entry["split"], seed=0)
+    tracks = {name: set(source.tracks(*plan[name])["track_id"]) for name in ("train", "val", "test")}
+    assert not (tracks["train"] & tracks["test"]) and not (tracks["train"] & tracks["val"])
+    assert {name.split("@")[1].split(":")[0] for name in predictions["example_ids"]} == tracks["test"]
+
+
+def test_a_changed_manifest_is_other_content_for_the_caches(tmp_path):
+    manifest = write_track_manifest(tmp_path / "trips")
+    entry = {"name": "trips", "source": "tracks", "path": str(manifest)}
+    before = open_source(entry).content_id("train")
+    table = pd.read_csv(manifest)
+    table.loc[0, "label"] = "grass" if table.loc[0, "label"] != "grass" else "mud"
+    table.to_csv(manifest, index=False)
+    assert open_source(entry).content_id("train") != before

@@ -26,6 +26,18 @@ class StorageError(OSError):
     """The output folder cannot take more: read-only, full, or not ours to write."""
 
 
+def check_keys(given: dict, allowed, where: str) -> None:
+    """A ConfigError for the first key of ``given`` not in ``allowed``, naming the closest allowed
+    one and all of them: a misspelt key must not be ignored."""
+    import difflib
+
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}; allowed keys: {', '.join(map(str, allowed))}")
+
+
 STORAGE_ERRNOS = {28: "no space left on the device", 30: "the file system is read-only",
                   13: "permission denied", 122: "the disk quota is exceeded"}
 

@@ -11,8 +11,11 @@ from zoo.errors import DataError
 
 def dataset_info(name_or_path: str, data_dir: str | None = None) -> dict:
     """The info of a registered dataset or of a folder, as a plain dict."""
-    if name_or_path not in DATASETS and Path(name_or_path).expanduser().exists():
-        entry = {"name": Path(name_or_path).name, "source": "folder", "path": name_or_path}
+    path = Path(name_or_path).expanduser()
+    if name_or_path not in DATASETS and path.exists():
+        # A CSV file is a track manifest (path, label, track_id, position); a folder holds images.
+        source = "tracks" if path.is_file() and path.suffix.lower() == ".csv" else "folder"
+        entry = {"name": path.stem if source == "tracks" else path.name, "source": source, "path": name_or_path}
         return open_source(entry).info.to_dict()
     card = DATASETS.get(name_or_path)
     if card["source"] == "landcover_ens" and data_dir:
@@ -85,7 +88,7 @@ def add_data_commands(commands) -> None:
     data = commands.add_parser("data", help="inspect and prepare datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     info = data_commands.add_parser("info", help="task, classes, channels, split sizes, skipped files")
-    info.add_argument("name", help="a dataset name (zoo list datasets) or a folder of images")
+    info.add_argument("name", help="a dataset name (zoo list datasets), a folder of images or a track manifest CSV")
     info.add_argument("--data-dir", help="tensorflow-datasets folder; for landcover_ens the folder holding train/ and test/")
     info.add_argument("--json", action="store_true", help="one JSON object")
     info.set_defaults(func=cmd_data_info)

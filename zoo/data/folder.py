@@ -121,7 +121,38 @@ def _probe(path: Path) -> dict:
         return {"error": f"{type(error).__name__}: {error}".splitlines()[0][:200]}
 
 
-def _listing_key(files: list[Path]) -> str:
+def dataset_format(probes: dict[str, dict], max_pixel_value=None) -> tuple[int, float]:
+    """The channels and the pixel maximum of a dataset of files (``probe_files``'s answers): those of
+    most readable files; a ``max_pixel_value`` given by the dataset entry wins."""
+    readable = [p for p in probes.values() if "error" not in p]
+    if not readable:
+        raise DataError("no readable image in the dataset; see `zoo data info PATH` for the reasons")
+    channels = Counter(p["shape"][-1] for p in readable).most_common(1)[0][0]
+    dtype = Counter(p["dtype"] for p in readable).most_common(1)[0][0]
+    return channels, float(max_pixel_value or {"uint8": 255, "uint16": 65535}.get(dtype, 1.0))
+
+
+def refusal(probe: dict, channels: int) -> str | None:
+    """Why a probed file is left out of a dataset of ``channels`` bands (None: it is kept). Grey
+    photos among colour ones are kept: they are expanded to RGB when read (``read_example``)."""
+    if "error" in probe:
+        return f"unreadable: {probe['error']}"
+    own = probe["shape"][-1]
+    if own != channels and not (own == 1 and channels == 3):
+        return f"has {own} channels, the dataset has {channels}"
+    return None
+
+
+def read_example(path, channels: int, dataset_maximum: float) -> np.ndarray:
+    """One image of a dataset as float32 on the dataset's scale, grey expanded to the dataset's RGB."""
+    array = read_image(str(path))
+    if array.shape[-1] != channels:  # a grey photo among colour ones
+        array = np.repeat(array, channels, axis=-1)
+    return to_dataset_scale(array, dataset_maximum).astype(np.float32, copy=False)
+
+
+def files_key(files: list[Path]) -> str:
+    """An identity of a set of files from their paths, sizes and modification times (no reading)."""
     digest = hashlib.sha1()
     for path in files:
         stat = path.stat()
@@ -131,8 +162,8 @@ def _listing_key(files: list[Path]) -> str:
 
 def probe_files(files: list[Path], cache_dir: Path | None, listing_key: str | None = None) -> dict[str, dict]:
     """Decode every file once (in threads) and report shape/dtype or the error. The cache is
-    keyed by ``listing_key`` (see _listing_key; computed here when not given)."""
-    cache_file = Path(cache_dir) / f"scan-{listing_key or _listing_key(files)}.json" if cache_dir else None
+    keyed by ``listing_key`` (see files_key; computed here when not given)."""
+    cache_file = Path(cache_dir) / f"scan-{listing_key or files_key(files)}.json" if cache_dir else None
     if cache_file and cache_file.is_file():
         return json.loads(cache_file.read_text())
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -176,18 +207,21 @@ class FolderScan:
             candidates[split] = (self._classification_candidates(folder) if self.task == "classification"
                                  else self._segmentation_candidates(folder))
         files = sorted({Path(p) for items in candidates.values() for item in items for p in item[:1]})
-        images_key = _listing_key(files)
+        images_key = files_key(files)
         probes = probe_files(files, cache_dir, images_key)
         masks = sorted({Path(item[1]) for items in candidates.values() for item in items}) \
             if self.task == "segmentation" else []
         # Names, sizes and modification times of every file, masks included.
-        self.listing_key = images_key + (_listing_key(masks) if masks else "")
-        self.channels, dtype = self._dominant_format(probes)
-        self.max_pixel_value = float(max_pixel_value or {"uint8": 255, "uint16": 65535}.get(dtype, 1.0))
+        self.listing_key = images_key + (files_key(masks) if masks else "")
+        self.channels, self.max_pixel_value = dataset_format(probes, max_pixel_value)
         for split, items in candidates.items():
             self.examples[split] = [item for item in items if self._accept(item[0], probes[str(item[0])])]
         if self.task == "classification":
             self.class_names = sorted({label for items in candidates.values() for _, label in items})
+            if class_names and list(class_names) != self.class_names:
+                raise DataError(f"{self.root}: class_names {list(class_names)} are not the class folders "
+                                f"{self.class_names}: a folder of class folders names its classes by them (sorted); "
+                                f"remove class_names from the dataset entry or rename the folders")
             self.examples = {split: [(path, self.class_names.index(label)) for path, label in items]
                              for split, items in self.examples.items()}
         else:
@@ -221,26 +255,11 @@ class FolderScan:
                 items.append((path, masks[path.stem]))
         return items
 
-    @staticmethod
-    def _dominant_format(probes) -> tuple[int, str]:
-        readable = [p for p in probes.values() if "error" not in p]
-        if not readable:
-            raise DataError("no readable image in the dataset folder; see `zoo data info PATH` for the reasons")
-        channels = Counter(p["shape"][-1] for p in readable).most_common(1)[0][0]
-        dtype = Counter(p["dtype"] for p in readable).most_common(1)[0][0]
-        return channels, dtype
-
     def _accept(self, path: Path, probe: dict) -> bool:
-        if "error" in probe:
-            self.skipped.append({"path": str(path), "reason": f"unreadable: {probe['error']}"})
-            return False
-        channels = probe["shape"][-1]
-        # Grey photos among colour ones are expanded to RGB when read; other mismatches are skipped.
-        if channels != self.channels and not (channels == 1 and self.channels == 3):
-            self.skipped.append({"path": str(path),
-                                 "reason": f"has {channels} channels, the dataset has {self.channels}"})
-            return False
-        return True
+        reason = refusal(probe, self.channels)
+        if reason:
+            self.skipped.append({"path": str(path), "reason": reason})
+        return not reason
 
     def _check_masks(self, probes):
         highest = 0

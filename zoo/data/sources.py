@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.data.cards import DATASETS
-from zoo.errors import ConfigError, DataError
+from zoo.errors import ConfigError, DataError, check_keys
 from zoo.registry import Registry
 
 
@@ -318,7 +318,7 @@ class FolderSource(Source):
         return [str(Path(path).relative_to(self.scan.root)) for path, _ in items]
 
     def example_arrays(self, split, indices=None):
-        from zoo.data.folder import read_image, read_mask, to_dataset_scale
+        from zoo.data.folder import read_example, read_mask
 
         items = self.scan.examples[split]
         if indices is not None:
@@ -328,26 +328,35 @@ class FolderSource(Source):
 
         def load(position):
             path, target = items[position]
-            array = read_image(str(path))
-            if array.shape[-1] != channels:  # a grey photo among colour ones
-                array = np.repeat(array, channels, axis=-1)
             target = read_mask(str(target)).astype(np.uint8) if masks else np.int64(target)
-            return to_dataset_scale(array, maximum).astype(np.float32, copy=False), target
+            return read_example(path, channels, maximum), target
 
         return ExampleArrays(len(items), load, channels, masks=masks)
 
 
+# Sources a suite opens from the entry's own `path:`, without a dataset card, and their task
+# (None: read from the folder's layout).
+PATH_SOURCES = {"folder": None, "tracks": "classification"}
+# What a suite's dataset entry may say besides its card's own keys (which it may override).
+DATASET_ENTRY_KEYS = ("name", "source", "path", "task", "class_names", "split", "max_pixel_value", "ignore_classes",
+                      "data_dir", "manual_dir")
+
+
 def resolve_dataset_config(entry: dict) -> dict:
-    """A suite's dataset entry merged over the card of the same name (the entry wins)."""
+    """A suite's dataset entry merged over the card of the same name (the entry wins); an entry
+    key that neither zoo nor the card knows is refused, naming the closest known one."""
     if not isinstance(entry, dict) or not entry.get("name"):
         raise ConfigError("each dataset needs at least `name:` (a card such as eurosat_rgb, or your own name "
                           "with `source: folder` and `path:`)")
-    if entry["name"] in DATASETS:
-        return {**DATASETS.get(entry["name"]), **entry}
-    if entry.get("source") != "folder":
+    card = DATASETS.get(entry["name"]) if entry["name"] in DATASETS else None
+    check_keys(entry, list(DATASET_ENTRY_KEYS) + [k for k in card or {} if k not in DATASET_ENTRY_KEYS],
+               f"dataset {entry['name']!r}")
+    if card is not None:
+        return {**card, **entry}
+    if entry.get("source") not in PATH_SOURCES:
         raise ConfigError(f"{DATASETS.unknown_message(entry['name'])} For your own images use "
-                          f"`source: folder` with `path:`.")
-    return {"task": None, **entry}
+                          f"`source: folder` with `path:` (or `source: tracks` with a track manifest CSV).")
+    return {"task": PATH_SOURCES[entry["source"]], **entry}
 
 
 def open_source(entry: dict, cache_dir=None, data_dir=None, manual_dir=None) -> Source:

@@ -101,12 +101,17 @@ class SyntheticTracksSource(_TrackSource):
 
 @register_source("tracks")
 class TrackManifestSource(_TrackSource):
-    """A CSV manifest (path, label, track_id, position) beside a folder of tiles."""
+    """A CSV manifest (path, label, track_id, position) beside a folder of tiles; each path is
+    relative to the manifest's folder or absolute. Tiles are read as a folder dataset's images are:
+    unreadable ones and those of other band counts skipped and named, grey ones expanded to RGB,
+    8- and 16-bit files each scaled by their own depth."""
 
     def __init__(self, card, cache_dir=None, **_):
+        import hashlib
+
         import pandas as pd
 
-        from zoo.data.folder import probe_files
+        from zoo.data.folder import dataset_format, files_key, probe_files, refusal
 
         manifest = Path(card.get("path", "")).expanduser()
         if not manifest.is_file():
@@ -116,12 +121,17 @@ class TrackManifestSource(_TrackSource):
         missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
         if missing:
             raise DataError(f"{manifest}: missing column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)}")
+        if not pd.api.types.is_numeric_dtype(table["position"]):
+            raise DataError(f"{manifest}: column position must hold numbers (a point's order along its track)")
         table["file"] = [str((manifest.parent / p).resolve()) for p in table["path"]]
-        files = sorted({Path(f) for f in table["file"]})
+        missing_files = sorted({f for f in table["file"] if not Path(f).is_file()})
+        self.skipped = [{"path": f, "reason": "listed in the manifest but not found"} for f in missing_files]
+        files = sorted({Path(f) for f in table["file"]} - {Path(f) for f in missing_files})
         probes = probe_files(files, cache_dir)
-        bad = {f: p["error"] for f, p in probes.items() if "error" in p}
-        self.skipped = [{"path": f, "reason": f"unreadable: {reason}"} for f, reason in bad.items()]
-        table = table[~table["file"].isin(bad)].reset_index(drop=True)
+        channels, maximum = dataset_format(probes, card.get("max_pixel_value"))
+        refused = {f: refusal(p, channels) for f, p in probes.items()}
+        self.skipped += [{"path": f, "reason": reason} for f, reason in refused.items() if reason]
+        table = table[table["file"].isin([f for f, reason in refused.items() if not reason])].reset_index(drop=True)
         class_names = list(card.get("class_names") or sorted(table["label"].astype(str).unique()))
         unknown = sorted(set(table["label"].astype(str)) - set(class_names))
         if unknown:
@@ -130,17 +140,27 @@ class TrackManifestSource(_TrackSource):
         point = {f: i for i, f in enumerate(self.files)}
         self.rows = {"point": table["file"].map(point).to_numpy(),
                      "label": table["label"].astype(str).map({n: i for i, n in enumerate(class_names)}).to_numpy(),
-                     "track_id": table["track_id"].to_numpy(), "position": table["position"].to_numpy()}
-        channels = next(iter(p for p in probes.values() if "error" not in p))["shape"][-1]
+                     "track_id": np.asarray(table["track_id"].astype(str), dtype=str), "position": table["position"].to_numpy()}
+        self.names = [f"{path}@{track}:{position}" for path, track, position
+                      in zip(table["path"].astype(str), self.rows["track_id"], self.rows["position"])]
+        # The manifest's bytes and the tiles' names, sizes and modification times: caches of
+        # decoded tiles and features are rebuilt when either changes.
+        self.listing = hashlib.sha1(manifest.read_bytes()).hexdigest() + files_key([Path(f) for f in self.files])
         self.info = DatasetInfo(name=card.get("name") or manifest.stem, task="classification",
                                 class_names=class_names, channels=channels, image_shape=None,
-                                splits={"train": len(table)}, skipped=self.skipped,
-                                max_pixel_value=float(card.get("max_pixel_value", 255)))
+                                splits={"train": len(table)}, skipped=self.skipped, max_pixel_value=maximum)
+
+    def content_id(self, split):
+        return f"{split}:{self.info.splits[split]}:{self.listing}"
+
+    def example_ids(self, split, indices=None):
+        return list(self.names) if indices is None else [self.names[i] for i in indices]
 
     def example_arrays(self, split, indices=None):
-        from zoo.data.folder import read_image
+        from zoo.data.folder import read_example
 
         rows = np.arange(len(self.rows["label"])) if indices is None else np.asarray(indices)
         points, labels = self.rows["point"][rows], self.rows["label"][rows]
-        return ExampleArrays(len(rows), lambda i: (read_image(self.files[points[i]]).astype(np.float32), labels[i]),
-                             self.info.channels)
+        channels, maximum = self.info.channels, self.info.max_pixel_value
+        return ExampleArrays(len(rows), lambda i: (read_example(self.files[points[i]], channels, maximum), labels[i]),
+                             channels)

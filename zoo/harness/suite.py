@@ -6,7 +6,6 @@ list is swept. Validation happens before any training, naming the key and allowe
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, check_keys
 from zoo.runspec import CACHE_MODES, RunSpec, TrainSettings, features_apply, preprocessing_steps
 from zoo.runtime import PRECISIONS
 
@@ -60,14 +59,6 @@ CHOICES = {
     "cache_features": ("auto", True, False),
     "backend": (None, "tensorflow", "jax", "torch"),
 }
-
-
-def _unknown_keys(given: dict, allowed: dict, where: str) -> None:
-    for key in given:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), list(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}")
 
 
 def _as_list(value):
@@ -159,7 +150,7 @@ def normalize_precise_bn(value, where: str = "train.precise_bn"):
     if value is True:
         return dict(TRAIN_DEFAULTS["precise_bn"])
     if isinstance(value, dict):
-        _unknown_keys(value, TRAIN_DEFAULTS["precise_bn"], where)
+        check_keys(value, TRAIN_DEFAULTS["precise_bn"], where)
         batches = value.get("batches", TRAIN_DEFAULTS["precise_bn"]["batches"])
         if isinstance(batches, int) and not isinstance(batches, bool) and batches >= 1:
             return {"batches": batches}
@@ -181,7 +172,7 @@ def load_suite(path_or_dict, overrides: list[str] | None = None) -> dict:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a suite is a mapping of keys (name, datasets, backbones, ...)")
     raw = apply_overrides(raw, overrides)
-    _unknown_keys(raw, SUITE_DEFAULTS, "suite")
+    check_keys(raw, SUITE_DEFAULTS, "suite")
     suite = {**copy.deepcopy(SUITE_DEFAULTS), **raw}
     for key in ("name", "datasets"):
         if not suite[key]:
@@ -190,20 +181,20 @@ def load_suite(path_or_dict, overrides: list[str] | None = None) -> dict:
         raise ConfigError(f"suite.name {suite['name']!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
     if not isinstance(suite["tracking"] or {}, dict):
         raise ConfigError("suite.tracking: a mapping such as {mlflow: http://127.0.0.1:5000}")
-    _unknown_keys(suite["tracking"] or {}, TRACKING_KEYS, "tracking")
+    check_keys(suite["tracking"] or {}, TRACKING_KEYS, "tracking")
     from zoo.export import normalize_export
 
     suite["export"] = normalize_export(suite["export"])
-    _unknown_keys(suite["train"] or {}, TRAIN_DEFAULTS, "train")
+    check_keys(suite["train"] or {}, TRAIN_DEFAULTS, "train")
     suite["train"] = {**TRAIN_DEFAULTS, **(suite["train"] or {})}
     precise = suite["train"]["precise_bn"]
     suite["train"]["precise_bn"] = ([normalize_precise_bn(v) for v in precise] if isinstance(precise, list)
                                     else normalize_precise_bn(precise))
     if suite["finetune"] is not None:
-        _unknown_keys(suite["finetune"], FINETUNE_DEFAULTS, "finetune")
+        check_keys(suite["finetune"], FINETUNE_DEFAULTS, "finetune")
         suite["finetune"] = {**FINETUNE_DEFAULTS, **suite["finetune"]}
     if suite["postprocess"] is not None:
-        _unknown_keys(suite["postprocess"], POSTPROCESS_DEFAULTS, "postprocess")
+        check_keys(suite["postprocess"], POSTPROCESS_DEFAULTS, "postprocess")
         post = suite["postprocess"] = {**POSTPROCESS_DEFAULTS, **suite["postprocess"]}
         if post["method"] not in ("window", "hmm"):
             raise ConfigError(f"postprocess.method: {post['method']!r} is not allowed; use window or hmm")
@@ -241,7 +232,11 @@ def expand_suite(suite: dict) -> list[RunSpec]:
     used_heads: set[str] = set()
     for entry in _as_list(suite["datasets"]):
         dataset = resolve_dataset_config({"name": entry} if isinstance(entry, str) else entry)
-        task = dataset.get("task") or _folder_task(dataset)
+        task = _folder_task(dataset) if dataset.get("source") == "folder" else dataset.get("task")
+        if dataset.get("task") not in (None, task):
+            raise ConfigError(f"dataset {dataset['name']!r}: task {dataset['task']!r}, but its folder's layout is "
+                              f"{task} (images/ and masks/ make segmentation, class folders classification); "
+                              f"remove task: or fix the folder")
         if suite["postprocess"] and dataset.get("source") not in TRACK_SOURCES:
             raise ConfigError(f"postprocess smooths predictions along tracks, but dataset {dataset['name']!r} has "
                               f"none; use synthetic_tracks or `source: tracks` with a track manifest")
@@ -322,17 +317,17 @@ def _validated_overrides(overrides) -> list[dict]:
                 or not isinstance(override.get("set"), dict) or not override["match"] or not override["set"]:
             raise ConfigError(f"{where}: give `match:` (any of dataset, backbone, head: names or glob patterns) and "
                               f"`set:` (any of {', '.join(OVERRIDE_SET_KEYS)})")
-        _unknown_keys(override, OVERRIDE_KEYS, where)
-        _unknown_keys(override["match"], OVERRIDE_MATCH_KEYS, f"{where}.match")
-        _unknown_keys(override["set"], OVERRIDE_SET_KEYS, f"{where}.set")
+        check_keys(override, OVERRIDE_KEYS, where)
+        check_keys(override["match"], OVERRIDE_MATCH_KEYS, f"{where}.match")
+        check_keys(override["set"], OVERRIDE_SET_KEYS, f"{where}.set")
         if "train" in override["set"]:
             if not isinstance(override["set"]["train"], dict):
                 raise ConfigError(f"{where}.set.train: a mapping of train keys, e.g. {{epochs: 30}}")
-            _unknown_keys(override["set"]["train"], TRAIN_DEFAULTS, f"{where}.set.train")
+            check_keys(override["set"]["train"], TRAIN_DEFAULTS, f"{where}.set.train")
         if override["set"].get("finetune") is not None:
             if not isinstance(override["set"]["finetune"], dict):
                 raise ConfigError(f"{where}.set.finetune: null or a mapping like {{trainable: 'top:20', epochs: 4}}")
-            _unknown_keys(override["set"]["finetune"], FINETUNE_DEFAULTS, f"{where}.set.finetune")
+            check_keys(override["set"]["finetune"], FINETUNE_DEFAULTS, f"{where}.set.finetune")
         result.append({"match": {k: str(v) for k, v in override["match"].items()}, "set": override["set"]})
     return result
 
