@@ -81,3 +81,19 @@ def test_kl_score_matches_the_challenge_definition():
 
 def test_metric_registry_knows_which_way_is_better():
     assert METRICS.get("accuracy").higher_is_better and not METRICS.get("kl_score").higher_is_better
+
+
+def test_leaderboards_rank_segmentation_by_miou_unless_the_card_or_a_distribution_head_says_otherwise():
+    from zoo.data.cards import DATASETS
+    from zoo.metrics import headline_metric
+    from zoo.report.render import dataset_headline_metric
+
+    assert headline_metric({"classification"}) == "accuracy"
+    assert headline_metric({"segmentation"}) == "miou"
+    assert headline_metric({"segmentation"}, "kl_score") == "kl_score"
+    # Distribution heads predict no masks: the KL score is what they share with segmentation heads.
+    assert headline_metric({"segmentation", "distribution"}) == "kl_score" == headline_metric({"distribution"})
+    assert dataset_headline_metric("synthetic_landcover", ["segmentation"]) == "kl_score"  # the challenge's metric
+    assert dataset_headline_metric("my_tiles", ["segmentation"]) == "miou"
+    for name, card in DATASETS.items():
+        assert card.get("headline_metric", "accuracy") in METRICS, name

@@ -153,3 +153,28 @@ def test_html_opens_in_headless_chromium(store, tmp_path):
                           capture_output=True, text=True, timeout=90)
     assert shot.returncode == 0 and screenshot.stat().st_size > 20_000, shot.stderr[-2000:]
     assert Image.open(screenshot).size == (1280, 2400)
+
+
+def test_a_segmentation_folder_is_ranked_by_miou_with_the_kl_score_beside_it(tmp_path):
+    """A user's own segmentation folder has no card choosing a metric: its leaderboard and
+    recommendation go by mIoU, the field's standard, and show the KL score beside it."""
+    from zoo.report import write_report
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "seg" / "images").mkdir(parents=True)
+    (tmp_path / "seg" / "masks").mkdir()
+    for index in range(24):
+        mask = np.zeros((16, 16), np.uint8)
+        mask[:, : int(rng.integers(4, 12))] = 1
+        pixels = (mask[..., None] * 150 + rng.integers(0, 60, (16, 16, 3))).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "seg" / "images" / f"{index}.png")
+        Image.fromarray(mask).save(tmp_path / "seg" / "masks" / f"{index}.png")
+    suite = load_suite({"name": "seg-report", "datasets": [{"name": "fields", "source": "folder",
+                                                            "path": str(tmp_path / "seg")}],
+                        "heads": ["fcn"], "train": {"image_size": 16, "batch_size": 8, "epochs": 1}})
+    assert run_suite(suite, tmp_path / "out", executor="in-process", report=False, log=lambda *_: None) == 0
+    row = pd.read_csv(tmp_path / "out" / "results.csv").iloc[0]
+    text = write_report(tmp_path / "out", formats=("md",), report_dir=tmp_path / "report")[0].read_text()
+    assert f"Best mIoU: **baseline_cnn/fcn** with {row['miou']:.4f}" in text
+    board = markdown_table(text, "| rank | model | miou")
+    assert board[0]["kl_score"] == f"{row['kl_score']:.4f}"

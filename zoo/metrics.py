@@ -35,6 +35,21 @@ for _spec in [
     METRICS.register(_spec.name, _spec)
 
 
+def headline_metric(tasks, preferred: str | None = None) -> str:
+    """What a dataset's models are ranked by, given the tasks of its runs (``classification``,
+    ``segmentation``, ``distribution``) and the metric its card prefers (``headline_metric:``,
+    e.g. the land-cover challenge's KL score). Classification: accuracy. Segmentation: the card's
+    choice, else mIoU (the field's standard, as in segmentation_models and mmsegmentation). Where
+    distribution heads, which predict proportions and no masks, are ranked beside them: the KL score
+    of class proportions, the one measure they all have."""
+    tasks = set(tasks)
+    if tasks <= {"classification"}:
+        return "accuracy"
+    if "distribution" in tasks:
+        return "kl_score"
+    return preferred or "miou"
+
+
 def per_class_table(class_names, support, precision, recall, f1, iou=None) -> list[dict]:
     total = max(int(np.sum(support)), 1)
     rows = []

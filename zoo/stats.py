@@ -364,7 +364,13 @@ def compare_runs(out_dir, name_a: str, name_b: str, metric: str | None = None) -
     if runs_a[0]["dataset"] != runs_b[0]["dataset"]:
         raise ComparisonError(f"{name_a} ran on {runs_a[0]['dataset']} and {name_b} on {runs_b[0]['dataset']}: "
                               f"compare runs on the same dataset")
-    metric = metric or ("accuracy" if task == "classification" else "kl_score")
+    if metric is None:
+        from zoo.data.cards import DATASETS
+        from zoo.metrics import headline_metric
+
+        dataset = runs_a[0]["dataset"]
+        card = DATASETS.get(dataset) if dataset in DATASETS else {}
+        metric = headline_metric({runs_a[0]["task"], runs_b[0]["task"]}, card.get("headline_metric"))
 
     def scores(runs):
         run_dir = Path(out_dir) / "runs"

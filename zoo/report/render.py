@@ -16,7 +16,7 @@ import yaml
 from jinja2 import Environment, PackageLoader
 
 from zoo import stats
-from zoo.metrics import METRICS
+from zoo.metrics import METRICS, headline_metric
 from zoo.report import figures
 from zoo.export import FORMATS
 from zoo.results import RESULT_COLUMNS, load_runs, write_atomic
@@ -27,16 +27,19 @@ GROUP_KEYS = ["backbone", "head", "weights", "trainable", "swept"]
 # write) at hundreds of models; zoo serve shows every run's details.
 DETAILED_MODELS = 20
 # results.csv columns a leaderboard averages over a model's seeds.
-NUMERIC_COLUMNS = (["miou", "accuracy_smoothed", "macro_precision", "macro_recall", "train_seconds", "epoch_seconds",
+NUMERIC_COLUMNS = (["miou", "kl_score", "accuracy_smoothed", "macro_precision", "macro_recall", "train_seconds", "epoch_seconds",
                     "first_epoch_seconds", "images_per_second", "latency_ms", "precise_bn_batches"]
                    + [f"{name}_{measure}" for name in FORMATS
                       for measure in ("megabytes", "latency_ms", "accuracy", "accuracy_drop")])
 
 
-def headline_metric(task: str) -> str:
-    """Accuracy for classification; the challenge's KL score for segmentation datasets (shared by
-    segmentation and distribution heads; mIoU is shown beside it)."""
-    return "accuracy" if task == "classification" else "kl_score"
+def dataset_headline_metric(dataset: str, tasks) -> str:
+    """The metric a dataset's leaderboard ranks by (zoo.metrics.headline_metric), its card's choice
+    looked up by the dataset's name (the user's folders have no card: mIoU for segmentation)."""
+    from zoo.data.cards import DATASETS
+
+    card = DATASETS.get(dataset) if dataset in DATASETS else {}
+    return headline_metric(tasks, card.get("headline_metric"))
 
 
 def _fmt(value, digits=4):
@@ -151,7 +154,7 @@ class ReportBuilder:
                 "label": _label(first), "backbone": first["backbone"], "head": first["head"],
                 "weights": first["weights"], "trainable": first["trainable"], "swept": first["swept"],
                 "seeds": len(group), "score": float(score.mean()), "score_text": _mean_std(score),
-                "miou_text": _mean_std(group["miou"]),
+                "miou_text": _mean_std(group["miou"]), "kl_score_text": _mean_std(group["kl_score"]),
                 "smoothed_text": _mean_std(group["accuracy_smoothed"]),
                 "macro_precision_text": _mean_std(group["macro_precision"]),
                 "macro_recall_text": _mean_std(group["macro_recall"]),
@@ -276,7 +279,7 @@ class ReportBuilder:
         smallest ties, the budget picks)."""
         if not board:
             return [], []
-        name = {"accuracy": "accuracy", "kl_score": "KL score"}.get(metric, metric)
+        name = {"accuracy": "accuracy", "kl_score": "KL score", "miou": "mIoU"}.get(metric, metric)
         best = board[0]
         examples = (f"{best['test_examples']:,} test {'images' if best['task'] == 'classification' else 'tiles'}"
                     if best.get("test_examples") else "this test set")
@@ -339,12 +342,15 @@ class ReportBuilder:
         """One dataset's rows ranked: its task, headline metric and direction, its successful runs and
         the leaderboard with each row's interval and paired verdict against the best."""
         task = "classification" if (frame["task"] == "classification").all() else "segmentation"
-        metric = headline_metric(task)
+        metric = dataset_headline_metric(frame["dataset"].iloc[0], frame["task"])
         higher = METRICS.get(metric).higher_is_better
         ok = frame[frame["status"] == "ok"]
         board = self.leaderboard(ok, metric, higher)
         self.add_significance(board, metric)
-        return {"task": task, "metric": metric, "higher_is_better": higher, "ok": ok, "board": board}
+        # Segmentation leaderboards show the other of mIoU and the KL score beside the headline.
+        second = None if task == "classification" else ("kl_score" if metric == "miou" else "miou")
+        return {"task": task, "metric": metric, "higher_is_better": higher, "ok": ok, "board": board,
+                "second_metric": second}
 
     def dataset_section(self, dataset: str, frame: pd.DataFrame) -> dict:
         ranked = self.ranked(frame)
@@ -405,6 +411,7 @@ class ReportBuilder:
                     f"{Path(s['path']).name}: {s['reason']}" for s in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")}
                 if skipped else None,
                 "no_test_classes": no_test, "classes_tested": len(info.get("class_names", [])) - len(no_test), "task": task, "metric": metric, "higher_is_better": higher,
+                "second_metric": ranked["second_metric"],
                 "smoothing": bool(ok["accuracy_smoothed"].notna().any()),
                 "leaderboard": board, "recommendation": recommendation,
                 "detailed": len(detailed), "not_detailed": len(board) - len(detailed),
