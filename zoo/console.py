@@ -1,5 +1,5 @@
 """Quiet, honest terminal output: the known harmless start-up lines of TensorFlow, XLA and the CUDA stubs
-are dropped from what zoo's processes write to stderr, and nothing else.
+(and LiteRT's notices while exporting) are dropped from what zoo's processes write to stderr, and nothing else.
 
 TensorFlow 2.21 writes them from C++ straight to file descriptor 2 at import, before any Python logging
 setting can act (``TF_CPP_MIN_LOG_LEVEL`` no longer silences them). So ``zoo``'s entry point routes its
@@ -32,6 +32,10 @@ HARMLESS = [re.compile(pattern) for pattern in (
     # records, not processor features, yet it compares them with the host's.
     _LOG + r"cpu_aot_loader\.cc:\d+\] Loading XLA:CPU AOT result\. Target machine feature "
     r"\+prefer-no-(gather|scatter) is not\s+supported on the host machine\.",
+    # LiteRT (TensorFlow Lite) converting and loading an exported model (the suite key export, zoo export):
+    # the int8 quantizer's settings and the interpreter's CPU delegate, printed from C++ every time.
+    r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+$",
+    r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
 )]
 # Harmless where there is no NVIDIA GPU: TensorFlow's CUDA build looking for one. Where a GPU is present
 # they say it cannot be used, so they are kept and zoo adds what to check.

@@ -20,6 +20,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +172,11 @@ def _convert(model, fmt: ExportFormat, work: Path, quantize: str, calibration) -
     floating = work / "float.onnx"
     if not model._called:  # Keras's ONNX exporter refuses a model never called (a freshly loaded one)
         model(np.zeros((1, *model.inputs[0].shape[1:]), dtype=np.float32), training=False)
-    model.export(str(floating), format="onnx", verbose=False)
+    with warnings.catch_warnings():
+        # Keras's tf2onnx shim asks NumPy whether `np.object` exists, which NumPy answers with a
+        # FutureWarning about NumPy's own future: nothing the user can or should act on.
+        warnings.filterwarnings("ignore", message="In the future `np.object`", category=FutureWarning)
+        model.export(str(floating), format="onnx", verbose=False)
     if quantize == "none":
         return floating
     target = work / "model.onnx"
