@@ -152,6 +152,13 @@ def test_predict_prints_top_classes(tiny_out, tmp_path, capsys):
     ({"datasets": [{"name": "synthetic_terrain", "splt": {"val": 0.1}}]},
      "dataset 'synthetic_terrain': unknown key 'splt' (did you mean 'split'?)"),
     ({"datasets": [{"name": "trips", "source": "track", "path": "t.csv"}]}, "`source: tracks` with a track manifest"),
+    # Backbone options the builder does not take fail here, not in every run's builder.
+    ({"backbones": ["unet"], "heads": ["fcn"], "datasets": ["synthetic_landcover"], "backbone_options": {"dept": 2}},
+     "backbone_options for unet: unknown key 'dept' (did you mean 'depth'?)"),
+    ({"backbones": ["baseline_cnn", "mobilenet_v2"], "backbone_options": {"filters": [8, 8, 8, 8]}},
+     "for mobilenet_v2, which takes none; to give options to one backbone of the suite use overrides"),
+    ({"backbones": ["dinov2_small"], "backbone_options": {"pool": "max"}},
+     "backbone_options.pool for dinov2_small must be one of cls, mean; got 'max'"),
 ])
 def test_bad_suite_fails_before_training_naming_the_key(change, message):
     with pytest.raises(ConfigError) as error:

@@ -67,6 +67,16 @@ class BackboneSpec:
         """Whether pretrained weights exist (ImageNet files, or a keras-hub preset)."""
         return self.imagenet_no_top is not None or self.hub is not None
 
+    def option_names(self) -> list[str]:
+        """The ``backbone_options`` this backbone's builder takes: a keras-hub entry's configuration
+        keys and ``pool``; otherwise its builder's keyword arguments (none for keras.applications)."""
+        if self.hub is not None:
+            return (["pool"] if self.hub.pools else []) + sorted(self.hub.config)
+        import inspect
+
+        parameters = list(inspect.signature(self.build).parameters.values())[1:]  # after input_shape
+        return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
     @property
     def pyramid_strides(self) -> list:
         """The strides a pyramid head gets: tapped layers, then those the simple pyramid adds."""

@@ -385,6 +385,7 @@ def _check_run_settings(settings: dict, backbone, head, where: str) -> None:
     if weights == "imagenet" and not backbone.has_imagenet_weights:
         raise ConfigError(f"weights: imagenet for {backbone.name}, which has no ImageNet weights (it trains from "
                           f"scratch); set weights: none for it")
+    _check_backbone_options(settings["backbone_options"] or {}, backbone)
     try:
         check_compatible(backbone, head)
         check_input_shape(backbone, (train["image_size"], train["image_size"], 3))
@@ -395,6 +396,27 @@ def _check_run_settings(settings: dict, backbone, head, where: str) -> None:
         raise ConfigError("train.cache_features: true needs trainable: frozen, no finetune and "
                           "augment: false (otherwise the backbone's features change every epoch); "
                           "use auto to cache only where it applies")
+
+
+def _check_backbone_options(options: dict, backbone) -> None:
+    """backbone_options the backbone's builder takes, before any run trains (a misspelt option
+    would fail each run in its builder, an option of another backbone every run of this one)."""
+    if not options:
+        return
+    if not isinstance(options, dict):
+        raise ConfigError(f"backbone_options: give a mapping of option to value, e.g. {{depth: 2}}; got {options!r}")
+    known = backbone.option_names()
+    only = ("; to give options to one backbone of the suite use overrides: [{match: {backbone: NAME}, "
+            "set: {backbone_options: {...}}}]")
+    if not known:
+        raise ConfigError(f"backbone_options {options} for {backbone.name}, which takes none{only}")
+    try:
+        check_keys(options, known, f"backbone_options for {backbone.name}")
+    except ConfigError as error:
+        raise ConfigError(f"{error}{only}") from None
+    if backbone.hub is not None and "pool" in options and options["pool"] not in backbone.hub.pools:
+        raise ConfigError(f"backbone_options.pool for {backbone.name} must be one of "
+                          f"{', '.join(backbone.hub.pools)}; got {options['pool']!r}")
 
 
 def _whole_numbers(value, key: str) -> list[int]:
