@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from zoo.cli import main
 
 
@@ -38,3 +40,25 @@ def _refuse(weights, dest):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "zoo.cli", "list", "heads"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("linear")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "RUN", "photo.jpg", "--top-k", "0"], "argument --top-k: must be at least 1, got 0"),
+    (["predict", "RUN", "photos", "--output", "p.parquet", "--batch-size", "-4"],
+     "argument --batch-size: must be at least 1, got -4"),
+    (["report", "OUT", "--latency-budget", "-1"], "argument --latency-budget: must be above 0, got -1"),
+    (["report", "OUT", "--size-budget", "abc"], "argument --size-budget: 'abc' is not a number"),
+    (["report", "OUT", "--detailed-models", "-3"], "argument --detailed-models: must be at least 0, got -3"),
+    (["report", "OUT", "--format", "pdf"], "unknown report format(s) ['pdf']; use md and/or html"),
+])
+def test_bad_numbers_and_formats_get_one_line_naming_the_option(args, message, capsys, tmp_path):
+    """No traceback (zoo predict --top-k 0 raised an IndexError): one line, exit 2."""
+    (tmp_path / "OUT").mkdir()
+    (tmp_path / "OUT" / "results.csv").write_text("run_id,status\n")
+    args = [str(tmp_path / a) if a == "OUT" else a for a in args]
+    try:
+        code = main(args)
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err

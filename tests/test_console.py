@@ -46,10 +46,13 @@ KEPT = [
 EXPORT = [
     "fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, output_inference_type: FLOAT32",
     "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    # and by TensorFlow the first time it compiles with XLA (zoo predict, train.xla)
+    "I0000 00:00:1795991228.234493   26531 device_compiler.h:208] Compiled cluster using XLA!  This line is logged "
+    "at most once for the lifetime of the process.",
 ]
 MARKERS = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "cudart_stub", "cuInit",
            "rebuild TensorFlow with the appropriate compiler flags", "fully_quantize", "XNNPACK delegate",
-           "np.object")
+           "np.object", "Compiled cluster using XLA")
 
 
 def test_only_the_known_harmless_start_up_lines_are_dropped():

@@ -273,6 +273,30 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def whole_number(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a number above 0 (a budget in ms or MB)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbose", action="store_true",
@@ -336,10 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("out", help="the folder `zoo run` wrote (holding results.csv)")
     report.add_argument("--format", default="md,html", help="md, html or both (default md,html)")
     report.add_argument("-o", metavar="DIR", help="report folder (default: reports/<suite name>)")
-    report.add_argument("--latency-budget", type=float, metavar="MS", help="also name the best model within this latency")
-    report.add_argument("--size-budget", type=float, metavar="MB",
+    report.add_argument("--latency-budget", type=positive_number, metavar="MS", help="also name the best model within this latency")
+    report.add_argument("--size-budget", type=positive_number, metavar="MB",
                         help="also name the best model whose file (exported, else .keras) fits this size")
-    report.add_argument("--detailed-models", type=int, default=None, metavar="N",
+    report.add_argument("--detailed-models", type=whole_number(0), default=None, metavar="N",
                         help="per-class tables, confusion matrices and training curves for each dataset's first N "
                              "models and those the recommendation names (default 20; every model keeps its "
                              "leaderboard row)")
@@ -371,11 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="image files, folders (searched recursively) or s3://bucket/prefix (endpoint and "
                               "credentials from the AWS variables, e.g. AWS_ENDPOINT_URL)")
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--top-k", type=whole_number(1), default=5)
     predict.add_argument("--output", metavar="FILE.parquet",
                          help="write one row per image (path, label, probability, top_k, error) to this Parquet "
                               "file; segmentation masks go to FILE_masks/")
-    predict.add_argument("--batch-size", type=int, default=64, help="images per model call with --output")
+    predict.add_argument("--batch-size", type=whole_number(1), default=64, help="images per model call with --output")
     predict.add_argument("--executor", choices=["local", "ray"], default="local",
                          help="local (this process) or ray (Ray Data over an actor pool; needs --output)")
     predict.add_argument("--address", default="auto", help="Ray cluster address with --executor ray")
@@ -394,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default: this machine only); any other needs --token")
     serve.add_argument("--token", help="required on every request (default: ZOO_SERVE_TOKEN); open the printed "
                                        "address once, the browser keeps it")
-    serve.add_argument("--models", type=int, default=2, help="finished runs' models kept loaded for 'try it'")
+    serve.add_argument("--models", type=whole_number(0), default=2, help="finished runs' models kept loaded for 'try it'")
     serve.set_defaults(func=cmd_serve)
 
     from zoo.data.commands import add_data_commands

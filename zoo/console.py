@@ -32,6 +32,8 @@ HARMLESS = [re.compile(pattern) for pattern in (
     # records, not processor features, yet it compares them with the host's.
     _LOG + r"cpu_aot_loader\.cc:\d+\] Loading XLA:CPU AOT result\. Target machine feature "
     r"\+prefer-no-(gather|scatter) is not\s+supported on the host machine\.",
+    # TensorFlow's notice when its first XLA program is compiled (zoo predict, train.xla): not actionable.
+    _LOG + r"device_compiler\.h:\d+\] Compiled cluster using XLA!",
     # LiteRT (TensorFlow Lite) converting and loading an exported model (the suite key export, zoo export):
     # the int8 quantizer's settings and the interpreter's CPU delegate, printed from C++ every time.
     r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+$",

@@ -16,6 +16,7 @@ import yaml
 from jinja2 import Environment, PackageLoader
 
 from zoo import stats
+from zoo.errors import ConfigError
 from zoo.metrics import METRICS, headline_metric
 from zoo.report import figures
 from zoo.export import FORMATS
@@ -473,7 +474,7 @@ def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budge
     out_dir = Path(out_dir)
     unknown = set(formats) - {"md", "html"}
     if unknown:
-        raise ValueError(f"unknown report format(s) {sorted(unknown)}; use md and/or html")
+        raise ConfigError(f"unknown report format(s) {sorted(unknown)}; use md and/or html (--format md,html)")
     suite_name = yaml.safe_load((out_dir / "suite.yaml").read_text()).get("name") \
         if (out_dir / "suite.yaml").is_file() else out_dir.name
     report_dir = Path(report_dir) if report_dir else Path("reports") / suite_name
