@@ -245,7 +245,8 @@ def test_zoo_runs_reports_predicts_and_measures_on_jax_without_tensorflow(tmp_pa
              "trainable": "frozen",
              "datasets": [{"name": "photos", "source": "folder", "path": str(tmp_path / "photos")}],
              # Augmented: the head trains on images (Keras's augmentation layers on JAX); plain: on cached features.
-             "train": {"image_size": 32, "batch_size": 8, "epochs": 2, "augment": [True, False]}}
+             "train": {"image_size": 32, "batch_size": 8, "epochs": 2, "augment": [True, False]},
+             "export": ["onnx"]}  # TensorFlow's converters: the row says what to install
     (tmp_path / "suite.json").write_text(json.dumps(suite))
     env = {**os.environ, "KERAS_BACKEND": "jax"}
 
@@ -260,6 +261,7 @@ def test_zoo_runs_reports_predicts_and_measures_on_jax_without_tensorflow(tmp_pa
     assert list(rows["status"]) == ["ok", "ok"], rows["error"].tolist()
     assert rows["backend"].str.startswith("jax").all() and (rows["accuracy"] > 0).all()
     assert sorted(rows["features"]) == ["computed", "off"]
+    assert rows["onnx_error"].str.contains("onnx export needs tensorflow").all() and rows["onnx_megabytes"].isna().all()
     assert "baseline_cnn" in (tmp_path / "reports" / "no-tf" / "report.md").read_text()
     code, output = zoo("predict", str(tmp_path / "out" / "runs" / rows["run_id"].iloc[0]),
                        str(tmp_path / "photos" / "forest" / "0.png"))
@@ -297,6 +299,34 @@ def test_every_backend_trains_with_augmentation_where_tensorflow_is_installed(tm
     table = pd.read_csv(tmp_path / "out" / "results.csv")
     assert result.returncode == 0 and (table["status"] == "ok").all(), table[["run_id", "error"]].to_string()
     assert len(table) == 2 * len(backends)
+
+
+def test_runs_trained_on_jax_and_pytorch_are_exported_by_tensorflows_converters(tmp_path):
+    """The suite key export on a JAX or PyTorch run (whose Keras exporters need jax2onnx, or refuse LiteRT):
+    the model is converted on TensorFlow's backend in a child process and measured like any other; `zoo
+    export --measure` of such a run works too, without a line of the converters' INFO output."""
+    import pandas as pd
+
+    backends = [b for b, module in (("jax", "jax"), ("torch", "torch")) if importlib.util.find_spec(module)]
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(json.dumps({
+        "name": "exported", "datasets": ["synthetic_terrain"], "backbones": ["baseline_cnn"], "heads": ["linear"],
+        "train": {"image_size": 32, "batch_size": 8, "epochs": 1, "steps_per_epoch": 2, "backend": backends},
+        "export": ["tflite", "onnx"]}))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "run", str(suite), "--out", str(tmp_path / "out"),
+                             "--no-report"], capture_output=True, text=True, env=env)
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert result.returncode == 0 and (table["status"] == "ok").all(), result.stderr[-3000:]
+    assert sorted(table["backend"].str.split().str[0]) == sorted(backends)
+    for name in ("tflite", "onnx"):
+        assert table[f"{name}_error"].isna().all(), table[f"{name}_error"].tolist()
+        assert (table[f"{name}_megabytes"] > 0).all() and (table[f"{name}_accuracy_drop"].abs() <= 0.01).all()
+    run_dir = tmp_path / "out" / "runs" / table["run_id"].iloc[0]
+    exported = subprocess.run([sys.executable, "-m", "zoo.cli", "export", str(run_dir), "--format", "saved_model",
+                               "--measure"], capture_output=True, text=True, env=env)
+    assert exported.returncode == 0 and "saved_model none" in exported.stdout, exported.stderr[-3000:]
+    assert "Reading SavedModel" not in exported.stderr and "Starting new session" not in exported.stderr
 
 
 def test_a_failed_run_s_reason_is_the_sentence_that_explains_it():

@@ -472,8 +472,13 @@ def entry() -> None:
     """The ``zoo`` console script: the native start-up noise filtered (unless --verbose), then main."""
     argv = sys.argv[1:]
     if "--verbose" not in argv:
+        import os
+
         from zoo.console import quiet_native_stderr
 
+        # TensorFlow's C++ INFO lines after start-up (its converters' "Reading SavedModel from", grappler's
+        # "Starting new session", on every `zoo export`): its warnings and errors still show.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
         quiet_native_stderr()
     sys.exit(main(argv))
 

@@ -38,6 +38,11 @@ HARMLESS = [re.compile(pattern) for pattern in (
     # the int8 quantizer's settings and the interpreter's CPU delegate, printed from C++ every time.
     r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+$",
     r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
+    # The LiteRT converter warning about flags that Keras's exporter always passes, and about metadata the
+    # exporter then writes itself.
+    _LOG + r"tf_tfl_flatbuffer_helpers\.cc:\d+\] Ignored (output_format|drop_control_dependency)\.$",
+    _LOG + r"flatbuffer_export\.cc:\d+\] Skipping runtime version metadata in the model\. This will be generated "
+    r"by the exporter\.$",
 )]
 # Harmless where there is no NVIDIA GPU: TensorFlow's CUDA build looking for one. Where a GPU is present
 # they say it cannot be used, so they are kept and zoo adds what to check.

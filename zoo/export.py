@@ -48,7 +48,7 @@ class ExportFormat:
 FORMATS = {
     "saved_model": ExportFormat("saved_model", "", "TensorFlow", ("none",), ("tensorflow",)),
     "tflite": ExportFormat("tflite", ".tflite", "LiteRT", QUANTIZATIONS, ("tensorflow", "ai_edge_litert")),
-    "onnx": ExportFormat("onnx", ".onnx", "ONNX Runtime", QUANTIZATIONS, ("tf2onnx", "onnx", "onnxruntime")),
+    "onnx": ExportFormat("onnx", ".onnx", "ONNX Runtime", QUANTIZATIONS, ("tensorflow", "tf2onnx", "onnx", "onnxruntime")),
 }
 # What the deployment figures compare: the task's score that a conversion can change.
 FIDELITY_METRIC = {"classification": "accuracy", "segmentation": "miou", "distribution": "kl_score"}
@@ -98,12 +98,21 @@ def normalize_export(value, where: str = "export") -> dict | None:
     return {"formats": list(dict.fromkeys(formats)), "quantize": quantize}
 
 
-def _require(fmt: ExportFormat) -> None:
+def _require(fmt: ExportFormat, converting: bool = False) -> None:
+    """The format's tools installed; when ``converting``, this process on Keras's TensorFlow backend too:
+    every format is converted by TensorFlow's exporters (SavedModel, LiteRT, tf2onnx) whatever backend
+    trained the model, so one converter gives one file (Keras's exporters on JAX and PyTorch need other
+    tools: jax2onnx; LiteRT not on JAX)."""
     import importlib.util
+
+    from zoo.runtime import backend
 
     missing = [module for module in fmt.modules if importlib.util.find_spec(module) is None]
     if missing:
         raise ExportFailed(f"{fmt.name} export needs {', '.join(missing)}: {INSTALL_HINT}")
+    if converting and backend() != "tensorflow":
+        raise ExportFailed(f"{fmt.name} export runs on Keras's TensorFlow backend, and this process runs "
+                           f"{backend()}: run `zoo export` without KERAS_BACKEND (or with KERAS_BACKEND=tensorflow)")
 
 
 def default_path(run_dir, format_name: str, quantize: str = "none") -> Path:
@@ -127,7 +136,7 @@ def export_model(model, format_name: str, path, quantize: str = "none", calibrat
     a failed or interrupted export leaves the previous file or none. Raises ExportFailed."""
     check_export([format_name], quantize)
     fmt = FORMATS[format_name]
-    _require(fmt)
+    _require(fmt, converting=True)
     if quantize == "int8" and calibration is None:
         raise ExportFailed("int8 needs calibration images (the run's training images)")
     path = Path(path)

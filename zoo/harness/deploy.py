@@ -22,10 +22,11 @@ from zoo.results import RESULT_COLUMNS, load_run_model, read_result, read_result
 
 def reopen_run(run_dir):
     """A finished run's data and model (a zoo.harness.stages.OpenedRun), ready to export and measure;
-    writes nothing to the run."""
+    writes nothing to the run. On this process's backend, whichever trained the run: exports are
+    TensorFlow's converters."""
     from zoo.harness.stages import reopen
 
-    return reopen(run_dir)
+    return reopen(run_dir, any_backend=True)
 
 
 def calibration_images(run, count: int = CALIBRATION_IMAGES):
@@ -98,6 +99,33 @@ def deployment_figures(run, export: dict, reference: dict) -> dict:
     return figures
 
 
+def deployment_figures_on_tensorflow(run_dir, task: str, export: dict, reference: dict) -> dict:
+    """:func:`deployment_figures` of a run trained on JAX or PyTorch, whose model.keras is already in
+    ``run_dir``: computed in a child process on Keras's TensorFlow backend, where the converters run
+    (TensorFlow installed). A child that fails leaves its reason under each format; this never raises."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    metric = FIDELITY_METRIC[task]
+    with tempfile.TemporaryDirectory() as scratch:
+        request, answer = Path(scratch) / "request.json", Path(scratch) / "figures.json"
+        request.write_text(json.dumps({"export": export, "reference": {metric: reference[metric]}}))
+        child = subprocess.run([sys.executable, "-m", "zoo.harness.deploy", str(run_dir), str(request), str(answer)],
+                               env={**os.environ, "KERAS_BACKEND": "tensorflow"}, stdin=subprocess.DEVNULL)
+        if child.returncode == 0 and answer.is_file():
+            return json.loads(answer.read_text())
+    ended = (f"killed by {signal.Signals(-child.returncode).name}" if child.returncode < 0
+             else f"exit status {child.returncode}")
+    reason = f"the export process on TensorFlow's backend ended with {ended}; its lines above say why"
+    figures = {"export_metric": metric}
+    for name in export["formats"]:
+        figures.update({f"{name}_quantize": export["quantize"], f"{name}_error": reason})
+    return figures
+
+
 def measure_finished(run_dir, export: dict) -> dict:
     """Deployment figures of a finished run added afterwards (``zoo export ... --measure``):
     exported, measured on its test split, and written into its metrics.json and result.json."""
@@ -127,3 +155,17 @@ def missing_figures(row: dict, export: dict) -> list[str]:
 
 def _present(value) -> bool:
     return value is not None and value == value and value != ""
+
+
+def _figures_in_this_process(run_dir: str, request: str, answer: str) -> None:
+    """The child of :func:`deployment_figures_on_tensorflow`: the figures of ``request`` (export and
+    reference score) written as JSON to ``answer``."""
+    asked = json.loads(Path(request).read_text())
+    figures = deployment_figures(reopen_run(run_dir), asked["export"], asked["reference"])
+    Path(answer).write_text(json.dumps(figures, default=float))
+
+
+if __name__ == "__main__":
+    import sys
+
+    _figures_in_this_process(*sys.argv[1:4])

@@ -45,15 +45,16 @@ class Runtime:
     device: str
 
 
-def start_runtime(spec: RunSpec) -> Runtime:
-    """Seeds, the run's backend checked, its precision policy set, its device chosen."""
+def start_runtime(spec: RunSpec, any_backend: bool = False) -> Runtime:
+    """Seeds, the run's backend checked (unless ``any_backend``: a finished run's model exported
+    by TensorFlow's converters), its precision policy set, its device chosen."""
     import keras
 
     from zoo.runtime import backend, choose_strategy, describe_device, make_deterministic, precision_policy
 
     make_deterministic(spec.seed, xla=bool(spec.train.xla))
     wanted = spec.train.backend
-    if wanted and backend() != wanted:  # KERAS_BACKEND is read once, when Keras is imported
+    if wanted and backend() != wanted and not any_backend:  # KERAS_BACKEND is read once, when Keras is imported
         raise RunFailed(f"train.backend is {wanted}, but this process runs {backend()}: the process was "
                         f"started without KERAS_BACKEND={wanted}")
     precision = precision_policy(spec.train.precision)
@@ -712,11 +713,13 @@ def results_row(spec: RunSpec, task: str, status: str, error: str, result: dict 
     return run_row(spec, task, status, error, values)
 
 
-def reopen(run_dir) -> OpenedRun:
-    """A finished run's runtime, data and model, through the stages that trained it; writes nothing."""
+def reopen(run_dir, any_backend: bool = False) -> OpenedRun:
+    """A finished run's runtime, data and model, through the stages that trained it; writes nothing.
+    ``any_backend``: on this process's backend even where the run trained on another (its model.keras
+    is the same model on every backend)."""
     from zoo.results import load_run_model
 
     spec, _, model = load_run_model(run_dir)
-    runtime = start_runtime(spec)
+    runtime = start_runtime(spec, any_backend)
     data = open_data(spec, runtime.global_batch, cache_folder(run_dir))
     return OpenedRun(Path(run_dir), spec, runtime, data, model)

@@ -61,10 +61,8 @@ def execute_run(run_dir) -> dict:
     try:
         trained = stages.train_and_score(run_dir, spec, progress, clock)
         if spec.stages().export_formats:
-            from zoo.harness.deploy import deployment_figures
-
             with clock.stage("export"):
-                trained.result.update(deployment_figures(trained.opened, spec.export, trained.result))
+                trained.result.update(export_figures(trained, spec))
         row = stages.record(trained)
     except Exception as error:  # any failure is this run's, recorded, and the suite goes on
         from zoo.harness import kept_models
@@ -82,6 +80,21 @@ def execute_run(run_dir) -> dict:
     if errno is not None:
         row["errno"] = errno
     return row
+
+
+def export_figures(trained, spec: RunSpec) -> dict:
+    """The deployment figures of the suite key ``export``. TensorFlow's converters make every format: a
+    run trained on JAX or PyTorch saves its model first and is exported by a child process on Keras's
+    TensorFlow backend; where TensorFlow is not installed, each format's row says what to install."""
+    from zoo.harness.deploy import deployment_figures, deployment_figures_on_tensorflow
+    from zoo.harness.recipes import keep_keras_saving_skipsets
+    from zoo.runtime import backend, installed
+
+    if backend() == "tensorflow" or not installed("tensorflow"):
+        return deployment_figures(trained.opened, spec.export, trained.result)
+    keep_keras_saving_skipsets()
+    trained.opened.model.save(trained.opened.dir / "model.keras")  # saved again, the same, by the save stage
+    return deployment_figures_on_tensorflow(trained.opened.dir, trained.opened.task, spec.export, trained.result)
 
 
 DRIVER_PID_ENV = "ZOO_DRIVER_PID"
