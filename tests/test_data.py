@@ -1,6 +1,7 @@
 """Datasets: tfds sources on mock data, the land-cover builder on files in the challenge layout,
 folders with broken files, the embedded synthetic data, split carving and the pipeline."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,6 +200,26 @@ def test_segmentation_folder_problems_fail_before_training_naming_the_file(tmp_p
         open_source({"name": "seg", "source": "folder", "path": str(tmp_path / "seg"),
                      "class_names": ["bare", "crop", "water"]})
     assert "masks/" in str(error.value)
+
+
+def test_a_class_folder_s_subfolders_belong_to_it_and_stray_files_are_named(tmp_path):
+    """As Keras's image_dataset_from_directory and torchvision's ImageFolder read them: a class's images
+    in subfolders (by year, by camera) are that class's; a file beside the class folders, and a hidden
+    subfolder, are skipped and named, never silently dropped."""
+    make_classification_folder(tmp_path / "photos")
+    before = open_source({"name": "photos", "source": "folder", "path": str(tmp_path / "photos")}).info
+    for year in ("2024", "2025"):
+        (tmp_path / "photos" / "forest" / year).mkdir()
+        Image.fromarray(np.full((20, 24, 3), 190, np.uint8)).save(tmp_path / "photos" / "forest" / year / "a.png")
+    (tmp_path / "photos" / "forest" / ".thumbnails").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "photos" / "forest" / ".thumbnails" / "t.png")
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "photos" / "stray.png")
+    source = open_source({"name": "photos", "source": "folder", "path": str(tmp_path / "photos")})
+    assert source.info.class_names == ["dune", "forest"]
+    assert source.info.splits["train"] == before.splits["train"] + 2
+    assert {"forest/2024/a.png", "forest/2025/a.png"} <= set(source.example_ids("train"))
+    reasons = {Path(s["path"]).name: s["reason"] for s in source.info.skipped}
+    assert reasons["stray.png"].startswith("not in a class folder") and reasons[".thumbnails"].startswith("hidden")
 
 
 def test_class_names_that_are_not_the_class_folders_are_refused(tmp_path):

@@ -230,17 +230,34 @@ class FolderScan:
         self._check_sizes()
 
     def _classification_candidates(self, folder: Path) -> list:
+        """Each class folder's images, its subfolders' included (as Keras's image_dataset_from_directory
+        and torchvision's ImageFolder read them); files beside the class folders belong to no class."""
         items = []
         for hidden in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(".")):
             self.skipped.append({"path": str(hidden), "reason": "hidden folder (its name starts with a dot): not "
                                  "a class, its files are ignored; rename it to use them"})
+        for stray in _image_files(folder):
+            self.skipped.append({"path": str(stray), "reason": "not in a class folder: the classes are the "
+                                 "subfolders' names; move it into one"})
         for class_folder in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for path in _image_files(class_folder):
+            for path in self._files_below(class_folder):
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     items.append((path, class_folder.name))
                 else:
                     self.skipped.append({"path": str(path), "reason": f"not an image file ({path.suffix or 'no suffix'})"})
         return items
+
+    def _files_below(self, folder: Path) -> list[Path]:
+        """The files under ``folder`` at any depth, sorted by path; hidden files and folders left out,
+        a hidden folder named among the skipped."""
+        found = []
+        for current, folders, files in os.walk(folder, followlinks=True):
+            for name in sorted(f for f in folders if f.startswith(".")):
+                self.skipped.append({"path": str(Path(current) / name), "reason": "hidden folder (its name starts "
+                                     "with a dot): its files are ignored; rename it to use them"})
+            folders[:] = [f for f in folders if not f.startswith(".")]
+            found += [Path(current) / name for name in files if not name.startswith(".")]
+        return sorted(found)
 
     def _segmentation_candidates(self, folder: Path) -> list:
         masks = {p.stem: p for p in _image_files(folder / "masks")}
