@@ -222,6 +222,23 @@ def test_a_class_folder_s_subfolders_belong_to_it_and_stray_files_are_named(tmp_
     assert reasons["stray.png"].startswith("not in a class folder") and reasons[".thumbnails"].startswith("hidden")
 
 
+def test_ignored_classes_are_given_by_name_or_index_and_an_unknown_one_is_refused(tmp_path):
+    from zoo.errors import ConfigError
+    from zoo.harness.preflight import check_readiness
+    from zoo.harness.suite import expand_suite, load_suite
+
+    assert open_source("synthetic_landcover").info.ignore_classes == [0, 1]  # the card's indices
+    by_name = open_source({"name": "synthetic_landcover", "ignore_classes": ["clouds", "no_data"]})
+    assert by_name.info.ignore_classes == [0, 1]
+    # A name that is not a class ignored nothing before: now the suite cannot start, and says why.
+    runs = expand_suite(load_suite({"name": "x", "heads": ["fcn"], "train": {"image_size": 32},
+                                    "datasets": [{"name": "synthetic_landcover", "ignore_classes": ["cloud"]}]}))
+    _, problems = check_readiness(runs, cache_dir=tmp_path)
+    assert len(problems) == 1 and "ignore_classes names 'cloud', which is not one of its classes" in problems[0].message
+    with pytest.raises(ConfigError, match="nor an index 0-9"):
+        open_source({"name": "synthetic_landcover", "ignore_classes": [10]})
+
+
 def test_class_names_that_are_not_the_class_folders_are_refused(tmp_path):
     make_classification_folder(tmp_path / "photos")
     entry = {"name": "photos", "source": "folder", "path": str(tmp_path / "photos")}

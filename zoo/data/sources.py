@@ -116,6 +116,28 @@ def select(dataset, indices, size):
     return dataset.enumerate().filter(lambda index, example: keep[index]).map(lambda index, example: example)
 
 
+def ignored_class_indices(card: dict, class_names: list) -> list[int]:
+    """The entry's ``ignore_classes`` (land cover's no_data and clouds: left out of the loss and the
+    metrics) as class indices; each may be given by its index or its name. An unknown name or an
+    index outside the classes is refused, never silently ignoring nothing."""
+    given = card.get("ignore_classes") or []
+    if not isinstance(given, (list, tuple)):
+        given = [given]
+    names = [str(n) for n in class_names]
+    if not names:  # a tensorflow-datasets dataset not prepared yet: its class names come with it
+        return sorted({int(v) for v in given if isinstance(v, int)})
+    indices = []
+    for value in given:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names):
+            indices.append(value)
+        elif isinstance(value, str) and value in names:
+            indices.append(names.index(value))
+        else:
+            raise ConfigError(f"dataset {card.get('name')!r}: ignore_classes names {value!r}, which is not one of "
+                              f"its classes ({', '.join(names)}) nor an index 0-{len(names) - 1}")
+    return sorted(set(indices))
+
+
 SOURCES: Registry[type] = Registry("source")
 
 
@@ -148,7 +170,7 @@ class TfdsSource(Source):
         self.info = DatasetInfo(
             name=card["name"], task=card["task"], class_names=[WORDNET_PREFIX.sub("", n) for n in names],
             channels=int(card["channels"]), image_shape=card.get("native_size"),
-            splits={}, ignore_classes=list(card.get("ignore_classes", [])),
+            splits={}, ignore_classes=ignored_class_indices(card, [WORDNET_PREFIX.sub("", n) for n in names]),
             max_pixel_value=float(card.get("max_pixel_value", 255)),
             labelled_splits=list(card.get("labelled_splits", card.get("splits", {"train": 0}).keys())))
         self.info.splits = {split: self.count(split) for split in card.get("splits", {"train": 0})}
@@ -230,7 +252,7 @@ class SyntheticSource(Source):
         self.info = DatasetInfo(
             name=card["name"], task=card["task"], class_names=list(card["class_names"]),
             channels=int(self.images.shape[-1]), image_shape=list(self.images.shape[1:3]),
-            splits={"train": len(self.images)}, ignore_classes=list(card.get("ignore_classes", [])),
+            splits={"train": len(self.images)}, ignore_classes=ignored_class_indices(card, card["class_names"]),
             max_pixel_value=float(card.get("max_pixel_value", 255)))
 
     @staticmethod
@@ -301,7 +323,7 @@ class FolderSource(Source):
             name=card.get("name") or Path(card["path"]).name, task=self.scan.task,
             class_names=self.scan.class_names, channels=self.scan.channels, image_shape=None,
             splits={split: len(items) for split, items in self.scan.examples.items()},
-            skipped=self.scan.skipped, ignore_classes=list(card.get("ignore_classes", [])),
+            skipped=self.scan.skipped, ignore_classes=ignored_class_indices(card, self.scan.class_names),
             max_pixel_value=self.scan.max_pixel_value, labelled_splits=list(self.scan.examples))
 
     def labels(self, split):

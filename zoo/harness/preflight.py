@@ -61,7 +61,9 @@ def open_datasets(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
         try:
             sources[key] = open_source(run.dataset, cache_dir=cache_dir)
         except (DataError, ConfigError, OSError) as error:
-            if kind == "landcover_ens":
+            if isinstance(error, ConfigError):  # the entry itself says something impossible
+                fix = f"fix the suite's entry of dataset {name!r}"
+            elif kind == "landcover_ens":
                 fix = ("zoo data prepare landcover_ens --data-dir DIR  (DIR: the unzipped challenge download "
                        "holding train/ and test/)")
             elif kind in TFDS_SOURCES:
