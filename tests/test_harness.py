@@ -152,6 +152,10 @@ def test_predict_prints_top_classes(tiny_out, tmp_path, capsys):
     ({"datasets": [{"name": "synthetic_terrain", "splt": {"val": 0.1}}]},
      "dataset 'synthetic_terrain': unknown key 'splt' (did you mean 'split'?)"),
     ({"datasets": [{"name": "trips", "source": "track", "path": "t.csv"}]}, "`source: tracks` with a track manifest"),
+    ({"datasets": [{"name": "tiles", "source": "folder", "path": ".", "max_pixel_value": "abc"}]},
+     "dataset 'tiles': max_pixel_value must be a number above 0"),
+    ({"datasets": [{"name": "tiles", "source": "folder", "path": ".", "split": 0.2}]},
+     "dataset 'tiles': split must be a mapping such as {val: 0.15, test: 0.15}"),
     # Backbone options the builder does not take fail here, not in every run's builder.
     ({"backbones": ["unet"], "heads": ["fcn"], "datasets": ["synthetic_landcover"], "backbone_options": {"dept": 2}},
      "backbone_options for unet: unknown key 'dept' (did you mean 'depth'?)"),

@@ -364,6 +364,22 @@ DATASET_ENTRY_KEYS = ("name", "source", "path", "task", "class_names", "split", 
                       "data_dir", "manual_dir")
 
 
+def _check_entry_values(entry: dict) -> None:
+    """The kinds of value a dataset entry's keys take, each wrong one named with an example."""
+    where = f"dataset {entry['name']!r}"
+    if "path" in entry and not isinstance(entry["path"], str):
+        raise ConfigError(f"{where}: path must be a folder or file path, got {entry['path']!r}")
+    if "split" in entry and not isinstance(entry["split"], dict):
+        raise ConfigError(f"{where}: split must be a mapping such as {{val: 0.15, test: 0.15}}, got {entry['split']!r}")
+    maximum = entry.get("max_pixel_value")
+    if maximum is not None and (isinstance(maximum, bool) or not isinstance(maximum, (int, float)) or maximum <= 0):
+        raise ConfigError(f"{where}: max_pixel_value must be a number above 0 (e.g. 4095 for 12-bit data), "
+                          f"got {maximum!r}")
+    for key in ("class_names", "ignore_classes"):
+        if key in entry and not isinstance(entry[key], (list, tuple)):
+            raise ConfigError(f"{where}: {key} must be a list, e.g. [water, forest], got {entry[key]!r}")
+
+
 def resolve_dataset_config(entry: dict) -> dict:
     """A suite's dataset entry merged over the card of the same name (the entry wins); an entry
     key that neither zoo nor the card knows is refused, naming the closest known one."""
@@ -373,6 +389,7 @@ def resolve_dataset_config(entry: dict) -> dict:
     card = DATASETS.get(entry["name"]) if entry["name"] in DATASETS else None
     check_keys(entry, list(DATASET_ENTRY_KEYS) + [k for k in card or {} if k not in DATASET_ENTRY_KEYS],
                f"dataset {entry['name']!r}")
+    _check_entry_values(entry)
     if card is not None:
         return {**card, **entry}
     if entry.get("source") not in PATH_SOURCES:
