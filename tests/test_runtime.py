@@ -177,7 +177,25 @@ def test_serve_predict_and_export_take_gpu_memory_as_needed_before_any_model_is_
         backend_defaults.delenv(name)
     backend_defaults.setattr(zoo.predict, "Predictor", lambda *a: seen.setdefault("ray actor", _memory_settings()))
     zoo.predict.PredictBatches(str(tmp_path), 5, None)  # zoo predict --executor ray's actors: maybe several per GPU
-    assert seen == {"serve": ON_DEMAND, "predict": ON_DEMAND, "export": ON_DEMAND, "ray actor": ON_DEMAND}
+    # The child that exports a JAX or PyTorch run on TensorFlow's backend, beside the run's own process.
+    import subprocess
+
+    for name in ON_DEMAND:
+        backend_defaults.delenv(name)
+
+    def child(command, env, **_):
+        seen["export child"] = {name: env.get(name) for name in ON_DEMAND}
+        assert env["KERAS_BACKEND"] == "tensorflow"
+        return subprocess.CompletedProcess(command, 1)
+
+    backend_defaults.setattr(subprocess, "run", child)
+    figures = zoo.harness.deploy.deployment_figures_on_tensorflow(tmp_path, "classification",
+                                                                  {"formats": ["onnx"], "quantize": "none"},
+                                                                  {"accuracy": 0.5})
+    assert "ended with exit status 1" in figures["onnx_error"]  # a failed child is recorded, never raised
+    assert seen == {"serve": ON_DEMAND, "predict": ON_DEMAND, "export": ON_DEMAND, "ray actor": ON_DEMAND,
+                    "export child": ON_DEMAND}
+    assert _memory_settings() == dict.fromkeys(ON_DEMAND)  # this process's own settings untouched
 
 
 def test_only_ray_actors_sharing_a_gpu_take_its_memory_as_needed_and_a_users_setting_is_kept(backend_defaults):

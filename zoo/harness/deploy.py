@@ -109,12 +109,16 @@ def deployment_figures_on_tensorflow(run_dir, task: str, export: dict, reference
     import sys
     import tempfile
 
+    from zoo.runtime import take_gpu_memory_on_demand
+
     metric = FIDELITY_METRIC[task]
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    take_gpu_memory_on_demand(env)  # beside the run's own process, which holds the GPU's memory
     with tempfile.TemporaryDirectory() as scratch:
         request, answer = Path(scratch) / "request.json", Path(scratch) / "figures.json"
         request.write_text(json.dumps({"export": export, "reference": {metric: reference[metric]}}))
         child = subprocess.run([sys.executable, "-m", "zoo.harness.deploy", str(run_dir), str(request), str(answer)],
-                               env={**os.environ, "KERAS_BACKEND": "tensorflow"}, stdin=subprocess.DEVNULL)
+                               env=env, stdin=subprocess.DEVNULL)
         if child.returncode == 0 and answer.is_file():
             return json.loads(answer.read_text())
     ended = (f"killed by {signal.Signals(-child.returncode).name}" if child.returncode < 0
