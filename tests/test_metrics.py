@@ -86,7 +86,7 @@ def test_metric_registry_knows_which_way_is_better():
 def test_leaderboards_rank_segmentation_by_miou_unless_the_card_or_a_distribution_head_says_otherwise():
     from zoo.data.cards import DATASETS
     from zoo.metrics import headline_metric
-    from zoo.report.render import dataset_headline_metric
+    from zoo.stats import dataset_headline_metric
 
     assert headline_metric({"classification"}) == "accuracy"
     assert headline_metric({"segmentation"}) == "miou"

@@ -476,9 +476,10 @@ def entry() -> None:
 
         from zoo.console import quiet_native_stderr
 
-        # TensorFlow's C++ INFO lines after start-up (its converters' "Reading SavedModel from", grappler's
-        # "Starting new session", on every `zoo export`): its warnings and errors still show.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+        # TensorFlow's C++ INFO and WARNING lines after start-up (its converters' "Reading SavedModel from",
+        # grappler's "Starting new session", on every `zoo export`), as zoo's workers already set it: its
+        # errors still show.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         quiet_native_stderr()
     sys.exit(main(argv))
 

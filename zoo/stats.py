@@ -353,6 +353,16 @@ def _matching_runs(out_dir, name: str) -> list[dict]:
     return chosen
 
 
+def dataset_headline_metric(dataset: str, tasks) -> str:
+    """The metric a dataset's models are ranked and compared by (zoo.metrics.headline_metric), with its
+    card's choice looked up by the dataset's name (the user's folders have no card: mIoU for segmentation)."""
+    from zoo.data.cards import DATASETS
+    from zoo.metrics import headline_metric
+
+    card = DATASETS.get(dataset) if dataset in DATASETS else {}
+    return headline_metric(tasks, card.get("headline_metric"))
+
+
 def compare_runs(out_dir, name_a: str, name_b: str, metric: str | None = None) -> dict:
     """``zoo compare``: model A against model B on the same test examples (see :func:`compare`).
     Each name is a run id of ``out_dir`` or a glob gathering the seeds of one model."""
@@ -364,13 +374,7 @@ def compare_runs(out_dir, name_a: str, name_b: str, metric: str | None = None) -
     if runs_a[0]["dataset"] != runs_b[0]["dataset"]:
         raise ComparisonError(f"{name_a} ran on {runs_a[0]['dataset']} and {name_b} on {runs_b[0]['dataset']}: "
                               f"compare runs on the same dataset")
-    if metric is None:
-        from zoo.data.cards import DATASETS
-        from zoo.metrics import headline_metric
-
-        dataset = runs_a[0]["dataset"]
-        card = DATASETS.get(dataset) if dataset in DATASETS else {}
-        metric = headline_metric({runs_a[0]["task"], runs_b[0]["task"]}, card.get("headline_metric"))
+    metric = metric or dataset_headline_metric(runs_a[0]["dataset"], {runs_a[0]["task"], runs_b[0]["task"]})
 
     def scores(runs):
         run_dir = Path(out_dir) / "runs"

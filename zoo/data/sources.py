@@ -120,9 +120,7 @@ def ignored_class_indices(card: dict, class_names: list) -> list[int]:
     """The entry's ``ignore_classes`` (land cover's no_data and clouds: left out of the loss and the
     metrics) as class indices; each may be given by its index or its name. An unknown name or an
     index outside the classes is refused, never silently ignoring nothing."""
-    given = card.get("ignore_classes") or []
-    if not isinstance(given, (list, tuple)):
-        given = [given]
+    given = card.get("ignore_classes") or []  # a list: a suite's entry is checked (_check_entry_values)
     names = [str(n) for n in class_names]
     if not names:  # a tensorflow-datasets dataset not prepared yet: its class names come with it
         return sorted({int(v) for v in given if isinstance(v, int)})
@@ -167,10 +165,11 @@ class TfdsSource(Source):
         names = list(features[self.label_key].names) if hasattr(features[self.label_key], "names") else []
         if not names or names == [str(i) for i in range(len(names))]:
             names = card.get("class_names") or names  # names exist only once the data is prepared
+        names = [WORDNET_PREFIX.sub("", n) for n in names]
         self.info = DatasetInfo(
-            name=card["name"], task=card["task"], class_names=[WORDNET_PREFIX.sub("", n) for n in names],
+            name=card["name"], task=card["task"], class_names=names,
             channels=int(card["channels"]), image_shape=card.get("native_size"),
-            splits={}, ignore_classes=ignored_class_indices(card, [WORDNET_PREFIX.sub("", n) for n in names]),
+            splits={}, ignore_classes=ignored_class_indices(card, names),
             max_pixel_value=float(card.get("max_pixel_value", 255)),
             labelled_splits=list(card.get("labelled_splits", card.get("splits", {"train": 0}).keys())))
         self.info.splits = {split: self.count(split) for split in card.get("splits", {"train": 0})}

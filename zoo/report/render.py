@@ -17,7 +17,7 @@ from jinja2 import Environment, PackageLoader
 
 from zoo import stats
 from zoo.errors import ConfigError
-from zoo.metrics import METRICS, headline_metric
+from zoo.metrics import METRICS
 from zoo.report import figures
 from zoo.export import FORMATS
 from zoo.results import RESULT_COLUMNS, load_runs, write_atomic
@@ -32,15 +32,6 @@ NUMERIC_COLUMNS = (["miou", "kl_score", "accuracy_smoothed", "macro_precision", 
                     "first_epoch_seconds", "images_per_second", "latency_ms", "precise_bn_batches"]
                    + [f"{name}_{measure}" for name in FORMATS
                       for measure in ("megabytes", "latency_ms", "accuracy", "accuracy_drop")])
-
-
-def dataset_headline_metric(dataset: str, tasks) -> str:
-    """The metric a dataset's leaderboard ranks by (zoo.metrics.headline_metric), its card's choice
-    looked up by the dataset's name (the user's folders have no card: mIoU for segmentation)."""
-    from zoo.data.cards import DATASETS
-
-    card = DATASETS.get(dataset) if dataset in DATASETS else {}
-    return headline_metric(tasks, card.get("headline_metric"))
 
 
 def _fmt(value, digits=4):
@@ -343,7 +334,7 @@ class ReportBuilder:
         """One dataset's rows ranked: its task, headline metric and direction, its successful runs and
         the leaderboard with each row's interval and paired verdict against the best."""
         task = "classification" if (frame["task"] == "classification").all() else "segmentation"
-        metric = dataset_headline_metric(frame["dataset"].iloc[0], frame["task"])
+        metric = stats.dataset_headline_metric(frame["dataset"].iloc[0], frame["task"])
         higher = METRICS.get(metric).higher_is_better
         ok = frame[frame["status"] == "ok"]
         board = self.leaderboard(ok, metric, higher)
