@@ -222,6 +222,33 @@ def test_a_class_folder_s_subfolders_belong_to_it_and_stray_files_are_named(tmp_
     assert reasons["stray.png"].startswith("not in a class folder") and reasons[".thumbnails"].startswith("hidden")
 
 
+def test_segmentation_images_in_subfolders_pair_with_the_mask_at_the_same_place(tmp_path):
+    """Tiles kept in subfolders (by region, by date) were silently left out before; each pairs with the mask
+    at the same relative place, whatever its suffix, even where two regions reuse a tile's name. A mask
+    without its image is skipped and named; an image without its mask stops the scan, naming both."""
+    make_segmentation_folder(tmp_path / "seg")
+    for region, value in (("north", 1), ("south", 2)):
+        (tmp_path / "seg" / "images" / region).mkdir()
+        (tmp_path / "seg" / "masks" / region).mkdir()
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "seg" / "images" / region / "0.jpg")
+        Image.fromarray(np.full((16, 16), value, np.uint8)).save(tmp_path / "seg" / "masks" / region / "0.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "seg" / "masks" / "north" / "orphan.png")
+    entry = {"name": "seg", "source": "folder", "path": str(tmp_path / "seg")}
+    source = open_source(entry)
+    assert source.info.task == "segmentation" and source.info.splits == {"train": 6}
+    ids = source.example_ids("train")
+    assert {"images/north/0.jpg", "images/south/0.jpg"} <= set(ids)
+    arrays = source.example_arrays("train")
+    for region, value in (("north", 1), ("south", 2)):
+        assert (arrays[ids.index(f"images/{region}/0.jpg")][1] == value).all()
+    assert source.info.class_names == ["class_0", "class_1", "class_2"]
+    reasons = {Path(s["path"]).name: s["reason"] for s in source.info.skipped}
+    assert reasons["orphan.png"].startswith("a mask without an image")
+    (tmp_path / "seg" / "masks" / "south" / "0.png").unlink()
+    with pytest.raises(DataError, match=r"images/south/0.jpg has no mask: expected .*masks/south/0"):
+        open_source(entry)
+
+
 def test_ignored_classes_are_given_by_name_or_index_and_an_unknown_one_is_refused(tmp_path):
     from zoo.errors import ConfigError
     from zoo.harness.preflight import check_readiness

@@ -1,7 +1,8 @@
 """The user's own image folders: layout detection, validation and decoding.
 
 Classification: ``root/<class>/*`` or ``root/<split>/<class>/*``. Segmentation:
-``root/images/*`` + ``root/masks/*`` (or ``root/<split>/images`` ...) with matching stems.
+``root/images/**`` + ``root/masks/**`` (or ``root/<split>/images`` ...), each mask at its image's place
+(same subfolders and name, any image suffix).
 Every file is decoded once while scanning, so a corrupt or truncated file is skipped and
 named up front instead of crashing an epoch; the scan is cached by file size and mtime.
 """
@@ -260,16 +261,35 @@ class FolderScan:
         return sorted(found)
 
     def _segmentation_candidates(self, folder: Path) -> list:
-        masks = {p.stem: p for p in _image_files(folder / "masks")}
-        items = []
-        for path in _image_files(folder / "images"):
+        """Each image under ``images/`` (subfolders included) with the mask at the same place under
+        ``masks/``: ``images/a/x.jpg`` pairs with ``masks/a/x.png``. A mask without its image is
+        skipped and named; an image without its mask stops the scan (a mask left out by mistake
+        would otherwise shrink the dataset unseen)."""
+        images_folder, masks_folder = folder / "images", folder / "masks"
+
+        def place(path: Path, below: Path) -> Path:
+            return path.relative_to(below).with_suffix("")
+
+        masks = {}
+        for path in self._files_below(masks_folder):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 self.skipped.append({"path": str(path), "reason": f"not an image file ({path.suffix or 'no suffix'})"})
-            elif path.stem not in masks:
-                raise DataError(f"{path} has no mask: expected {folder / 'masks' / path.stem}.<png|tif>; "
+            else:
+                masks[place(path, masks_folder)] = path
+        items, paired = [], set()
+        for path in self._files_below(images_folder):
+            key = place(path, images_folder)
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                self.skipped.append({"path": str(path), "reason": f"not an image file ({path.suffix or 'no suffix'})"})
+            elif key not in masks:
+                raise DataError(f"{path} has no mask: expected {masks_folder / key}.<png|tif>; "
                                 f"add the mask or remove the image")
             else:
-                items.append((path, masks[path.stem]))
+                items.append((path, masks[key]))
+                paired.add(key)
+        for key in sorted(set(masks) - paired):
+            self.skipped.append({"path": str(masks[key]), "reason": f"a mask without an image: expected "
+                                 f"{images_folder / key}.<png|jpg|tif>; add the image or remove the mask"})
         return items
 
     def _accept(self, path: Path, probe: dict) -> bool:
