@@ -1,9 +1,11 @@
 """Datasets: tfds sources on mock data, the land-cover builder on files in the challenge layout,
 folders with broken files, the embedded synthetic data, split carving and the pipeline."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
+
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -285,6 +287,12 @@ def test_a_task_the_folder_layout_contradicts_is_refused(tmp_path):
         expand_suite(load_suite(suite))
     runs = expand_suite(load_suite({**suite, "heads": ["fcn"], "datasets": [{**entry, "task": "segmentation"}]}))
     assert [run.head for run in runs] == ["fcn"]
+    # A card's task and a track manifest's (classification) are fixed the same way.
+    for other, fixed in (({"name": "eurosat_rgb"}, "dataset card 'eurosat_rgb' is classification"),
+                         ({"name": "patrol", "source": "tracks", "path": str(tmp_path / "t.csv")},
+                          "`source: tracks` is classification")):
+        with pytest.raises(ConfigError, match=f"task 'segmentation', but {re.escape(fixed)}"):
+            expand_suite(load_suite({**suite, "heads": ["fcn"], "datasets": [{**other, "task": "segmentation"}]}))
 
 
 def test_single_class_and_empty_split_are_rejected(tmp_path):

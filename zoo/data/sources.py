@@ -389,12 +389,19 @@ def resolve_dataset_config(entry: dict) -> dict:
     check_keys(entry, list(DATASET_ENTRY_KEYS) + [k for k in card or {} if k not in DATASET_ENTRY_KEYS],
                f"dataset {entry['name']!r}")
     _check_entry_values(entry)
-    if card is not None:
-        return {**card, **entry}
-    if entry.get("source") not in PATH_SOURCES:
+    if card is None and entry.get("source") not in PATH_SOURCES:
         raise ConfigError(f"{DATASETS.unknown_message(entry['name'])} For your own images use "
                           f"`source: folder` with `path:` (or `source: tracks` with a track manifest CSV).")
-    return {"task": PATH_SOURCES[entry["source"]], **entry}
+    # The data decides the task (a folder's layout is checked where the suite expands): a `task:` that
+    # contradicts it would only fail later, inside a run, with the wrong heads.
+    fixed = card["task"] if card is not None else PATH_SOURCES[entry["source"]]
+    if fixed is not None and entry.get("task", fixed) != fixed:
+        what = f"dataset card {entry['name']!r}" if card is not None else f"`source: {entry['source']}`"
+        raise ConfigError(f"dataset {entry['name']!r}: task {entry['task']!r}, but {what} is {fixed}; "
+                          f"remove task: from the entry")
+    if card is not None:
+        return {**card, **entry}
+    return {"task": fixed, **entry}
 
 
 def open_source(entry: dict, cache_dir=None, data_dir=None, manual_dir=None) -> Source:
