@@ -54,6 +54,9 @@ def test_a_folder_gives_one_row_per_image_equal_to_zoo_predict_on_each_file(runs
     table = pd.read_parquet(output)
     assert list(table.columns) == ["path", "label", "probability", "top_k", "error"]
     assert summary["images"] == len(table) == 10 and summary["failed"] == 1
+    # Loading and compiling are the first batch's: the rate after it leaves them out.
+    assert 0 < summary["first_batch_seconds"] < summary["seconds"]
+    assert summary["steady_images_per_second"] == pytest.approx(6 / (summary["seconds"] - summary["first_batch_seconds"]))
     broken = table[table["path"].str.endswith("broken.jpg")].iloc[0]
     assert "cannot be read as an image" in broken["error"] and pd.isna(broken["label"])
     good = table[table["error"].isna()]

@@ -262,7 +262,10 @@ def predict_to_parquet(run_dir, inputs, output, batch_size: int = 64, top_k: int
                        workers: int | None = None) -> dict:
     """Predict every image of ``inputs`` into the Parquet file ``output`` (one row per image,
     written to a temporary file and renamed when complete); segmentation runs also write one
-    mask per image into ``<output stem>_masks/``. Returns {images, failed, seconds, images_per_second}."""
+    mask per image into ``<output stem>_masks/``. Returns {images, failed, seconds, images_per_second,
+    first_batch_seconds, steady_images_per_second}: ``seconds`` is the whole call; the first batch pays for
+    loading the model and compiling its step, so the rate after it (None with a single batch) is what more
+    images cost."""
     import pyarrow.parquet as pq
 
     from zoo.errors import ConfigError
@@ -281,7 +284,7 @@ def predict_to_parquet(run_dir, inputs, output, batch_size: int = 64, top_k: int
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.partial")
     counts = {"images": 0, "failed": 0}
-    writer = None
+    writer, first = None, None  # first: (seconds until the first batch was written, its rows)
     try:
         for table in (_local_tables if executor == "local" else _ray_tables)(
                 run_dir, locations, output, batch_size, top_k, address, gpus_per_worker, workers):
@@ -289,6 +292,8 @@ def predict_to_parquet(run_dir, inputs, output, batch_size: int = 64, top_k: int
                 writer = pq.ParquetWriter(temporary, table.schema)
             writer.write_table(table)
             counts["images"] += table.num_rows
+            if first is None:
+                first = (time.perf_counter() - started, table.num_rows)
             counts["failed"] += table.num_rows - table.column("error").null_count
         writer.close()
         writer = None
@@ -298,7 +303,10 @@ def predict_to_parquet(run_dir, inputs, output, batch_size: int = 64, top_k: int
             writer.close()
         temporary.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
-    return {**counts, "seconds": seconds, "images_per_second": counts["images"] / seconds}
+    after_first = counts["images"] - first[1]
+    return {**counts, "seconds": seconds, "images_per_second": counts["images"] / seconds,
+            "first_batch_seconds": first[0],
+            "steady_images_per_second": after_first / (seconds - first[0]) if after_first else None}
 
 
 def _local_tables(run_dir, locations, output, batch_size, top_k, address, gpus, workers):
