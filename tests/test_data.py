@@ -251,6 +251,54 @@ def test_segmentation_images_in_subfolders_pair_with_the_mask_at_the_same_place(
         open_source(entry)
 
 
+def make_voc_folder(root, count=6):
+    """Pascal VOC's mask format: palette PNGs holding class indices 0-2, object boundaries 255."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(3)
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "images" / f"{index}.jpg")
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:12, 4:12] = 1 + index % 2
+        mask[4, 4:12] = 255
+        palette = Image.fromarray(mask, mode="L").convert("P")
+        palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [224, 224, 192] * 253)
+        palette.save(root / "masks" / f"{index}.png")
+
+
+def test_palette_masks_and_a_void_value_read_as_pascal_voc_means_them(tmp_path):
+    """A palette mask's pixels are its indices (not the colours it shows; this crashed the scan); 255 as
+    VOC's "no class" is refused with the fix unless the entry names it, and then those pixels are a class
+    of their own, ignored in the loss and the metrics, never a 256th trained class."""
+    from zoo.errors import ConfigError
+
+    make_voc_folder(tmp_path / "voc")
+    entry = {"name": "voc", "source": "folder", "path": str(tmp_path / "voc")}
+    with pytest.raises(DataError, match=r"masks hold 255 but no value between 3 and 254.*`void_value: 255`"):
+        open_source(entry)
+    with pytest.raises(DataError, match=r"mask value 255 is outside the 3 classes.*`void_value: 255`"):
+        open_source({**entry, "class_names": ["background", "cat", "dog"]})
+    named = open_source({**entry, "class_names": ["background", "cat", "dog"], "void_value": 255})
+    assert named.info.class_names == ["background", "cat", "dog", "void"] and named.info.ignore_classes == [3]
+    source = open_source({**entry, "void_value": 255})
+    assert source.info.class_names == ["class_0", "class_1", "class_2", "void"] and source.info.ignore_classes == [3]
+    _, mask = source.example_arrays("train")[1]
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 2, 3} and (mask[4, 4:12] == 3).all()
+    # The decoded cache holds remapped masks: the same files read without the void value are other content.
+    every_value_a_class = open_source({**entry, "class_names": [f"c{i}" for i in range(256)]})
+    assert every_value_a_class.info.ignore_classes == [] and every_value_a_class.info.num_classes == 256
+    assert source.content_id("train") != every_value_a_class.content_id("train")
+    with pytest.raises(ConfigError, match="void_value must be the mask value"):
+        open_source({**entry, "void_value": "255"})
+    with pytest.raises(ConfigError, match="void_value is for the masks of your own folder"):
+        open_source({"name": "synthetic_landcover", "void_value": 255})
+    # A colour-coded mask (RGB, one colour per class) is refused by name, not read as three bands.
+    Image.fromarray(np.stack([np.asarray(Image.open(tmp_path / "voc" / "masks" / "0.png").convert("RGB"))[..., c]
+                              for c in range(3)], -1)).save(tmp_path / "voc" / "masks" / "0.png")
+    with pytest.raises(DataError, match=r"0.png: a mask must have one band of class indices .* colour-coded"):
+        open_source({**entry, "void_value": 255})
+
+
 def test_ignored_classes_are_given_by_name_or_index_and_an_unknown_one_is_refused(tmp_path):
     from zoo.errors import ConfigError
     from zoo.harness.preflight import check_readiness

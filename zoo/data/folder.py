@@ -104,9 +104,28 @@ def to_dataset_scale(array: np.ndarray, dataset_maximum: float) -> np.ndarray:
 
 
 def read_mask(path) -> np.ndarray:
-    mask = read_image(path, reduce=False)
+    """A mask file as an (H, W) array of class indices. A palette PNG (Pascal VOC's format, and what most
+    labelling tools export) holds its indices as they are, not the colours it shows; a bilevel image is 0
+    and 1; a grey image saved with three equal channels is read as one. Raises DataError for a colour mask."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        mask = read_image(path, reduce=False)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            mode = image.mode
+            mask = np.asarray(image.convert("L") if mode == "1" else image)
+        mask = (mask > 0).astype(np.uint8) if mode == "1" else mask
+        mask = mask[..., None] if mask.ndim == 2 else mask
+        if mode in ("RGBA", "LA"):
+            mask = mask[..., :-1]  # the alpha band is no class
+        if mask.shape[-1] > 1 and (mask == mask[..., :1]).all():
+            mask = mask[..., :1]
     if mask.shape[-1] != 1:
-        raise ValueError(f"a mask must have one band of class indices, got {mask.shape[-1]}")
+        raise DataError(f"{path}: a mask must have one band of class indices (0, 1, 2 ...), this one has "
+                        f"{mask.shape[-1]} with different values: a colour-coded mask? Save each pixel's class index "
+                        f"as a one-band (greyscale or palette) PNG or TIFF")
     return mask[..., 0]
 
 
@@ -198,9 +217,15 @@ def detect_layout(root: Path) -> tuple[str, dict[str, Path]]:
 class FolderScan:
     """The result of scanning a folder dataset: valid examples per split, and skipped files."""
 
-    def __init__(self, root, cache_dir=None, class_names=None, max_pixel_value=None):
+    def __init__(self, root, cache_dir=None, class_names=None, max_pixel_value=None, void_value=None):
         self.root = Path(root).expanduser()
         self.task, split_folders = detect_layout(self.root)
+        if void_value is not None and self.task != "segmentation":
+            raise DataError(f"{self.root}: void_value marks the pixels of no class in segmentation masks, but this "
+                            f"folder holds class folders (classification); remove void_value from the dataset entry")
+        # The mask value of pixels of no class (Pascal VOC's and Cityscapes' 255); it becomes the class
+        # ``void_index``, appended to the classes and ignored in the loss and the metrics.
+        self.void_value, self.void_index = void_value, None
         self.skipped: list[dict] = []
         self.examples: dict[str, list] = {}  # split -> [(image path, label or mask path)]
         candidates = {}
@@ -217,6 +242,8 @@ class FolderScan:
         self.channels, self.max_pixel_value = dataset_format(probes, max_pixel_value)
         for split, items in candidates.items():
             self.examples[split] = [item for item in items if self._accept(item[0], probes[str(item[0])])]
+        shapes = {tuple(probes[str(item[0])]["shape"][:2]) for items in self.examples.values() for item in items}
+        self.image_shape = list(shapes.pop()) if len(shapes) == 1 else None  # None: the sizes vary
         if self.task == "classification":
             self.class_names = sorted({label for items in candidates.values() for _, label in items})
             if class_names and list(class_names) != self.class_names:
@@ -299,7 +326,7 @@ class FolderScan:
         return not reason
 
     def _check_masks(self, probes):
-        highest = 0
+        seen = set()
         for items in self.examples.values():
             for image_path, mask_path in items:
                 mask = read_mask(mask_path)
@@ -308,13 +335,34 @@ class FolderScan:
                     raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image "
                                     f"{image_path.name} is {image_shape[0]}x{image_shape[1]}; masks must match "
                                     f"their images pixel for pixel")
-                top = int(mask.max())
+                values = {int(v) for v in np.unique(mask)} - {self.void_value}
+                top = max(values, default=0)
                 if self.class_names and top >= len(self.class_names):
                     raise DataError(f"{mask_path}: mask value {top} is outside the {len(self.class_names)} classes "
-                                    f"({', '.join(self.class_names)}); fix the mask or extend class_names")
-                highest = max(highest, top)
+                                    f"({', '.join(self.class_names)}); fix the mask or extend class_names"
+                                    + self._void_hint(top))
+                seen |= values
         if not self.class_names:
+            highest = max(seen, default=0)
+            below = max(seen - {highest}, default=-1)
+            if highest in (255, 65535) and highest - below > 1:  # the type's top value, far above the rest
+                raise DataError(f"{self.root}: the masks hold {highest} but no value between {below + 1} and "
+                                f"{highest - 1}, so zoo would count {highest + 1} classes; name them with class_names"
+                                + self._void_hint(highest))
+            if highest > 254:
+                raise DataError(f"{self.root}: mask values reach {highest}; zoo's masks hold at most 255 classes "
+                                f"(values 0-254)")
             self.class_names = [f"class_{index}" for index in range(highest + 1)]
+        if self.void_value is not None:
+            self.void_index = len(self.class_names)
+            self.class_names = list(self.class_names) + ["void" if "void" not in self.class_names else
+                                                         f"void_{self.void_value}"]
+
+    def _void_hint(self, value: int) -> str:
+        if self.void_value is not None or value not in (255, 65535):
+            return ""
+        return (f"; or, if {value} marks pixels of no class (as Pascal VOC's object boundaries), add "
+                f"`void_value: {value}` to the dataset entry: those pixels then count in no loss and no metric")
 
     def _check_sizes(self):
         if self.task == "classification" and len(self.class_names) < 2:

@@ -317,12 +317,13 @@ class FolderSource(Source):
         if not card.get("path"):
             raise ConfigError(f"dataset {card.get('name')!r}: source 'folder' needs `path: /folder/of/images`")
         self.scan = FolderScan(card["path"], cache_dir=cache_dir, class_names=card.get("class_names"),
-                               max_pixel_value=card.get("max_pixel_value"))
+                               max_pixel_value=card.get("max_pixel_value"), void_value=card.get("void_value"))
+        void = [] if self.scan.void_index is None else [self.scan.void_index]
         self.info = DatasetInfo(
             name=card.get("name") or Path(card["path"]).name, task=self.scan.task,
-            class_names=self.scan.class_names, channels=self.scan.channels, image_shape=None,
+            class_names=self.scan.class_names, channels=self.scan.channels, image_shape=self.scan.image_shape,
             splits={split: len(items) for split, items in self.scan.examples.items()},
-            skipped=self.scan.skipped, ignore_classes=ignored_class_indices(card, self.scan.class_names),
+            skipped=self.scan.skipped, ignore_classes=sorted(set(ignored_class_indices(card, self.scan.class_names) + void)),
             max_pixel_value=self.scan.max_pixel_value, labelled_splits=list(self.scan.examples))
 
     def labels(self, split):
@@ -331,7 +332,8 @@ class FolderSource(Source):
         return np.array([label for _, label in self.scan.examples[split]], dtype=np.int64)
 
     def content_id(self, split):
-        return f"{split}:{self.info.splits[split]}:{self.scan.listing_key}"
+        void = "" if self.scan.void_value is None else f":void={self.scan.void_value}"  # masks are read remapped
+        return f"{split}:{self.info.splits[split]}:{self.scan.listing_key}{void}"
 
     def example_ids(self, split, indices=None):
         items = self.scan.examples[split]
@@ -346,10 +348,16 @@ class FolderSource(Source):
             items = [items[i] for i in indices]
         channels, maximum = self.info.channels, self.info.max_pixel_value
         masks = self.info.task != "classification"
+        void_value, void_index = self.scan.void_value, self.scan.void_index
 
         def load(position):
             path, target = items[position]
-            target = read_mask(str(target)).astype(np.uint8) if masks else np.int64(target)
+            if masks:
+                target = read_mask(str(target))
+                target = (target if void_value is None else np.where(target == void_value, void_index, target))
+                target = target.astype(np.uint8)
+            else:
+                target = np.int64(target)
             return read_example(path, channels, maximum), target
 
         return ExampleArrays(len(items), load, channels, masks=masks)
@@ -360,7 +368,7 @@ class FolderSource(Source):
 PATH_SOURCES = {"folder": None, "tracks": "classification"}
 # What a suite's dataset entry may say besides its card's own keys (which it may override).
 DATASET_ENTRY_KEYS = ("name", "source", "path", "task", "class_names", "split", "max_pixel_value", "ignore_classes",
-                      "data_dir", "manual_dir")
+                      "void_value", "data_dir", "manual_dir")
 
 
 def _check_entry_values(entry: dict) -> None:
@@ -377,6 +385,14 @@ def _check_entry_values(entry: dict) -> None:
     for key in ("class_names", "ignore_classes"):
         if key in entry and not isinstance(entry[key], (list, tuple)):
             raise ConfigError(f"{where}: {key} must be a list, e.g. [water, forest], got {entry[key]!r}")
+    if "void_value" in entry:
+        void = entry["void_value"]
+        if isinstance(void, bool) or not isinstance(void, int) or not 0 <= void <= 65535:
+            raise ConfigError(f"{where}: void_value must be the mask value of pixels of no class, a whole number "
+                              f"such as 255, got {void!r}")
+        if entry.get("source") != "folder":
+            raise ConfigError(f"{where}: void_value is for the masks of your own folder (`source: folder`); "
+                              f"remove it")
 
 
 def resolve_dataset_config(entry: dict) -> dict:
