@@ -299,6 +299,20 @@ def test_palette_masks_and_a_void_value_read_as_pascal_voc_means_them(tmp_path):
         open_source({**entry, "void_value": 255})
 
 
+def test_a_mask_reads_as_its_class_indices_whatever_image_mode_holds_them(tmp_path):
+    from zoo.data.folder import read_mask
+
+    indices = np.zeros((6, 8), np.uint8)
+    indices[2:4, 3:6] = 1
+    Image.fromarray(indices.astype(bool)).save(tmp_path / "bilevel.png")                     # mode "1"
+    Image.fromarray(np.repeat(indices[..., None] * 2, 3, -1)).save(tmp_path / "grey_as_rgb.png")
+    Image.fromarray(np.stack([indices * 2, np.full_like(indices, 255)], -1), mode="LA").save(tmp_path / "la.png")
+    assert Image.open(tmp_path / "bilevel.png").mode == "1"
+    np.testing.assert_array_equal(read_mask(tmp_path / "bilevel.png"), indices)
+    np.testing.assert_array_equal(read_mask(tmp_path / "grey_as_rgb.png"), indices * 2)
+    np.testing.assert_array_equal(read_mask(tmp_path / "la.png"), indices * 2)
+
+
 def test_ignored_classes_are_given_by_name_or_index_and_an_unknown_one_is_refused(tmp_path):
     from zoo.errors import ConfigError
     from zoo.harness.preflight import check_readiness
