@@ -259,3 +259,18 @@ def test_frozen_backbone_without_pretrained_weights_is_warned_about(tmp_path):
     assert run_suite(suite, tmp_path / "out", executor="in-process", report=False, log=messages.append) == 0
     warning = next(m for m in messages if m.startswith("warning:"))
     assert "baseline_cnn" in warning and "weights: none" in warning
+
+
+def test_the_eta_follows_the_recorded_plan_scaled_by_how_the_finished_runs_compared_with_it():
+    """Runs of one suite differ tenfold in cost: with zoo plan --record's estimates the ETA sums the remaining
+    runs' own, scaled by the finished runs' actual/estimated; without them, the finished runs' mean."""
+    from zoo.harness.runner import _eta
+
+    planned = {"small": 10.0, "large": 100.0, "larger": 200.0}
+    assert _eta({}, ["small", "large", "larger"], 1, planned) == "ETA 5m10s, from zoo plan's estimates"
+    eta = _eta({"small": 20.0}, ["large", "larger"], 1, planned)
+    assert eta == "ETA 10m00s, from zoo plan's estimates x 2.00, as the finished runs went"
+    assert _eta({"small": 20.0}, ["large", "larger"], 2, planned).startswith("ETA 5m00s")
+    # A remaining run the plan does not know: the mean of the finished ones, as without a plan.
+    assert _eta({"small": 20.0}, ["large", "unplanned"], 1, planned) == "ETA 0m40s"
+    assert _eta({}, ["unplanned"], 1, planned) == "ETA: after the first run"

@@ -374,6 +374,9 @@ def test_a_run_finishing_while_the_page_is_open_shows_up(tmp_path):
         assert hosts == {socket.gethostname()}
         # The plan's estimate beside the time each run took.
         assert all(r["estimate_seconds"] > 0 and r["elapsed_seconds"] > 0 for r in state["rows"])
+        # zoo run's ETA comes from the recorded plan, then from the plan as the first run compared with it.
+        lines = [line for line in (tmp_path / "run.log").read_text().splitlines() if "(ETA" in line]
+        assert "from zoo plan's estimates)" in lines[0] and "as the finished runs went)" in lines[1], lines
     finally:
         server.stop()
         if writer.poll() is None:

@@ -131,11 +131,34 @@ def run_one(run: RunSpec, runs_dir: Path, executor) -> dict | None:
     return row
 
 
-def _eta(durations: list[float], remaining: int, parallel: int = 1) -> str:
+def _eta(durations: dict[str, float], remaining: list[str], parallel: int = 1,
+         planned: dict[str, float] | None = None) -> str:
+    """The time left for the ``remaining`` run ids. With ``zoo plan --record``'s estimates for every one
+    of them, their sum, scaled by how the finished runs compared with their own estimates (runs differ
+    tenfold in cost: a mean of the first few says little about the rest); else the finished runs' mean."""
+    def text(seconds: float) -> str:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+    planned = planned or {}
+    if remaining and all(run_id in planned for run_id in remaining):
+        compared = [run_id for run_id in durations if planned.get(run_id)]
+        scale = (sum(durations[r] for r in compared) / sum(planned[r] for r in compared)) if compared else 1.0
+        seconds = sum(planned[r] for r in remaining) * scale / parallel
+        basis = (f"zoo plan's estimates x {scale:.2f}, as the finished runs went" if compared
+                 else "zoo plan's estimates")
+        return f"ETA {text(seconds)}, from {basis}"
     if not durations:
         return "ETA: after the first run"
-    seconds = sum(durations) / len(durations) * -(-remaining // parallel)
-    return f"ETA {int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"ETA {text(sum(durations.values()) / len(durations) * -(-len(remaining) // parallel))}"
+
+
+def _planned_seconds(out_dir: Path) -> dict[str, float]:
+    """OUT/plan.json's estimates by run id ({} when there is none or it cannot be read)."""
+    try:
+        estimates = json.loads((out_dir / PLAN_FILE).read_text()).get("estimates", {})
+        return {str(k): float(v) for k, v in estimates.items() if v}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
 
 
 def _log(message):
@@ -260,7 +283,8 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
     _storage_guard(out_dir, set_up)
     all_ids = [r.run_id for r in runs]
 
-    durations: list[float] = []
+    durations: dict[str, float] = {}
+    planned = _planned_seconds(out_dir)
     log(f"suite {suite['name']}: {len(runs)} runs, {len(selected) - len(todo)} already finished, "
         f"{len(todo)} to run -> {out_dir}")
     for warning in suite_warnings(todo):
@@ -277,7 +301,7 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
             log(f"[{index}/{len(todo)}] {run.run_id}: finished meanwhile by another process")
             return
         with lock:
-            eta = _eta(durations, len(todo) - index + 1, len(slots))
+            eta = _eta(durations, [r.run_id for r in todo[index - 1:]], len(slots), planned)
         log(f"[{index}/{len(todo)}] {run.run_id}  ({eta})")
         start = time.perf_counter()
         row = run_one(run, runs_dir, slot)
@@ -286,7 +310,7 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
             return
         seconds = time.perf_counter() - start
         with lock:
-            durations.append(seconds)
+            durations[run.run_id] = seconds
             finished.append(run.run_id)
             _write_index(out_dir, all_ids)
         if tracker is not None:

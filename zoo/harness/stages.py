@@ -629,6 +629,7 @@ class Trained:
     result: dict             # metrics.json's content so far
     predictions: dict
     clock: object            # zoo.harness.timing.StageClock: the stages' seconds so far
+    model_saved: bool = False  # model.keras written already (an export on another backend needs it first)
 
 
 def train_and_score(run_dir: Path, spec: RunSpec, progress: dict, clock=None) -> Trained:
@@ -678,8 +679,9 @@ def record(trained: Trained) -> dict:
     opened, fitted, result = trained.opened, trained.fitted, trained.result
     model_path = opened.dir / "model.keras"
     with trained.clock.stage("save"):
-        keep_keras_saving_skipsets()
-        opened.model.save(model_path)
+        if not trained.model_saved:
+            keep_keras_saving_skipsets()
+            opened.model.save(model_path)
         np.savez_compressed(opened.dir / "predictions.npz", **trained.predictions)
     result.update(fitted.timing)
     cache = fitted.features

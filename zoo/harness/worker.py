@@ -93,7 +93,8 @@ def export_figures(trained, spec: RunSpec) -> dict:
     if backend() == "tensorflow" or not installed("tensorflow"):
         return deployment_figures(trained.opened, spec.export, trained.result)
     keep_keras_saving_skipsets()
-    trained.opened.model.save(trained.opened.dir / "model.keras")  # saved again, the same, by the save stage
+    trained.opened.model.save(trained.opened.dir / "model.keras")  # the child reads it; the save stage keeps it
+    trained.model_saved = True
     return deployment_figures_on_tensorflow(trained.opened.dir, trained.opened.task, spec.export, trained.result)
 
 
