@@ -313,6 +313,17 @@ def test_a_mask_reads_as_its_class_indices_whatever_image_mode_holds_them(tmp_pa
     np.testing.assert_array_equal(read_mask(tmp_path / "la.png"), indices * 2)
 
 
+def test_a_missing_dataset_path_says_where_a_relative_one_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"dataset folder photos does not exist \\(relative paths are read from the "
+                                        f"current folder: {re.escape(str(tmp_path / 'photos'))}\\)"):
+        open_source({"name": "photos", "source": "folder", "path": "photos"})
+    with pytest.raises(DataError, match=f"{re.escape(str(tmp_path / 'photos'))} does not exist; set `path`"):
+        open_source({"name": "photos", "source": "folder", "path": str(tmp_path / "photos")})
+    with pytest.raises(DataError, match=f"trips.csv does not exist \\(relative paths .*{re.escape(str(tmp_path))}"):
+        open_source({"name": "trips", "source": "tracks", "path": "trips.csv"})
+
+
 def test_ignored_classes_are_given_by_name_or_index_and_an_unknown_one_is_refused(tmp_path):
     from zoo.errors import ConfigError
     from zoo.harness.preflight import check_readiness

@@ -196,6 +196,12 @@ def probe_files(files: list[Path], cache_dir: Path | None, listing_key: str | No
     return results
 
 
+def relative_to_here(path: Path) -> str:
+    """For a relative path that was not found: where it was looked for. Paths in a suite are read from the
+    folder zoo runs in (as Keras's, PyTorch Lightning's and MMSegmentation's configs are), not the suite's."""
+    return "" if Path(path).is_absolute() else f" (relative paths are read from the current folder: {Path(path).resolve()})"
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
@@ -203,7 +209,7 @@ def _image_files(folder: Path) -> list[Path]:
 def detect_layout(root: Path) -> tuple[str, dict[str, Path]]:
     """(task, {split: folder}) for a dataset folder; a folder without split subfolders is one split."""
     if not root.is_dir():
-        raise DataError(f"dataset folder {root} does not exist; set `path` to a folder of images")
+        raise DataError(f"dataset folder {root} does not exist{relative_to_here(root)}; set `path` to a folder of images")
     subfolders = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if subfolders and all(name in SPLIT_ALIASES for name in subfolders):
         splits = {SPLIT_ALIASES[name]: path for name, path in subfolders.items()}

@@ -111,12 +111,12 @@ class TrackManifestSource(_TrackSource):
 
         import pandas as pd
 
-        from zoo.data.folder import dataset_format, files_key, probe_files, refusal
+        from zoo.data.folder import dataset_format, files_key, probe_files, refusal, relative_to_here
 
         manifest = Path(card.get("path", "")).expanduser()
         if not manifest.is_file():
             raise DataError(f"dataset {card.get('name')!r}: `path` must be a track manifest CSV with columns "
-                            f"{', '.join(MANIFEST_COLUMNS)}; {manifest} does not exist")
+                            f"{', '.join(MANIFEST_COLUMNS)}; {manifest} does not exist{relative_to_here(manifest)}")
         table = pd.read_csv(manifest)
         missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
         if missing:
