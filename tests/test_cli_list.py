@@ -27,6 +27,15 @@ def test_list_heads(capsys):
     assert names == ["linear", "mlp", "flatten", "distribution", "fcn", "unet", "fpn"]
 
 
+def test_list_datasets_gives_each_card_s_class_count(capsys):
+    from zoo.data import DATASETS
+
+    assert main(["list", "datasets"]) == 0
+    counts = {line.split("\t")[0]: int(line.split("\t")[3].split()[0]) for line in capsys.readouterr().out.splitlines()}
+    assert list(counts) == DATASETS.list() and counts["stanford_dogs"] == 120  # its names come with the data
+    assert all(count >= 2 for count in counts.values()), counts
+
+
 def test_weights_fetch_offline_fails_cleanly(tmp_path, monkeypatch):
     monkeypatch.setattr("zoo.weights.download_weights", _refuse)
     assert main(["weights", "fetch", "vgg16", "--dest", str(tmp_path)]) == 1

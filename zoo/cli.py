@@ -66,7 +66,9 @@ def cmd_list(args) -> int:
 
         for name in DATASETS.list(args.pattern):
             card = DATASETS.get(name)
-            print(f"{name}\t{card['task']}\t{card.get('source', '')}\t{len(card.get('class_names', []))} classes")
+            # A tensorflow-datasets card may leave its class names to the prepared data, not their number.
+            classes = card.get("num_classes") or len(card.get("class_names", []))
+            print(f"{name}\t{card['task']}\t{card.get('source', '')}\t{classes} classes")
     return 0
 
 
