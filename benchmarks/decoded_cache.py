@@ -1,6 +1,7 @@
 """What the decoded-once image cache saves and what it costs in memory, measured as a user meets it.
 
     python benchmarks/decoded_cache.py sweep  [--images 600] [--size 64] [--epochs 3]
+    python benchmarks/decoded_cache.py photos [--images 12] [--size 224]
     python benchmarks/decoded_cache.py memory [--images 600] [--size 224] [--limit-mb 20]
 
 ``sweep``: a 3-seed suite of one backbone on a folder of JPEGs of 500x375 pixels (Stanford Dogs' typical
@@ -8,6 +9,12 @@ size, so decoding costs what it costs on real photos), run as a user runs it (`z
 time), with the decoded cache (``train.cache: auto``) and without it (``none``: every epoch of every run
 decodes and resizes every image again); prints each variant's wall time, the runs' ``input_cache`` and epoch
 times, and the ratio -> reports/decoded_cache_sweep.csv.
+
+``photos``: phone photos (4032x3024 JPEGs) as a shelter's breed classifier meets them: per photo, on one
+thread, the folder scan's check (a full decode before, libjpeg's 1/8 scale now, which still reads every
+block) and the decode of its row at --size px (full resolution before, the smallest scale keeping the short
+side at least twice the size now), each against the other, and how far the rows differ (grey levels)
+-> reports/decoded_cache_photos.csv.
 
 ``memory``: a folder of photos whose decoded rows are larger than ``train.input_memory_gb``, read for two
 training epochs in separate processes, once with the limit (rows read from the disk cache batch by batch)
@@ -112,6 +119,69 @@ def sweep(args) -> list[dict]:
     return rows
 
 
+def photos(args) -> list[dict]:
+    import numpy as np
+    from PIL import Image
+
+    from zoo.data.decoded import stored_image
+    from zoo.data.folder import _probe, read_image
+    from zoo.runtime import describe_device
+
+    work = Path(tempfile.mkdtemp(prefix="zoo-photos-"))
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(args.images):
+        # A photo's detail at every scale: a smooth scene with fine texture on top.
+        scene = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).resize((4032, 3024), Image.BICUBIC)
+        texture = rng.normal(0, 12, (3024, 4032, 1))
+        photo = np.clip(np.asarray(scene, np.float32) + texture, 0, 255).astype(np.uint8)
+        paths.append(work / f"{index}.jpg")
+        Image.fromarray(photo).save(paths[-1], quality=92)
+
+    def per_photo(step) -> float:
+        times = []
+        for path in paths:
+            start = time.perf_counter()
+            step(path)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
+    figures = {
+        "scan_full_decode": per_photo(lambda path: read_image(path, reduce=False)),
+        "scan_eighth_scale": per_photo(_probe),
+        "row_from_full_resolution": per_photo(lambda path: stored_image(read_image(path), args.size, 255.0)),
+        "row_from_reduced_scale": per_photo(lambda path: stored_image(read_image(path, size=args.size), args.size,
+                                                                      255.0)),
+    }
+    # Against an area-averaged reference (Pillow's box filter from full resolution: every pixel counted),
+    # how far each row is: a bilinear resize from full resolution samples a few pixels per output pixel.
+    full_error, reduced_error = [], []
+    for path in paths:
+        with Image.open(path) as image:
+            reference = np.asarray(image.resize((args.size, args.size), Image.BOX), dtype=np.float32)
+        full_error.append(np.abs(stored_image(read_image(path), args.size, 255.0) - reference).mean())
+        reduced_error.append(np.abs(stored_image(read_image(path, size=args.size), args.size, 255.0) - reference).mean())
+    before = figures["scan_full_decode"] + figures["row_from_full_resolution"]
+    after = figures["scan_eighth_scale"] + figures["row_from_reduced_scale"]
+    print(f"{args.images} photos of 4032x3024, rows at {args.size} px, one thread, median seconds per photo:")
+    print(f"  scan check    full decode {figures['scan_full_decode']:.3f}  1/8 scale {figures['scan_eighth_scale']:.3f}"
+          f"  ({figures['scan_full_decode'] / figures['scan_eighth_scale']:.1f}x)")
+    print(f"  row decode    full {figures['row_from_full_resolution']:.3f}  reduced {figures['row_from_reduced_scale']:.3f}"
+          f"  ({figures['row_from_full_resolution'] / figures['row_from_reduced_scale']:.1f}x)")
+    print(f"  a photo's first run: {before:.3f} s before, {after:.3f} s now ({before / after:.1f}x)")
+    print(f"  mean distance to the area-averaged row: {np.mean(full_error):.2f} grey levels before, "
+          f"{np.mean(reduced_error):.2f} now")
+    day, device = datetime.now(timezone.utc).strftime("%Y-%m-%d"), describe_device()
+    measured = [(name, round(value, 4), "median seconds per photo") for name, value in figures.items()]
+    measured += [("first_run_speedup", round(before / after, 2), "x (scan + row, before / now)"),
+                 ("row_from_full_resolution_vs_area_average", round(float(np.mean(full_error)), 3),
+                  "mean absolute grey levels"),
+                 ("row_from_reduced_scale_vs_area_average", round(float(np.mean(reduced_error)), 3),
+                  "mean absolute grey levels")]
+    return [{"date": day, "device": device, "photo": "4032x3024 JPEG q92", "images": args.images, "size": args.size,
+             "measure": name, "value": value, "unit": unit} for name, value, unit in measured]
+
+
 def memory(args) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="zoo-memory-"))
     make_photos(work / "photos", args.images, jpeg=False)
@@ -138,15 +208,16 @@ def memory(args) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["sweep", "memory"])
-    parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("what", choices=["sweep", "photos", "memory"])
+    parser.add_argument("--images", type=int, help="photos (sweep, memory: 600; photos: 12)")
     parser.add_argument("--size", type=int, help="image size (sweep: 64, memory: 224)")
     parser.add_argument("--epochs", type=int, default=3, help="sweep: epochs per run")
     parser.add_argument("--limit-mb", type=float, default=20.0, help="memory: train.input_memory_gb in MB")
     parser.add_argument("--csv", help="default reports/decoded_cache_<what>.csv ('' for none)")
     args = parser.parse_args()
     args.size = args.size or (64 if args.what == "sweep" else 224)
-    rows = (sweep if args.what == "sweep" else memory)(args)
+    args.images = args.images or (12 if args.what == "photos" else 600)
+    rows = {"sweep": sweep, "photos": photos, "memory": memory}[args.what](args)
     path = Path(f"reports/decoded_cache_{args.what}.csv" if args.csv is None else args.csv)
     if str(path) not in ("", "."):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,45 @@ def nothing_held():
     decoded.forget_opened()
 
 
+def test_large_jpegs_decode_at_a_reduced_scale_the_same_way_for_training_and_prediction(tmp_path):
+    """A photo far larger than the model's input is decoded by libjpeg at 1/2-1/8 scale (its short side kept
+    at least twice the input's): the scan still reads every block (a truncated file is named), still records
+    the file's own shape, and zoo predict makes the same row and answers at the file's own size."""
+    from zoo.data.folder import DRAFT_MARGIN, read_image
+    from zoo.predict import Predictor
+
+    y, x = np.mgrid[0:600, 0:800]
+    smooth = np.stack([x * 255 // 800, y * 255 // 600, (x + y) * 255 // 1400], -1).astype(np.uint8)
+    for name in ("dune", "forest"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for index in range(3):
+            Image.fromarray(np.roll(smooth, 40 * index, axis=1)).save(tmp_path / "photos" / name / f"{index}.jpg",
+                                                                      quality=95)
+    whole = (tmp_path / "photos" / "dune" / "0.jpg").read_bytes()
+    (tmp_path / "photos" / "dune" / "cut.jpg").write_bytes(whole[:len(whole) // 2])
+    source = open_source({"name": "photos", "source": "folder", "path": str(tmp_path / "photos")})
+    assert source.info.image_shape == [600, 800] and source.info.splits == {"train": 6}
+    assert [s["path"].endswith("cut.jpg") and "truncated" in s["reason"] for s in source.info.skipped] == [True]
+    path = source.scan.examples["train"][0][0]
+    assert read_image(path, size=24).shape == (75, 100, 3)   # 1/8: 75 >= 2 x 24
+    assert read_image(path, size=200).shape == (600, 800, 3)  # 1/2 would leave 300 < 2 x 200
+    assert DRAFT_MARGIN == 2
+    rows = open_decoded(source, "train", 24, tmp_path / "cache")
+    full = stored_image(read_image(path).astype(np.float32), 24, 255.0)
+    # The same picture: what the two decodes differ by is a fraction of a grey level on average.
+    assert np.abs(rows.images[0].astype(int) - full.astype(int)).mean() < 2.0
+    predictor = Predictor.__new__(Predictor)
+    predictor.filesystem = None
+
+    class Input:
+        image_size, channels, max_pixel_value = 24, 3, 255.0
+    predictor.input = Input
+    row, original = predictor.prepare(str(path))
+    np.testing.assert_array_equal(row, rows.images[0])
+    assert original == (600, 800)
+    decoded.forget_opened()
+
+
 def make_photos(root):
     """Photos of several sizes (so every row is resized), one grey among colour ones."""
     rng = np.random.default_rng(0)

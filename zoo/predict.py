@@ -114,14 +114,16 @@ class Predictor:
         :meth:`model_inputs` turns into the model's input) and its original (height, width); raises
         ValueError with the reason when it cannot be."""
         from zoo.data.decoded import stored_image
-        from zoo.data.folder import read_image, to_dataset_scale
+        from zoo.data.folder import decode_image, to_dataset_scale
 
         try:
             if _is_remote(location) and self.filesystem is None:
                 self.filesystem = s3_filesystem()
-            array = to_dataset_scale(read_image(read_input(location, self.filesystem),
-                                                suffix=PurePosixPath(location).suffix),
-                                     self.input.max_pixel_value)
+            # Decoded as the run's own images were (a large JPEG at a reduced scale); a mask is made at
+            # the file's own size, whatever the scale it was decoded at.
+            array, original = decode_image(read_input(location, self.filesystem),
+                                           suffix=PurePosixPath(location).suffix, size=self.input.image_size)
+            array = to_dataset_scale(array, self.input.max_pixel_value)
         except Exception as error:  # PIL, tifffile, S3 and OS errors all mean "unreadable"
             raise ValueError(f"cannot be read as an image ({_one_line(error)})") from None
         channels = self.input.channels
@@ -129,7 +131,7 @@ class Predictor:
             if array.shape[-1] != 1:
                 raise ValueError(f"has {array.shape[-1]} channels; the model expects {channels}")
             array = np.repeat(array, channels, axis=-1)
-        return stored_image(array, self.input.image_size, self.input.max_pixel_value), array.shape[:2]
+        return stored_image(array, self.input.image_size, self.input.max_pixel_value), original
 
     def model_inputs(self, rows: np.ndarray):
         """Stored rows (N, S, S, C) as the model's input: the training pipeline's own function

@@ -26,7 +26,7 @@ import numpy as np
 from zoo.runspec import CACHE_MODES
 
 # Bump when stored rows would differ for the same source (resize, rounding, layout).
-DECODE_VERSION = 1
+DECODE_VERSION = 2  # 2: large JPEGs decoded at a reduced scale (zoo.data.folder.decode_image)
 DECODE_THREADS = 8
 # The disk the cache lives on keeps at least this much free after the cache is written.
 DISK_MARGIN_BYTES = 1 << 30
@@ -225,11 +225,11 @@ def _read_complete(folder: Path, expected: dict):
     return images, targets
 
 
-def _decoded_examples(source, split: str):
-    """(position, image, target) of every example of ``split`` in order: decoded in threads from
-    the source's example arrays, or read through tf.data for tensorflow-datasets sources."""
+def _decoded_examples(source, split: str, size: int):
+    """(position, image, target) of every example of ``split`` in order, for rows of ``size`` px: decoded
+    in threads from the source's example arrays, or read through tf.data for tensorflow-datasets sources."""
     if source.reads_by_position:
-        arrays = source.example_arrays(split)
+        arrays = source.example_arrays(split, size=size)
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
             for start in range(0, len(arrays), 256):
                 chunk = range(start, min(start + 256, len(arrays)))
@@ -244,7 +244,7 @@ def _fill(source, split: str, size: int, images, targets, expected: dict) -> Non
     info = source.info
     masks = info.task != "classification"
     written = 0
-    for position, image, target in _decoded_examples(source, split):
+    for position, image, target in _decoded_examples(source, split, size):
         if image.shape[-1] != info.channels:  # a grey photo among colour ones (tfds too)
             image = np.repeat(image, info.channels, axis=-1)
         images[position] = stored_image(image, size, info.max_pixel_value)
@@ -294,7 +294,7 @@ def decode_seconds_per_example(source, split: str, size: int, sample: int = 16) 
     if count == 0:
         return 0.0
     start = time.perf_counter()
-    examples = (source.example_arrays(split) if source.reads_by_position
+    examples = (source.example_arrays(split, size=size) if source.reads_by_position
                 else list(source.examples(split).take(count).as_numpy_iterator()))
     rows = StreamedRows(examples, size, info.max_pixel_value, info.task != "classification")
     rows[np.arange(count)]
@@ -374,7 +374,8 @@ def open_decoded(source, split: str, size: int, cache_root, mode: str = "auto", 
 
 def _streamed(source, split: str, size: int) -> DecodedSplit:
     info = source.info
-    rows = StreamedRows(source.example_arrays(split), size, info.max_pixel_value, info.task != "classification")
+    rows = StreamedRows(source.example_arrays(split, size=size), size, info.max_pixel_value,
+                        info.task != "classification")
     return DecodedSplit(None, None, "off", stream=rows)
 
 

@@ -30,6 +30,9 @@ MAX_IMAGE_PIXELS = int(os.environ.get("ZOO_MAX_IMAGE_PIXELS", 64_000_000))
 # Larger images are reduced on decode by a whole factor (a box filter) to about this long side:
 # far more than any input size zoo trains at, and a fraction of the memory.
 DECODE_LONG_SIDE = 2048
+# A JPEG read for a model of side S is decoded at a reduced scale only while its short side stays at
+# least this many times S: what the resize then interpolates is still finer than the model's input.
+DRAFT_MARGIN = 2
 
 
 def image_pixels(path) -> int | None:
@@ -50,11 +53,20 @@ def image_pixels(path) -> int | None:
         return None
 
 
-def read_image(path, reduce: bool = True, suffix: str | None = None) -> np.ndarray:
+def read_image(path, reduce: bool = True, suffix: str | None = None, size: int | None = None) -> np.ndarray:
     """An image file (a path, or an open binary file with its name's ``suffix``) as an (H, W, C)
     array in its own dtype (uint8, uint16 or float); with ``reduce``, images with a long side
     above 2 x DECODE_LONG_SIDE are reduced by a whole factor as they decode (never masks: their
-    values are class indices)."""
+    values are class indices). ``size``: the side it will be resized to (see :func:`decode_image`)."""
+    return decode_image(path, reduce, suffix, size)[0]
+
+
+def decode_image(path, reduce: bool = True, suffix: str | None = None,
+                 size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image`'s array and the file's own (height, width). With ``size``, a JPEG is decoded at
+    the smallest of libjpeg's scales (1/2, 1/4, 1/8) that keeps its short side at least DRAFT_MARGIN x
+    ``size``: a 12-megapixel photo for a 224-px model decodes about 4x faster, and its DCT-domain reduction
+    averages the pixels that a bilinear resize from full resolution would skip."""
     if suffix is None:
         path = Path(path)
         suffix = path.suffix
@@ -64,11 +76,16 @@ def read_image(path, reduce: bool = True, suffix: str | None = None) -> np.ndarr
         array = tifffile.imread(path)
         if array.ndim == 3 and array.shape[0] < min(array.shape[1:]) and array.shape[0] <= 16:
             array = np.moveaxis(array, 0, -1)  # planar (bands, H, W) files
+        original = tuple(array.shape[:2])
     else:
         from PIL import Image
 
         with Image.open(path) as image:
+            original = (image.size[1], image.size[0])
             factor = max(image.size) // DECODE_LONG_SIDE if reduce else 1
+            if size and reduce:
+                factor = max(factor, max((f for f in (2, 4, 8) if min(image.size) // f >= DRAFT_MARGIN * size),
+                                         default=1))
             if factor >= 2 and image.format == "JPEG":
                 image.draft(image.mode, (image.size[0] // factor, image.size[1] // factor))  # decodes at 1/2..1/8
             image.load()
@@ -82,7 +99,7 @@ def read_image(path, reduce: bool = True, suffix: str | None = None) -> np.ndarr
         array = array[..., None]
     if array.ndim != 3:
         raise ValueError(f"unexpected array shape {array.shape}")
-    return array
+    return array, original
 
 
 def own_maximum(dtype, dataset_maximum: float) -> float:
@@ -135,10 +152,27 @@ def _probe(path: Path) -> dict:
         return {"error": f"{pixels / 1e6:.0f} megapixels is above zoo's limit of {MAX_IMAGE_PIXELS / 1e6:.0f} "
                          f"(ZOO_MAX_IMAGE_PIXELS); downscale it or raise the limit"}
     try:
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            return _probe_jpeg(path)
         array = read_image(path, reduce=False)
         return {"shape": list(array.shape), "dtype": str(array.dtype)}
     except Exception as error:  # PIL, tifffile and OS errors all mean "unreadable"
         return {"error": f"{type(error).__name__}: {error}".splitlines()[0][:200]}
+
+
+def _probe_jpeg(path: Path) -> dict:
+    """A JPEG's shape, checked by decoding all of its data at libjpeg's 1/8 scale: a truncated or corrupt
+    file fails as it would at full size (every block is still read), at a fraction of the time."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.format != "JPEG":  # a PNG named .jpg: read as any other file
+            return {"shape": list(read_image(path, reduce=False).shape), "dtype": "uint8"}
+        width, height = image.size
+        channels = 1 if image.mode == "L" else 3  # CMYK and YCbCr are read as RGB
+        image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+        image.load()
+    return {"shape": [height, width, channels], "dtype": "uint8"}
 
 
 def dataset_format(probes: dict[str, dict], max_pixel_value=None) -> tuple[int, float]:
@@ -163,9 +197,10 @@ def refusal(probe: dict, channels: int) -> str | None:
     return None
 
 
-def read_example(path, channels: int, dataset_maximum: float) -> np.ndarray:
-    """One image of a dataset as float32 on the dataset's scale, grey expanded to the dataset's RGB."""
-    array = read_image(str(path))
+def read_example(path, channels: int, dataset_maximum: float, size: int | None = None) -> np.ndarray:
+    """One image of a dataset as float32 on the dataset's scale, grey expanded to the dataset's RGB;
+    ``size``: the side it will be stored at (a large JPEG then decodes at a reduced scale, see decode_image)."""
+    array = read_image(str(path), size=size)
     if array.shape[-1] != channels:  # a grey photo among colour ones
         array = np.repeat(array, channels, axis=-1)
     return to_dataset_scale(array, dataset_maximum).astype(np.float32, copy=False)

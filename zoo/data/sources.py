@@ -83,10 +83,11 @@ class Source:
         through tensorflow-datasets stream their examples in order instead."""
         return type(self).example_arrays is not Source.example_arrays
 
-    def example_arrays(self, split: str, indices=None) -> "ExampleArrays":
+    def example_arrays(self, split: str, indices=None, size: int | None = None) -> "ExampleArrays":
         """Random access to the (image, target) examples of ``split`` (restricted to ``indices``) as
-        NumPy arrays: what zoo.data.decoded decodes into the cache. Sources read through
-        tensorflow-datasets have none."""
+        NumPy arrays: what zoo.data.decoded decodes into the cache. ``size``: the side the images will be
+        stored at, which sources of files may decode large JPEGs closer to (zoo.data.folder.decode_image).
+        Sources read through tensorflow-datasets have none."""
         raise DataError(f"dataset {self.info.name!r} is read through tensorflow-datasets, which needs TensorFlow: "
                         f"pip install tensorflow tensorflow-datasets (the embedded synthetic datasets and your own "
                         f"folders need neither)")
@@ -299,7 +300,7 @@ class SyntheticSource(Source):
     def labels(self, split):
         return self.targets if self.info.task == "classification" else None
 
-    def example_arrays(self, split, indices=None):
+    def example_arrays(self, split, indices=None, size=None):
         rows = np.arange(len(self.images)) if indices is None else np.asarray(indices)
         return ExampleArrays(len(rows), lambda i: (self.images[rows[i]].astype(np.float32), self.targets[rows[i]]),
                              self.info.channels, masks=self.info.task != "classification")
@@ -340,7 +341,7 @@ class FolderSource(Source):
         items = items if indices is None else [items[i] for i in indices]
         return [str(Path(path).relative_to(self.scan.root)) for path, _ in items]
 
-    def example_arrays(self, split, indices=None):
+    def example_arrays(self, split, indices=None, size=None):
         from zoo.data.folder import read_example, read_mask
 
         items = self.scan.examples[split]
@@ -358,7 +359,7 @@ class FolderSource(Source):
                 target = target.astype(np.uint8)
             else:
                 target = np.int64(target)
-            return read_example(path, channels, maximum), target
+            return read_example(path, channels, maximum, size), target
 
         return ExampleArrays(len(items), load, channels, masks=masks)
 

@@ -92,7 +92,7 @@ class SyntheticTracksSource(_TrackSource):
                                 channels=3, image_shape=[card["image_size"]] * 2,
                                 splits={"train": len(self.rows["label"])}, max_pixel_value=255.0)
 
-    def example_arrays(self, split, indices=None):
+    def example_arrays(self, split, indices=None, size=None):
         rows = np.arange(len(self.rows["label"])) if indices is None else np.asarray(indices)
         points, labels = self.rows["point"][rows], self.rows["label"][rows]
         return ExampleArrays(len(rows), lambda i: (self.tiles[points[i]].astype(np.float32), labels[i]),
@@ -156,11 +156,11 @@ class TrackManifestSource(_TrackSource):
     def example_ids(self, split, indices=None):
         return list(self.names) if indices is None else [self.names[i] for i in indices]
 
-    def example_arrays(self, split, indices=None):
+    def example_arrays(self, split, indices=None, size=None):
         from zoo.data.folder import read_example
 
         rows = np.arange(len(self.rows["label"])) if indices is None else np.asarray(indices)
         points, labels = self.rows["point"][rows], self.rows["label"][rows]
         channels, maximum = self.info.channels, self.info.max_pixel_value
-        return ExampleArrays(len(rows), lambda i: (read_example(self.files[points[i]], channels, maximum), labels[i]),
+        return ExampleArrays(len(rows), lambda i: (read_example(self.files[points[i]], channels, maximum, size), labels[i]),
                              channels)
