@@ -87,7 +87,7 @@ def test_feature_dataset_serves_every_cached_example_once_per_epoch(tmp_path, mo
     np.testing.assert_array_equal(second, values[labels] * 2)
 
 
-def test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_splits():
+def test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_splits(monkeypatch):
     from dataclasses import replace
 
     from zoo.harness.features import cache_key
@@ -111,6 +111,10 @@ def test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_spli
     pretrained = replace(spec, weights="imagenet")
     assert cache_key(replace(pretrained, seed=1), content, False, "float32") == cache_key(pretrained, content, False,
                                                                                           "float32")
+
+    # Rows decoded another way (a new decode version) give other features.
+    monkeypatch.setattr("zoo.data.decoded.DECODE_VERSION", 999)
+    assert cache_key(spec, content, False, "float32") != base
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,13 @@ def cache_key(spec, content: dict, head_needs_pyramid: bool, precision: str) -> 
     """The cache folder's name: everything that changes any image's features (``spec``: the run's
     zoo.runspec.RunSpec). ``content`` maps each source split to an identity of its images
     (zoo.data.sources.Source.content_id)."""
+    from zoo.data.decoded import DECODE_VERSION
     from zoo.weights import weights_identity
 
     dataset = {k: v for k, v in spec.dataset.items() if k != "split"}  # carving is per run
     identity = {
         "version": FEATURE_CACHE_VERSION, "dataset": dataset, "content": content, "backbone": spec.backbone,
+        "decode_version": DECODE_VERSION,  # features of rows decoded another way are other features
         "backbone_options": spec.backbone_options, "image_size": spec.train.image_size,
         "weights": weights_identity(spec.weights), "preprocessing": spec.train.preprocessing,
         "pyramid": head_needs_pyramid, "precision": precision,
