@@ -291,6 +291,20 @@ MUTATIONS = [
              '"steady_images_per_second": after_first / (seconds - first[0]) if after_first else None}',
              '"steady_images_per_second": after_first / seconds if after_first else None}',
              ("tests/test_batch_predict.py::test_a_folder_gives_one_row_per_image_equal_to_zoo_predict_on_each_file",)),
+    Mutation("zoo predict decodes a large JPEG otherwise than the run's own images", "zoo/predict.py",
+             "suffix=PurePosixPath(location).suffix, size=self.input.image_size)",
+             "suffix=PurePosixPath(location).suffix)",
+             ("tests/test_input_path.py::test_large_jpegs_decode_at_a_reduced_scale_the_same_way_for_training_and_"
+              "prediction",)),
+    Mutation("the scan's reduced-scale check of a JPEG reads its header only", "zoo/data/folder.py",
+             "        image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))\n        image.load()\n",
+             "        image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))\n",
+             ("tests/test_input_path.py::test_large_jpegs_decode_at_a_reduced_scale_the_same_way_for_training_and_"
+              "prediction",)),
+    Mutation("features of rows decoded another way are reused", "zoo/harness/features.py",
+             '        "decode_version": DECODE_VERSION,', '        "decode_version": 2,',
+             ("tests/test_performance.py::test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_"
+              "splits",)),
 ]
 
 
