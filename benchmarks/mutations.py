@@ -301,6 +301,14 @@ MUTATIONS = [
              "        image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))\n",
              ("tests/test_input_path.py::test_large_jpegs_decode_at_a_reduced_scale_the_same_way_for_training_and_"
               "prediction",)),
+    Mutation("finished runs on a folder changed since are taken for today's images", "zoo/harness/preflight.py",
+             "        if moved:\n            changed.setdefault", "        if False:\n            changed.setdefault",
+             ("tests/test_harness.py::test_finished_runs_on_a_folder_changed_since_are_named_not_taken_for_todays_"
+              "images",)),
+    Mutation("a suite run in the same process as an earlier one reads the earlier scan of a folder",
+             "zoo/harness/executors.py", "        forget_sources()\n", "        pass\n",
+             ("tests/test_harness.py::test_finished_runs_on_a_folder_changed_since_are_named_not_taken_for_todays_"
+              "images",)),
     Mutation("features of rows decoded another way are reused", "zoo/harness/features.py",
              '        "decode_version": DECODE_VERSION,', '        "decode_version": 2,',
              ("tests/test_performance.py::test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_"

@@ -274,3 +274,50 @@ def test_the_eta_follows_the_recorded_plan_scaled_by_how_the_finished_runs_compa
     # A remaining run the plan does not know: the mean of the finished ones, as without a plan.
     assert _eta({"small": 20.0}, ["large", "unplanned"], 1, planned) == "ETA 0m40s"
     assert _eta({}, ["unplanned"], 1, planned) == "ETA: after the first run"
+
+
+def test_finished_runs_on_a_folder_changed_since_are_named_not_taken_for_todays_images(tmp_path):
+    """A user adds photos to the folder and runs the same suite again: every run is finished, yet it saw
+    other images. zoo run and zoo plan say so with the command that retrains them; a card's data and an
+    unchanged folder say nothing."""
+    from PIL import Image
+
+    from zoo.harness.runner import plan_suite
+
+    rng = np.random.default_rng(0)
+
+    def photo(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(path)
+
+    for label in ("dune", "forest"):
+        for index in range(12):
+            photo(tmp_path / "photos" / label / f"{index}.png")
+    suite = load_suite({"name": "photos", "backbones": ["baseline_cnn"], "heads": ["linear"],
+                        "datasets": [{"name": "photos", "source": "folder", "path": str(tmp_path / "photos")},
+                                     "synthetic_terrain"],
+                        "train": {"image_size": 32, "batch_size": 8, "epochs": 1, "steps_per_epoch": 2}})
+    out = tmp_path / "out"
+    assert run_suite(suite, out, executor="in-process", report=False, log=lambda *_: None) == 0
+
+    def warnings(force=False):
+        lines = []
+        run_suite(suite, out, executor="in-process", report=False, log=lines.append, force=force)
+        plan_suite(suite, out, log=lines.append, suite_path="photos.yaml")
+        return [line for line in lines if line.startswith("warning: dataset")]
+
+    assert warnings() == []
+    for index in (12, 13):
+        photo(tmp_path / "photos" / "forest" / f"{index}.png")
+    found = warnings()
+    assert len(found) == 2 and all("dataset photos: 1 finished run(s) saw other images" in line
+                                   and "train 24 -> 26 images" in line for line in found), found
+    assert f"`zoo run photos.yaml --out {out} --force --only 'photos-*'`" in found[1]
+    # As many images, one moved to the other class: other images all the same.
+    (tmp_path / "photos" / "forest" / "12.png").unlink()
+    (tmp_path / "photos" / "forest" / "13.png").rename(tmp_path / "photos" / "dune" / "13.png")
+    (tmp_path / "photos" / "dune" / "0.png").unlink()
+    assert "train 24 -> 24 images" not in warnings()[0] and "other images, as many" in warnings()[0]
+    # Trained again on today's images: nothing to say.
+    run_suite(suite, out, only="photos-*", force=True, executor="in-process", report=False, log=lambda *_: None)
+    assert warnings() == []

@@ -126,7 +126,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         from zoo.harness.runner import plan_suite
 
-        return plan_suite(suite, out, only=args.only)
+        return plan_suite(suite, out, only=args.only, suite_path=args.suite)
     executor = "in-process" if args.in_process else args.executor
     options = {}
     if executor == "ray":
@@ -170,7 +170,7 @@ def cmd_plan(args) -> int:
 
     suite = load_suite(args.suite, args.set)
     return plan_suite(suite, Path(args.out) if args.out else Path("runs") / suite["name"], only=args.only,
-                      record=args.record)
+                      record=args.record, suite_path=args.suite)
 
 
 def cmd_report(args) -> int:

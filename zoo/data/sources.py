@@ -5,6 +5,7 @@ scale); targets are int32 class indices (classification) or uint8 (H, W) masks.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,6 +98,18 @@ class Source:
         keyed by it. The dataset's configuration pins the data here; sources whose files can
         change under the same configuration (the user's folders) add their listing."""
         return f"{split}:{self.info.splits[split]}"
+
+    def signature(self, split: str) -> str:
+        """What ``split`` holds, by name: its examples' ids and (classification) labels, hashed. A run records
+        it, so that a user's folder changed since (images added, removed, moved between classes) is told
+        apart from the one the run saw; neither the files' bytes (an image edited in place keeps it) nor
+        where the folder lives enter it."""
+        import hashlib
+
+        labels = self.labels(split)
+        ids = self.example_ids(split)
+        digest = hashlib.sha1(json.dumps([ids, None if labels is None else labels.tolist()]).encode())
+        return f"{len(ids)}:{digest.hexdigest()[:16]}"
 
     def example_ids(self, split: str, indices=None) -> list[str]:
         """A stable name per example, in ``examples`` order: predictions of two runs are aligned by

@@ -86,7 +86,10 @@ class InProcessExecutor:
                               f"sets its own backend) or set KERAS_BACKEND={others[0]} for a suite of that backend")
 
     def start(self, runs: int | None = None, backend: str | None = None) -> None:
-        """Nothing to start."""
+        """Nothing to start; the suite's datasets are opened afresh (this process may have run another suite)."""
+        from zoo.harness.stages import forget_sources
+
+        forget_sources()
 
     def slots(self) -> list:
         return [self]

@@ -175,6 +175,48 @@ def check_readiness(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
     return sources, problems + weights_problems(runs) + backend_problems(runs)
 
 
+def changed_data_warnings(finished, runs_dir: Path, cache_dir=None, command: str = "zoo run SUITE") -> list[str]:
+    """Finished runs of the user's own data (folders, track manifests) whose images have changed since they
+    ran (their dataset.json's signatures): their results are kept, not silently taken for today's data. One
+    line per dataset. A folder that cannot be opened now says nothing here (its results stand as they are)."""
+    from zoo.data.sources import PATH_SOURCES, open_source
+
+    changed: dict[str, list] = {}
+    sources: dict = {}
+    for run in finished:
+        if run.dataset.get("source") not in PATH_SOURCES:
+            continue  # cards pin their data: a version, or embedded generation
+        try:
+            recorded = json.loads((Path(runs_dir) / run.run_id / "dataset.json").read_text())
+            signatures, counts = recorded["signatures"], recorded["splits"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a run of an earlier zoo recorded none
+        key = _dataset_key(run.dataset)
+        if key not in sources:
+            try:
+                sources[key] = open_source(run.dataset, cache_dir=cache_dir)
+            except (DataError, ConfigError, OSError):
+                sources[key] = None
+        source = sources[key]
+        if source is None:
+            continue
+        moved = [split for split, signature in signatures.items()
+                 if split not in source.info.splits or source.signature(split) != signature]
+        if moved:
+            changed.setdefault(key, []).append((run, {split: (counts.get(split), source.info.splits.get(split, 0))
+                                                      for split in moved}))
+    warnings = []
+    for key, entries in changed.items():
+        run, splits = entries[0]
+        name = run.dataset["name"]
+        sizes = ", ".join(f"{split} {then} -> {now} images" if then != now else f"{split}: other images, as many"
+                          for split, (then, now) in splits.items())
+        warnings.append(f"warning: dataset {name}: {len(entries)} finished run(s) saw other images than "
+                        f"{run.dataset.get('path')} holds now ({sizes}); their results are kept as they were. "
+                        f"`{command} --force --only '{name}-*'` trains them on the current images")
+    return warnings
+
+
 def small_class_warnings(runs, sources: dict) -> list[str]:
     """Classes too small for the requested splits: with no validation or test example their
     results cannot be judged. One line per dataset and carving."""

@@ -221,6 +221,11 @@ def pending_runs(selected: list[RunSpec], runs_dir: Path, force: bool) -> list[R
     return [r for r in selected if force or (read_result(runs_dir / r.run_id) or {}).get("status") != "ok"]
 
 
+def _finished(selected: list[RunSpec], todo: list[RunSpec]) -> list[RunSpec]:
+    pending = {r.run_id for r in todo}
+    return [r for r in selected if r.run_id not in pending]
+
+
 def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False, executor: str = "worker",
               report: bool = True, log=_log, prepare: bool = False, suite_path: str | None = None,
               executor_options: dict | None = None, mlflow: str | None = None) -> int:
@@ -234,13 +239,16 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     a tracking URI (else the suite's ``tracking.mlflow``, else MLFLOW_TRACKING_URI) each finished
     run is logged to.
     """
-    from zoo.harness.preflight import (NotReadyError, check_readiness, format_problems, prepare_missing,
-                                       slow_backend_warnings, small_class_warnings)
+    from zoo.harness.preflight import (NotReadyError, changed_data_warnings, check_readiness, format_problems,
+                                       prepare_missing, slow_backend_warnings, small_class_warnings)
 
     out_dir = Path(out_dir)
     runs, selected = select_runs(suite, only)
     runs_dir = out_dir / "runs"
     todo = pending_runs(selected, runs_dir, force)
+    for warning in changed_data_warnings(_finished(selected, todo), runs_dir, out_dir / "cache",
+                                         f"zoo run {suite_path or 'SUITE'} --out {out_dir}"):
+        log(warning)
     runner = make_executor(executor, **(executor_options or {}))
     try:
         if todo and hasattr(runner, "check"):
@@ -452,16 +460,21 @@ def _record_plan(out_dir: Path, plan: dict) -> None:
         pass
 
 
-def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log, record: bool = False) -> int:
+def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log, record: bool = False,
+               suite_path: str | None = None) -> int:
     """``zoo plan`` / ``zoo run --dry-run``: every run with its status and readiness, and time
     estimates for the pending ones; trains nothing and writes nothing but the folder-scan cache
     the runs reuse, and with ``record`` OUT/plan.json (the estimates, which ``zoo serve`` shows beside
     the time each run then takes). 2 if a run cannot start."""
-    from zoo.harness.preflight import check_readiness, format_plan, format_problems, make_plan, slow_backend_warnings
+    from zoo.harness.preflight import (changed_data_warnings, check_readiness, format_plan, format_problems,
+                                       make_plan, slow_backend_warnings)
 
     out_dir = Path(out_dir)
     _, selected = select_runs(suite, only)
     todo = pending_runs(selected, out_dir / "runs", force=False)
+    for warning in changed_data_warnings(_finished(selected, todo), out_dir / "runs", out_dir / "cache",
+                                         f"zoo run {suite_path or 'SUITE'} --out {out_dir}"):
+        log(warning)
     sources, problems = check_readiness(todo, cache_dir=out_dir / "cache")
     plan = make_plan(selected, out_dir, sources, problems, log=log)
     log(format_plan(plan))

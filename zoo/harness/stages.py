@@ -101,6 +101,12 @@ def opened_source(dataset: dict, cache_dir: Path):
     return _SOURCES[key]
 
 
+def forget_sources() -> None:
+    """Open every dataset afresh from now on: a suite reads a user's folder as it is when the suite starts
+    (a process that runs several suites, --in-process or a notebook, would keep the first one's scan)."""
+    _SOURCES.clear()
+
+
 class LazyPipelines(dict):
     """The run's train, val and test input pipelines, each built on first use."""
 
@@ -221,7 +227,9 @@ def record_split(run_dir: Path, spec: RunSpec, data: RunData) -> None:
                                         "train_class_counts": data.train_counts, "class_weights": data.class_weights})
     np.savez_compressed(run_dir / "split_indices.npz",
                         **{k: (v[1] if v[1] is not None else np.arange(labelled[v[0]])) for k, v in data.plan.items()})
-    write_json(run_dir / "dataset.json", data.info.to_dict())
+    # Each source split's signature: a later `zoo run` tells a user's folder changed since (zoo.harness.preflight).
+    signatures = {split: data.source.signature(split) for split in sorted({v[0] for v in data.plan.values()})}
+    write_json(run_dir / "dataset.json", {**data.info.to_dict(), "signatures": signatures})
 
 
 # -- model --------------------------------------------------------------------------------------------
