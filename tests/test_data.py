@@ -2,6 +2,8 @@
 folders with broken files, the embedded synthetic data, split carving and the pipeline."""
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -322,6 +324,43 @@ def test_a_missing_dataset_path_says_where_a_relative_one_was_looked_for(tmp_pat
         open_source({"name": "photos", "source": "folder", "path": str(tmp_path / "photos")})
     with pytest.raises(DataError, match=f"trips.csv does not exist \\(relative paths .*{re.escape(str(tmp_path))}"):
         open_source({"name": "trips", "source": "tracks", "path": "trips.csv"})
+
+
+def test_sixteen_bit_images_far_below_full_scale_get_a_note_naming_the_likely_one(tmp_path):
+    """Sentinel-2 reflectance (0-10,000) or a 12-bit camera in 16-bit files, scaled by 65,535, reaches the model
+    dark: zoo data info and zoo run / zoo plan say which max_pixel_value fits, and nothing once it is given."""
+    rng = np.random.default_rng(0)
+    for label in ("crop", "water"):
+        (tmp_path / "tiles" / label).mkdir(parents=True)
+        for index in range(4):
+            tifffile.imwrite(tmp_path / "tiles" / label / f"{index}.tif",
+                             rng.integers(0, 3800 + 50 * index, (16, 16, 4), dtype=np.uint16))
+    entry = {"name": "tiles", "source": "folder", "path": str(tmp_path / "tiles")}
+    notes = open_source(entry).info.notes
+    assert len(notes) == 1 and "brightest pixel is 3,9" in notes[0] and "`max_pixel_value: 4095`" in notes[0], notes
+    assert open_source({**entry, "max_pixel_value": 4095}).info.notes == []
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "data", "info", str(tmp_path / "tiles")],
+                            capture_output=True, text=True)
+    assert "note: 16-bit images whose brightest pixel" in result.stdout, result.stdout + result.stderr
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(json.dumps({"name": "tiles", "backbones": ["baseline_cnn"], "heads": ["linear"],
+                                 "datasets": [entry], "train": {"image_size": 32}}))
+    plan = subprocess.run([sys.executable, "-m", "zoo.cli", "plan", str(suite), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert "note: dataset tiles: 16-bit images whose brightest" in plan.stdout, plan.stdout + plan.stderr
+    # Full-range 16-bit data and 8-bit photos: nothing to say.
+    for label in ("crop", "water"):
+        tifffile.imwrite(tmp_path / "tiles" / label / "bright.tif", np.full((16, 16, 4), 60000, np.uint16))
+    assert open_source(entry).info.notes == []
+    assert open_source({"name": "photos", "source": "folder", "path": str(make_photo_folder(tmp_path / "p"))}).info.notes == []
+
+
+def make_photo_folder(root):
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for index in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * index, np.uint8)).save(root / label / f"{index}.png")
+    return root
 
 
 def test_ignored_classes_are_given_by_name_or_index_and_an_unknown_one_is_refused(tmp_path):

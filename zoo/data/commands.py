@@ -40,6 +40,7 @@ def format_info(info: dict) -> str:
              "splits:      " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()),
              f"skipped:     {len(info['skipped'])} file(s)"]
     lines += [f"  {item['path']}: {item['reason']}" for item in info["skipped"]]
+    lines += [f"note: {note}" for note in info.get("notes") or []]
     return "\n".join(lines)
 
 

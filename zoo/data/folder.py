@@ -155,7 +155,8 @@ def _probe(path: Path) -> dict:
         if path.suffix.lower() in (".jpg", ".jpeg"):
             return _probe_jpeg(path)
         array = read_image(path, reduce=False)
-        return {"shape": list(array.shape), "dtype": str(array.dtype)}
+        brightest = int(array.max()) if array.dtype.kind in "ui" and array.size else None
+        return {"shape": list(array.shape), "dtype": str(array.dtype), "max": brightest}
     except Exception as error:  # PIL, tifffile and OS errors all mean "unreadable"
         return {"error": f"{type(error).__name__}: {error}".splitlines()[0][:200]}
 
@@ -184,6 +185,27 @@ def dataset_format(probes: dict[str, dict], max_pixel_value=None) -> tuple[int, 
     channels = Counter(p["shape"][-1] for p in readable).most_common(1)[0][0]
     dtype = Counter(p["dtype"] for p in readable).most_common(1)[0][0]
     return channels, float(max_pixel_value or {"uint8": 255, "uint16": 65535}.get(dtype, 1.0))
+
+
+# Full scales of 16-bit files that hold fewer bits, as sensors write them, with what writes them.
+COMMON_FULL_SCALES = ((1023, "10-bit sensors"), (4095, "12-bit sensors"),
+                      (10000, "Sentinel-2 and Landsat reflectance x 10,000"), (16383, "14-bit sensors"))
+
+
+def range_note(probes: dict[str, dict], max_pixel_value=None) -> str | None:
+    """A note for 16-bit files whose brightest pixel is far below 65,535 when the dataset entry gives no
+    ``max_pixel_value``: scaled by 65,535 they reach the model dark (a 12-bit camera's or Sentinel-2's
+    values use 6-25 % of the range). None when nothing is to be said or a file's maximum is not known."""
+    readable = [p for p in probes.values() if "error" not in p]
+    if max_pixel_value or not readable or any(p["dtype"] != "uint16" or p.get("max") is None for p in readable):
+        return None
+    brightest = max(p["max"] for p in readable)
+    scale, what = next(((v, w) for v, w in COMMON_FULL_SCALES if brightest <= v), (None, None))
+    if scale is None:
+        return None
+    return (f"16-bit images whose brightest pixel is {brightest:,} of 65,535 ({brightest / 65535:.0%}): scaled by "
+            f"65,535 they reach the model dark. If {scale:,} is their full scale ({what}), add "
+            f"`max_pixel_value: {scale}` to the dataset entry")
 
 
 def refusal(probe: dict, channels: int) -> str | None:
@@ -281,6 +303,7 @@ class FolderScan:
         # Names, sizes and modification times of every file, masks included.
         self.listing_key = images_key + (files_key(masks) if masks else "")
         self.channels, self.max_pixel_value = dataset_format(probes, max_pixel_value)
+        self.notes = [note for note in [range_note(probes, max_pixel_value)] if note]
         for split, items in candidates.items():
             self.examples[split] = [item for item in items if self._accept(item[0], probes[str(item[0])])]
         shapes = {tuple(probes[str(item[0])]["shape"][:2]) for items in self.examples.values() for item in items}

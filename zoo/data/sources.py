@@ -31,6 +31,7 @@ class DatasetInfo:
     ignore_classes: list = field(default_factory=list)
     max_pixel_value: float = 255.0
     labelled_splits: list = field(default_factory=lambda: ["train"])
+    notes: list = field(default_factory=list)  # what the user may want to set, said before training
 
     @property
     def num_classes(self) -> int:
@@ -338,7 +339,7 @@ class FolderSource(Source):
             class_names=self.scan.class_names, channels=self.scan.channels, image_shape=self.scan.image_shape,
             splits={split: len(items) for split, items in self.scan.examples.items()},
             skipped=self.scan.skipped, ignore_classes=sorted(set(ignored_class_indices(card, self.scan.class_names) + void)),
-            max_pixel_value=self.scan.max_pixel_value, labelled_splits=list(self.scan.examples))
+            max_pixel_value=self.scan.max_pixel_value, labelled_splits=list(self.scan.examples), notes=self.scan.notes)
 
     def labels(self, split):
         if self.info.task != "classification":

@@ -111,7 +111,7 @@ class TrackManifestSource(_TrackSource):
 
         import pandas as pd
 
-        from zoo.data.folder import dataset_format, files_key, probe_files, refusal, relative_to_here
+        from zoo.data.folder import dataset_format, files_key, probe_files, range_note, refusal, relative_to_here
 
         manifest = Path(card.get("path", "")).expanduser()
         if not manifest.is_file():
@@ -148,7 +148,8 @@ class TrackManifestSource(_TrackSource):
         self.listing = hashlib.sha1(manifest.read_bytes()).hexdigest() + files_key([Path(f) for f in self.files])
         self.info = DatasetInfo(name=card.get("name") or manifest.stem, task="classification",
                                 class_names=class_names, channels=channels, image_shape=None,
-                                splits={"train": len(table)}, skipped=self.skipped, max_pixel_value=maximum)
+                                splits={"train": len(table)}, skipped=self.skipped, max_pixel_value=maximum,
+                                notes=[n for n in [range_note(probes, card.get("max_pixel_value"))] if n])
 
     def content_id(self, split):
         return f"{split}:{self.info.splits[split]}:{self.listing}"

@@ -179,8 +179,11 @@ def _storage_guard(out_dir: Path, action):
 
 
 def log_skipped_files(sources: dict, log) -> None:
-    """How many files each dataset skipped at decode, and the first few with their reasons."""
+    """Each dataset's notes (settings the user may want), how many files it skipped at decode, and the first
+    few with their reasons."""
     for source in sources.values():
+        for note in source.info.notes or []:
+            log(f"note: dataset {source.info.name}: {note}")
         skipped = source.info.skipped or []
         if skipped:
             shown = "; ".join(f"{Path(s['path']).name}: {s['reason']}" for s in skipped[:SKIPPED_SHOWN])
@@ -476,6 +479,7 @@ def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log, record: 
                                          f"zoo run {suite_path or 'SUITE'} --out {out_dir}"):
         log(warning)
     sources, problems = check_readiness(todo, cache_dir=out_dir / "cache")
+    log_skipped_files(sources, log)
     plan = make_plan(selected, out_dir, sources, problems, log=log)
     log(format_plan(plan))
     for warning in slow_backend_warnings(todo):
