@@ -309,6 +309,9 @@ MUTATIONS = [
              "zoo/harness/executors.py", "        forget_sources()\n", "        pass\n",
              ("tests/test_harness.py::test_finished_runs_on_a_folder_changed_since_are_named_not_taken_for_todays_"
               "images",)),
+    Mutation("16-bit images far below full scale train dark without a word", "zoo/harness/runner.py",
+             '            log(f"note: dataset {source.info.name}: {note}")\n', "            pass\n",
+             ("tests/test_data.py::test_sixteen_bit_images_far_below_full_scale_get_a_note_naming_the_likely_one",)),
     Mutation("features of rows decoded another way are reused", "zoo/harness/features.py",
              '        "decode_version": DECODE_VERSION,', '        "decode_version": 2,',
              ("tests/test_performance.py::test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_"
