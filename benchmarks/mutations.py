@@ -312,6 +312,10 @@ MUTATIONS = [
     Mutation("16-bit images far below full scale train dark without a word", "zoo/harness/runner.py",
              '            log(f"note: dataset {source.info.name}: {note}")\n', "            pass\n",
              ("tests/test_data.py::test_sixteen_bit_images_far_below_full_scale_get_a_note_naming_the_likely_one",)),
+    Mutation("zoo weights check takes a file of the right name for the weights", "zoo/weights.py",
+             "            if file_matches_hash(path, weights.file_hash):\n                return \"here\", str(path)\n",
+             "            if True:\n                return \"here\", str(path)\n",
+             ("tests/test_weights.py::test_weights_check_says_what_a_run_would_find_here_without_downloading",)),
     Mutation("features of rows decoded another way are reused", "zoo/harness/features.py",
              '        "decode_version": DECODE_VERSION,', '        "decode_version": 2,',
              ("tests/test_performance.py::test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_"

@@ -191,3 +191,31 @@ def test_weights_fetch_downloads_and_checks_the_hash(weights_server, tmp_path, m
             assert "failed\tvgg16" in capsys.readouterr().err
             assert not dest.exists() or list(dest.iterdir()) == []
     assert requests.count("/vgg16_test_notop.h5") == 2
+
+
+def test_weights_check_says_what_a_run_would_find_here_without_downloading(tiny_backbone, tmp_path, monkeypatch,
+                                                                           capsys):
+    """An offline machine's question before a suite: which pretrained weights are here? A hash-checked
+    file is here, one of the right name with another hash damaged, an absent one missing with the fetch
+    command; a keras-hub preset the same; exit 1 unless all are here. Nothing is downloaded."""
+    from zoo.cli import main
+
+    spec, path, _ = tiny_backbone
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("ZOO_WEIGHTS_DIR", str(path.parent))
+    monkeypatch.setattr("zoo.weights.download_weights", lambda *a: pytest.fail("weights check downloaded"))
+    assert main(["weights", "check", "tiny_test"]) == 0
+    out = capsys.readouterr().out
+    assert f"here\ttiny_test\t{path}" in out and "1 of 1 here" in out
+    path.write_bytes(path.read_bytes()[:-10])  # a truncated copy
+    assert main(["weights", "check", "tiny_test"]) == 1
+    out = capsys.readouterr().out
+    assert "damaged\ttiny_test" in out and "hash differs" in out and "0 of 1 here; 0 missing, 1 damaged" in out
+    monkeypatch.setenv("ZOO_WEIGHTS_DIR", str(tmp_path / "empty"))
+    assert main(["weights", "check", "tiny_test"]) == 1
+    out = capsys.readouterr().out
+    assert "missing\ttiny_test\ttiny_notop.h5" in out and "`zoo weights fetch 'tiny_test' --dest DIR`" in out
+    assert main(["weights", "check", "dinov2_small"]) == 1
+    assert "missing\tdinov2_small\tkeras-hub preset dinov2_small" in capsys.readouterr().out
+    assert main(["weights", "check", "baseline_cnn"]) == 1  # trained from scratch: no weights to check
+    assert "no backbone with pretrained weights matches" in capsys.readouterr().err

@@ -27,6 +27,7 @@ EXAMPLES = {
     "list": "zoo list backbones 'resnet*' --long",
     "weights": "zoo weights fetch 'resnet*' --dest /media/usb/weights",
     "weights fetch": "zoo weights fetch 'dinov2*' --dest /media/usb/weights   (then ZOO_WEIGHTS_DIR=/media/usb/weights)",
+    "weights check": "ZOO_WEIGHTS_DIR=/media/usb/weights zoo weights check 'resnet*'   (what a run would find here)",
     "run": "zoo run benchmarks/quickstart.yaml --set train.epochs=2 --only '*baseline_cnn*'",
     "plan": "zoo plan benchmarks/quickstart.yaml",
     "report": "zoo report runs/quickstart --latency-budget 5 --size-budget 10",
@@ -109,6 +110,27 @@ def cmd_weights(args) -> int:
     if failures:
         print(f"{failures} file(s) could not be fetched; nothing partial was left in {dest}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def cmd_weights_check(args) -> int:
+    """Which backbones' pretrained weights this machine holds, checked as a run would find them (hashes,
+    complete preset folders), with nothing downloaded: 1 when any is missing or damaged."""
+    from zoo.backbones import BACKBONES
+    from zoo.weights import weights_status
+
+    names = [n for n in BACKBONES.list(args.pattern) if BACKBONES.get(n).has_imagenet_weights]
+    if not names:
+        print(f"no backbone with pretrained weights matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    counts = {"here": 0, "missing": 0, "damaged": 0}
+    for name in names:
+        status, detail = weights_status(BACKBONES.get(name))
+        counts[status] += 1
+        print(f"{status}\t{name}\t{detail}")
+    print(f"{counts['here']} of {len(names)} here" + (
+        f"; {counts['missing']} missing, {counts['damaged']} damaged: on a machine with internet run `zoo weights "
+        f"fetch '{args.pattern}' --dest DIR`, copy DIR here and set ZOO_WEIGHTS_DIR=DIR" if counts["here"] < len(names) else ""))
+    return 0 if counts["here"] == len(names) else 1
 
 
 def cmd_run(args) -> int:
@@ -322,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--dest", required=True, help="folder to put the files in (then set ZOO_WEIGHTS_DIR to it)")
     fetch.add_argument("--include-top", action="store_true", help="also the files with the ImageNet classifier")
     fetch.set_defaults(func=cmd_weights)
+    check = weights_commands.add_parser("check", help="which pretrained weights this machine holds (nothing "
+                                                      "downloaded; exit 1 when any is missing or damaged)")
+    check.add_argument("pattern", nargs="?", default="*")
+    check.set_defaults(func=cmd_weights_check)
 
     run = commands.add_parser("run", help="train and evaluate every run of a suite file")
     run.add_argument("suite", help="suite YAML file, e.g. benchmarks/quickstart.yaml")

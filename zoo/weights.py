@@ -92,6 +92,29 @@ def resolve_imagenet_weights(spec: BackboneSpec, include_top: bool = False,
         f"{WEIGHTS_DIR_ENV}=that folder, or put it in {keras_cache_dir()}.")
 
 
+def weights_status(spec: BackboneSpec) -> tuple[str, str]:
+    """Whether ``spec``'s pretrained weights are on this machine, without downloading or probing the network:
+    ("here", where), ("damaged", why: a file of the right name with another hash, an incomplete preset
+    folder) or ("missing", what to fetch)."""
+    if spec.hub is not None:
+        folder, rejected = locate_preset(spec)
+        if folder is not None:
+            return "here", str(folder)
+        if rejected:
+            return "damaged", "; ".join(rejected)
+        return "missing", f"keras-hub preset {spec.hub.preset} ({preset_download_size(spec)})"
+    weights = weights_file(spec)
+    damaged = []
+    for path in candidate_paths(weights):
+        if path.is_file():
+            if file_matches_hash(path, weights.file_hash):
+                return "here", str(path)
+            damaged.append(f"{path} (hash differs from {weights.file_hash}: incomplete or a different file)")
+    if damaged:
+        return "damaged", "; ".join(damaged)
+    return "missing", f"{weights.file_name} (looked in {', '.join(str(p.parent) for p in candidate_paths(weights))})"
+
+
 def download_weights(weights: WeightsFile, dest: Path) -> Path:
     """Download ``weights`` into ``dest`` and check its hash; a partial or mismatching file never
     remains there (it is downloaded into a staging folder and moved in only once checked)."""
