@@ -18,6 +18,8 @@ import argparse
 import json
 import sys
 
+from zoo.arguments import positive_number, whole_number
+
 # Commands that load models while a suite may be training on the same GPU ("try it" in zoo serve, zoo
 # predict, zoo export): they take GPU memory as they need it instead of most of the device at once.
 BESIDE_TRAINING = {"serve", "predict", "export"}
@@ -27,7 +29,7 @@ EXAMPLES = {
     "list": "zoo list backbones 'resnet*' --long",
     "weights": "zoo weights fetch 'resnet*' --dest /media/usb/weights",
     "weights fetch": "zoo weights fetch 'dinov2*' --dest /media/usb/weights   (then ZOO_WEIGHTS_DIR=/media/usb/weights)",
-    "weights check": "ZOO_WEIGHTS_DIR=/media/usb/weights zoo weights check 'resnet*'   (what a run would find here)",
+    "weights check": "zoo weights check 'resnet*'   (where a run would look: ZOO_WEIGHTS_DIR, the Keras cache)",
     "run": "zoo run benchmarks/quickstart.yaml --set train.epochs=2 --only '*baseline_cnn*'",
     "plan": "zoo plan benchmarks/quickstart.yaml",
     "report": "zoo report runs/quickstart --latency-budget 5 --size-budget 10",
@@ -299,30 +301,6 @@ def cmd_predict(args) -> int:
     if failed:
         print(f"zoo: {failed} of {len(images)} input(s) could not be classified", file=sys.stderr)
     return 1 if failed else 0
-
-
-def whole_number(minimum: int):
-    """An argparse type: a whole number of at least ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    return parse
-
-
-def positive_number(text: str) -> float:
-    """An argparse type: a number above 0 (a budget in ms or MB)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

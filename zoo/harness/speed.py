@@ -121,10 +121,12 @@ def speed_arguments(args) -> list[str]:
 
 
 def add_speed_command(commands) -> None:
+    from zoo.arguments import whole_number
+
     speed = commands.add_parser("speed", help="inference and training images/s of backbones on synthetic input")
     speed.add_argument("patterns", nargs="*", help="backbone names or globs (default: all)")
-    speed.add_argument("--size", type=int, default=224)
-    speed.add_argument("--batch", type=int, default=64)
+    speed.add_argument("--size", type=whole_number(1), default=224, help="input side in pixels (default 224)")
+    speed.add_argument("--batch", type=whole_number(1), default=64, help="images per step (default 64)")
     speed.add_argument("--precision", choices=PRECISIONS, default="float32",
                        help="mixed: float16 on GPUs, bfloat16 on CPUs; or the half type named")
     speed.add_argument("--xla", action="store_true", help="XLA-compile the steps (JAX always compiles)")
