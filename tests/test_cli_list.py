@@ -59,6 +59,10 @@ def test_console_script_runs():
     (["report", "OUT", "--size-budget", "abc"], "argument --size-budget: 'abc' is not a number"),
     (["report", "OUT", "--detailed-models", "-3"], "argument --detailed-models: must be at least 0, got -3"),
     (["report", "OUT", "--format", "pdf"], "unknown report format(s) ['pdf']; use md and/or html"),
+    (["speed", "baseline_cnn", "--batch", "-1"], "argument --batch: must be at least 1, got -1"),
+    (["run", "suite.yaml", "--gpus-per-run", "-1"], "argument --gpus-per-run: must be 0 or more, got -1"),
+    (["run", "suite.yaml", "--max-retries", "-2"], "argument --max-retries: must be at least 0, got -2"),
+    (["serve", "OUT", "--port", "70000"], "argument --port: a port is at most 65535, got 70000"),
 ])
 def test_bad_numbers_and_formats_get_one_line_naming_the_option(args, message, capsys, tmp_path):
     """No traceback (zoo predict --top-k 0 raised an IndexError): one line, exit 2."""

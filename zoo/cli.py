@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from zoo.arguments import positive_number, whole_number
+from zoo.arguments import non_negative_number, port_number, positive_number, whole_number
 
 # Commands that load models while a suite may be training on the same GPU ("try it" in zoo serve, zoo
 # predict, zoo export): they take GPU memory as they need it instead of most of the device at once.
@@ -342,9 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mlflow", metavar="URI", help="log every run to this MLflow tracking server (default: the "
                                                      "suite's tracking.mlflow, else MLFLOW_TRACKING_URI)")
     run.add_argument("--address", help="Ray cluster: auto (default), HOST:PORT or ray://HOST:10001")
-    run.add_argument("--gpus-per-run", type=float, help="Ray: GPUs per run (default 1 where the cluster has GPUs)")
-    run.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs per run (default 1)")
-    run.add_argument("--max-retries", type=int, default=1,
+    run.add_argument("--gpus-per-run", type=non_negative_number, help="Ray: GPUs per run (default 1 where the cluster has GPUs)")
+    run.add_argument("--cpus-per-run", type=positive_number, default=1, help="Ray: CPUs per run (default 1)")
+    run.add_argument("--max-retries", type=whole_number(0), default=1,
                      help="Ray: times a run is retried when its worker or node dies (default 1)")
     run.add_argument("--isolate", dest="executor", action="store_const", const="isolated",
                      help="= --executor isolated")
@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="a local web page over output folders: the study live, leaderboards "
                                               "with budgets, comparisons, and trying a model on your images")
     serve.add_argument("out", nargs="+", help="folders `zoo run` wrote (runs/<suite>), each served read-only")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: this machine only); any other needs --token")
     serve.add_argument("--token", help="required on every request (default: ZOO_SERVE_TOKEN); open the printed "
