@@ -316,6 +316,9 @@ MUTATIONS = [
              "            if file_matches_hash(path, weights.file_hash):\n                return \"here\", str(path)\n",
              "            if True:\n                return \"here\", str(path)\n",
              ("tests/test_weights.py::test_weights_check_says_what_a_run_would_find_here_without_downloading",)),
+    Mutation("the report is silent about the classes its scores leave out", "zoo/metrics.py",
+             '    note = f"Left out of the loss and the scores: {\', \'.join(names)}."\n', '    return ""\n',
+             ("tests/test_report.py::test_a_segmentation_folder_is_ranked_by_miou_with_the_kl_score_beside_it",)),
     Mutation("features of rows decoded another way are reused", "zoo/harness/features.py",
              '        "decode_version": DECODE_VERSION,', '        "decode_version": 2,',
              ("tests/test_performance.py::test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_"

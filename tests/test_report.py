@@ -157,7 +157,8 @@ def test_html_opens_in_headless_chromium(store, tmp_path):
 
 def test_a_segmentation_folder_is_ranked_by_miou_with_the_kl_score_beside_it(tmp_path):
     """A user's own segmentation folder has no card choosing a metric: its leaderboard and
-    recommendation go by mIoU, the field's standard, and show the KL score beside it."""
+    recommendation go by mIoU, the field's standard, and show the KL score beside it. Its void pixels
+    (a Pascal VOC-style 255 border) are named as left out, with how many pixels were predicted as void."""
     from zoo.report import write_report
 
     rng = np.random.default_rng(0)
@@ -166,10 +167,11 @@ def test_a_segmentation_folder_is_ranked_by_miou_with_the_kl_score_beside_it(tmp
     for index in range(24):
         mask = np.zeros((16, 16), np.uint8)
         mask[:, : int(rng.integers(4, 12))] = 1
+        mask[0, :] = 255
         pixels = (mask[..., None] * 150 + rng.integers(0, 60, (16, 16, 3))).astype(np.uint8)
         Image.fromarray(pixels).save(tmp_path / "seg" / "images" / f"{index}.png")
         Image.fromarray(mask).save(tmp_path / "seg" / "masks" / f"{index}.png")
-    suite = load_suite({"name": "seg-report", "datasets": [{"name": "fields", "source": "folder",
+    suite = load_suite({"name": "seg-report", "datasets": [{"name": "fields", "source": "folder", "void_value": 255,
                                                             "path": str(tmp_path / "seg")}],
                         "heads": ["fcn"], "train": {"image_size": 16, "batch_size": 8, "epochs": 1}})
     assert run_suite(suite, tmp_path / "out", executor="in-process", report=False, log=lambda *_: None) == 0
@@ -178,3 +180,9 @@ def test_a_segmentation_folder_is_ranked_by_miou_with_the_kl_score_beside_it(tmp
     assert f"Best mIoU: **baseline_cnn/fcn** with {row['miou']:.4f}" in text
     board = markdown_table(text, "| rank | model | miou")
     assert board[0]["kl_score"] == f"{row['kl_score']:.4f}"
+    metrics = json.loads((tmp_path / "out" / "runs" / row["run_id"] / "metrics.json").read_text())
+    assert [c["class"] for c in metrics["per_class"]] == ["class_0", "class_1"]  # void is no scored class
+    scored = int(np.sum(metrics["confusion_matrix"]))
+    assert scored == metrics["test_examples"] * 15 * 16  # the void row of every test tile left out
+    assert (f"Left out of the loss and the scores: void. {metrics['pixels_predicted_as_ignored']:,} of the "
+            f"{scored:,} scored test pixels") in text

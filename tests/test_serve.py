@@ -181,6 +181,12 @@ def test_a_run_page_says_where_the_run_s_time_went(study):
     shown = re.search(r'<p id="time">The whole run ([0-9.]+) s: (.*?)\.</p>', body.decode())
     assert status == 200 and shown, body.decode()[:3000]
     assert [part.split(" ")[0] for part in shown.group(2).split(" · ")] == list(stages)
+    # A land-cover run names the classes its scores leave out, and how many pixels went to them.
+    landcover = run_ids(out, "synthetic_landcover")[0]
+    metrics = json.loads((out / "runs" / landcover / "metrics.json").read_text())
+    page = server.get(f"/s/0/run/{url(landcover)}")[1].decode()
+    assert (f"Left out of the loss and the scores: no_data, clouds. {metrics['pixels_predicted_as_ignored']:,} of "
+            f"the") in page
 
 
 def test_files_of_a_run_are_served_read_only(study):

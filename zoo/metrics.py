@@ -177,3 +177,18 @@ def distribution_metrics(true_proportions, predicted_proportions, class_names, i
             "dominant_class_accuracy": float(accuracy_score(dominant_true, dominant_pred)),
             "mean_absolute_proportion_error": float(np.abs(true_proportions[:, kept] - predicted_proportions[:, kept]).mean()),
             "class_names": [class_names[c] for c in kept]}
+
+
+def ignored_classes_note(metrics: dict, info: dict) -> str:
+    """For a run whose dataset ignores classes (land cover's no_data and clouds, a folder's void pixels):
+    which, and how many scored pixels the model gave to them (each an error of its true class)."""
+    names = [info["class_names"][i] for i in info.get("ignore_classes") or [] if i < len(info.get("class_names", []))]
+    if not names:
+        return ""
+    note = f"Left out of the loss and the scores: {', '.join(names)}."
+    predicted = metrics.get("pixels_predicted_as_ignored")
+    scored = int(np.sum(metrics.get("confusion_matrix") or 0))
+    if predicted is not None and scored:
+        note += (f" {predicted:,} of the {scored:,} scored test pixels ({predicted / scored:.1%}) were predicted as "
+                 f"{'it' if len(names) == 1 else 'one of them'}, each an error of its true class.")
+    return note

@@ -17,7 +17,7 @@ from jinja2 import Environment, PackageLoader
 
 from zoo import stats
 from zoo.errors import ConfigError
-from zoo.metrics import METRICS
+from zoo.metrics import METRICS, ignored_classes_note
 from zoo.report import figures
 from zoo.export import FORMATS
 from zoo.results import RESULT_COLUMNS, load_runs, write_atomic
@@ -364,9 +364,13 @@ class ReportBuilder:
                           "recall_smoothed": smoothed.get(c["class"], {}).get("recall"),
                           "note": _class_note(c, task)}
                          for c in metrics.get("per_class", [])]
+            try:
+                info = json.loads((self.run_dir(row["run_id"]) / "dataset.json").read_text())
+            except (OSError, ValueError):
+                info = {}
             entry = {"run_id": row["run_id"], "label": _label(row) + f" seed {row['seed']}",
                      "per_class": per_class, "has_iou": task != "classification", "smoothed": bool(smoothed),
-                     "confusion": None}
+                     "confusion": None, "ignored": ignored_classes_note(metrics, info)}
             if metrics.get("confusion_matrix") and row["run_id"] in seeds_of:
                 seeds = seeds_of[row["run_id"]]
                 matrix = np.sum([self.metrics_of(run_id)["confusion_matrix"] for run_id in seeds], axis=0)

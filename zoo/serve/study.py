@@ -289,9 +289,12 @@ class Study:
                             "quantize", "megabytes", "latency_ms", "accuracy", "accuracy_drop", "error")}}
                        for name in FORMATS
                        if result.get(f"{name}_megabytes") is not None or result.get(f"{name}_error")]
+        from zoo.metrics import ignored_classes_note
+
         return {"run_id": run_id, "result": result, "metrics": metrics, "problems": problems,
                 "files": files, "deployments": deployments, "has_model": (folder / "model.keras").is_file(),
-                "task": result.get("task") or "classification"}
+                "task": result.get("task") or "classification",
+                "ignored": ignored_classes_note(metrics, _read_json(folder / "dataset.json") or {})}
 
     def history(self, run_id: str):
         import pandas as pd
