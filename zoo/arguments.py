@@ -17,12 +17,16 @@ def whole_number(minimum: int):
     return parse
 
 
-def positive_number(text: str) -> float:
-    """An argparse type: a number above 0 (a budget in ms or MB)."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a number above 0 (a budget in ms or MB)."""
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value
@@ -30,10 +34,7 @@ def positive_number(text: str) -> float:
 
 def non_negative_number(text: str) -> float:
     """An argparse type: a number of at least 0 (GPUs per Ray run: 0 for none, a fraction to share one)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
