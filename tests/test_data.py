@@ -282,6 +282,9 @@ def test_palette_masks_and_a_void_value_read_as_pascal_voc_means_them(tmp_path):
         open_source({**entry, "class_names": ["background", "cat", "dog"]})
     named = open_source({**entry, "class_names": ["background", "cat", "dog"], "void_value": 255})
     assert named.info.class_names == ["background", "cat", "dog", "void"] and named.info.ignore_classes == [3]
+    from zoo.data.commands import format_info
+
+    assert "ignored:     void (left out of the loss and the scores)" in format_info(named.info.to_dict())
     source = open_source({**entry, "void_value": 255})
     assert source.info.class_names == ["class_0", "class_1", "class_2", "void"] and source.info.ignore_classes == [3]
     _, mask = source.example_arrays("train")[1]

@@ -32,9 +32,12 @@ def dataset_info(name_or_path: str, data_dir: str | None = None) -> dict:
 
 
 def format_info(info: dict) -> str:
+    names = info["class_names"]
+    ignored = [str(names[i]) for i in info.get("ignore_classes") or [] if i < len(names)]
     lines = [f"name:        {info['name']}", f"task:        {info['task']}",
              f"classes:     {info['num_classes']} ({', '.join(map(str, info['class_names'][:12]))}"
              f"{', ...' if info['num_classes'] > 12 else ''})",
+             *([f"ignored:     {', '.join(ignored)} (left out of the loss and the scores)"] if ignored else []),
              f"channels:    {info['channels']}",
              f"image shape: {info['image_shape'] or 'varies'}",
              "splits:      " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()),
