@@ -319,6 +319,10 @@ MUTATIONS = [
     Mutation("the report is silent about the classes its scores leave out", "zoo/metrics.py",
              '    note = f"Left out of the loss and the scores: {\', \'.join(names)}."\n', '    return ""\n',
              ("tests/test_report.py::test_a_segmentation_folder_is_ranked_by_miou_with_the_kl_score_beside_it",)),
+    Mutation("zoo run keeps the suite's answer in the report file", "zoo/harness/runner.py",
+             "        for dataset, sentences in answers:  # the suite's answer",
+             "        for dataset, sentences in []:  # the suite's answer",
+             ("tests/test_harness.py::test_zoo_run_ends_with_each_dataset_s_recommendation",)),
     Mutation("features of rows decoded another way are reused", "zoo/harness/features.py",
              '        "decode_version": DECODE_VERSION,', '        "decode_version": 2,',
              ("tests/test_performance.py::test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_"

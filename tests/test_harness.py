@@ -321,3 +321,18 @@ def test_finished_runs_on_a_folder_changed_since_are_named_not_taken_for_todays_
     # Trained again on today's images: nothing to say.
     run_suite(suite, out, only="photos-*", force=True, executor="in-process", report=False, log=lambda *_: None)
     assert warnings() == []
+
+
+def test_zoo_run_ends_with_each_dataset_s_recommendation(tmp_path, monkeypatch):
+    """The suite's answer where the user is looking: the report's recommendation, per dataset, in the terminal."""
+    monkeypatch.chdir(tmp_path)
+    suite = load_suite({"name": "answer", "datasets": ["synthetic_terrain"], "backbones": ["baseline_cnn"],
+                        "heads": ["linear"], "train": {"image_size": 32, "batch_size": 16, "epochs": 1,
+                                                       "steps_per_epoch": 2}})
+    lines = []
+    assert run_suite(suite, tmp_path / "out", executor="in-process", report=True, log=lines.append) == 0
+    text = "\n".join(lines)
+    row = pd.read_csv(tmp_path / "out" / "results.csv").iloc[0]
+    assert f"synthetic_terrain:\n  Best accuracy: baseline_cnn/linear with {row['accuracy']:.4f}" in text, text
+    assert text.index("Best accuracy") < text.index("report: reports/answer/report.md")
+    assert "**" not in text

@@ -362,7 +362,10 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
     if report:
         from zoo.report import write_report
 
-        paths = write_report(out_dir)
+        answers: list = []
+        paths = write_report(out_dir, recommendations=answers)
+        for dataset, sentences in answers:  # the suite's answer, where the user is looking
+            log(f"{dataset}:\n" + "\n".join(f"  {sentence}" for sentence in sentences))
         log("report: " + ", ".join(str(p) for p in paths))
     if failed:
         log(f"{len(failed)} of {len(selected)} runs failed:")

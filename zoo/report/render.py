@@ -459,10 +459,12 @@ def _inline_markdown(text: str) -> str:
 
 
 def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budget_ms=None,
-                 notes: list | None = None, size_budget_mb=None, detailed_models: int | None = None) -> list[Path]:
+                 notes: list | None = None, size_budget_mb=None, detailed_models: int | None = None,
+                 recommendations: list | None = None) -> list[Path]:
     """Write report.md and/or report.html (plus figures/) for a results store; returns the paths.
     ``notes``, if given, receives what was left out of the report (damaged runs, lines of
-    results.csv that are not runs), one sentence each. Per-class tables, confusion matrices and
+    results.csv that are not runs), one sentence each; ``recommendations`` receives (dataset, the
+    recommendation's sentences as plain text) for each dataset. Per-class tables, confusion matrices and
     training curves are given for each dataset's first ``detailed_models`` models and those the
     recommendation names (DETAILED_MODELS when None); every model has its leaderboard row."""
     builder = None
@@ -478,6 +480,9 @@ def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budge
     model = builder.build()
     if notes is not None:
         notes.extend(builder.left_out)
+    if recommendations is not None:
+        recommendations.extend((section["name"], [sentence.replace("**", "") for sentence in section["recommendation"]])
+                               for section in model["sections"])
     # Escape everything in the HTML template (class names, paths and errors come from users);
     # select_autoescape would look at the ".j2" suffix and escape nothing.
     environment = Environment(loader=PackageLoader("zoo.report", "templates"),
