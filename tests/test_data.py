@@ -297,6 +297,9 @@ def test_palette_masks_and_a_void_value_read_as_pascal_voc_means_them(tmp_path):
         open_source({**entry, "void_value": "255"})
     with pytest.raises(ConfigError, match="void_value is for the masks of your own folder"):
         open_source({"name": "synthetic_landcover", "void_value": 255})
+    with pytest.raises(DataError, match="void_value marks the pixels of no class in segmentation masks, but this "
+                                        "folder holds class folders"):
+        open_source({"name": "p", "source": "folder", "path": str(make_photo_folder(tmp_path / "p")), "void_value": 255})
     # A colour-coded mask (RGB, one colour per class) is refused by name, not read as three bands.
     Image.fromarray(np.stack([np.asarray(Image.open(tmp_path / "voc" / "masks" / "0.png").convert("RGB"))[..., c]
                               for c in range(3)], -1)).save(tmp_path / "voc" / "masks" / "0.png")
