@@ -323,6 +323,10 @@ MUTATIONS = [
              "        for dataset, sentences in answers:  # the suite's answer",
              "        for dataset, sentences in []:  # the suite's answer",
              ("tests/test_harness.py::test_zoo_run_ends_with_each_dataset_s_recommendation",)),
+    Mutation("an image edited in place is taken for the one a run saw", "zoo/data/sources.py",
+             "        sizes = None if files is None else", "        sizes = None if True else",
+             ("tests/test_harness.py::test_finished_runs_on_a_folder_changed_since_are_named_not_taken_for_todays_"
+              "images",)),
     Mutation("features of rows decoded another way are reused", "zoo/harness/features.py",
              '        "decode_version": DECODE_VERSION,', '        "decode_version": 2,',
              ("tests/test_performance.py::test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_"

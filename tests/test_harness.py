@@ -318,6 +318,11 @@ def test_finished_runs_on_a_folder_changed_since_are_named_not_taken_for_todays_
     (tmp_path / "photos" / "forest" / "13.png").rename(tmp_path / "photos" / "dune" / "13.png")
     (tmp_path / "photos" / "dune" / "0.png").unlink()
     assert "train 24 -> 24 images" not in warnings()[0] and "other images, as many" in warnings()[0]
+    # An image edited in place (its size changes): other images too.
+    run_suite(suite, out, only="photos-*", force=True, executor="in-process", report=False, log=lambda *_: None)
+    assert warnings() == []
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "photos" / "dune" / "5.png")
+    assert "other images, as many" in warnings()[0]
     # Trained again on today's images: nothing to say.
     run_suite(suite, out, only="photos-*", force=True, executor="in-process", report=False, log=lambda *_: None)
     assert warnings() == []

@@ -6,6 +6,7 @@ scale); targets are int32 class indices (classification) or uint8 (H, W) masks.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,16 +102,22 @@ class Source:
         return f"{split}:{self.info.splits[split]}"
 
     def signature(self, split: str) -> str:
-        """What ``split`` holds, by name: its examples' ids and (classification) labels, hashed. A run records
-        it, so that a user's folder changed since (images added, removed, moved between classes) is told
-        apart from the one the run saw; neither the files' bytes (an image edited in place keeps it) nor
-        where the folder lives enter it."""
+        """What ``split`` holds: its examples' ids, (classification) labels and, for sources of files, the
+        files' sizes, hashed. A run records it, so that a user's folder changed since (images added, removed,
+        moved between classes, most edits in place) is told apart from the one the run saw; where the folder
+        lives and the files' dates do not enter it (a copied study and its data keep their signatures)."""
         import hashlib
 
         labels = self.labels(split)
         ids = self.example_ids(split)
-        digest = hashlib.sha1(json.dumps([ids, None if labels is None else labels.tolist()]).encode())
+        files = self.example_files(split)
+        sizes = None if files is None else [os.path.getsize(f) if os.path.isfile(f) else -1 for f in files]
+        digest = hashlib.sha1(json.dumps([ids, None if labels is None else labels.tolist(), sizes]).encode())
         return f"{len(ids)}:{digest.hexdigest()[:16]}"
+
+    def example_files(self, split: str) -> list[str] | None:
+        """The files ``split``'s examples are read from (images, then masks), where the source reads files."""
+        return None
 
     def example_ids(self, split: str, indices=None) -> list[str]:
         """A stable name per example, in ``examples`` order: predictions of two runs are aligned by
@@ -354,6 +361,11 @@ class FolderSource(Source):
         items = self.scan.examples[split]
         items = items if indices is None else [items[i] for i in indices]
         return [str(Path(path).relative_to(self.scan.root)) for path, _ in items]
+
+    def example_files(self, split):
+        items = self.scan.examples[split]
+        masks = [str(target) for _, target in items] if self.info.task != "classification" else []
+        return [str(path) for path, _ in items] + masks
 
     def example_arrays(self, split, indices=None, size=None):
         from zoo.data.folder import read_example, read_mask

@@ -154,6 +154,9 @@ class TrackManifestSource(_TrackSource):
     def content_id(self, split):
         return f"{split}:{self.info.splits[split]}:{self.listing}"
 
+    def example_files(self, split):
+        return [self.files[point] for point in self.rows["point"]]
+
     def example_ids(self, split, indices=None):
         return list(self.names) if indices is None else [self.names[i] for i in indices]
 
