@@ -202,13 +202,14 @@ def test_rows_that_are_not_runs_are_ignored_and_said_so(damaged, tmp_path):
     assert "line 4 of results.csv is not a run ('garbage,line'): ignored" in text
 
 
-def test_an_unparseable_results_table_is_one_line(damaged):
+def test_an_unparseable_results_table_is_one_line(damaged, tmp_path):
     out, _, _ = damaged
     with open(out / "results.csv", "a") as table:
         table.write('"unclosed,quote\n')
-    result = zoo("report", out)
+    result = zoo("report", out, cwd=tmp_path)
     assert result.returncode == 2
     assert "results.csv cannot be read as a table" in one_line(result) and "zoo run" in one_line(result)
+    assert not (tmp_path / "reports").exists()  # a refused report leaves no folder behind
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -101,8 +101,6 @@ class ReportBuilder:
         # No report folder (zoo serve): the leaderboards and the recommendation only, nothing written.
         self.report_dir = Path(report_dir) if report_dir is not None else None
         self.figure_dir = self.report_dir / "figures" if self.report_dir is not None else None
-        if self.figure_dir is not None:
-            self.figure_dir.mkdir(parents=True, exist_ok=True)
         self.latency_budget_ms = latency_budget_ms
         self.size_budget_mb = size_budget_mb
         self.results, self.left_out = load_runs(out_dir)
@@ -112,6 +110,8 @@ class ReportBuilder:
             raise DataError(f"{Path(out_dir) / 'results.csv'} lists no readable run"
                             + (f" ({'; '.join(self.left_out[:3])})" if self.left_out else "")
                             + f": run `zoo run SUITE --out {out_dir}` first")
+        if self.figure_dir is not None:  # only once there is something to report: a refusal leaves no folder
+            self.figure_dir.mkdir(parents=True, exist_ok=True)
         self.figure_files: list[Path] = []
 
     def run_dir(self, run_id) -> Path:
