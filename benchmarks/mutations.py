@@ -285,7 +285,7 @@ MUTATIONS = [
              "            if False:",
              ("tests/test_data.py::test_palette_masks_and_a_void_value_read_as_pascal_voc_means_them",)),
     Mutation("zoo run's ETA ignores the recorded plan", "zoo/harness/runner.py",
-             "    planned = _planned_seconds(out_dir)\n", "    planned = {}\n",
+             "    planned = recorded_estimates(out_dir)\n", "    planned = {}\n",
              ("tests/test_serve.py::test_a_run_finishing_while_the_page_is_open_shows_up",)),
     Mutation("zoo predict --output's rate after the first batch includes it", "zoo/predict.py",
              '"steady_images_per_second": after_first / (seconds - first[0]) if after_first else None}',

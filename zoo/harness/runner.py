@@ -136,8 +136,7 @@ def _eta(durations: dict[str, float], remaining: list[str], parallel: int = 1,
     """The time left for the ``remaining`` run ids. With ``zoo plan --record``'s estimates for every one
     of them, their sum, scaled by how the finished runs compared with their own estimates (runs differ
     tenfold in cost: a mean of the first few says little about the rest); else the finished runs' mean."""
-    def text(seconds: float) -> str:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    from zoo.harness.preflight import format_duration as text
 
     planned = planned or {}
     if remaining and all(run_id in planned for run_id in remaining):
@@ -152,10 +151,11 @@ def _eta(durations: dict[str, float], remaining: list[str], parallel: int = 1,
     return f"ETA {text(sum(durations.values()) / len(durations) * -(-len(remaining) // parallel))}"
 
 
-def _planned_seconds(out_dir: Path) -> dict[str, float]:
-    """OUT/plan.json's estimates by run id ({} when there is none or it cannot be read)."""
+def recorded_estimates(out_dir) -> dict[str, float]:
+    """OUT/plan.json's estimates (``zoo plan --record``) in seconds by run id; {} when there is none or it
+    cannot be read. zoo run's ETA, zoo serve and the next recorded plan read them here."""
     try:
-        estimates = json.loads((out_dir / PLAN_FILE).read_text()).get("estimates", {})
+        estimates = json.loads((Path(out_dir) / PLAN_FILE).read_text()).get("estimates", {})
         return {str(k): float(v) for k, v in estimates.items() if v}
     except (OSError, ValueError, AttributeError, TypeError):
         return {}
@@ -295,7 +295,7 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
     all_ids = [r.run_id for r in runs]
 
     durations: dict[str, float] = {}
-    planned = _planned_seconds(out_dir)
+    planned = recorded_estimates(out_dir)
     log(f"suite {suite['name']}: {len(runs)} runs, {len(selected) - len(todo)} already finished, "
         f"{len(todo)} to run -> {out_dir}")
     for warning in suite_warnings(todo):
@@ -453,11 +453,7 @@ def _record_plan(out_dir: Path, plan: dict) -> None:
     import datetime
 
     path = out_dir / PLAN_FILE
-    try:
-        earlier = json.loads(path.read_text()).get("estimates", {})
-    except (OSError, ValueError, AttributeError):
-        earlier = {}
-    estimates = {**earlier, **{r["run_id"]: r["estimate_seconds"] for r in plan["rows"]
+    estimates = {**recorded_estimates(out_dir), **{r["run_id"]: r["estimate_seconds"] for r in plan["rows"]
                                if r["estimate_seconds"] is not None}}
     try:
         write_json(path, {"device": plan["device"], "estimates": estimates,

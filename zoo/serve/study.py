@@ -125,9 +125,9 @@ class Study:
         return result
 
     def estimates(self) -> dict:
-        plan = _read_json(self.root / "plan.json") or {}
-        estimates = plan.get("estimates") if isinstance(plan, dict) else None
-        return estimates if isinstance(estimates, dict) else {}
+        from zoo.harness.runner import recorded_estimates
+
+        return recorded_estimates(self.root)
 
     def runs(self) -> dict:
         """Every run with its state: done, failed (its one-line reason), running (on which host, epochs
