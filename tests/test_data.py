@@ -413,6 +413,19 @@ def test_a_task_the_folder_layout_contradicts_is_refused(tmp_path):
             expand_suite(load_suite({**suite, "heads": ["fcn"], "datasets": [{**other, "task": "segmentation"}]}))
 
 
+def test_an_entry_with_only_a_path_reads_a_folder_or_a_track_manifest(tmp_path):
+    # As `zoo data info PATH` does: a suite entry need not say `source:` for a path of its own.
+    from zoo.harness.suite import expand_suite, load_suite
+
+    make_segmentation_folder(tmp_path / "seg")
+    runs = expand_suite(load_suite({"name": "x", "heads": ["fcn"], "backbones": ["baseline_cnn"],
+                                    "datasets": [{"name": "seg", "path": str(tmp_path / "seg")}]}))
+    assert [(run.dataset["source"], run.head) for run in runs] == [("folder", "fcn")]  # its layout: segmentation
+    assert open_source({"name": "seg", "path": str(tmp_path / "seg")}).info.task == "segmentation"
+    with pytest.raises(DataError, match="t.csv does not exist"):  # a .csv path is opened as a track manifest
+        open_source({"name": "patrol", "path": str(tmp_path / "t.csv")})
+
+
 def test_single_class_and_empty_split_are_rejected(tmp_path):
     (tmp_path / "one" / "only").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "one" / "only" / "a.png")

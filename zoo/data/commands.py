@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from zoo.data.cards import DATASETS
-from zoo.data.sources import open_source
+from zoo.data.sources import open_source, source_of_path
 from zoo.errors import DataError
 
 
@@ -13,8 +13,7 @@ def dataset_info(name_or_path: str, data_dir: str | None = None) -> dict:
     """The info of a registered dataset or of a folder, as a plain dict."""
     path = Path(name_or_path).expanduser()
     if name_or_path not in DATASETS and path.exists():
-        # A CSV file is a track manifest (path, label, track_id, position); a folder holds images.
-        source = "tracks" if path.is_file() and path.suffix.lower() == ".csv" else "folder"
+        source = source_of_path(name_or_path)
         entry = {"name": path.stem if source == "tracks" else path.name, "source": source, "path": name_or_path}
         return open_source(entry).info.to_dict()
     card = DATASETS.get(name_or_path)

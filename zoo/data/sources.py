@@ -393,6 +393,11 @@ class FolderSource(Source):
 # Sources a suite opens from the entry's own `path:`, without a dataset card, and their task
 # (None: read from the folder's layout).
 PATH_SOURCES = {"folder": None, "tracks": "classification"}
+
+
+def source_of_path(path: str) -> str:
+    """The source a bare `path:` names: a CSV file is a track manifest, anything else a folder of images."""
+    return "tracks" if str(path).lower().endswith(".csv") else "folder"
 # What a suite's dataset entry may say besides its card's own keys (which it may override).
 DATASET_ENTRY_KEYS = ("name", "source", "path", "task", "class_names", "split", "max_pixel_value", "ignore_classes",
                       "void_value", "data_dir", "manual_dir")
@@ -427,14 +432,21 @@ def resolve_dataset_config(entry: dict) -> dict:
     key that neither zoo nor the card knows is refused, naming the closest known one."""
     if not isinstance(entry, dict) or not entry.get("name"):
         raise ConfigError("each dataset needs at least `name:` (a card such as eurosat_rgb, or your own name "
-                          "with `source: folder` and `path:`)")
+                          "with `path:` to your folder)")
     card = DATASETS.get(entry["name"]) if entry["name"] in DATASETS else None
     check_keys(entry, list(DATASET_ENTRY_KEYS) + [k for k in card or {} if k not in DATASET_ENTRY_KEYS],
                f"dataset {entry['name']!r}")
+    if card is None and "source" not in entry and isinstance(entry.get("path"), str):
+        # `zoo data info PATH` reads a path without being told its source; a suite entry does the same.
+        entry = {**entry, "source": source_of_path(entry["path"])}
     _check_entry_values(entry)
+    if card is None and "source" in entry and entry["source"] not in PATH_SOURCES:
+        raise ConfigError(f"dataset {entry['name']!r}: source {entry['source']!r} reads no data of your own without "
+                          f"a dataset card; use `source: folder` (a folder of images) or `source: tracks` (a track "
+                          f"manifest CSV), or leave `source:` out and give `path:`")
     if card is None and entry.get("source") not in PATH_SOURCES:
-        raise ConfigError(f"{DATASETS.unknown_message(entry['name'])} For your own images use "
-                          f"`source: folder` with `path:` (or `source: tracks` with a track manifest CSV).")
+        raise ConfigError(f"{DATASETS.unknown_message(entry['name'])} For your own images give `path:` (a folder, "
+                          f"or a track manifest CSV).")
     # The data decides the task (a folder's layout is checked where the suite expands): a `task:` that
     # contradicts it would only fail later, inside a run, with the wrong heads.
     fixed = card["task"] if card is not None else PATH_SOURCES[entry["source"]]
