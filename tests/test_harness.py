@@ -171,6 +171,24 @@ def test_bad_suite_fails_before_training_naming_the_key(change, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize("folder", ["dog photos", "tiles"])
+def test_a_folder_given_as_the_suite_is_answered_with_a_suite_that_runs_it(tmp_path, monkeypatch, folder):
+    """`zoo run my_photos/` is what a newcomer types first: the answer is a suite file that works as written."""
+    import yaml
+
+    from tests.test_data import make_classification_folder
+
+    monkeypatch.chdir(tmp_path)
+    make_classification_folder(tmp_path / folder)
+    with pytest.raises(ConfigError, match=f"{folder} is a folder, not a suite file") as error:
+        load_suite(folder)
+    message = str(error.value)
+    suggested = message.split(".yaml:\n", 1)[1].split("\nthen:", 1)[0]
+    runs = expand_suite(load_suite(yaml.safe_load(suggested)))
+    assert {run.backbone for run in runs} == {"baseline_cnn", "mobilenet_v3_small"}
+    assert {run.dataset["path"] for run in runs} == {folder}
+
+
 def test_sweeps_and_overrides_expand_into_distinct_runs():
     suite = load_suite({**TINY, "heads": ["linear"], "datasets": ["synthetic_terrain"],
                         "train": {"optimizer": ["adam", "sgd"], "learning_rate": [0.01, 0.001]}},

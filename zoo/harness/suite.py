@@ -163,6 +163,17 @@ def load_suite(path_or_dict, overrides: list[str] | None = None) -> dict:
         raw = path_or_dict
     else:
         path = Path(path_or_dict)
+        if path.is_dir():
+            # `zoo run my_photos/`: the folder is a dataset, which a suite file names.
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.resolve().name).strip("._") or "my_images"
+            where = str(path) if re.fullmatch(r"[A-Za-z0-9_./~-]+", str(path)) else json.dumps(str(path))
+            raise ConfigError(f"{path} is a folder, not a suite file. To compare backbones on its images, write a "
+                              f"suite file naming it, e.g. {name}.yaml:\n"
+                              f"  name: {name}\n"
+                              f"  datasets: [{{name: {name}, path: {where}}}]\n"
+                              f"  backbones: [baseline_cnn, mobilenet_v3_small]\n"
+                              f"then: zoo plan {name}.yaml, zoo run {name}.yaml (zoo data info {path} checks the "
+                              f"folder first)")
         if not path.is_file():
             raise ConfigError(f"suite file {path} does not exist")
         try:
