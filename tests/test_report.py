@@ -138,6 +138,24 @@ def test_pareto_front():
     assert sorted(pareto_front([(0.2, 10), (0.5, 20)], higher_is_better=False)) == [0, 1]
 
 
+def test_training_curves_show_a_one_epoch_run_and_whole_epochs():
+    """A run of one epoch (a smoke test, `--set train.epochs=1`) is one point per curve: it is drawn,
+    and the epoch axis never reads 0.96, 0.98, 1.00..."""
+    from zoo.report.figures import curves_figure
+
+    one = pd.DataFrame({"epoch": [0], "loss": [0.9], "val_loss": [0.8], "accuracy": [0.5], "val_accuracy": [0.6]})
+    three = pd.DataFrame({"epoch": [0, 1, 2], "loss": [0.9, 0.5, 0.3], "val_loss": [0.8, 0.6, 0.5],
+                          "accuracy": [0.5, 0.7, 0.8], "val_accuracy": [0.6, 0.7, 0.75]})
+    for histories in ({"baseline_cnn/linear seed 0": one}, {"a": one, "b": three}):
+        figure = curves_figure(histories, "accuracy", "curves")
+        figure.canvas.draw()
+        for axes in figure.axes:
+            assert len(axes.lines) == 2 * len(histories)
+            assert all(line.get_marker() not in (None, "None", "") for line in axes.lines)
+            ticks = [tick for tick in axes.get_xticks() if axes.get_xlim()[0] <= tick <= axes.get_xlim()[1]]
+            assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+
+
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Chromium is not installed (.ci/run installs it)")
 def test_html_opens_in_headless_chromium(store, tmp_path):
     _, report_dir = store

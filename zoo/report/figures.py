@@ -41,20 +41,38 @@ def confusion_heatmap(matrix, class_names, title, path):
 
 def training_curves(histories: dict, metric: str, title, path):
     """histories: label -> DataFrame of history.csv."""
+    return _save(curves_figure(histories, metric, title), path)
+
+
+def curves_figure(histories: dict, metric: str, title):
+    """The training curves' figure: loss and ``metric`` by epoch, train solid and validation dashed.
+    Epochs are whole numbers on the axis, and each epoch is marked while they are few: a run of one
+    epoch is a point, which a line alone would not draw."""
+    from matplotlib.ticker import MaxNLocator
+
+    longest = max((len(history) for history in histories.values()), default=0)
+    style = {"marker": "o", "markersize": 3} if longest <= 30 else {}
+    validation_style = {**style, "markerfacecolor": "white"} if style else {}  # open marks: one epoch's two points
     figure, (loss_axes, metric_axes) = plt.subplots(1, 2, figsize=(10, 3.6))
     for label, history in histories.items():
-        line, = loss_axes.plot(history["epoch"] + 1, history["loss"], label=label)
+        epochs = history["epoch"] + 1
+        line, = loss_axes.plot(epochs, history["loss"], label=label, **style)
         if "val_loss" in history:
-            loss_axes.plot(history["epoch"] + 1, history["val_loss"], "--", color=line.get_color())
+            loss_axes.plot(epochs, history["val_loss"], "--", color=line.get_color(), **validation_style)
         if metric in history:
-            metric_axes.plot(history["epoch"] + 1, history[metric], color=line.get_color())
+            metric_axes.plot(epochs, history[metric], color=line.get_color(), **style)
             if f"val_{metric}" in history:
-                metric_axes.plot(history["epoch"] + 1, history[f"val_{metric}"], "--", color=line.get_color())
-    loss_axes.set(xlabel="epoch", ylabel="loss (solid: train, dashed: validation)")
+                metric_axes.plot(epochs, history[f"val_{metric}"], "--", color=line.get_color(), **validation_style)
+    for axes in (loss_axes, metric_axes):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if longest:
+            axes.set_xlim(0.5, longest + 0.5)  # a single epoch's autoscaled range holds no whole number
+    key = "solid, filled: train; dashed, open: validation" if style else "solid: train, dashed: validation"
+    loss_axes.set(xlabel="epoch", ylabel="loss")
     metric_axes.set(xlabel="epoch", ylabel=metric)
     loss_axes.legend(fontsize=7)
-    figure.suptitle(title, fontsize=9)
-    return _save(figure, path)
+    figure.suptitle(f"{title} ({key})", fontsize=9)
+    return figure
 
 
 def pareto_front(points, higher_is_better=True):
