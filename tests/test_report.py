@@ -171,6 +171,22 @@ def test_html_opens_in_headless_chromium(store, tmp_path):
                           capture_output=True, text=True, timeout=90)
     assert shot.returncode == 0 and screenshot.stat().st_size > 20_000, shot.stderr[-2000:]
     assert Image.open(screenshot).size == (1280, 2400)
+    # Laid out in a narrow window, the page itself never scrolls sideways: a wide leaderboard scrolls
+    # inside its own box (a 1280 px window cut the quickstart's last columns off).
+    probe = tmp_path / "probe.html"
+    probe.write_text(f"""<iframe id="r" src="{url}" style="width:900px;height:600px" onload="
+        const page = this.contentDocument.documentElement;
+        const board = this.contentDocument.querySelector('table.leaderboard');
+        document.getElementById('out').textContent =
+          'widths ' + page.scrollWidth + ' ' + page.clientWidth + ' ' + board.scrollWidth + ' ' + board.clientWidth;
+    "></iframe><pre id="out"></pre>""")
+    dom = subprocess.run(["chromium", *flags, "--allow-file-access-from-files", "--virtual-time-budget=5000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=90)
+    widths = re.search(r"widths (\d+) (\d+) (\d+) (\d+)", dom.stdout)
+    assert widths, dom.stdout[-2000:] + dom.stderr[-2000:]
+    page_width, page_visible, board_width, board_visible = map(int, widths.groups())
+    assert board_width > board_visible  # the leaderboard is wider than 900 px: it scrolls in its box...
+    assert page_width <= page_visible, widths.group(0)  # ...and the page does not
 
 
 def test_a_segmentation_folder_is_ranked_by_miou_with_the_kl_score_beside_it(tmp_path):
