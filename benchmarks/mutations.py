@@ -331,6 +331,19 @@ MUTATIONS = [
              '        "decode_version": DECODE_VERSION,', '        "decode_version": 2,',
              ("tests/test_performance.py::test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_"
               "splits",)),
+    Mutation("a dataset entry with only name and path is refused as an unknown dataset", "zoo/data/sources.py",
+             '    if card is None and "source" not in entry and isinstance(entry.get("path"), str):',
+             '    if False:',
+             ("tests/test_data.py::test_an_entry_with_only_a_path_reads_a_folder_or_a_track_manifest",)),
+    Mutation("zoo run FOLDER says only that no such suite file exists", "zoo/harness/suite.py",
+             "        if path.is_dir():", "        if False:",
+             ("tests/test_harness.py::test_a_folder_given_as_the_suite_is_answered_with_a_suite_that_runs_it",)),
+    Mutation("a one-epoch run's training curves are an empty figure", "zoo/report/figures.py",
+             '    style = {"marker": "o", "markersize": 3} if longest <= 30 else {}', "    style = {}",
+             ("tests/test_report.py::test_training_curves_show_a_one_epoch_run_and_whole_epochs",)),
+    Mutation("a leaderboard wider than the report's page widens the page", "zoo/report/templates/report.html.j2",
+             " display: block; overflow-x: auto; max-width: 100%; }", " }",
+             ("tests/test_report.py::test_html_opens_in_headless_chromium",)),
 ]
 
 
