@@ -344,6 +344,13 @@ MUTATIONS = [
     Mutation("a leaderboard wider than the report's page widens the page", "zoo/report/templates/report.html.j2",
              " display: block; overflow-x: auto; max-width: 100%; }", " }",
              ("tests/test_report.py::test_html_opens_in_headless_chromium",)),
+    Mutation("DINO's mask token trains without a gradient", "zoo/factory.py",
+             "    freeze_unread_weights(model)  # after the mode", "    pass  # after the mode",
+             ("tests/test_backbones.py::test_backbone_builds_with_every_compatible_head[dinov2_small]",)),
+    Mutation("a segmentation head over SigLIP keeps its attention pooling, untrained", "zoo/factory.py",
+             "    return bool(backbone_spec.pooled_layer) and head_spec.reads_pooled",
+             "    return bool(backbone_spec.pooled_layer)",
+             ("tests/test_backbones.py::test_backbone_builds_with_every_compatible_head[siglip_base]",)),
 ]
 
 

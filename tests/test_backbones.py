@@ -50,6 +50,22 @@ def trainable_count(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
+def shared_outputs(head):
+    """Heads taking the same backbone outputs can share one build of it."""
+    return HEADS.get(head).needs_pyramid, HEADS.get(head).reads_pooled
+
+
+def untrained_weights(model, x):
+    """The trainable weights of ``model`` that get no gradient from a loss on its output for ``x``."""
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        output = model(x, training=True)
+        loss = tf.reduce_sum(output * tf.random.stateless_normal(output.shape, seed=(1, 2)))
+    gradients = tape.gradient(loss, model.trainable_variables)
+    return [variable.path for variable, gradient in zip(model.trainable_variables, gradients) if gradient is None]
+
+
 @pytest.mark.parametrize("name", list_backbones())
 def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
     spec = BACKBONES.get(name)
@@ -63,13 +79,13 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
     channels = 4
     extractors = {}
     for head in heads:
-        key = HEADS.get(head).needs_pyramid
-        if key not in extractors:
-            extractors[key] = backbone_extractor(name, head, (size, size, channels), backbone_options=small)
+        if shared_outputs(head) not in extractors:
+            extractors[shared_outputs(head)] = backbone_extractor(name, head, (size, size, channels),
+                                                                  backbone_options=small)
 
     # Feature layers are names that exist and sit at their stated stride (a pyramid head's
     # backbone outputs them all; a classification head's may prune them).
-    base = extractors.get(True) or spec.build((size, size, 3), **small)
+    base = extractors.get(shared_outputs("unet")) or spec.build((size, size, 3), **small)
     for stride, layer_name in spec.feature_layers_by_stride.items():
         assert not KERAS_AUTO_NAME.fullmatch(layer_name), f"{layer_name} is an unstable auto-generated name"
         height = base.get_layer(layer_name).output.shape[1]
@@ -78,19 +94,22 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
     assert size // spec.output_stride - 3 <= base.outputs[0].shape[1] <= size // spec.output_stride
 
     for head in heads:
-        key = HEADS.get(head).needs_pyramid
         model = build_model(name, head, num_classes=5, input_shape=(size, size, channels), backbone_options=small,
-                            extractor=extractors[key])
+                            extractor=extractors[shared_outputs(head)])
         x = rng.uniform(0, 255, (2, size, size, channels)).astype("float32")
         y = np.asarray(model(x, training=False))
         expected = (2, 5) if HEADS.get(head).task != "segmentation" else (2, size, size, 5)
         assert y.shape == expected, head
         np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-4)
+        if head in ("linear", "fcn"):
+            # Every weight that trains is reached by the loss: none trains for nothing (and no optimizer
+            # warns of missing gradients in a user's run), whether the head reads the pooled vector or not.
+            assert untrained_weights(model, x) == [], head
 
     # Save and reload in safe mode: identical outputs.
     head = "unet" if "unet" in heads else "fcn"
     model = build_model(name, head, num_classes=3, input_shape=(size, size, 4), backbone_options=small,
-                        extractor=extractors[HEADS.get(head).needs_pyramid])
+                        extractor=extractors[shared_outputs(head)])
     x = rng.uniform(0, 255, (1, size, size, 4)).astype("float32")
     model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
@@ -99,7 +118,7 @@ def test_backbone_builds_with_every_compatible_head(name, tmp_path, rng):
 
     # Trainable-weight counts for each fine-tuning mode (the last use of the shared backbone).
     model = build_model(name, "linear", num_classes=5, input_shape=(size, size, channels), backbone_options=small,
-                        extractor=extractors[False])
+                        extractor=extractors[shared_outputs("linear")])
     backbone = model.get_layer("backbone")
     head_count = sum(int(np.prod(w.shape)) for layer in model.layers[2:] for w in layer.trainable_weights)
     all_count = trainable_count(model)

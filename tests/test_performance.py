@@ -91,30 +91,38 @@ def test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_spli
     from dataclasses import replace
 
     from zoo.harness.features import cache_key
+    from zoo.heads import HEADS
     from zoo.runspec import RunSpec
+
+    linear, flatten, unet = HEADS.get("linear"), HEADS.get("flatten"), HEADS.get("unet")
 
     spec = RunSpec.from_dict({"run_id": "r", "suite": "s", "dataset": {"name": "d"}, "backbone": "baseline_cnn",
                               "head": "linear", "weights": "none", "trainable": "frozen", "seed": 0,
                               "train": {"image_size": 32, "preprocessing": "none"}})
     content = {"train": "train:100"}
-    base = cache_key(spec, content, False, "float32")
+    base = cache_key(spec, content, linear, "float32")
     assert base == cache_key(replace(spec, dataset={"name": "d", "split": {"val": 0.3, "test": 0.3}}), content,
-                             False, "float32")  # carving is per run: the features are the same
-    changed = [cache_key(replace(spec, train=replace(spec.train, image_size=48)), content, False, "float32"),
-               cache_key(replace(spec, backbone="mobilenet_v2"), content, False, "float32"),
-               cache_key(replace(spec, train=replace(spec.train, preprocessing="equalize")), content, False, "float32"),
-               cache_key(spec, {"train": "train:101"}, False, "float32"),
-               cache_key(spec, content, True, "float32"), cache_key(spec, content, False, "mixed_bfloat16")]
+                             linear, "float32")  # carving is per run: the features are the same
+    changed = [cache_key(replace(spec, train=replace(spec.train, image_size=48)), content, linear, "float32"),
+               cache_key(replace(spec, backbone="mobilenet_v2"), content, linear, "float32"),
+               cache_key(replace(spec, train=replace(spec.train, preprocessing="equalize")), content, linear, "float32"),
+               cache_key(spec, {"train": "train:101"}, linear, "float32"),
+               cache_key(spec, content, unet, "float32"), cache_key(spec, content, linear, "mixed_bfloat16")]
     assert base not in changed and len(set(changed)) == len(changed)
+    # Heads taking the same outputs share features; a transformer's pooled vector is a feature only of
+    # the heads that read it (flatten reads the patch map alone).
+    assert cache_key(spec, content, flatten, "float32") == base
+    vit = replace(spec, backbone="deit_tiny")
+    assert cache_key(vit, content, flatten, "float32") != cache_key(vit, content, linear, "float32")
     # A random frozen backbone's features follow the seed; pretrained ones do not.
-    assert cache_key(replace(spec, seed=1), content, False, "float32") != base
+    assert cache_key(replace(spec, seed=1), content, linear, "float32") != base
     pretrained = replace(spec, weights="imagenet")
-    assert cache_key(replace(pretrained, seed=1), content, False, "float32") == cache_key(pretrained, content, False,
-                                                                                          "float32")
+    assert (cache_key(replace(pretrained, seed=1), content, linear, "float32")
+            == cache_key(pretrained, content, linear, "float32"))
 
     # Rows decoded another way (a new decode version) give other features.
     monkeypatch.setattr("zoo.data.decoded.DECODE_VERSION", 999)
-    assert cache_key(spec, content, False, "float32") != base
+    assert cache_key(spec, content, linear, "float32") != base
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,13 @@ def set_trainable(model, trainable: str) -> None:
     statistics are not wrecked by small fine-tuning batches (the Keras guide's advice); on a
     transformer, the last N blocks (see train_last_blocks).
     """
+    from zoo.backbones.hub import freeze_unread_weights
+
+    _apply_trainable(model, trainable)
+    freeze_unread_weights(model)  # after the mode: Keras's trainable flags reach the variables too
+
+
+def _apply_trainable(model, trainable: str) -> None:
     import keras
 
     mode, count = parse_trainable(trainable)
@@ -144,13 +151,18 @@ def tapped_strides(backbone_spec: BackboneSpec, head_spec: HeadSpec) -> list:
     return sorted(backbone_spec.feature_layers_by_stride) if head_spec.needs_pyramid else []
 
 
+def takes_pooled(backbone_spec: BackboneSpec, head_spec: HeadSpec) -> bool:
+    """Whether the backbone outputs its own pooled vector for this head: it has one and the head reads it."""
+    return bool(backbone_spec.pooled_layer) and head_spec.reads_pooled
+
+
 def head_features(backbone_spec: BackboneSpec, head_spec: HeadSpec, outputs) -> dict:
     """What a head gets from the backbone's outputs ``[last, *taps by increasing stride, pooled?]``:
     ``last``, ``by_stride`` (with the simple feature pyramid a plain ViT's pyramid heads need, built
     here beside the head so it trains with it) and ``pooled`` (None where the head averages ``last``)."""
     strides = tapped_strides(backbone_spec, head_spec)
     last, rest = outputs[0], list(outputs[1:])
-    pooled = rest.pop() if backbone_spec.pooled_layer else None
+    pooled = rest.pop() if takes_pooled(backbone_spec, head_spec) else None
     by_stride = dict(zip(strides, rest))
     if head_spec.needs_pyramid and backbone_spec.simple_pyramid:
         by_stride.update(simple_feature_pyramid(by_stride[16], backbone_spec.simple_pyramid))
@@ -178,7 +190,8 @@ def simple_feature_pyramid(stride16, strides) -> dict:
 
 def backbone_extractor(backbone: str, head: str, input_shape, weights=None, backbone_options: dict | None = None):
     """The backbone as the nested model ``build_model`` puts under the head: outputs
-    ``[last, *feature maps by increasing stride (pyramid heads only), pooled (if the backbone has it)]``.
+    ``[last, *feature maps by increasing stride (pyramid heads only), pooled (if the backbone has it
+    and the head reads it)]``.
     Pass it as ``build_model(..., extractor=...)`` to put several heads over one backbone."""
     import keras
 
@@ -191,7 +204,7 @@ def backbone_extractor(backbone: str, head: str, input_shape, weights=None, back
     taps = [base.get_layer(backbone_spec.feature_layers_by_stride[s]).output
             for s in tapped_strides(backbone_spec, head_spec)]
     last = base.outputs[0]  # a multi-output backbone (keras-hub) puts its deepest map first
-    pooled = [base.get_layer(backbone_spec.pooled_layer).output] if backbone_spec.pooled_layer else []
+    pooled = [base.get_layer(backbone_spec.pooled_layer).output] if takes_pooled(backbone_spec, head_spec) else []
     return keras.Model(base.input, [last, *taps, *pooled], name=BACKBONE_LAYER_NAME)
 
 
@@ -252,7 +265,7 @@ def _build_model(backbone, head, num_classes, input_shape, weights, trainable, b
 
     strides = tapped_strides(backbone_spec, head_spec)
     if extractor is not None:
-        expected = 1 + len(strides) + bool(backbone_spec.pooled_layer)
+        expected = 1 + len(strides) + takes_pooled(backbone_spec, head_spec)
         if tuple(extractor.input.shape[1:]) != tuple(input_shape) or len(extractor.outputs) != expected:
             raise ValueError(f"the extractor given does not fit {backbone}/{head} at {tuple(input_shape)}: "
                              f"make it with backbone_extractor({backbone!r}, {head!r}, {tuple(input_shape)})")
@@ -261,7 +274,8 @@ def _build_model(backbone, head, num_classes, input_shape, weights, trainable, b
         # Random weights differ by seed: never shared.
         shareable = reuse_frozen_backbone and trainable == "frozen" and identity != "none"
         key = json.dumps([backbone, list(input_shape), identity, backbone_options or {}, strides,
-                          batchnorm_momentum, keras.mixed_precision.global_policy().name], default=str)
+                          takes_pooled(backbone_spec, head_spec), batchnorm_momentum,
+                          keras.mixed_precision.global_policy().name], default=str)
         extractor = _FROZEN_BACKBONE.get(key) if shareable else None
         if extractor is None:
             extractor = backbone_extractor(backbone, head, input_shape, weights, backbone_options)

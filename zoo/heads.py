@@ -20,8 +20,10 @@ DECODER_WIDTHS = (256, 128, 64, 32, 16)  # segmentation_models' U-Net defaults, 
 class HeadSpec:
     """A registered head. ``build(features, num_classes, input_shape)`` returns the output tensor.
 
-    ``features`` holds ``last`` (the backbone's output) and ``by_stride`` (stride -> tensor),
-    the latter filled only when ``needs_pyramid`` is set.
+    ``features`` holds ``last`` (the backbone's output), ``by_stride`` (stride -> tensor), filled
+    only when ``needs_pyramid`` is set, and ``pooled`` (a transformer's own pooled vector), given
+    only when ``reads_pooled`` is set: a head that never reads it keeps the backbone's pooling
+    layers (SigLIP's attention pooling) out of its model, so no weight trains for nothing.
     """
 
     name: str
@@ -30,6 +32,7 @@ class HeadSpec:
     description: str
     needs_pyramid: bool = False
     min_pyramid_levels: int = 0
+    reads_pooled: bool = True
 
     def incompatibility(self, backbone) -> str | None:
         """Why this head cannot sit on ``backbone`` (a BackboneSpec), or None if it can."""
@@ -53,10 +56,11 @@ def head_task(head: str) -> str:
     return HEADS.get(head).task
 
 
-def register_head(name, task, description, needs_pyramid=False, min_pyramid_levels=0):
+def register_head(name, task, description, needs_pyramid=False, min_pyramid_levels=0, reads_pooled=True):
     """Decorator registering a head builder."""
     def decorate(build):
-        HEADS.register(name, HeadSpec(name, task, build, description, needs_pyramid, min_pyramid_levels))
+        HEADS.register(name, HeadSpec(name, task, build, description, needs_pyramid, min_pyramid_levels,
+                                      reads_pooled))
         return build
     return decorate
 
@@ -118,7 +122,8 @@ def mlp_head(features, num_classes, input_shape, hidden_units=1024):
     return _softmax(layers.Dense(num_classes, name="head_logits")(x))
 
 
-@register_head("flatten", "classification", "flatten, dense softmax (the dog-breed study's baseline head)")
+@register_head("flatten", "classification", "flatten, dense softmax (the dog-breed study's baseline head)",
+               reads_pooled=False)
 def flatten_head(features, num_classes, input_shape):
     from keras import layers
 
@@ -140,7 +145,8 @@ def distribution_head(features, num_classes, input_shape):
 
 # --- segmentation --------------------------------------------------------------------
 
-@register_head("fcn", "segmentation", "1x1 convolution on the last features, bilinear up-sampling to the input")
+@register_head("fcn", "segmentation", "1x1 convolution on the last features, bilinear up-sampling to the input",
+               reads_pooled=False)
 def fcn_head(features, num_classes, input_shape):
     from keras import layers
 
@@ -151,7 +157,7 @@ def fcn_head(features, num_classes, input_shape):
 
 @register_head("unet", "segmentation",
                "U-Net decoder: up-sample, concatenate the skip at each stride, two 3x3 convs",
-               needs_pyramid=True, min_pyramid_levels=3)
+               needs_pyramid=True, min_pyramid_levels=3, reads_pooled=False)
 def unet_head(features, num_classes, input_shape):
     from keras import layers
 
@@ -171,7 +177,7 @@ def unet_head(features, num_classes, input_shape):
 
 @register_head("fpn", "segmentation",
                "feature pyramid network: top-down path with lateral 1x1 convs, merged segmentation features",
-               needs_pyramid=True, min_pyramid_levels=3)
+               needs_pyramid=True, min_pyramid_levels=3, reads_pooled=False)
 def fpn_head(features, num_classes, input_shape, pyramid_width=128, segmentation_width=64):
     from keras import layers
 

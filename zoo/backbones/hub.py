@@ -252,6 +252,19 @@ def hub_builder(hub: HubModel):
     return build
 
 
+# Weights keras-hub builds for a pretraining task that an image's forward pass never reads: DINOv2's and
+# DINOv3's mask token (masked-image modelling). Trainable, they get no gradient, and Keras's optimizer
+# warns of it in every run ("Gradients do not exist ... did you forget to provide a `loss`?").
+UNREAD_WEIGHTS = ("mask_token",)
+
+
+def freeze_unread_weights(model) -> None:
+    """Keep the weights no forward pass reads (UNREAD_WEIGHTS) out of training."""
+    for variable in model.trainable_variables:
+        if variable.path.rsplit("/", 1)[-1] in UNREAD_WEIGHTS:
+            variable.trainable = False
+
+
 def transformer_blocks(backbone) -> list:
     """The transformer (or HGNetV2) blocks inside a built backbone (any keras-hub entry's), first to
     last; empty for a CNN laid out layer by layer."""

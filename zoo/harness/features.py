@@ -25,10 +25,13 @@ FEATURE_CACHE_VERSION = 2
 IN_MEMORY_BYTES = 1 << 30  # larger caches are read from memory-mapped files batch by batch
 
 
-def cache_key(spec, content: dict, head_needs_pyramid: bool, precision: str) -> str:
+def cache_key(spec, content: dict, head_spec, precision: str) -> str:
     """The cache folder's name: everything that changes any image's features (``spec``: the run's
     zoo.runspec.RunSpec). ``content`` maps each source split to an identity of its images
-    (zoo.data.sources.Source.content_id)."""
+    (zoo.data.sources.Source.content_id); ``head_spec`` (a zoo.heads.HeadSpec) decides which of the
+    backbone's outputs are features."""
+    from zoo.backbones import BACKBONES
+    from zoo.factory import takes_pooled
     from zoo.data.decoded import DECODE_VERSION
     from zoo.weights import weights_identity
 
@@ -38,7 +41,8 @@ def cache_key(spec, content: dict, head_needs_pyramid: bool, precision: str) -> 
         "decode_version": DECODE_VERSION,  # features of rows decoded another way are other features
         "backbone_options": spec.backbone_options, "image_size": spec.train.image_size,
         "weights": weights_identity(spec.weights), "preprocessing": spec.train.preprocessing,
-        "pyramid": head_needs_pyramid, "precision": precision,
+        "pyramid": head_spec.needs_pyramid, "pooled": takes_pooled(BACKBONES.get(spec.backbone), head_spec),
+        "precision": precision,
         # A frozen backbone without pretrained weights keeps its random initialisation, which
         # follows the run's seed: its features are that seed's alone.
         "random_init_seed": spec.seed if spec.weights == "none" else None,
@@ -144,7 +148,7 @@ def prepare(spec, data, model, head_spec, backbone_spec, precision: str, global_
 
     source_splits = sorted({split for split, _ in data.plan.values()})
     content = {split: data.source.content_id(split) for split in source_splits}
-    key = cache_key(spec, content, head_spec.needs_pyramid, precision)
+    key = cache_key(spec, content, head_spec, precision)
     folder = Path(cache_root) / key
     start = time.perf_counter()
     reused = (folder / "complete").is_file()

@@ -476,7 +476,7 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=pr
                     f"{run.train.batch_size} ...")
                 figures[key] = measure_architecture(run, source.info)
             # The run's own feature-cache key, without the images' content (one dataset, one content).
-            feature_key = features.cache_key(run, {}, HEADS.get(run.head).needs_pyramid, run.train.precision)
+            feature_key = features.cache_key(run, {}, HEADS.get(run.head), run.train.precision)
             cached = run.trains_on_features and feature_key in feature_keys
             try:
                 sizes = split_sizes(run, source.info)
