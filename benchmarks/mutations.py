@@ -351,6 +351,9 @@ MUTATIONS = [
              "    return bool(backbone_spec.pooled_layer) and head_spec.reads_pooled",
              "    return bool(backbone_spec.pooled_layer)",
              ("tests/test_backbones.py::test_backbone_builds_with_every_compatible_head[siglip_base]",)),
+    Mutation("a worker's short runs are warned of tf.function retracing", "zoo/harness/stages.py",
+             "    forget_tracing_history()\n", "    pass\n",
+             ("tests/test_console.py::test_a_workers_short_runs_are_not_warned_of_retracing",)),
 ]
 
 

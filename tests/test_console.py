@@ -136,6 +136,42 @@ def test_a_warning_raised_during_a_run_still_reaches_the_user(tmp_path):
     assert row["tflite_megabytes"] > 0 and row["onnx_megabytes"] > 0, row.to_dict()
 
 
+def test_a_workers_short_runs_are_not_warned_of_retracing(tmp_path):
+    """Each run's model makes Keras's train and test functions anew; TensorFlow counts their traces across
+    runs, so a worker's third short run on a small folder printed "5 out of the last 9 calls ... triggered
+    tf.function retracing. Tracing is expensive..." though each traced once. Retracing within a run is
+    still warned of."""
+    import logging
+
+    import tensorflow as tf
+
+    from tests.test_data import make_classification_folder
+    from zoo.runtime import forget_tracing_history
+
+    make_classification_folder(tmp_path / "photos", per_class=8)
+    suite = tmp_path / "short.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "short", "datasets": [{"name": "photos", "path": str(tmp_path / "photos")}], "seeds": [0, 1, 2, 3],
+        "train": {"image_size": 24, "batch_size": 4, "epochs": 1, "steps_per_epoch": 2}}))
+    result = zoo("run", str(suite), "--out", str(tmp_path / "out"), "--no-report")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (pd.read_csv(tmp_path / "out" / "results.csv")["status"] == "ok").all()
+    assert "retracing" not in result.stderr, result.stderr[-3000:]
+
+    warned = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        forget_tracing_history()
+        traced = tf.function(lambda x: x * 2)
+        for length in range(1, 8):  # a new shape at every call, within one run
+            traced(tf.zeros([length]))
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert any("triggered tf.function retracing" in message for message in warned)
+
+
 def subcommands(parser, prefix=""):
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

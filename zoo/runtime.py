@@ -162,6 +162,26 @@ def make_deterministic(seed: int, xla: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def forget_tracing_history() -> None:
+    """Start TensorFlow's count of tf.function retracing afresh, at the start of a run. It counts per
+    Python function across every instance: each run's model makes Keras's train and test functions
+    anew from the same code, so a worker's third short run (a small folder, `--set train.epochs=1`)
+    was warned "5 out of the last 9 calls ... triggered tf.function retracing" though each function
+    traced once. Retracing within a run is still warned of. A no-op on other backends, and where a
+    TensorFlow release keeps the count elsewhere."""
+    if backend() != "tensorflow":
+        return
+    try:
+        from tensorflow.python.eager.polymorphic_function import polymorphic_function
+    except ImportError:
+        return
+    manager = getattr(polymorphic_function, "_frequent_tracing_detector_manager", None)
+    detectors, lock = getattr(manager, "_detectors", None), getattr(manager, "_lock", None)
+    if detectors is not None and lock is not None:
+        with lock:
+            detectors.clear()
+
+
 @contextlib.contextmanager
 def initial_values_on_host():
     """On JAX, within this block, Keras's initializers draw new weights with NumPy on the host and put

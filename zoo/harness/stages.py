@@ -50,9 +50,11 @@ def start_runtime(spec: RunSpec, any_backend: bool = False) -> Runtime:
     by TensorFlow's converters), its precision policy set, its device chosen."""
     import keras
 
-    from zoo.runtime import backend, choose_strategy, describe_device, make_deterministic, precision_policy
+    from zoo.runtime import (backend, choose_strategy, describe_device, forget_tracing_history, make_deterministic,
+                             precision_policy)
 
     make_deterministic(spec.seed, xla=bool(spec.train.xla))
+    forget_tracing_history()
     wanted = spec.train.backend
     if wanted and backend() != wanted and not any_backend:  # KERAS_BACKEND is read once, when Keras is imported
         raise RunFailed(f"train.backend is {wanted}, but this process runs {backend()}: the process was "
