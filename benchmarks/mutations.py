@@ -354,6 +354,11 @@ MUTATIONS = [
     Mutation("a worker's short runs are warned of tf.function retracing", "zoo/harness/stages.py",
              "    forget_tracing_history()\n", "    pass\n",
              ("tests/test_console.py::test_a_workers_short_runs_are_not_warned_of_retracing",)),
+    Mutation("a resumed suite's ETA waits for its first run", "zoo/harness/runner.py",
+             "    durations = finished_run_seconds(runs_dir, sorted({r.run_id for r in selected} - "
+             "{r.run_id for r in todo}))",
+             "    durations = {}",
+             ("tests/test_harness.py::test_a_resumed_suite_gives_an_eta_from_its_first_run",)),
 ]
 
 

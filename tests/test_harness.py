@@ -1,5 +1,6 @@
 """The harness end to end on the embedded data: runs, results store, resume, failures, CLI."""
 import json
+import re
 import os
 import shutil
 import signal
@@ -278,6 +279,21 @@ def test_frozen_backbone_without_pretrained_weights_is_warned_about(tmp_path):
     assert run_suite(suite, tmp_path / "out", executor="in-process", report=False, log=messages.append) == 0
     warning = next(m for m in messages if m.startswith("warning:"))
     assert "baseline_cnn" in warning and "weights: none" in warning
+
+
+def test_a_resumed_suite_gives_an_eta_from_its_first_run(tmp_path):
+    """A suite resumed after some runs finished (an interrupted `zoo run`, runs added) estimates the rest from
+    them at once, instead of "ETA: after the first run"."""
+    from zoo.harness.runner import finished_run_seconds
+
+    suite = load_suite({**TINY, "datasets": ["synthetic_terrain"], "heads": ["linear", "mlp"]})
+    assert run_suite(suite, tmp_path, only="*-linear-*", executor="in-process", report=False, log=lambda *_: None) == 0
+    [finished] = pd.read_csv(tmp_path / "results.csv").to_dict("records")
+    assert finished_run_seconds(tmp_path / "runs", [finished["run_id"]]) == {finished["run_id"]: finished["run_seconds"]}
+    messages = []
+    assert run_suite(suite, tmp_path, executor="in-process", report=False, log=messages.append) == 0
+    started = next(m for m in messages if m.startswith("[1/1]"))
+    assert "after the first run" not in started and re.search(r"\(ETA \d+m\d\ds\)", started), started
 
 
 def test_the_eta_follows_the_recorded_plan_scaled_by_how_the_finished_runs_compared_with_it():

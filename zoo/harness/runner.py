@@ -151,6 +151,17 @@ def _eta(durations: dict[str, float], remaining: list[str], parallel: int = 1,
     return f"ETA {text(sum(durations.values()) / len(durations) * -(-len(remaining) // parallel))}"
 
 
+def finished_run_seconds(runs_dir: Path, run_ids) -> dict[str, float]:
+    """The whole time (``run_seconds``) each finished run of ``run_ids`` took, by run id."""
+    seconds = {}
+    for run_id in run_ids:
+        row = read_result(Path(runs_dir) / run_id) or {}
+        value = row.get("run_seconds")
+        if row.get("status") == "ok" and isinstance(value, (int, float)) and value > 0:
+            seconds[run_id] = float(value)
+    return seconds
+
+
 def recorded_estimates(out_dir) -> dict[str, float]:
     """OUT/plan.json's estimates (``zoo plan --record``) in seconds by run id; {} when there is none or it
     cannot be read. zoo run's ETA, zoo serve and the next recorded plan read them here."""
@@ -294,7 +305,8 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
     _storage_guard(out_dir, set_up)
     all_ids = [r.run_id for r in runs]
 
-    durations: dict[str, float] = {}
+    # A resumed suite's ETA starts from the runs it finished before, not from "after the first run".
+    durations = finished_run_seconds(runs_dir, sorted({r.run_id for r in selected} - {r.run_id for r in todo}))
     planned = recorded_estimates(out_dir)
     log(f"suite {suite['name']}: {len(runs)} runs, {len(selected) - len(todo)} already finished, "
         f"{len(todo)} to run -> {out_dir}")
