@@ -359,6 +359,9 @@ MUTATIONS = [
              "{r.run_id for r in todo}))",
              "    durations = {}",
              ("tests/test_harness.py::test_a_resumed_suite_gives_an_eta_from_its_first_run",)),
+    Mutation("zoo predict on a suite's folder says only that it holds no model", "zoo/predict.py",
+             "        refuse_suite_folder(run_dir)\n", "        pass\n",
+             ("tests/test_harness.py::test_predict_on_a_suite_folder_lists_its_runs_best_first",)),
 ]
 
 

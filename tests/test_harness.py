@@ -137,6 +137,22 @@ def test_predict_prints_top_classes(tiny_out, tmp_path, capsys):
     assert all(line.split()[-1] in TERRAIN_CLASSES for line in lines[1:])
 
 
+def test_predict_on_a_suite_folder_lists_its_runs_best_first(tiny_out, tmp_path, capsys):
+    """`zoo predict runs/SUITE photo.jpg`: the answer is the runs to choose from, not 'no model.keras'."""
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "tile.png")
+    assert main(["predict", str(tiny_out), str(tmp_path / "tile.png")]) == 2
+    error = capsys.readouterr().err
+    assert f"{tiny_out} is a suite's output folder; give the folder of one of its runs" in error
+    frame = pd.read_csv(tiny_out / "results.csv")
+    listed = re.findall(r"^  (\S+)  \((\S+): (\S+) ([0-9.]+)\)$", error, flags=re.M)
+    assert {run for run, *_ in listed} == {str(tiny_out / "runs" / run) for run in frame["run_id"]}
+    land = [(metric, float(value)) for _, dataset, metric, value in listed if dataset == "synthetic_landcover"]
+    # fcn and distribution heads on one dataset: ranked by the KL score, the lowest (best) first
+    assert [metric for metric, _ in land] == ["kl_score"] * 2 and land[0][1] <= land[1][1]
+
+
 @pytest.mark.parametrize("change, message", [
     ({"trian": {}}, "unknown key 'trian' (did you mean 'train'?)"),
     ({"train": {"epochs": 0}}, "train.epochs must be a positive whole number"),

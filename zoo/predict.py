@@ -97,12 +97,39 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
 
 
+def refuse_suite_folder(run_dir) -> None:
+    """A suite's output folder given where a run's folder belongs (`zoo predict runs/quickstart photo.jpg`):
+    one DataError listing its finished runs to choose from, each dataset's best first by its headline metric."""
+    from zoo.errors import DataError
+
+    run_dir = Path(run_dir)
+    if (run_dir / "model.keras").is_file() or not (run_dir / "results.csv").is_file():
+        return  # a run folder, or nothing zoo wrote: load_run_model names what is missing
+    from zoo.metrics import METRICS
+    from zoo.results import read_results
+    from zoo.stats import dataset_headline_metric
+
+    finished = read_results(run_dir)
+    finished = finished[finished["status"] == "ok"]
+    choices = []
+    for dataset, rows in finished.groupby("dataset", sort=False):
+        metric = dataset_headline_metric(dataset, rows["task"])
+        ranked = rows.dropna(subset=[metric]).sort_values(metric, ascending=not METRICS.get(metric).higher_is_better)
+        kept = [row for row in ranked.to_dict("records") if (run_dir / "runs" / row["run_id"] / "model.keras").is_file()]
+        choices += [f"  {run_dir / 'runs' / row['run_id']}  ({dataset}: {metric} {row[metric]:.4f})"
+                    for row in kept[:3]]
+    raise DataError(f"{run_dir} is a suite's output folder; give the folder of one of its runs"
+                    + (", each dataset's best first:\n" + "\n".join(choices) if choices
+                       else ", once one has finished with a model"))
+
+
 class Predictor:
     """A finished run's model with its input path: locations in, answers out."""
 
     def __init__(self, run_dir):
         from zoo.results import load_run_model
 
+        refuse_suite_folder(run_dir)
         self.run_dir = Path(run_dir)
         self.spec, self.info, self.model = load_run_model(run_dir)
         self.input = self.spec.input(self.info)
