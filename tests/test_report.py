@@ -138,6 +138,37 @@ def test_pareto_front():
     assert sorted(pareto_front([(0.2, 10), (0.5, 20)], higher_is_better=False)) == [0, 1]
 
 
+def test_figures_draw_class_and_dataset_names_in_any_script_without_a_warning_per_glyph(tmp_path):
+    """A user's class folders named 柴犬 or Schäferhund: every figure is drawn without matplotlib's "Glyph ...
+    missing from font" warnings (a dozen per report before); a class name no installed font can draw is
+    labelled by its row in the per-class table, and the title says so."""
+    import warnings
+
+    from zoo.report import figures
+
+    names = ["Schäferhund", "chien d'eau", "柴犬"]
+    history = pd.DataFrame({"epoch": [0, 1], "loss": [0.9, 0.5], "accuracy": [0.5, 0.7]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figures.confusion_heatmap(np.eye(3) * 4, names, "犬: baseline_cnn/linear seed 0", tmp_path / "c.png")
+        figures.training_curves({"baseline_cnn/linear seed 0": history}, "accuracy", "犬: curves", tmp_path / "t.png")
+        figures.score_vs_speed(["a/linear", "b/linear"], [0.5, 0.6], [10, 20], "accuracy", True, "犬", tmp_path / "s.png")
+        with plt_fonts(figures):
+            figure = figures.confusion_figure(np.eye(3) * 4, names, "犬")
+    assert not [str(w.message) for w in caught if "Glyph" in str(w.message)]
+    assert all((tmp_path / name).stat().st_size > 5_000 for name in ("c.png", "t.png", "s.png"))
+    labels = [tick.get_text() for tick in figure.axes[0].get_yticklabels()]
+    cjk = figures.drawable("柴犬")  # where a CJK font is installed, it draws the name
+    assert labels == (names if cjk else ["Schäferhund", "chien d'eau", "#3"])
+    assert ("#n: class n of the per-class table" in figure.axes[0].get_title()) != cjk
+
+
+def plt_fonts(figures):
+    import matplotlib.pyplot as plt
+
+    return plt.rc_context({"font.family": figures._fonts()[0]})
+
+
 def test_training_curves_show_a_one_epoch_run_and_whole_epochs():
     """A run of one epoch (a smoke test, `--set train.epochs=1`) is one point per curve: it is drawn,
     and the epoch axis never reads 0.96, 0.98, 1.00..."""

@@ -2,11 +2,55 @@
 score against inference throughput with the Pareto front."""
 from __future__ import annotations
 
+import functools
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+# Tried in turn for each character (matplotlib's font fallback): DejaVu Sans first, as always, then fonts
+# for other scripts (CJK...) where the machine has them. What none of them holds is not drawn as empty
+# boxes with a warning per glyph (a class folder named 柴犬 printed a dozen): see label_text.
+FONT_FAMILIES = ("DejaVu Sans", "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans", "WenQuanYi Zen Hei",
+                 "Droid Sans Fallback")
+
+
+@functools.lru_cache(maxsize=1)
+def _fonts() -> tuple[list, frozenset]:
+    """The installed families of FONT_FAMILIES and every character they can draw."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    families, characters = [], set()
+    for family in FONT_FAMILIES:
+        if family in installed:
+            path = font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
+            families.append(family)
+            characters.update(FT2Font(path).get_charmap())
+    return families or ["DejaVu Sans"], frozenset(characters)
+
+
+def drawable(text: str) -> bool:
+    """Whether this machine's fonts can draw every character of ``text``."""
+    characters = _fonts()[1]
+    return all(ord(character) in characters or character in "\n\t" for character in str(text))
+
+
+def plain_text(text: str) -> str:
+    """``text`` with each character no font here can draw replaced by '?' (titles, model labels)."""
+    return "".join(c if drawable(c) else "?" for c in str(text))
+
+
+def _with_fonts(draw):
+    """Draw a figure with the fallback fonts, without changing matplotlib's settings for anyone else."""
+    @functools.wraps(draw)
+    def wrapped(*args, **kwargs):
+        with plt.rc_context({"font.family": _fonts()[0]}):
+            return draw(*args, **kwargs)
+    return wrapped
 
 
 def _save(figure, path):
@@ -16,10 +60,23 @@ def _save(figure, path):
     return path
 
 
+@_with_fonts
 def confusion_heatmap(matrix, class_names, title, path):
+    """The confusion matrix's figure (:func:`confusion_figure`) written to ``path``."""
+    return _save(confusion_figure(matrix, class_names, title), path)
+
+
+def confusion_figure(matrix, class_names, title):
     """Rows: true classes, shaded by their share of each; a segmentation matrix's one extra column counts
-    pixels predicted as an ignored class (zoo.metrics.kept_confusion)."""
+    pixels predicted as an ignored class (zoo.metrics.kept_confusion). A class name this machine's fonts
+    cannot draw is shown as its row number in the per-class table (#1 first), which the title says."""
     matrix = np.asarray(matrix, dtype=float)
+    undrawable = [not drawable(name) for name in class_names]
+    class_names = [f"#{index + 1}" if lacking else name
+                   for index, (name, lacking) in enumerate(zip(class_names, undrawable))]
+    if any(undrawable):
+        title = f"{title}\n#n: class n of the per-class table (no font here draws its name)"
+    title = plain_text(title)
     predicted_names = list(class_names) + ["(an ignored class)"] * (matrix.shape[1] - len(class_names))
     normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = min(12, 4.5 + 0.3 * len(class_names))
@@ -36,9 +93,10 @@ def confusion_heatmap(matrix, class_names, title, path):
     axes.set_ylabel("true")
     axes.set_title(title, fontsize=9)
     figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
-    return _save(figure, path)
+    return figure
 
 
+@_with_fonts
 def training_curves(histories: dict, metric: str, title, path):
     """histories: label -> DataFrame of history.csv."""
     return _save(curves_figure(histories, metric, title), path)
@@ -56,7 +114,7 @@ def curves_figure(histories: dict, metric: str, title):
     figure, (loss_axes, metric_axes) = plt.subplots(1, 2, figsize=(10, 3.6))
     for label, history in histories.items():
         epochs = history["epoch"] + 1
-        line, = loss_axes.plot(epochs, history["loss"], label=label, **style)
+        line, = loss_axes.plot(epochs, history["loss"], label=plain_text(label), **style)
         if "val_loss" in history:
             loss_axes.plot(epochs, history["val_loss"], "--", color=line.get_color(), **validation_style)
         if metric in history:
@@ -71,7 +129,7 @@ def curves_figure(histories: dict, metric: str, title):
     loss_axes.set(xlabel="epoch", ylabel="loss")
     metric_axes.set(xlabel="epoch", ylabel=metric)
     loss_axes.legend(fontsize=7)
-    figure.suptitle(f"{title} ({key})", fontsize=9)
+    figure.suptitle(plain_text(f"{title} ({key})"), fontsize=9)
     return figure
 
 
@@ -87,6 +145,7 @@ def pareto_front(points, higher_is_better=True):
     return front
 
 
+@_with_fonts
 def score_vs_speed(labels, scores, speeds, metric, higher_is_better, title, path, named=None):
     """Every model's score against its inference speed, the Pareto front drawn; the labels of the
     models at indices ``named`` (all when None) and of the front's."""
@@ -95,12 +154,13 @@ def score_vs_speed(labels, scores, speeds, metric, higher_is_better, title, path
     front = sorted(pareto_front(list(zip(scores, speeds)), higher_is_better), key=lambda i: speeds[i])
     shown = set(range(len(labels)) if named is None else named) | set(front)
     for index in sorted(shown):
-        axes.annotate(labels[index], (speeds[index], scores[index]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axes.annotate(plain_text(labels[index]), (speeds[index], scores[index]), fontsize=7, xytext=(3, 3),
+                      textcoords="offset points")
     if front:
         axes.plot([speeds[i] for i in front], [scores[i] for i in front], "-o", color="tab:red",
                   label="Pareto front: nothing is both better and faster")
         axes.legend(fontsize=7)
     axes.set_xscale("log")
     axes.set(xlabel="inference images/s (log scale)", ylabel=f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
-    axes.set_title(title, fontsize=9)
+    axes.set_title(plain_text(title), fontsize=9)
     return _save(figure, path)
