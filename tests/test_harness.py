@@ -206,6 +206,19 @@ def test_a_folder_given_as_the_suite_is_answered_with_a_suite_that_runs_it(tmp_p
     assert {run.dataset["path"] for run in runs} == {folder}
 
 
+def test_run_ids_never_begin_like_an_option_or_a_hidden_folder():
+    """A dataset named in other letters only (柴犬) gave ids beginning with "-": `--only -baseline...` and
+    `zoo predict` took them for options."""
+    from zoo.harness.suite import make_run_id
+
+    ids = {name: make_run_id(name, "baseline_cnn", "linear", 0, {}, {"dataset": name})
+           for name in ("柴犬", "犬 photos", ".hidden", "eurosat_rgb")}
+    assert ids["柴犬"].startswith("dataset-baseline_cnn-linear-s0-")
+    assert ids["犬 photos"].startswith("photos-") and ids[".hidden"].startswith("hidden-")
+    assert ids["eurosat_rgb"].startswith("eurosat_rgb-baseline_cnn-linear-s0-")  # ASCII names keep their ids
+    assert len(set(ids.values())) == 4
+
+
 def test_sweeps_and_overrides_expand_into_distinct_runs():
     suite = load_suite({**TINY, "heads": ["linear"], "datasets": ["synthetic_terrain"],
                         "train": {"optimizer": ["adam", "sgd"], "learning_rate": [0.01, 0.001]}},

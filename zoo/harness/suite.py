@@ -113,7 +113,10 @@ def make_run_id(dataset, backbone, head, seed, swept, resolved) -> str:
         resolved = {**resolved, "train": {k: v for k, v in train.items() if k != "backend"}}
     digest = hashlib.sha1(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:6]
     sweep = "".join(f"-{_slug(k)}={_slug(v)}" for k, v in sorted(swept.items()))
-    return f"{_slug(dataset)}-{backbone}-{head}{sweep}-s{seed}-{digest}"
+    # A name of other letters only (柴犬) slugs to nothing: the id would begin with "-", which every
+    # command line takes for an option (--only, zoo predict); a leading "." would hide the run's folder.
+    name = _slug(dataset).lstrip(".") or "dataset"
+    return f"{name}-{backbone}-{head}{sweep}-s{seed}-{digest}"
 
 
 def validate_train(train: dict, where: str) -> None:
