@@ -323,6 +323,9 @@ def test_a_resumed_suite_gives_an_eta_from_its_first_run(tmp_path):
     assert run_suite(suite, tmp_path, executor="in-process", report=False, log=messages.append) == 0
     started = next(m for m in messages if m.startswith("[1/1]"))
     assert "after the first run" not in started and re.search(r"\(ETA \d+m\d\ds\)", started), started
+    # It ends with the time the user waited: the runs', and the whole suite's.
+    assert re.fullmatch(r"tiny: 1 run\(s\) in \dm\d\ds; \dm\d\ds in all \(checks, worker start included\)",
+                        messages[-1]), messages[-1]
 
 
 def test_the_eta_follows_the_recorded_plan_scaled_by_how_the_finished_runs_compared_with_it():

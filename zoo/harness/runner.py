@@ -256,6 +256,7 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     from zoo.harness.preflight import (NotReadyError, changed_data_warnings, check_readiness, format_problems,
                                        prepare_missing, slow_backend_warnings, small_class_warnings)
 
+    started = time.perf_counter()
     out_dir = Path(out_dir)
     runs, selected = select_runs(suite, only)
     runs_dir = out_dir / "runs"
@@ -286,12 +287,14 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
 
         uri = mlflow_uri(mlflow, suite)
         tracker = MlflowTracker(uri, suite["name"], warn=log) if uri and todo else None
-        return _run_pending(suite, out_dir, runs, selected, todo, runner, report, log, sources, force, tracker)
+        return _run_pending(suite, out_dir, runs, selected, todo, runner, report, log, sources, force, tracker,
+                            started)
     finally:
         runner.stop()
 
 
-def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log, sources, force, tracker=None) -> int:
+def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log, sources, force, tracker=None,
+                 started: float | None = None) -> int:
     runs_dir = out_dir / "runs"
 
     def set_up():
@@ -342,6 +345,7 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
         where = f", on {row.get('host')}" if len(slots) > 1 else ""
         log(f"[{index}/{len(todo)}] {run.run_id}: {status} ({seconds:.0f}s{where})")
 
+    runs_started = time.perf_counter()
     try:
         with _InterruptHandlers():
             if len(slots) > 1:
@@ -350,6 +354,7 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
                 for index, run in enumerate(todo, start=1):
                     execute(index, run, runner)
             runner.close()
+        runs_seconds = time.perf_counter() - runs_started
     except SuiteInterrupted as interrupt:
         runner.stop()
         _write_index(out_dir, all_ids)
@@ -379,6 +384,12 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
         for dataset, sentences in answers:  # the suite's answer, where the user is looking
             log(f"{dataset}:\n" + "\n".join(f"  {sentence}" for sentence in sentences))
         log("report: " + ", ".join(str(p) for p in paths))
+    if todo:  # what the user waited for, beside the runs' own times
+        from zoo.harness.preflight import format_duration
+
+        whole = time.perf_counter() - (started if started is not None else runs_started)
+        log(f"{suite['name']}: {len(finished)} run(s) in {format_duration(runs_seconds)}; {format_duration(whole)} in "
+            f"all (checks, worker start{' and report' if report else ''} included)")
     if failed:
         log(f"{len(failed)} of {len(selected)} runs failed:")
         for row in failed:
