@@ -168,7 +168,8 @@ def test_predict_on_a_suite_folder_lists_its_runs_best_first(tiny_out, tmp_path,
      "dataset 'tiles': unknown key 'classes' (did you mean 'class_names'?)"),
     ({"datasets": [{"name": "synthetic_terrain", "splt": {"val": 0.1}}]},
      "dataset 'synthetic_terrain': unknown key 'splt' (did you mean 'split'?)"),
-    ({"datasets": [{"name": "trips", "source": "track", "path": "t.csv"}]}, "or `source: tracks` (a track manifest CSV)"),
+    ({"datasets": [{"name": "trips", "source": "track", "path": "t.csv"}]},
+     "or `source: tracks` (a track manifest CSV)"),
     ({"datasets": [{"name": "my_tiles"}]}, "For your own images give `path:` (a folder, or a track manifest CSV)"),
     ({"datasets": [{"name": "tiles", "source": "folder", "path": ".", "max_pixel_value": "abc"}]},
      "dataset 'tiles': max_pixel_value must be a number above 0"),
@@ -318,7 +319,8 @@ def test_a_resumed_suite_gives_an_eta_from_its_first_run(tmp_path):
     suite = load_suite({**TINY, "datasets": ["synthetic_terrain"], "heads": ["linear", "mlp"]})
     assert run_suite(suite, tmp_path, only="*-linear-*", executor="in-process", report=False, log=lambda *_: None) == 0
     [finished] = pd.read_csv(tmp_path / "results.csv").to_dict("records")
-    assert finished_run_seconds(tmp_path / "runs", [finished["run_id"]]) == {finished["run_id"]: finished["run_seconds"]}
+    run_id = finished["run_id"]
+    assert finished_run_seconds(tmp_path / "runs", [run_id]) == {run_id: finished["run_seconds"]}
     messages = []
     assert run_suite(suite, tmp_path, executor="in-process", report=False, log=messages.append) == 0
     started = next(m for m in messages if m.startswith("[1/1]"))

@@ -105,7 +105,8 @@ def test_feature_cache_key_follows_what_changes_features_not_how_runs_carve_spli
                              linear, "float32")  # carving is per run: the features are the same
     changed = [cache_key(replace(spec, train=replace(spec.train, image_size=48)), content, linear, "float32"),
                cache_key(replace(spec, backbone="mobilenet_v2"), content, linear, "float32"),
-               cache_key(replace(spec, train=replace(spec.train, preprocessing="equalize")), content, linear, "float32"),
+               cache_key(replace(spec, train=replace(spec.train, preprocessing="equalize")), content, linear,
+                         "float32"),
                cache_key(spec, {"train": "train:101"}, linear, "float32"),
                cache_key(spec, content, unet, "float32"), cache_key(spec, content, linear, "mixed_bfloat16")]
     assert base not in changed and len(set(changed)) == len(changed)

@@ -152,7 +152,8 @@ def test_figures_draw_class_and_dataset_names_in_any_script_without_a_warning_pe
         warnings.simplefilter("always")
         figures.confusion_heatmap(np.eye(3) * 4, names, "犬: baseline_cnn/linear seed 0", tmp_path / "c.png")
         figures.training_curves({"baseline_cnn/linear seed 0": history}, "accuracy", "犬: curves", tmp_path / "t.png")
-        figures.score_vs_speed(["a/linear", "b/linear"], [0.5, 0.6], [10, 20], "accuracy", True, "犬", tmp_path / "s.png")
+        figures.score_vs_speed(["a/linear", "b/linear"], [0.5, 0.6], [10, 20], "accuracy", True, "犬",
+                               tmp_path / "s.png")
         with plt_fonts(figures):
             figure = figures.confusion_figure(np.eye(3) * 4, names, "犬")
     assert not [str(w.message) for w in caught if "Glyph" in str(w.message)]

@@ -115,7 +115,8 @@ def refuse_suite_folder(run_dir) -> None:
     for dataset, rows in finished.groupby("dataset", sort=False):
         metric = dataset_headline_metric(dataset, rows["task"])
         ranked = rows.dropna(subset=[metric]).sort_values(metric, ascending=not METRICS.get(metric).higher_is_better)
-        kept = [row for row in ranked.to_dict("records") if (run_dir / "runs" / row["run_id"] / "model.keras").is_file()]
+        kept = [row for row in ranked.to_dict("records")
+                if (run_dir / "runs" / row["run_id"] / "model.keras").is_file()]
         choices += [f"  {run_dir / 'runs' / row['run_id']}  ({dataset}: {metric} {row[metric]:.4f})"
                     for row in kept[:3]]
     raise DataError(f"{run_dir} is a suite's output folder; give the folder of one of its runs"

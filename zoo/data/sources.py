@@ -393,14 +393,14 @@ class FolderSource(Source):
 # Sources a suite opens from the entry's own `path:`, without a dataset card, and their task
 # (None: read from the folder's layout).
 PATH_SOURCES = {"folder": None, "tracks": "classification"}
+# What a suite's dataset entry may say besides its card's own keys (which it may override).
+DATASET_ENTRY_KEYS = ("name", "source", "path", "task", "class_names", "split", "max_pixel_value", "ignore_classes",
+                      "void_value", "data_dir", "manual_dir")
 
 
 def source_of_path(path: str) -> str:
     """The source a bare `path:` names: a CSV file is a track manifest, anything else a folder of images."""
     return "tracks" if str(path).lower().endswith(".csv") else "folder"
-# What a suite's dataset entry may say besides its card's own keys (which it may override).
-DATASET_ENTRY_KEYS = ("name", "source", "path", "task", "class_names", "split", "max_pixel_value", "ignore_classes",
-                      "void_value", "data_dir", "manual_dir")
 
 
 def _check_entry_values(entry: dict) -> None:

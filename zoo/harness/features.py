@@ -31,8 +31,8 @@ def cache_key(spec, content: dict, head_spec, precision: str) -> str:
     (zoo.data.sources.Source.content_id); ``head_spec`` (a zoo.heads.HeadSpec) decides which of the
     backbone's outputs are features."""
     from zoo.backbones import BACKBONES
-    from zoo.factory import takes_pooled
     from zoo.data.decoded import DECODE_VERSION
+    from zoo.factory import takes_pooled
     from zoo.weights import weights_identity
 
     dataset = {k: v for k, v in spec.dataset.items() if k != "split"}  # carving is per run

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 # Tried in turn for each character (matplotlib's font fallback): DejaVu Sans first, as always, then fonts
 # for other scripts (CJK...) where the machine has them. What none of them holds is not drawn as empty
-# boxes with a warning per glyph (a class folder named 柴犬 printed a dozen): see label_text.
+# boxes with a warning per glyph (a class folder named 柴犬 printed a dozen): see confusion_figure.
 FONT_FAMILIES = ("DejaVu Sans", "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans", "WenQuanYi Zen Hei",
                  "Droid Sans Fallback")
 
