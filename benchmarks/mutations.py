@@ -366,6 +366,9 @@ MUTATIONS = [
              "    return all(ord(character) in characters", "    return True or all(ord(character) in characters",
              ("tests/test_report.py::test_figures_draw_class_and_dataset_names_in_any_script_without_a_warning_per_"
               "glyph",)),
+    Mutation("zoo typed alone answers with an argparse error", "zoo/cli.py",
+             '    if not [a for a in argv if a != "--verbose"]:', "    if False:",
+             ("tests/test_console.py::test_zoo_or_a_command_group_typed_alone_prints_its_help",)),
 ]
 
 

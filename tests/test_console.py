@@ -187,6 +187,18 @@ def test_verbose_is_taken_before_or_after_the_command(capsys):
     assert capsys.readouterr().out.count("linear\tclassification") == 2
 
 
+def test_zoo_or_a_command_group_typed_alone_prints_its_help(capsys):
+    """A newcomer's first `zoo` (or `zoo data`, `zoo weights`) shows what there is to do, not "error: the
+    following arguments are required: data_command"."""
+    from zoo.cli import main
+
+    for argv, wanted in (([], ["run ", "plan ", "serve ", "examples:"]), (["--verbose"], ["run ", "examples:"]),
+                         (["data"], ["info ", "prepare ", "example:"]), (["weights"], ["fetch ", "check "])):
+        assert main(argv) == 0, argv
+        printed = capsys.readouterr()
+        assert all(word in printed.out for word in wanted) and "error" not in printed.err, (argv, printed)
+
+
 def test_help_is_plain_text_with_an_example_for_every_command():
     parser = build_parser()
     commands = dict(subcommands(parser))

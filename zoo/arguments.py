@@ -1,4 +1,5 @@
-"""argparse types shared by zoo's commands: a wrong number is refused by the parser with its reason."""
+"""argparse types and helpers shared by zoo's commands: a wrong number is refused by the parser with its reason,
+a command group typed alone prints its help."""
 from __future__ import annotations
 
 import argparse
@@ -46,3 +47,11 @@ def port_number(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
     return value
+
+
+def help_of(parser):
+    """A command's handler that prints its help: `zoo data` alone asks what there is to do."""
+    def show(args) -> int:
+        parser.print_help()
+        return 0
+    return show

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from zoo.arguments import non_negative_number, port_number, positive_number, whole_number
+from zoo.arguments import help_of, non_negative_number, port_number, positive_number, whole_number
 
 # Commands that load models while a suite may be training on the same GPU ("try it" in zoo serve, zoo
 # predict, zoo export): they take GPU memory as they need it instead of most of the device at once.
@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(func=cmd_list)
 
     weights = commands.add_parser("weights", help="pretrained weights for offline machines")
-    weights_commands = weights.add_subparsers(dest="weights_command", required=True)
+    weights_commands = weights.add_subparsers(dest="weights_command", metavar="COMMAND")
+    weights.set_defaults(func=help_of(weights))
     fetch = weights_commands.add_parser("fetch", help="download and hash-check ImageNet weight files")
     fetch.add_argument("pattern", nargs="?", default="*")
     fetch.add_argument("--dest", required=True, help="folder to put the files in (then set ZOO_WEIGHTS_DIR to it)")
@@ -455,7 +456,11 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--verbose" in argv:  # zoo's own option, wherever it was typed (zoo run SUITE --verbose)
         argv = ["--verbose"] + [a for a in argv if a != "--verbose"]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not [a for a in argv if a != "--verbose"]:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     if args.command in BESIDE_TRAINING:
         from zoo.runtime import take_gpu_memory_on_demand
 

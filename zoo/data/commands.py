@@ -88,8 +88,11 @@ def cmd_data_prepare(args) -> int:
 
 
 def add_data_commands(commands) -> None:
+    from zoo.arguments import help_of
+
     data = commands.add_parser("data", help="inspect and prepare datasets")
-    data_commands = data.add_subparsers(dest="data_command", required=True)
+    data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND")
+    data.set_defaults(func=help_of(data))
     info = data_commands.add_parser("info", help="task, classes, channels, split sizes, skipped files")
     info.add_argument("name", help="a dataset name (zoo list datasets), a folder of images or a track manifest CSV")
     info.add_argument("--data-dir", help="tensorflow-datasets folder; for landcover_ens the folder holding train/ and test/")
