@@ -369,6 +369,9 @@ MUTATIONS = [
     Mutation("zoo typed alone answers with an argparse error", "zoo/cli.py",
              '    if not [a for a in argv if a != "--verbose"]:', "    if False:",
              ("tests/test_console.py::test_zoo_or_a_command_group_typed_alone_prints_its_help",)),
+    Mutation("zoo predict --model answers with the Keras model, not the exported file", "zoo/predict.py",
+             "        if self._exported_predict is None:", "        if True or self._exported_predict is None:",
+             ("tests/test_export.py::test_predict_answers_with_an_exported_copy_as_the_keras_model_does",)),
 ]
 
 

@@ -140,3 +140,47 @@ def test_a_finished_suite_asked_for_new_exports_says_how_to_measure_them(exporte
                         "export": {"formats": ["tflite"], "quantize": "float16"}})
     assert run_suite(suite, out, executor="in-process", report=False, log=lines.append) == 0
     assert any(f"zoo export {out} --format tflite --quantize float16 --measure" in line for line in lines), lines
+
+
+def test_predict_answers_with_an_exported_copy_as_the_keras_model_does(exported, tmp_path, capsys):
+    """`zoo predict RUN photo --model RUN/export/model.tflite`: what the deployed file answers, in its own
+    runtime from the same prepared input; an export of other classes, or no export at all, is refused."""
+    from PIL import Image
+
+    from zoo.data.synthetic import make_synthetic_terrain
+
+    _, run_dir = exported
+    images, _ = make_synthetic_terrain(3, 32, seed=11)
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(str(tmp_path / f"tile{index}.png"))
+        Image.fromarray(image).save(paths[-1])
+
+    def answers(*extra):
+        assert main(["predict", str(run_dir), *paths, "--top-k", "2", *extra]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        return [(line.split()[1], float(line.split()[0].rstrip("%"))) for line in lines if "%" in line]
+
+    keras_answers = answers()
+    for name in ("tflite", "onnx"):
+        deployed = answers("--model", str(run_dir / "export" / f"model.{name}"))
+        assert [label for label, _ in deployed] == [label for label, _ in keras_answers], name
+        assert np.allclose([p for _, p in deployed], [p for _, p in keras_answers], atol=0.11), name  # printed 0.1 %
+    # The file is what answers: a copy whose classifier was zeroed gives every class the same probability.
+    from zoo.export import export_model
+    from zoo.results import load_run_model
+
+    model = load_run_model(run_dir)[2]
+    logits = model.get_layer("head_logits")
+    logits.set_weights([np.zeros_like(weight) for weight in logits.get_weights()])
+    flat = export_model(model, "onnx", tmp_path / "flat.onnx")
+    classes = len(json.loads((run_dir / "dataset.json").read_text())["class_names"])
+    assert {p for _, p in answers("--model", str(flat))} == {round(100 / classes, 1)}
+    other = tmp_path / "other.onnx"
+    other.write_bytes((run_dir / "export" / "model.onnx").read_bytes())
+    description = json.loads((run_dir / "export" / "model.onnx.json").read_text())
+    (tmp_path / "other.onnx.json").write_text(json.dumps({**description, "class_names": ["cats", "dogs"]}))
+    assert main(["predict", str(run_dir), paths[0], "--model", str(other)]) == 2
+    assert "is the export of a model of other classes (cats, dogs...)" in capsys.readouterr().err
+    assert main(["predict", str(run_dir), paths[0], "--model", str(tmp_path / "missing.tflite")]) == 2
+    assert "is not an exported model: give a .tflite or .onnx file or a SavedModel folder" in capsys.readouterr().err

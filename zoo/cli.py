@@ -273,7 +273,8 @@ def cmd_predict(args) -> int:
 
     if args.output:
         summary = predict_to_parquet(args.run_dir, args.inputs, args.output, batch_size=args.batch_size,
-                                     top_k=args.top_k, executor=args.executor, address=args.address)
+                                     top_k=args.top_k, executor=args.executor, address=args.address,
+                                     exported=args.exported)
         steady = summary["steady_images_per_second"]
         # The first batch pays for loading the model and compiling it: the rate after it is what more
         # images cost; the whole command's time stays the headline.
@@ -290,7 +291,7 @@ def cmd_predict(args) -> int:
         raise ConfigError("--executor ray writes its predictions to a file: add --output FILE.parquet")
     images = list_inputs(args.inputs)
     failed = 0
-    for answer in predict_images(args.run_dir, images, args.top_k):
+    for answer in predict_images(args.run_dir, images, args.top_k, args.exported):
         if "error" in answer:
             failed += 1
             print(f"zoo: error: {answer['image']}: {answer['error']}", file=sys.stderr, flush=True)
@@ -414,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--executor", choices=["local", "ray"], default="local",
                          help="local (this process) or ray (Ray Data over an actor pool; needs --output)")
     predict.add_argument("--address", default="auto", help="Ray cluster address with --executor ray")
+    predict.add_argument("--model", metavar="EXPORTED", dest="exported",
+                         help="answer with an exported copy of the run's model (RUN/export/model-int8.tflite, "
+                              "*.onnx or a SavedModel folder, as zoo export writes them) in its own runtime")
     predict.set_defaults(func=cmd_predict)
 
     sync = commands.add_parser("mlflow-sync", help="log a results folder's finished runs to MLflow (those not there yet)")

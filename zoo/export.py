@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, DataError
 
 QUANTIZATIONS = ("none", "float16", "int8")
 CALIBRATION_IMAGES = 128  # LiteRT's guide asks for ~100-500 representative samples
@@ -120,6 +120,18 @@ def default_path(run_dir, format_name: str, quantize: str = "none") -> Path:
     fmt = FORMATS[format_name]
     stem = "model" if quantize == "none" else f"model-{quantize}"
     return Path(run_dir) / "export" / (f"{stem}-saved_model" if fmt.suffix == "" else stem + fmt.suffix)
+
+
+def format_of(path) -> str:
+    """The format of a model ``zoo export`` wrote: a .tflite or .onnx file, or a SavedModel folder."""
+    path = Path(path)
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return "saved_model"
+    for name, fmt in FORMATS.items():
+        if fmt.suffix and path.is_file() and path.suffix.lower() == fmt.suffix:
+            return name
+    raise DataError(f"{path} is not an exported model: give a .tflite or .onnx file or a SavedModel folder, as "
+                    f"`zoo export RUN --format ...` writes them under RUN/export/")
 
 
 def megabytes(path) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -125,9 +126,11 @@ def refuse_suite_folder(run_dir) -> None:
 
 
 class Predictor:
-    """A finished run's model with its input path: locations in, answers out."""
+    """A finished run's model with its input path: locations in, answers out. ``exported``: a copy of the
+    model that `zoo export` wrote (LiteRT, ONNX, SavedModel) to answer with instead, in its own runtime,
+    from the same prepared inputs (what a deployment would compute)."""
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, exported=None):
         from zoo.results import load_run_model
 
         refuse_suite_folder(run_dir)
@@ -136,6 +139,45 @@ class Predictor:
         self.input = self.spec.input(self.info)
         self.class_names = self.info["class_names"]
         self.filesystem = None
+        self.exported = None if exported is None else str(exported)
+        self._exported_predict = None
+        if exported is not None:
+            from zoo.export import format_of, load_exported
+
+            self._check_export_description(Path(exported))
+            self._exported_predict = load_exported(exported, format_of(exported))
+
+    def _check_export_description(self, exported: Path) -> None:
+        """An export of another run (other classes) is refused by the description zoo export wrote beside it."""
+        from zoo.errors import DataError
+
+        try:
+            described = json.loads(exported.with_name(exported.name + ".json").read_text())
+        except (OSError, ValueError):
+            return  # no description (renamed or copied alone): the output's width is checked at each batch
+        if described.get("class_names") not in (None, list(self.class_names)):
+            others = ", ".join(described["class_names"][:5])
+            raise DataError(f"{exported} is the export of a model of other classes ({others}...) than "
+                            f"{self.run_dir}'s: give the run it was exported from")
+
+    def outputs(self, inputs) -> np.ndarray:
+        """The model's outputs (NumPy) for a batch from :meth:`model_inputs`."""
+        if self._exported_predict is None:
+            return np.asarray(self.model.predict_on_batch(inputs))
+        import keras
+
+        from zoo.errors import DataError
+
+        batch = np.asarray(keras.ops.convert_to_numpy(inputs), dtype=np.float32)
+        try:
+            outputs = np.asarray(self._exported_predict(batch))
+        except Exception as error:  # the runtime's own exception types differ by format
+            raise DataError(f"{self.exported} cannot take this run's input {tuple(batch.shape[1:])} "
+                            f"({_one_line(error)}): is it an export of {self.run_dir}?") from None
+        if outputs.shape[-1] != len(self.class_names):
+            raise DataError(f"{self.exported} answers {outputs.shape[-1]} classes where {self.run_dir} has "
+                            f"{len(self.class_names)}: is it an export of this run?")
+        return outputs
 
     def prepare(self, location: str):
         """One input as a stored row (resized and stored as the run's decoded cache stores it: what
@@ -192,8 +234,7 @@ class Predictor:
             for index in range(len(locations)):
                 attempt(index)
         good = [i for i, item in enumerate(prepared) if not isinstance(item, ValueError)]
-        outputs = (np.asarray(self.model.predict_on_batch(self.model_inputs(np.stack([prepared[i][0] for i in good]))))
-                   if good else [])
+        outputs = self.outputs(self.model_inputs(np.stack([prepared[i][0] for i in good]))) if good else []
         answers = [{"path": location, "label": None, "probability": None, "top_k": None, "error": str(item)}
                    if isinstance(item, ValueError) else None for location, item in zip(locations, prepared)]
         for output, index in zip(outputs, good):
@@ -220,11 +261,11 @@ class Predictor:
         return answer
 
 
-def predict_images(run_dir, image_paths, top_k: int = 5) -> list[dict]:
+def predict_images(run_dir, image_paths, top_k: int = 5, exported=None) -> list[dict]:
     """``zoo predict`` without ``--output``: top-k classes (class proportions for segmentation) of
     each input, one at a time; ``{"image", "top": [(class, probability)]}`` or ``{"image",
-    "error"}`` when the file cannot be read or does not fit the model."""
-    predictor = Predictor(run_dir)
+    "error"}`` when the file cannot be read or does not fit the model. ``exported``: see Predictor."""
+    predictor = Predictor(run_dir, exported)
     answers = []
     for location in image_paths:
         answer = predictor.answer([location], top_k, threads=1)[0]
@@ -274,12 +315,12 @@ def mask_folder(output: Path) -> Path:
 class PredictBatches:
     """Ray Data's callable class: loads the run's model once per actor, answers a batch of paths."""
 
-    def __init__(self, run_dir: str, top_k: int, mask_dir: str | None):
+    def __init__(self, run_dir: str, top_k: int, mask_dir: str | None, exported: str | None = None):
         from zoo.runtime import take_gpu_memory_on_demand
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         take_gpu_memory_on_demand()  # gpus_per_worker below 1 puts several actors on one GPU
-        self.predictor = Predictor(run_dir)
+        self.predictor = Predictor(run_dir, exported)
         self.top_k, self.mask_dir = top_k, mask_dir
 
     def __call__(self, batch):
@@ -289,13 +330,13 @@ class PredictBatches:
 
 def predict_to_parquet(run_dir, inputs, output, batch_size: int = 64, top_k: int = 5, executor: str = "local",
                        address: str | None = "auto", gpus_per_worker: float | None = None,
-                       workers: int | None = None) -> dict:
+                       workers: int | None = None, exported=None) -> dict:
     """Predict every image of ``inputs`` into the Parquet file ``output`` (one row per image,
     written to a temporary file and renamed when complete); segmentation runs also write one
     mask per image into ``<output stem>_masks/``. Returns {images, failed, seconds, images_per_second,
     first_batch_seconds, steady_images_per_second}: ``seconds`` is the whole call; the first batch pays for
     loading the model and compiling its step, so the rate after it (None with a single batch) is what more
-    images cost."""
+    images cost. ``exported``: see Predictor."""
     import pyarrow.parquet as pq
 
     from zoo.errors import ConfigError
@@ -317,7 +358,7 @@ def predict_to_parquet(run_dir, inputs, output, batch_size: int = 64, top_k: int
     writer, first = None, None  # first: (seconds until the first batch was written, its rows)
     try:
         for table in (_local_tables if executor == "local" else _ray_tables)(
-                run_dir, locations, output, batch_size, top_k, address, gpus_per_worker, workers):
+                run_dir, locations, output, batch_size, top_k, address, gpus_per_worker, workers, exported):
             if writer is None:
                 writer = pq.ParquetWriter(temporary, table.schema)
             writer.write_table(table)
@@ -339,15 +380,15 @@ def predict_to_parquet(run_dir, inputs, output, batch_size: int = 64, top_k: int
             "steady_images_per_second": after_first / (seconds - first[0]) if after_first else None}
 
 
-def _local_tables(run_dir, locations, output, batch_size, top_k, address, gpus, workers):
-    predictor = Predictor(run_dir)
+def _local_tables(run_dir, locations, output, batch_size, top_k, address, gpus, workers, exported):
+    predictor = Predictor(run_dir, exported)
     mask_dir = mask_folder(output) if predictor.segmentation else None
     for start in range(0, len(locations), batch_size):
         answers = predictor.answer(locations[start:start + batch_size], top_k, mask_dir)
         yield answers_table(answers, predictor.segmentation)
 
 
-def _ray_tables(run_dir, locations, output, batch_size, top_k, address, gpus_per_worker, workers):
+def _ray_tables(run_dir, locations, output, batch_size, top_k, address, gpus_per_worker, workers, exported):
     from zoo.harness.ray_executor import cluster_slots, connect
 
     ray = connect(address)
@@ -365,7 +406,9 @@ def _ray_tables(run_dir, locations, output, batch_size, top_k, address, gpus_per
     dataset = ray.data.from_items([{"path": location} for location in locations],
                                   override_num_blocks=max(1, min(len(locations) // batch_size, 4 * workers)))
     dataset = dataset.map_batches(PredictBatches, fn_constructor_kwargs={"run_dir": str(Path(run_dir).resolve()),
-                                                                         "top_k": top_k, "mask_dir": mask_dir},
+                                                                         "top_k": top_k, "mask_dir": mask_dir,
+                                                                         "exported": exported and str(
+                                                                             Path(exported).resolve())},
                                   batch_size=batch_size, batch_format="numpy",
                                   compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus)
     yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
