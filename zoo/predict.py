@@ -156,8 +156,8 @@ class Predictor:
         except (OSError, ValueError):
             return  # no description (renamed or copied alone): the output's width is checked at each batch
         if described.get("class_names") not in (None, list(self.class_names)):
-            others = ", ".join(described["class_names"][:5])
-            raise DataError(f"{exported} is the export of a model of other classes ({others}...) than "
+            others = ", ".join(described["class_names"][:5]) + ("..." if len(described["class_names"]) > 5 else "")
+            raise DataError(f"{exported} is the export of a model of other classes ({others}) than "
                             f"{self.run_dir}'s: give the run it was exported from")
 
     def outputs(self, inputs) -> np.ndarray:
