@@ -355,8 +355,7 @@ MUTATIONS = [
              "    forget_tracing_history()\n", "    pass\n",
              ("tests/test_console.py::test_a_workers_short_runs_are_not_warned_of_retracing",)),
     Mutation("a resumed suite's ETA waits for its first run", "zoo/harness/runner.py",
-             "    durations = finished_run_seconds(runs_dir, sorted({r.run_id for r in selected} - "
-             "{r.run_id for r in todo}))",
+             "    durations = finished_run_seconds(runs_dir, [r.run_id for r in _finished(selected, todo)])",
              "    durations = {}",
              ("tests/test_harness.py::test_a_resumed_suite_gives_an_eta_from_its_first_run",)),
     Mutation("zoo predict on a suite's folder says only that it holds no model", "zoo/predict.py",
@@ -367,7 +366,7 @@ MUTATIONS = [
              ("tests/test_report.py::test_figures_draw_class_and_dataset_names_in_any_script_without_a_warning_per_"
               "glyph",)),
     Mutation("zoo typed alone answers with an argparse error", "zoo/cli.py",
-             '    if not [a for a in argv if a != "--verbose"]:', "    if False:",
+             "    parser.set_defaults(func=help_of(parser))", "    commands.required = True",
              ("tests/test_console.py::test_zoo_or_a_command_group_typed_alone_prints_its_help",)),
     Mutation("zoo predict --model answers with the Keras model, not the exported file", "zoo/predict.py",
              "        if self._exported_predict is None:", "        if True or self._exported_predict is None:",

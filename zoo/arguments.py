@@ -50,7 +50,7 @@ def port_number(text: str) -> int:
 
 
 def help_of(parser):
-    """A command's handler that prints its help: `zoo data` alone asks what there is to do."""
+    """A command's handler that prints its help: `zoo` or `zoo data` alone asks what there is to do."""
     def show(args) -> int:
         parser.print_help()
         return 0

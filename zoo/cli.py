@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbose", action="store_true",
                         help="show every line the libraries print, TensorFlow's start-up lines included")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(func=help_of(parser))  # `zoo` alone, as `zoo data` alone: the help
 
     listing = commands.add_parser("list", help="list registered backbones, heads or datasets")
     listing.add_argument("what", choices=["backbones", "heads", "datasets"])
@@ -460,11 +461,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--verbose" in argv:  # zoo's own option, wherever it was typed (zoo run SUITE --verbose)
         argv = ["--verbose"] + [a for a in argv if a != "--verbose"]
-    parser = build_parser()
-    if not [a for a in argv if a != "--verbose"]:
-        parser.print_help()
-        return 0
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command in BESIDE_TRAINING:
         from zoo.runtime import take_gpu_memory_on_demand
 

@@ -309,7 +309,7 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
     all_ids = [r.run_id for r in runs]
 
     # A resumed suite's ETA starts from the runs it finished before, not from "after the first run".
-    durations = finished_run_seconds(runs_dir, sorted({r.run_id for r in selected} - {r.run_id for r in todo}))
+    durations = finished_run_seconds(runs_dir, [r.run_id for r in _finished(selected, todo)])
     planned = recorded_estimates(out_dir)
     log(f"suite {suite['name']}: {len(runs)} runs, {len(selected) - len(todo)} already finished, "
         f"{len(todo)} to run -> {out_dir}")
