@@ -371,6 +371,16 @@ MUTATIONS = [
     Mutation("zoo predict --model answers with the Keras model, not the exported file", "zoo/predict.py",
              "        if self._exported_predict is None:", "        if True or self._exported_predict is None:",
              ("tests/test_export.py::test_predict_answers_with_an_exported_copy_as_the_keras_model_does",)),
+    Mutation("a phone's portrait photo reaches the model lying on its side", "zoo/data/folder.py",
+             "            array = np.asarray(upright(image, orientation))", "            array = np.asarray(image)",
+             ("tests/test_input_path.py::test_phone_photos_are_read_upright_for_training_prediction_and_masks",)),
+    Mutation("a WebP photo in a class folder is skipped as no image", "zoo/data/folder.py",
+             '".tif", ".tiff", ".webp"}', '".tif", ".tiff"}',
+             ("tests/test_input_path.py::test_phone_photos_are_read_upright_for_training_prediction_and_masks",)),
+    Mutation("a mask drawn on a turned photo's stored pixels is refused without the reason", "zoo/data/folder.py",
+             "                                    + _turned_hint(probes[str(image_path)], mask.shape))",
+             "                                    )",
+             ("tests/test_input_path.py::test_phone_photos_are_read_upright_for_training_prediction_and_masks",)),
 ]
 
 

@@ -69,6 +69,88 @@ def test_large_jpegs_decode_at_a_reduced_scale_the_same_way_for_training_and_pre
     decoded.forget_opened()
 
 
+def turned_copy(array: np.ndarray, path, orientation: int, **save):
+    """``array`` saved with EXIF ``orientation``, as a phone saves a photo it shows turned."""
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif.tobytes(), **save)
+
+
+def test_phone_photos_are_read_upright_for_training_prediction_and_masks(tmp_path):
+    """A phone stores a portrait photo as landscape rows with an EXIF orientation; viewers, browsers, OpenCV
+    and labelling tools show it upright, and so must the model see it in training and in zoo predict (it saw
+    such photos lying on their side until 2026-11-30). Every orientation, in PNG, JPEG and WebP, at full and
+    at libjpeg's reduced scale; browsers' .jfif and WebP files count as images; an iPhone's HEIC is named with
+    what reads it; a mask drawn on the stored pixels of a turned image is refused saying so."""
+    from PIL import ImageOps
+
+    from zoo.data.folder import read_image, read_mask
+    from zoo.predict import Predictor, list_inputs
+
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)
+    for orientation in range(1, 9):
+        turned_copy(stored, tmp_path / f"o{orientation}.png", orientation)
+        upright = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / f"o{orientation}.png")))
+        assert upright.shape[:2] == ((20, 12) if orientation >= 5 else (12, 20))
+        np.testing.assert_array_equal(read_image(tmp_path / f"o{orientation}.png"), upright)
+
+    y, x = np.mgrid[0:600, 0:800]
+    smooth = np.stack([x * 255 // 800, y * 255 // 600, (x + y) * 255 // 1400], -1).astype(np.uint8)
+    for name in ("dune", "forest"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        turned_copy(smooth, tmp_path / "photos" / name / "portrait.jpg", 6, quality=95)
+        turned_copy(smooth[::4, ::4], tmp_path / "photos" / name / "saved.jfif", 8, format="JPEG")
+        Image.fromarray(smooth[::5, ::5]).save(tmp_path / "photos" / name / "web.webp")
+    (tmp_path / "photos" / "dune" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    source = open_source({"name": "photos", "source": "folder", "path": str(tmp_path / "photos")})
+    assert source.info.splits == {"train": 6}
+    assert [s["reason"].split(":")[0] for s in source.info.skipped] == ["an iPhone (HEIC) photo"]
+    assert "pillow-heif" in source.info.skipped[0]["reason"]
+    assert any(note.startswith("4 of 6 images are stored turned") for note in source.info.notes)
+    portrait = tmp_path / "photos" / "dune" / "portrait.jpg"
+    assert read_image(portrait).shape == (800, 600, 3)
+    assert read_image(portrait, size=24).shape == (100, 75, 3)  # libjpeg's 1/8 scale, then turned
+    # The red channel grows left to right in the stored rows: upright (turned a quarter clockwise) it grows
+    # top to bottom.
+    full = read_image(portrait).astype(int)
+    assert full[-1, :, 0].mean() - full[0, :, 0].mean() > 200 and abs(full[:, -1, 0].mean() - full[:, 0, 0].mean()) < 5
+    rows = open_decoded(source, "train", 24, tmp_path / "cache")
+    index = source.example_ids("train").index("dune/portrait.jpg")
+    expected = stored_image(full.astype(np.float32), 24, 255.0)
+    assert np.abs(rows.images[index].astype(int) - expected.astype(int)).mean() < 2.0
+    predictor = Predictor.__new__(Predictor)
+    predictor.filesystem = None
+
+    class Input:
+        image_size, channels, max_pixel_value = 24, 3, 255.0
+    predictor.input = Input
+    row, original = predictor.prepare(str(portrait))
+    np.testing.assert_array_equal(row, rows.images[index])
+    assert original == (800, 600)  # a segmentation answer is made at the photo's upright size
+    assert sorted(Path(p).name for p in list_inputs([tmp_path / "photos" / "dune"])) == [
+        "portrait.jpg", "saved.jfif", "web.webp"]
+    decoded.forget_opened()
+
+    for drawn_on, accepted in (("upright", True), ("stored", False)):
+        root = tmp_path / f"seg-{drawn_on}"
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        for index in range(2):
+            turned_copy(stored, root / "images" / f"{index}.jpg", 6)
+            mask = np.zeros((20, 12) if drawn_on == "upright" else (12, 20), np.uint8)
+            mask[:3] = 1  # the top rows as the labeller saw them
+            Image.fromarray(mask).save(root / "masks" / f"{index}.png")
+        entry = {"name": "seg", "source": "folder", "path": str(root), "class_names": ["bare", "crop"]}
+        if accepted:
+            assert open_source(entry).info.image_shape == [20, 12]
+            assert read_mask(root / "masks" / "0.png").shape == (20, 12)
+        else:
+            with pytest.raises(Exception, match=r"stored turned \(EXIF orientation 6\).*drawn on the stored pixels"):
+                open_source(entry)
+
+
 def make_photos(root):
     """Photos of several sizes (so every row is resized), one grey among colour ones."""
     rng = np.random.default_rng(0)

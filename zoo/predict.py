@@ -20,7 +20,6 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 DECODE_THREADS = 4
 
 
@@ -53,6 +52,8 @@ def list_inputs(inputs) -> list[str]:
     """The images named by ``inputs`` in a stable order: files as given, folders and s3://
     prefixes expanded to the image files under them (hidden ones left out). A name that does not
     exist is kept, so that it gets its error row."""
+    from zoo.data.folder import is_image_file
+
     found: list[str] = []
     for item in map(str, inputs):
         if _is_remote(item):
@@ -66,11 +67,11 @@ def list_inputs(inputs) -> list[str]:
                 continue
             entries = filesystem.get_file_info(fs.FileSelector(prefix, recursive=True, allow_not_found=True))
             found += sorted(f"s3://{e.path}" for e in entries if e.type == fs.FileType.File
-                            and PurePosixPath(e.path).suffix.lower() in IMAGE_SUFFIXES
+                            and is_image_file(PurePosixPath(e.path))
                             and not any(part.startswith(".") for part in PurePosixPath(e.path).parts))
         elif Path(item).is_dir():
             root = Path(item)
-            found += sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            found += sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_file(p)
                             and not any(part.startswith(".") for part in p.relative_to(root).parts))
         else:
             found.append(item)

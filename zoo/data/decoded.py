@@ -26,7 +26,7 @@ import numpy as np
 from zoo.runspec import CACHE_MODES
 
 # Bump when stored rows would differ for the same source (resize, rounding, layout).
-DECODE_VERSION = 2  # 2: large JPEGs decoded at a reduced scale (zoo.data.folder.decode_image)
+DECODE_VERSION = 3  # 2: large JPEGs decoded at a reduced scale; 3: photos read upright (EXIF orientation)
 DECODE_THREADS = 8
 # The disk the cache lives on keeps at least this much free after the cache is written.
 DISK_MARGIN_BYTES = 1 << 30

@@ -19,7 +19,61 @@ import numpy as np
 
 from zoo.errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
+# What Pillow (or tifffile) reads without plug-ins: timm's and torchvision's ImageFolder formats and the
+# JPEG names browsers save (.jfif); AVIF too where this Pillow was built with it (see is_image_file).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+# Formats a folder may hold that this machine cannot read, with what reads them.
+UNREADABLE_HERE = {".heic": "an iPhone (HEIC) photo: Pillow reads it with the pillow-heif plug-in; or convert it "
+                            "to JPEG (Photos' export, `heif-convert`, or `sips -s format jpeg` on a Mac)",
+                   ".heif": "a HEIF photo: Pillow reads it with the pillow-heif plug-in; or convert it to JPEG",
+                   ".avif": "an AVIF image, which this machine's Pillow cannot read: upgrade Pillow (11.3 or later) "
+                            "or convert it to PNG or JPEG"}
+
+
+def is_image_file(path) -> bool:
+    """Whether zoo reads ``path`` as an image (by its suffix, case aside)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".avif":
+        from PIL import features
+
+        return bool(features.check("avif"))
+    return suffix in IMAGE_SUFFIXES
+
+
+def not_an_image(path) -> str:
+    """Why a file in a dataset folder is skipped: not an image, or a format this machine cannot read."""
+    suffix = Path(path).suffix.lower()
+    if suffix in UNREADABLE_HERE:
+        return f"{UNREADABLE_HERE[suffix]}; it is left out"
+    return f"not an image file ({suffix or 'no suffix'})"
+
+
+# EXIF orientation (tag 274) -> the transpose that shows the stored pixels upright, as photo viewers,
+# browsers and OpenCV show them (Pillow's ImageOps.exif_transpose, without copying the image's metadata).
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation(image) -> int:
+    """An open Pillow image's EXIF orientation (1-8; 1, upright, when it has none or a damaged one).
+    Phones store a portrait photo as landscape sensor rows with orientation 6 or 8."""
+    try:
+        value = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001  damaged EXIF: the pixels as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def upright(image, orientation: int):
+    """``image`` turned as its EXIF ``orientation`` says (5-8 swap height and width)."""
+    from PIL import Image
+
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+              7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}.get(orientation)
+    return image.transpose(method) if method is not None else image
+
+
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 
@@ -66,7 +120,9 @@ def decode_image(path, reduce: bool = True, suffix: str | None = None,
     """:func:`read_image`'s array and the file's own (height, width). With ``size``, a JPEG is decoded at
     the smallest of libjpeg's scales (1/2, 1/4, 1/8) that keeps its short side at least DRAFT_MARGIN x
     ``size``: a 12-megapixel photo for a 224-px model decodes about 4x faster, and its DCT-domain reduction
-    averages the pixels that a bilinear resize from full resolution would skip."""
+    averages the pixels that a bilinear resize from full resolution would skip. A photo is read upright, as
+    its EXIF orientation says (as viewers, browsers and labelling tools show it; the height and width given
+    are then the upright ones)."""
     if suffix is None:
         path = Path(path)
         suffix = path.suffix
@@ -81,7 +137,8 @@ def decode_image(path, reduce: bool = True, suffix: str | None = None,
         from PIL import Image
 
         with Image.open(path) as image:
-            original = (image.size[1], image.size[0])
+            orientation = exif_orientation(image)
+            original = (image.size[1], image.size[0])[::-1 if orientation >= 5 else 1]
             factor = max(image.size) // DECODE_LONG_SIDE if reduce else 1
             if size and reduce:
                 factor = max(factor, max((f for f in (2, 4, 8) if min(image.size) // f >= DRAFT_MARGIN * size),
@@ -94,7 +151,7 @@ def decode_image(path, reduce: bool = True, suffix: str | None = None,
             factor = max(image.size) // DECODE_LONG_SIDE if reduce else 1
             if factor >= 2 and image.mode in ("L", "RGB", "I;16", "I", "F"):
                 image = image.reduce(factor)
-            array = np.asarray(image)
+            array = np.asarray(upright(image, orientation))
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3:
@@ -132,7 +189,7 @@ def read_mask(path) -> np.ndarray:
 
         with Image.open(path) as image:
             mode = image.mode
-            mask = np.asarray(image.convert("L") if mode == "1" else image)
+            mask = np.asarray(upright(image.convert("L") if mode == "1" else image, exif_orientation(image)))
         mask = (mask > 0).astype(np.uint8) if mode == "1" else mask
         mask = mask[..., None] if mask.ndim == 2 else mask
         if mode in ("RGBA", "LA"):
@@ -152,11 +209,11 @@ def _probe(path: Path) -> dict:
         return {"error": f"{pixels / 1e6:.0f} megapixels is above zoo's limit of {MAX_IMAGE_PIXELS / 1e6:.0f} "
                          f"(ZOO_MAX_IMAGE_PIXELS); downscale it or raise the limit"}
     try:
-        if path.suffix.lower() in (".jpg", ".jpeg"):
+        if path.suffix.lower() in JPEG_SUFFIXES:
             return _probe_jpeg(path)
         array = read_image(path, reduce=False)
         brightest = int(array.max()) if array.dtype.kind in "ui" and array.size else None
-        return {"shape": list(array.shape), "dtype": str(array.dtype), "max": brightest}
+        return {"shape": list(array.shape), "dtype": str(array.dtype), "max": brightest, **_turned(path)}
     except Exception as error:  # PIL, tifffile and OS errors all mean "unreadable"
         return {"error": f"{type(error).__name__}: {error}".splitlines()[0][:200]}
 
@@ -171,9 +228,23 @@ def _probe_jpeg(path: Path) -> dict:
             return {"shape": list(read_image(path, reduce=False).shape), "dtype": "uint8"}
         width, height = image.size
         channels = 1 if image.mode == "L" else 3  # CMYK and YCbCr are read as RGB
+        orientation = exif_orientation(image)
         image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
         image.load()
-    return {"shape": [height, width, channels], "dtype": "uint8"}
+    turned = {"orientation": orientation} if orientation != 1 else {}
+    return {"shape": [width, height, channels] if orientation >= 5 else [height, width, channels],
+            "dtype": "uint8", **turned}
+
+
+def _turned(path: Path) -> dict:
+    """``{"orientation": n}`` for a file stored turned (EXIF orientation n, 2-8), else nothing."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return {}
+    from PIL import Image
+
+    with Image.open(path) as image:
+        orientation = exif_orientation(image)
+    return {"orientation": orientation} if orientation != 1 else {}
 
 
 def dataset_format(probes: dict[str, dict], max_pixel_value=None) -> tuple[int, float]:
@@ -237,10 +308,14 @@ def files_key(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+SCAN_VERSION = 2  # 2: shapes as shown upright (EXIF orientation), the orientation of a turned file
+
+
 def probe_files(files: list[Path], cache_dir: Path | None, listing_key: str | None = None) -> dict[str, dict]:
     """Decode every file once (in threads) and report shape/dtype or the error. The cache is
     keyed by ``listing_key`` (see files_key; computed here when not given)."""
-    cache_file = Path(cache_dir) / f"scan-{listing_key or files_key(files)}.json" if cache_dir else None
+    cache_file = (Path(cache_dir) / f"scan-{SCAN_VERSION}-{listing_key or files_key(files)}.json"
+                  if cache_dir else None)
     if cache_file and cache_file.is_file():
         return json.loads(cache_file.read_text())
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -277,6 +352,15 @@ def detect_layout(root: Path) -> tuple[str, dict[str, Path]]:
     return task, splits
 
 
+def _turned_hint(probe: dict, mask_shape) -> str:
+    """For a mask that matches its image's stored pixels, not the upright photo zoo reads."""
+    if probe.get("orientation", 1) < 5 or list(mask_shape) != probe["shape"][1::-1]:
+        return ""
+    return (f". The image is stored turned (EXIF orientation {probe['orientation']}) and zoo reads it upright, as "
+            f"viewers and labelling tools show it; this mask was drawn on the stored pixels. Save the image upright "
+            f"(Pillow's ImageOps.exif_transpose, or `exiftran -ai`) or turn the mask the same way")
+
+
 class FolderScan:
     """The result of scanning a folder dataset: valid examples per split, and skipped files."""
 
@@ -306,7 +390,13 @@ class FolderScan:
         self.notes = [note for note in [range_note(probes, max_pixel_value)] if note]
         for split, items in candidates.items():
             self.examples[split] = [item for item in items if self._accept(item[0], probes[str(item[0])])]
-        shapes = {tuple(probes[str(item[0])]["shape"][:2]) for items in self.examples.values() for item in items}
+        kept = [probes[str(item[0])] for items in self.examples.values() for item in items]
+        turned = sum(1 for probe in kept if probe.get("orientation", 1) != 1)
+        if turned:
+            self.notes.append(f"{turned} of {len(kept)} images are stored turned (EXIF orientation, as phones save "
+                              f"portrait photos) and are read upright, as viewers show them (Keras's "
+                              f"image_dataset_from_directory reads them as stored)")
+        shapes = {tuple(probe["shape"][:2]) for probe in kept}
         self.image_shape = list(shapes.pop()) if len(shapes) == 1 else None  # None: the sizes vary
         if self.task == "classification":
             self.class_names = sorted({label for items in candidates.values() for _, label in items})
@@ -333,10 +423,10 @@ class FolderScan:
                                  "subfolders' names; move it into one"})
         for class_folder in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for path in self._files_below(class_folder):
-                if path.suffix.lower() in IMAGE_SUFFIXES:
+                if is_image_file(path):
                     items.append((path, class_folder.name))
                 else:
-                    self.skipped.append({"path": str(path), "reason": f"not an image file ({path.suffix or 'no suffix'})"})
+                    self.skipped.append({"path": str(path), "reason": not_an_image(path)})
         return items
 
     def _files_below(self, folder: Path) -> list[Path]:
@@ -363,15 +453,15 @@ class FolderScan:
 
         masks = {}
         for path in self._files_below(masks_folder):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                self.skipped.append({"path": str(path), "reason": f"not an image file ({path.suffix or 'no suffix'})"})
+            if not is_image_file(path):
+                self.skipped.append({"path": str(path), "reason": not_an_image(path)})
             else:
                 masks[place(path, masks_folder)] = path
         items, paired = [], set()
         for path in self._files_below(images_folder):
             key = place(path, images_folder)
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                self.skipped.append({"path": str(path), "reason": f"not an image file ({path.suffix or 'no suffix'})"})
+            if not is_image_file(path):
+                self.skipped.append({"path": str(path), "reason": not_an_image(path)})
             elif key not in masks:
                 raise DataError(f"{path} has no mask: expected {masks_folder / key}.<png|tif>; "
                                 f"add the mask or remove the image")
@@ -398,7 +488,8 @@ class FolderScan:
                 if list(mask.shape) != list(image_shape):
                     raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image "
                                     f"{image_path.name} is {image_shape[0]}x{image_shape[1]}; masks must match "
-                                    f"their images pixel for pixel")
+                                    f"their images pixel for pixel"
+                                    + _turned_hint(probes[str(image_path)], mask.shape))
                 values = {int(v) for v in np.unique(mask)} - {self.void_value}
                 top = max(values, default=0)
                 if self.class_names and top >= len(self.class_names):
