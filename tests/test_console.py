@@ -207,3 +207,18 @@ def test_help_is_plain_text_with_an_example_for_every_command():
         text = command.format_help()
         assert "``" not in text and ":func:" not in text and ":class:" not in text, name
         assert re.search(r"^examples?:\n  zoo ", text, re.MULTILINE), name
+
+
+def test_every_command_that_writes_somewhere_takes_both_o_and_its_long_name():
+    """`zoo report runs/x --out reports/x` and `zoo run suite.yaml -o runs/x` were refused while the other
+    spelling worked: each command's output option answers to -o and to --out (--output for predict's file)."""
+    parser = build_parser()
+    for name, command in subcommands(parser):
+        spellings = [set(action.option_strings) for action in command._actions
+                     if {"-o", "--out", "--output"} & set(action.option_strings)]
+        for options in spellings:
+            assert "-o" in options and options & {"--out", "--output"}, (name, options)
+    report = parser.parse_args(["report", "runs/x", "--out", "reports/x"])
+    assert (report.out, report.o) == ("runs/x", "reports/x")
+    assert parser.parse_args(["run", "s.yaml", "-o", "runs/x"]).out == "runs/x"
+    assert parser.parse_args(["predict", "runs/x/runs/a", "a.jpg", "-o", "p.parquet"]).output == "p.parquet"

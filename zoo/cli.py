@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="train and evaluate every run of a suite file")
     run.add_argument("suite", help="suite YAML file, e.g. benchmarks/quickstart.yaml")
-    run.add_argument("--out", help="output folder (default: runs/<suite name>)")
+    run.add_argument("-o", "--out", help="output folder (default: runs/<suite name>)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a suite key, e.g. --set train.epochs=1 (repeatable)")
     run.add_argument("--only", metavar="PATTERN", help="run only the runs whose id matches this glob")
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="every run of a suite with its status, readiness and estimated time")
     plan.add_argument("suite")
-    plan.add_argument("--out", help="output folder (default: runs/<suite name>)")
+    plan.add_argument("-o", "--out", help="output folder (default: runs/<suite name>)")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     plan.add_argument("--only", metavar="PATTERN")
     plan.add_argument("--record", action="store_true",
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write markdown/HTML comparison reports from a results folder")
     report.add_argument("out", help="the folder `zoo run` wrote (holding results.csv)")
     report.add_argument("--format", default="md,html", help="md, html or both (default md,html)")
-    report.add_argument("-o", metavar="DIR", help="report folder (default: reports/<suite name>)")
+    report.add_argument("-o", "--out", dest="o", metavar="DIR", help="report folder (default: reports/<suite name>)")
     report.add_argument("--latency-budget", type=positive_number, metavar="MS", help="also name the best model within this latency")
     report.add_argument("--size-budget", type=positive_number, metavar="MB",
                         help="also name the best model whose file (exported, else .keras) fits this size")
@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=["saved_model", "tflite", "onnx"])
     export.add_argument("--quantize", default="none", choices=["none", "float16", "int8"],
                         help="tflite and onnx: float16 weights, or int8 calibrated on the run's training images")
-    export.add_argument("-o", metavar="PATH", help="where to write it (default: RUN/export/model[-QUANTIZE].EXT); "
+    export.add_argument("-o", "--out", dest="o", metavar="PATH", help="where to write it (default: RUN/export/model[-QUANTIZE].EXT); "
                                                    "a JSON description of its input goes beside it")
     export.add_argument("--measure", action="store_true",
                         help="also measure it on the run's test split (size, CPU latency, score after "
@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="image files, folders (searched recursively) or s3://bucket/prefix (endpoint and "
                               "credentials from the AWS variables, e.g. AWS_ENDPOINT_URL)")
     predict.add_argument("--top-k", type=whole_number(1), default=5)
-    predict.add_argument("--output", metavar="FILE.parquet",
+    predict.add_argument("-o", "--output", metavar="FILE.parquet",
                          help="write one row per image (path, label, probability, top_k, error) to this Parquet "
                               "file; segmentation masks go to FILE_masks/")
     predict.add_argument("--batch-size", type=whole_number(1), default=64, help="images per model call with --output")

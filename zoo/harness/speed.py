@@ -132,5 +132,5 @@ def add_speed_command(commands) -> None:
     speed.add_argument("--xla", action="store_true", help="XLA-compile the steps (JAX always compiles)")
     speed.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
                        help="the Keras backend to measure on (default: KERAS_BACKEND, else Keras's configured one)")
-    speed.add_argument("--out", help="write the table as CSV")
+    speed.add_argument("-o", "--out", help="write the table as CSV")
     speed.set_defaults(func=cmd_speed)
