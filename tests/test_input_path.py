@@ -129,8 +129,11 @@ def test_phone_photos_are_read_upright_for_training_prediction_and_masks(tmp_pat
     row, original = predictor.prepare(str(portrait))
     np.testing.assert_array_equal(row, rows.images[index])
     assert original == (800, 600)  # a segmentation answer is made at the photo's upright size
+    # zoo predict over a folder: the HEIC photo gets its error row, naming what reads it, not passed over.
     assert sorted(Path(p).name for p in list_inputs([tmp_path / "photos" / "dune"])) == [
-        "portrait.jpg", "saved.jfif", "web.webp"]
+        "IMG_0001.HEIC", "portrait.jpg", "saved.jfif", "web.webp"]
+    with pytest.raises(ValueError, match="cannot be read as an image.*an iPhone \\(HEIC\\) photo.*pillow-heif"):
+        predictor.prepare(str(tmp_path / "photos" / "dune" / "IMG_0001.HEIC"))
     decoded.forget_opened()
 
     for drawn_on, accepted in (("upright", True), ("stored", False)):

@@ -51,8 +51,12 @@ def _s3_key(location: str) -> str:
 def list_inputs(inputs) -> list[str]:
     """The images named by ``inputs`` in a stable order: files as given, folders and s3://
     prefixes expanded to the image files under them (hidden ones left out). A name that does not
-    exist is kept, so that it gets its error row."""
-    from zoo.data.folder import is_image_file
+    exist is kept, so that it gets its error row, as is a photo this machine cannot read (an iPhone's HEIC),
+    so that it is named with what reads it rather than passed over."""
+    from zoo.data.folder import UNREADABLE_HERE, is_image_file
+
+    def wanted(path: PurePosixPath) -> bool:
+        return is_image_file(path) or path.suffix.lower() in UNREADABLE_HERE
 
     found: list[str] = []
     for item in map(str, inputs):
@@ -67,11 +71,11 @@ def list_inputs(inputs) -> list[str]:
                 continue
             entries = filesystem.get_file_info(fs.FileSelector(prefix, recursive=True, allow_not_found=True))
             found += sorted(f"s3://{e.path}" for e in entries if e.type == fs.FileType.File
-                            and is_image_file(PurePosixPath(e.path))
+                            and wanted(PurePosixPath(e.path))
                             and not any(part.startswith(".") for part in PurePosixPath(e.path).parts))
         elif Path(item).is_dir():
             root = Path(item)
-            found += sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_file(p)
+            found += sorted(str(p) for p in root.rglob("*") if p.is_file() and wanted(p)
                             and not any(part.startswith(".") for part in p.relative_to(root).parts))
         else:
             found.append(item)
@@ -185,7 +189,7 @@ class Predictor:
         :meth:`model_inputs` turns into the model's input) and its original (height, width); raises
         ValueError with the reason when it cannot be."""
         from zoo.data.decoded import stored_image
-        from zoo.data.folder import decode_image, to_dataset_scale
+        from zoo.data.folder import UNREADABLE_HERE, decode_image, to_dataset_scale
 
         try:
             if _is_remote(location) and self.filesystem is None:
@@ -196,7 +200,9 @@ class Predictor:
                                            suffix=PurePosixPath(location).suffix, size=self.input.image_size)
             array = to_dataset_scale(array, self.input.max_pixel_value)
         except Exception as error:  # PIL, tifffile, S3 and OS errors all mean "unreadable"
-            raise ValueError(f"cannot be read as an image ({_one_line(error)})") from None
+            format_hint = UNREADABLE_HERE.get(PurePosixPath(location).suffix.lower())
+            raise ValueError(f"cannot be read as an image ({_one_line(error)})"
+                             + (f": {format_hint}" if format_hint else "")) from None
         channels = self.input.channels
         if array.shape[-1] != channels:
             if array.shape[-1] != 1:
