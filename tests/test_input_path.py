@@ -30,12 +30,25 @@ def nothing_held():
     decoded.forget_opened()
 
 
+def input_only_predictor(image_size: int):
+    """A Predictor with a run's input description and no model: what prepare() needs."""
+    from zoo.predict import Predictor
+
+    predictor = Predictor.__new__(Predictor)
+    predictor.filesystem = None
+
+    class Input:
+        channels, max_pixel_value = 3, 255.0
+    Input.image_size = image_size
+    predictor.input = Input
+    return predictor
+
+
 def test_large_jpegs_decode_at_a_reduced_scale_the_same_way_for_training_and_prediction(tmp_path):
     """A photo far larger than the model's input is decoded by libjpeg at 1/2-1/8 scale (its short side kept
     at least twice the input's): the scan still reads every block (a truncated file is named), still records
     the file's own shape, and zoo predict makes the same row and answers at the file's own size."""
     from zoo.data.folder import DRAFT_MARGIN, read_image
-    from zoo.predict import Predictor
 
     y, x = np.mgrid[0:600, 0:800]
     smooth = np.stack([x * 255 // 800, y * 255 // 600, (x + y) * 255 // 1400], -1).astype(np.uint8)
@@ -57,12 +70,7 @@ def test_large_jpegs_decode_at_a_reduced_scale_the_same_way_for_training_and_pre
     full = stored_image(read_image(path).astype(np.float32), 24, 255.0)
     # The same picture: what the two decodes differ by is a fraction of a grey level on average.
     assert np.abs(rows.images[0].astype(int) - full.astype(int)).mean() < 2.0
-    predictor = Predictor.__new__(Predictor)
-    predictor.filesystem = None
-
-    class Input:
-        image_size, channels, max_pixel_value = 24, 3, 255.0
-    predictor.input = Input
+    predictor = input_only_predictor(24)
     row, original = predictor.prepare(str(path))
     np.testing.assert_array_equal(row, rows.images[0])
     assert original == (600, 800)
@@ -86,7 +94,7 @@ def test_phone_photos_are_read_upright_for_training_prediction_and_masks(tmp_pat
     from PIL import ImageOps
 
     from zoo.data.folder import read_image, read_mask
-    from zoo.predict import Predictor, list_inputs
+    from zoo.predict import list_inputs
 
     rng = np.random.default_rng(0)
     stored = rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)
@@ -120,12 +128,7 @@ def test_phone_photos_are_read_upright_for_training_prediction_and_masks(tmp_pat
     index = source.example_ids("train").index("dune/portrait.jpg")
     expected = stored_image(full.astype(np.float32), 24, 255.0)
     assert np.abs(rows.images[index].astype(int) - expected.astype(int)).mean() < 2.0
-    predictor = Predictor.__new__(Predictor)
-    predictor.filesystem = None
-
-    class Input:
-        image_size, channels, max_pixel_value = 24, 3, 255.0
-    predictor.input = Input
+    predictor = input_only_predictor(24)
     row, original = predictor.prepare(str(portrait))
     np.testing.assert_array_equal(row, rows.images[index])
     assert original == (800, 600)  # a segmentation answer is made at the photo's upright size
