@@ -169,6 +169,61 @@ def test_folder_skips_and_names_broken_files_and_trains_through_an_epoch(tmp_pat
     assert seen == [4, 4, 4, 4]  # 13 and 3 of them again: the grey GIF is expanded to RGB, nothing crashes mid-epoch
 
 
+def test_a_file_saved_twice_is_never_trained_on_and_scored(tmp_path):
+    """Scraped and hand-gathered folders hold the same photo twice ("x (1).jpg"): a random carving puts one
+    copy in train and the other in test, and the test score counts an image the model trained on. Carving
+    keeps each file's copies on one side (whatever the seed); a folder without copies is carved as before;
+    zoo data info names copies, copies in two classes and copies across the folder's own splits."""
+    import shutil
+
+    from zoo.data.splits import plan_for_source
+
+    rng = np.random.default_rng(0)
+    for name in ("beagle", "corgi", "pug"):
+        (tmp_path / "dogs" / name).mkdir(parents=True)
+        for index in range(12):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "dogs" / name / f"{index}.png")
+    plain = open_source({"name": "dogs", "path": str(tmp_path / "dogs")})
+    assert plain.info.notes == [] and (plain.copies("train") == -1).all()
+    unchanged = plan_for_source(plain, None, 3)
+    raw = plan_splits({"train": 36}, None, 3, {"train": plain.labels("train")})
+    assert all(np.array_equal(unchanged[k][1], raw[k][1]) for k in raw)
+    for index in range(8):
+        shutil.copy(tmp_path / "dogs" / "beagle" / f"{index}.png", tmp_path / "dogs" / "beagle" / f"{index} (1).png")
+    shutil.copy(tmp_path / "dogs" / "pug" / "3.png", tmp_path / "dogs" / "corgi" / "from-pug.png")
+    source = open_source({"name": "dogs", "path": str(tmp_path / "dogs")})
+    copies, ids = source.copies("train"), source.example_ids("train")
+    assert (copies >= 0).sum() == 18 and len(set(copies[copies >= 0])) == 9
+    assert source.info.notes[0].startswith("9 image(s) are byte-for-byte copies of another (beagle/0 (1).png = "
+                                           "beagle/0.png, ...); the val and test split(s) carved from train keep")
+    assert source.info.notes[1].startswith("1 image(s) are copied into two or more classes "
+                                           "(corgi/from-pug.png = pug/3.png): at most one of their labels is right")
+    split_apart = 0
+    for seed in range(6):
+        raw = plan_splits({"train": len(ids)}, None, seed, {"train": source.labels("train")})
+        plan = plan_for_source(source, None, seed)
+        for carving, moved in ((raw, False), (plan, True)):
+            side = {int(i): name for name, (_, indices) in carving.items() for i in indices}
+            assert sorted(side) == list(range(len(ids)))  # every example in exactly one split
+            torn = sum(len({side[int(i)] for i in np.flatnonzero(copies == group)}) > 1 for group in range(9))
+            if moved:
+                assert torn == 0, seed
+            else:
+                split_apart += torn
+    assert split_apart > 0  # the random carving alone would score trained-on copies
+
+    for split, names in (("train", ("a", "b")), ("test", ("c",))):
+        for name in ("beagle", "pug"):
+            (tmp_path / "own" / split / name).mkdir(parents=True)
+            for index in names:
+                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+                    tmp_path / "own" / split / name / f"{index}.png")
+    shutil.copy(tmp_path / "own" / "train" / "pug" / "a.png", tmp_path / "own" / "test" / "pug" / "a.png")
+    own = open_source({"name": "own", "path": str(tmp_path / "own")})
+    assert any(note.startswith("1 image(s) are in two of this folder's own splits (test/pug/a.png = train/pug/a.png)")
+               for note in own.info.notes), own.info.notes
+
+
 def test_folder_with_split_subfolders_and_16_bit_multiband_tiff(tmp_path):
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
@@ -355,8 +410,8 @@ def test_sixteen_bit_images_far_below_full_scale_get_a_note_naming_the_likely_on
                           capture_output=True, text=True)
     assert "note: dataset tiles: 16-bit images whose brightest" in plan.stdout, plan.stdout + plan.stderr
     # Full-range 16-bit data and 8-bit photos: nothing to say.
-    for label in ("crop", "water"):
-        tifffile.imwrite(tmp_path / "tiles" / label / "bright.tif", np.full((16, 16, 4), 60000, np.uint16))
+    for offset, label in enumerate(("crop", "water")):  # two files, not one copied into both classes
+        tifffile.imwrite(tmp_path / "tiles" / label / "bright.tif", np.full((16, 16, 4), 60000 + offset, np.uint16))
     assert open_source(entry).info.notes == []
     assert open_source({"name": "photos", "source": "folder", "path": str(make_photo_folder(tmp_path / "p"))}).info.notes == []
 
@@ -365,7 +420,7 @@ def make_photo_folder(root):
     for label in ("a", "b"):
         (root / label).mkdir(parents=True)
         for index in range(3):
-            Image.fromarray(np.full((8, 8, 3), 40 * index, np.uint8)).save(root / label / f"{index}.png")
+            Image.fromarray(np.full((8, 8, 3), 40 * index + (label == "b"), np.uint8)).save(root / label / f"{index}.png")
     return root
 
 

@@ -323,6 +323,8 @@ def make_messy_folder(root: Path) -> Path:
 
 def test_a_messy_folder_runs_and_says_what_it_skipped_and_what_it_cannot_judge(tmp_path):
     data = make_messy_folder(tmp_path / "messy")
+    # A photo in the folder's own train and test splits: the test then scores an image the model trained on.
+    (data / "test" / "<b>x" / "from-train.png").write_bytes((data / "train" / "<b>x" / "3.png").read_bytes())
     suite = write_suite(tmp_path, {"name": "messy", "datasets": [{"name": "messy", "source": "folder",
                                                                    "path": str(data)}],
                                    "train": {"image_size": 24, "epochs": 1, "batch_size": 8}})
@@ -340,6 +342,13 @@ def test_a_messy_folder_runs_and_says_what_it_skipped_and_what_it_cannot_judge(t
     assert "&lt;b&gt;x" in report and "<b>x" not in report
     assert "Skipped files: 3 could not be read" in report
     assert "Classes without a test example: rare" in report
+    from markupsafe import escape
+
+    copied = "1 image(s) are in two of this folder's own splits (test/<b>x/from-train.png = train/<b>x/3.png)"
+    assert "note: dataset messy: 1 image(s) are in two of this folder's own splits" in result.stdout
+    assert "Notes on the data:\n\n- 1 image(s) are byte-for-byte copies" in report
+    assert f"- {copied}".replace("<", "&lt;").replace(">", "&gt;") in report
+    assert f"<li>{escape(copied)}" in (tmp_path / "reports" / "messy" / "report.html").read_text()
     info = zoo("data", "info", data)
     assert "hidden folder" in info.stdout and ".thumbnails" in info.stdout
 

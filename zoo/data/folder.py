@@ -210,12 +210,23 @@ def _probe(path: Path) -> dict:
                          f"(ZOO_MAX_IMAGE_PIXELS); downscale it or raise the limit"}
     try:
         if path.suffix.lower() in JPEG_SUFFIXES:
-            return _probe_jpeg(path)
-        array = read_image(path, reduce=False)
-        brightest = int(array.max()) if array.dtype.kind in "ui" and array.size else None
-        return {"shape": list(array.shape), "dtype": str(array.dtype), "max": brightest, **_turned(path)}
+            probe = _probe_jpeg(path)
+        else:
+            array = read_image(path, reduce=False)
+            brightest = int(array.max()) if array.dtype.kind in "ui" and array.size else None
+            probe = {"shape": list(array.shape), "dtype": str(array.dtype), "max": brightest, **_turned(path)}
+        return {**probe, "digest": content_digest(path)}
     except Exception as error:  # PIL, tifffile and OS errors all mean "unreadable"
         return {"error": f"{type(error).__name__}: {error}".splitlines()[0][:200]}
+
+
+def content_digest(path: Path) -> str:
+    """A file's bytes, hashed: two files with one digest are copies of each other."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _probe_jpeg(path: Path) -> dict:
@@ -308,7 +319,7 @@ def files_key(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-SCAN_VERSION = 2  # 2: shapes as shown upright (EXIF orientation), the orientation of a turned file
+SCAN_VERSION = 2  # 2: shapes as shown upright (EXIF orientation), a turned file's orientation, each file's digest
 
 
 def probe_files(files: list[Path], cache_dir: Path | None, listing_key: str | None = None) -> dict[str, dict]:
@@ -410,6 +421,7 @@ class FolderScan:
             self.class_names = list(class_names) if class_names else None
             self._check_masks(probes)
         self._check_sizes()
+        self.copies = self._find_copies(probes)
 
     def _classification_candidates(self, folder: Path) -> list:
         """Each class folder's images, its subfolders' included (as Keras's image_dataset_from_directory
@@ -472,6 +484,48 @@ class FolderScan:
             self.skipped.append({"path": str(masks[key]), "reason": f"a mask without an image: expected "
                                  f"{images_folder / key}.<png|jpg|tif>; add the image or remove the mask"})
         return items
+
+    def _find_copies(self, probes) -> dict[str, np.ndarray]:
+        """Each split's copy group per example (-1: no other example has its bytes), and notes on the copies:
+        a file downloaded twice lands in two splits of a random carving (the test then scores images the model
+        trained on, which is why carving keeps a file's copies together), or in two classes (one label is
+        wrong)."""
+        groups: dict[str, list] = {}
+        for split, items in self.examples.items():
+            for index, (path, _) in enumerate(items):
+                groups.setdefault(probes[str(path)].get("digest"), []).append((split, index))
+        groups = [members for digest, members in groups.items() if digest and len(members) > 1]
+        copies = {split: np.full(len(items), -1, dtype=np.int64) for split, items in self.examples.items()}
+        for number, members in enumerate(groups):
+            for split, index in members:
+                copies[split][index] = number
+        if not groups:
+            return copies
+
+        def name(split, index):
+            return str(Path(self.examples[split][index][0]).relative_to(self.root))
+
+        def example(members):
+            return " = ".join(name(*member) for member in members[:2]) + (" = ..." if len(members) > 2 else "")
+
+        extra = sum(len(members) - 1 for members in groups)
+        note = f"{extra} image(s) are byte-for-byte copies of another ({example(groups[0])}"
+        note += ", ...)" if len(groups) > 1 else ")"
+        carved = [split for split in ("val", "test") if split not in self.examples]
+        if carved and any(sum(split == "train" for split, _ in members) > 1 for members in groups):
+            note += (f"; the {' and '.join(carved)} split(s) carved from train keep each file's copies on one side, so "
+                     f"that no image the model trained on is scored")
+        self.notes.append(note)
+        crossing = [members for members in groups if len({split for split, _ in members}) > 1]
+        if crossing:
+            self.notes.append(f"{len(crossing)} image(s) are in two of this folder's own splits ({example(crossing[0])}): "
+                              f"one split scores images the other trains or validates on; delete one of the copies")
+        if self.task == "classification":
+            torn = [members for members in groups if len({self.examples[s][i][1] for s, i in members}) > 1]
+            if torn:
+                self.notes.append(f"{len(torn)} image(s) are copied into two or more classes ({example(torn[0])}): "
+                                  f"at most one of their labels is right; delete the wrong copies")
+        return copies
 
     def _accept(self, path: Path, probe: dict) -> bool:
         reason = refusal(probe, self.channels)

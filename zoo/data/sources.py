@@ -76,6 +76,11 @@ class Source:
         """A group per example that splits must not cut (e.g. a track); None if independent."""
         return None
 
+    def copies(self, split: str) -> np.ndarray | None:
+        """Per example, a number shared by the examples whose files are byte-for-byte the same (-1: none
+        other is); carving keeps them in one split. None where the source has no files to compare."""
+        return None
+
     def tracks(self, split: str, indices=None) -> dict | None:
         """track_id, position and point_id per example, for sources whose points lie on tracks."""
         return None
@@ -352,6 +357,9 @@ class FolderSource(Source):
         if self.info.task != "classification":
             return None
         return np.array([label for _, label in self.scan.examples[split]], dtype=np.int64)
+
+    def copies(self, split):
+        return self.scan.copies[split]
 
     def content_id(self, split):
         void = "" if self.scan.void_value is None else f":void={self.scan.void_value}"  # masks are read remapped

@@ -63,8 +63,31 @@ def plan_for_source(source, fractions: dict | None, seed: int) -> dict[str, tupl
     """plan_splits for an opened source: its labelled splits, stratified by its labels, tracks kept whole."""
     info = source.info
     labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
-    return plan_splits(labelled, fractions, seed, {"train": source.labels("train") if "train" in labelled else None},
+    plan = plan_splits(labelled, fractions, seed, {"train": source.labels("train") if "train" in labelled else None},
                        groups=source.groups("train"))
+    copies = source.copies("train") if "train" in labelled else None
+    return plan if copies is None else keep_copies_together(plan, copies)
+
+
+def keep_copies_together(plan: dict, copies: np.ndarray) -> dict:
+    """``plan`` with every copy of a file (examples of one ``copies`` number, see Source.copies) moved into the
+    split carved for its first copy: a photo saved twice would otherwise be trained on and scored. Splits that
+    are not carved from train are left as they are; without copies the plan is unchanged."""
+    carved = {name: indices for name, (split, indices) in plan.items() if split == "train" and indices is not None}
+    if len(carved) < 2 or not (copies >= 0).any():
+        return plan
+    home = np.full(len(copies), "", dtype=object)
+    for name, indices in carved.items():
+        home[indices] = name
+    first: dict[int, str] = {}
+    for index in np.flatnonzero(copies >= 0):
+        home[index] = first.setdefault(int(copies[index]), home[index])
+    moved = {name: ("train", np.flatnonzero(home == name)) for name in carved}
+    for name, (_, indices) in moved.items():
+        if len(indices) == 0:
+            raise ConfigError(f"the {name} split came out empty once each file's copies were kept together: "
+                              f"the data holds too few distinct images for its splits")
+    return {name: moved.get(name, plan[name]) for name in plan}
 
 
 def classes_missing_from_splits(source, plan) -> dict[str, list[str]]:

@@ -406,6 +406,9 @@ class ReportBuilder:
         return {"name": dataset, "skipped": {"count": len(skipped), "shown": "; ".join(
                     f"{Path(s['path']).name}: {s['reason']}" for s in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")}
                 if skipped else None,
+                # What the scan noticed about the data (copies of one file, 16-bit files far below full scale,
+                # photos stored turned): said before training, and kept beside the scores they qualify.
+                "data_notes": list(info.get("notes") or []),
                 "no_test_classes": no_test, "classes_tested": len(info.get("class_names", [])) - len(no_test), "task": task, "metric": metric, "higher_is_better": higher,
                 "second_metric": ranked["second_metric"],
                 "smoothing": bool(ok["accuracy_smoothed"].notna().any()),
