@@ -1,4 +1,5 @@
 """The harness end to end on the embedded data: runs, results store, resume, failures, CLI."""
+import io
 import json
 import re
 import os
@@ -376,6 +377,17 @@ def test_finished_runs_on_a_folder_changed_since_are_named_not_taken_for_todays_
         return [line for line in lines if line.startswith("warning: dataset")]
 
     assert warnings() == []
+    # Runs recorded by an earlier zoo (the files' sizes hashed, not their contents): an unchanged folder
+    # says nothing, a changed one is named as before.
+    from zoo.data import open_source
+
+    source = open_source({"name": "photos", "source": "folder", "path": str(tmp_path / "photos")})
+    for recorded_file in out.glob("runs/photos-*/dataset.json"):
+        recorded = json.loads(recorded_file.read_text())
+        assert all(":c" in signature for signature in recorded["signatures"].values())
+        recorded["signatures"] = {split: source.signature(split, by_size=True) for split in recorded["signatures"]}
+        recorded_file.write_text(json.dumps(recorded))
+    assert warnings() == []
     for index in (12, 13):
         photo(tmp_path / "photos" / "forest" / f"{index}.png")
     found = warnings()
@@ -391,6 +403,17 @@ def test_finished_runs_on_a_folder_changed_since_are_named_not_taken_for_todays_
     run_suite(suite, out, only="photos-*", force=True, executor="in-process", report=False, log=lambda *_: None)
     assert warnings() == []
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "photos" / "dune" / "5.png")
+    assert "other images, as many" in warnings()[0]
+    # Edited in place to exactly the same byte size (an uncompressed TIFF or BMP tile corrected, a PNG
+    # re-saved): the file's content is what counts, not its size.
+    run_suite(suite, out, only="photos-*", force=True, executor="in-process", report=False, log=lambda *_: None)
+    assert warnings() == []
+    edited = tmp_path / "photos" / "dune" / "6.png"
+    size = edited.stat().st_size
+    replacement = io.BytesIO()
+    Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(replacement, format="PNG")
+    edited.write_bytes(replacement.getvalue().ljust(size, b"\0"))  # bytes after a PNG's end are not read
+    assert edited.stat().st_size == size and np.asarray(Image.open(edited)).max() == 90
     assert "other images, as many" in warnings()[0]
     # Trained again on today's images: nothing to say.
     run_suite(suite, out, only="photos-*", force=True, executor="in-process", report=False, log=lambda *_: None)

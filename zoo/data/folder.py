@@ -385,6 +385,7 @@ class FolderScan:
         # ``void_index``, appended to the classes and ignored in the loss and the metrics.
         self.void_value, self.void_index = void_value, None
         self.skipped: list[dict] = []
+        self.digests: dict[str, str] = {}  # file path -> content_digest, images and masks
         self.examples: dict[str, list] = {}  # split -> [(image path, label or mask path)]
         candidates = {}
         for split, folder in split_folders.items():
@@ -422,6 +423,10 @@ class FolderScan:
             self._check_masks(probes)
         self._check_sizes()
         self.copies = self._find_copies(probes)
+        # Each file's bytes, hashed (images from the scan, masks as they were checked): what a run records
+        # of its data, so that an image or mask edited in place, to any size, is told apart.
+        self.digests.update({str(item[0]): probes[str(item[0])]["digest"]
+                             for items in self.examples.values() for item in items})
 
     def _classification_candidates(self, folder: Path) -> list:
         """Each class folder's images, its subfolders' included (as Keras's image_dataset_from_directory
@@ -538,6 +543,7 @@ class FolderScan:
         for items in self.examples.values():
             for image_path, mask_path in items:
                 mask = read_mask(mask_path)
+                self.digests[str(mask_path)] = content_digest(mask_path)
                 image_shape = probes[str(image_path)]["shape"][:2]
                 if list(mask.shape) != list(image_shape):
                     raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image "

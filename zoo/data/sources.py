@@ -106,19 +106,30 @@ class Source:
         change under the same configuration (the user's folders) add their listing."""
         return f"{split}:{self.info.splits[split]}"
 
-    def signature(self, split: str) -> str:
+    def signature(self, split: str, by_size: bool = False) -> str:
         """What ``split`` holds: its examples' ids, (classification) labels and, for sources of files, the
-        files' sizes, hashed. A run records it, so that a user's folder changed since (images added, removed,
-        moved between classes, most edits in place) is told apart from the one the run saw; where the folder
-        lives and the files' dates do not enter it (a copied study and its data keep their signatures)."""
+        files' contents (hashed where the source hashed them, ``N:c...``; else their sizes), hashed. A run
+        records it, so that a user's folder changed since (images added, removed, moved between classes,
+        edited in place) is told apart from the one the run saw; where the folder lives and the files' dates
+        do not enter it (a copied study and its data keep their signatures). ``by_size``: the files' sizes
+        even where contents are known, to compare with a signature an earlier zoo recorded."""
         import hashlib
 
         labels = self.labels(split)
         ids = self.example_ids(split)
         files = self.example_files(split)
-        sizes = None if files is None else [os.path.getsize(f) if os.path.isfile(f) else -1 for f in files]
-        digest = hashlib.sha1(json.dumps([ids, None if labels is None else labels.tolist(), sizes]).encode())
-        return f"{len(ids)}:{digest.hexdigest()[:16]}"
+        digests = None if by_size or files is None else self.file_digests(files)
+        if digests is not None:
+            contents, marker = digests, "c"
+        else:
+            contents, marker = None if files is None else [os.path.getsize(f) if os.path.isfile(f) else -1
+                                                           for f in files], ""
+        digest = hashlib.sha1(json.dumps([ids, None if labels is None else labels.tolist(), contents]).encode())
+        return f"{len(ids)}:{marker}{digest.hexdigest()[:16]}"
+
+    def file_digests(self, files: list[str]) -> list[str] | None:
+        """Each of ``files``' bytes hashed, where the source hashed them as it opened (None: it did not)."""
+        return None
 
     def example_files(self, split: str) -> list[str] | None:
         """The files ``split``'s examples are read from (images, then masks), where the source reads files."""
@@ -360,6 +371,9 @@ class FolderSource(Source):
 
     def copies(self, split):
         return self.scan.copies[split]
+
+    def file_digests(self, files):
+        return [self.scan.digests[f] for f in files]
 
     def content_id(self, split):
         void = "" if self.scan.void_value is None else f":void={self.scan.void_value}"  # masks are read remapped
