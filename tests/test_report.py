@@ -252,3 +252,50 @@ def test_a_segmentation_folder_is_ranked_by_miou_with_the_kl_score_beside_it(tmp
     assert scored == metrics["test_examples"] * 15 * 16  # the void row of every test tile left out
     assert (f"Left out of the loss and the scores: void. {metrics['pixels_predicted_as_ignored']:,} of the "
             f"{scored:,} scored test pixels") in text
+
+
+def test_an_imbalanced_folder_is_ranked_by_the_metric_its_entry_chooses(tmp_path, capsys):
+    """A shelter's rare breeds: with 40 beagles and 6 pugs, accuracy mostly measures the beagles. zoo data info
+    counts each class's images and says so; a dataset entry's `headline_metric: macro_f1` ranks the report (with
+    accuracy beside it), the recommendation, zoo compare and zoo predict's list of runs by it. A card's own choice
+    is overridden by an entry's (it was taken as a key and ignored); a metric that cannot rank the task is refused
+    before anything runs."""
+    from zoo.data import open_source
+    from zoo.errors import ConfigError
+    from zoo.predict import refuse_suite_folder
+    from zoo.report import write_report
+    from zoo.stats import compare_runs, dataset_headline_metric
+
+    rng = np.random.default_rng(0)
+    for name, count in (("beagle", 40), ("corgi", 12), ("pug", 6)):
+        (tmp_path / "dogs" / name).mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "dogs" / name / f"{index}.png")
+    assert main(["data", "info", str(tmp_path / "dogs")]) == 0
+    printed = capsys.readouterr().out
+    assert "  train: beagle 40, corgi 12, pug 6\n" in printed
+    assert "note: classes range from 6 images (pug) to 40 (beagle), 7:1" in printed and "headline_metric: macro_f1" in printed
+    entry = {"name": "dogs", "path": str(tmp_path / "dogs"), "headline_metric": "macro_f1"}
+    assert open_source(entry).info.notes == []  # chosen: nothing left to suggest
+    suite = load_suite({"name": "dogs", "datasets": [entry], "heads": ["linear", "mlp"],
+                        "train": {"image_size": 16, "batch_size": 8, "epochs": 1}})
+    out = tmp_path / "out"
+    lines = []
+    assert run_suite(suite, out, executor="in-process", report=False, log=lines.append) == 0
+    frame = pd.read_csv(out / "results.csv")
+    text = write_report(out, formats=("md",), report_dir=tmp_path / "report")[0].read_text()
+    board = markdown_table(text, "| rank | model | macro_f1")
+    best = frame.sort_values("macro_f1", ascending=False, kind="stable").iloc[0]
+    assert [row["macro_f1"] for row in board] == [f"{v:.4f}" for v in sorted(frame["macro_f1"], reverse=True)]
+    assert board[0]["accuracy"] == f"{best['accuracy']:.4f}"
+    assert "Best macro F1: **baseline_cnn/" in text and "Ranked by macro_f1 (higher is better)" in text
+    ids = sorted(frame["run_id"])
+    assert compare_runs(out, ids[0], ids[1])["metric"] == "macro_f1"
+    with pytest.raises(Exception, match=r"dogs: macro_f1 "):
+        refuse_suite_folder(out)
+    with pytest.raises(ConfigError, match="headline_metric 'miou' cannot rank classification runs; choose one of "
+                                          "accuracy, macro_f1"):
+        open_source({**entry, "headline_metric": "miou"})
+    landcover = open_source({"name": "synthetic_landcover", "headline_metric": "miou"}).info
+    assert dataset_headline_metric("synthetic_landcover", ["segmentation"], landcover.to_dict()) == "miou"
+    assert dataset_headline_metric("synthetic_landcover", ["segmentation"], {}) == "kl_score"  # the card's

@@ -37,14 +37,14 @@ for _spec in [
 
 def headline_metric(tasks, preferred: str | None = None) -> str:
     """What a dataset's models are ranked by, given the tasks of its runs (``classification``,
-    ``segmentation``, ``distribution``) and the metric its card prefers (``headline_metric:``,
-    e.g. the land-cover challenge's KL score). Classification: accuracy. Segmentation: the card's
-    choice, else mIoU (the field's standard, as in segmentation_models and mmsegmentation). Where
-    distribution heads, which predict proportions and no masks, are ranked beside them: the KL score
-    of class proportions, the one measure they all have."""
+    ``segmentation``, ``distribution``) and the metric its entry or card prefers (``headline_metric:``,
+    e.g. the land-cover challenge's KL score, or macro_f1 for imbalanced classes). Classification: the
+    choice, else accuracy. Segmentation: the choice, else mIoU (the field's standard, as in
+    segmentation_models and mmsegmentation). Where distribution heads, which predict proportions and no
+    masks, are ranked beside them: the KL score of class proportions, the one measure they all have."""
     tasks = set(tasks)
     if tasks <= {"classification"}:
-        return "accuracy"
+        return preferred or "accuracy"
     if "distribution" in tasks:
         return "kl_score"
     return preferred or "miou"

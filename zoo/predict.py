@@ -113,13 +113,13 @@ def refuse_suite_folder(run_dir) -> None:
         return  # a run folder, or nothing zoo wrote: load_run_model names what is missing
     from zoo.metrics import METRICS
     from zoo.results import read_results
-    from zoo.stats import dataset_headline_metric
+    from zoo.stats import dataset_headline_metric, recorded_dataset
 
     finished = read_results(run_dir)
     finished = finished[finished["status"] == "ok"]
     choices = []
     for dataset, rows in finished.groupby("dataset", sort=False):
-        metric = dataset_headline_metric(dataset, rows["task"])
+        metric = dataset_headline_metric(dataset, rows["task"], recorded_dataset(run_dir, rows["run_id"].iloc[0]))
         ranked = rows.dropna(subset=[metric]).sort_values(metric, ascending=not METRICS.get(metric).higher_is_better)
         kept = [row for row in ranked.to_dict("records")
                 if (run_dir / "runs" / row["run_id"] / "model.keras").is_file()]

@@ -353,14 +353,28 @@ def _matching_runs(out_dir, name: str) -> list[dict]:
     return chosen
 
 
-def dataset_headline_metric(dataset: str, tasks) -> str:
-    """The metric a dataset's models are ranked and compared by (zoo.metrics.headline_metric), with its
-    card's choice looked up by the dataset's name (the user's folders have no card: mIoU for segmentation)."""
+def dataset_headline_metric(dataset: str, tasks, recorded: dict | None = None) -> str:
+    """The metric a dataset's models are ranked and compared by (zoo.metrics.headline_metric): the choice a
+    run recorded in its ``dataset.json`` (``recorded``; the suite entry's ``headline_metric``, else its card's),
+    else its card's looked up by the dataset's name (the user's folders have no card: mIoU for segmentation)."""
     from zoo.data.cards import DATASETS
     from zoo.metrics import headline_metric
 
-    card = DATASETS.get(dataset) if dataset in DATASETS else {}
-    return headline_metric(tasks, card.get("headline_metric"))
+    chosen = (recorded or {}).get("headline_metric")
+    if chosen is None:
+        chosen = (DATASETS.get(dataset) if dataset in DATASETS else {}).get("headline_metric")
+    return headline_metric(tasks, chosen)
+
+
+def recorded_dataset(out_dir, run_id: str) -> dict:
+    """A run's ``dataset.json`` (what its data held and how it is ranked); {} where it has none readable."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(out_dir) / "runs" / run_id / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def compare_runs(out_dir, name_a: str, name_b: str, metric: str | None = None) -> dict:
@@ -374,7 +388,8 @@ def compare_runs(out_dir, name_a: str, name_b: str, metric: str | None = None) -
     if runs_a[0]["dataset"] != runs_b[0]["dataset"]:
         raise ComparisonError(f"{name_a} ran on {runs_a[0]['dataset']} and {name_b} on {runs_b[0]['dataset']}: "
                               f"compare runs on the same dataset")
-    metric = metric or dataset_headline_metric(runs_a[0]["dataset"], {runs_a[0]["task"], runs_b[0]["task"]})
+    metric = metric or dataset_headline_metric(runs_a[0]["dataset"], {runs_a[0]["task"], runs_b[0]["task"]},
+                                               recorded_dataset(out_dir, runs_a[0]["run_id"]))
 
     def scores(runs):
         run_dir = Path(out_dir) / "runs"

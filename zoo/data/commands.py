@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from zoo.data.cards import DATASETS
 from zoo.data.sources import open_source, source_of_path
 from zoo.errors import DataError
@@ -40,10 +42,21 @@ def format_info(info: dict) -> str:
              f"channels:    {info['channels']}",
              f"image shape: {info['image_shape'] or 'varies'}",
              "splits:      " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()),
+             *[f"  {split}: {images_per_class(names, counts)}" for split, counts in (info.get("class_counts") or {}).items()],
              f"skipped:     {len(info['skipped'])} file(s)"]
     lines += [f"  {item['path']}: {item['reason']}" for item in info["skipped"]]
     lines += [f"note: {note}" for note in info.get("notes") or []]
     return "\n".join(lines)
+
+
+def images_per_class(names, counts, shown: int = 12) -> str:
+    """Each class with its image count; of many classes, the fewest and the most (where imbalance shows)."""
+    pairs = [f"{name} {count}" for name, count in zip(names, counts)]
+    if len(pairs) <= shown:
+        return ", ".join(pairs)
+    order = np.argsort(counts, kind="stable")
+    return (f"fewest {', '.join(pairs[i] for i in order[:shown // 2])}; most "
+            f"{', '.join(pairs[i] for i in order[::-1][:shown // 2])}")
 
 
 def cmd_data_info(args) -> int:

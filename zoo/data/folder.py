@@ -372,10 +372,15 @@ def _turned_hint(probe: dict, mask_shape) -> str:
             f"(Pillow's ImageOps.exif_transpose, or `exiftran -ai`) or turn the mask the same way")
 
 
+# The ratio of the largest class's images to the smallest's from which a folder's imbalance is noted.
+IMBALANCE_NOTED = 5
+
+
 class FolderScan:
     """The result of scanning a folder dataset: valid examples per split, and skipped files."""
 
-    def __init__(self, root, cache_dir=None, class_names=None, max_pixel_value=None, void_value=None):
+    def __init__(self, root, cache_dir=None, class_names=None, max_pixel_value=None, void_value=None,
+                 headline_metric=None):
         self.root = Path(root).expanduser()
         self.task, split_folders = detect_layout(self.root)
         if void_value is not None and self.task != "segmentation":
@@ -386,6 +391,7 @@ class FolderScan:
         self.void_value, self.void_index = void_value, None
         self.skipped: list[dict] = []
         self.digests: dict[str, str] = {}  # file path -> content_digest, images and masks
+        self.class_counts: dict[str, list] | None = None  # classification: split -> images per class
         self.examples: dict[str, list] = {}  # split -> [(image path, label or mask path)]
         candidates = {}
         for split, folder in split_folders.items():
@@ -418,6 +424,11 @@ class FolderScan:
                                 f"remove class_names from the dataset entry or rename the folders")
             self.examples = {split: [(path, self.class_names.index(label)) for path, label in items]
                              for split, items in self.examples.items()}
+            self.class_counts = {split: np.bincount([label for _, label in items],
+                                                    minlength=len(self.class_names)).tolist()
+                                 for split, items in self.examples.items()}
+            if headline_metric in (None, "accuracy"):
+                self._note_imbalance()
         else:
             self.class_names = list(class_names) if class_names else None
             self._check_masks(probes)
@@ -489,6 +500,20 @@ class FolderScan:
             self.skipped.append({"path": str(masks[key]), "reason": f"a mask without an image: expected "
                                  f"{images_folder / key}.<png|jpg|tif>; add the image or remove the mask"})
         return items
+
+    def _note_imbalance(self):
+        """A note where the largest class has IMBALANCE_NOTED times the images of the smallest: accuracy then
+        mostly measures the large classes (a shelter's rare breeds, a rare terrain), and the ranking the user
+        wants is likely by F1 averaged over classes."""
+        totals = np.sum([counts for counts in self.class_counts.values()], axis=0)
+        smallest, largest = int(np.argmin(totals)), int(np.argmax(totals))
+        if totals[smallest] == 0 or totals[largest] < IMBALANCE_NOTED * totals[smallest]:
+            return
+        self.notes.append(f"classes range from {totals[smallest]} images ({self.class_names[smallest]}) to "
+                          f"{totals[largest]} ({self.class_names[largest]}), "
+                          f"{totals[largest] / totals[smallest]:.0f}:1: accuracy mostly measures the large classes; "
+                          f"`headline_metric: macro_f1` in the dataset entry ranks models by F1 averaged over "
+                          f"classes, and `train: {{class_weights: true}}` weighs the loss by class")
 
     def _find_copies(self, probes) -> dict[str, np.ndarray]:
         """Each split's copy group per example (-1: no other example has its bytes), and notes on the copies:

@@ -33,6 +33,8 @@ class DatasetInfo:
     max_pixel_value: float = 255.0
     labelled_splits: list = field(default_factory=lambda: ["train"])
     notes: list = field(default_factory=list)  # what the user may want to set, said before training
+    headline_metric: str | None = None  # what the dataset's models are ranked by, where its entry or card chooses
+    class_counts: dict | None = None  # a classification folder's images per class, per split
 
     @property
     def num_classes(self) -> int:
@@ -355,14 +357,16 @@ class FolderSource(Source):
         if not card.get("path"):
             raise ConfigError(f"dataset {card.get('name')!r}: source 'folder' needs `path: /folder/of/images`")
         self.scan = FolderScan(card["path"], cache_dir=cache_dir, class_names=card.get("class_names"),
-                               max_pixel_value=card.get("max_pixel_value"), void_value=card.get("void_value"))
+                               max_pixel_value=card.get("max_pixel_value"), void_value=card.get("void_value"),
+                               headline_metric=card.get("headline_metric"))
         void = [] if self.scan.void_index is None else [self.scan.void_index]
         self.info = DatasetInfo(
             name=card.get("name") or Path(card["path"]).name, task=self.scan.task,
             class_names=self.scan.class_names, channels=self.scan.channels, image_shape=self.scan.image_shape,
             splits={split: len(items) for split, items in self.scan.examples.items()},
             skipped=self.scan.skipped, ignore_classes=sorted(set(ignored_class_indices(card, self.scan.class_names) + void)),
-            max_pixel_value=self.scan.max_pixel_value, labelled_splits=list(self.scan.examples), notes=self.scan.notes)
+            max_pixel_value=self.scan.max_pixel_value, labelled_splits=list(self.scan.examples), notes=self.scan.notes,
+            class_counts=self.scan.class_counts)
 
     def labels(self, split):
         if self.info.task != "classification":
@@ -417,7 +421,7 @@ class FolderSource(Source):
 PATH_SOURCES = {"folder": None, "tracks": "classification"}
 # What a suite's dataset entry may say besides its card's own keys (which it may override).
 DATASET_ENTRY_KEYS = ("name", "source", "path", "task", "class_names", "split", "max_pixel_value", "ignore_classes",
-                      "void_value", "data_dir", "manual_dir")
+                      "void_value", "data_dir", "manual_dir", "headline_metric")
 
 
 def source_of_path(path: str) -> str:
@@ -485,5 +489,21 @@ def open_source(entry: dict, cache_dir=None, data_dir=None, manual_dir=None) -> 
     """Open the dataset described by a suite entry or card name."""
     config = resolve_dataset_config({"name": entry} if isinstance(entry, str) else entry)
     source_class = SOURCES.get(config["source"])
-    return source_class(config, cache_dir=cache_dir, data_dir=config.get("data_dir", data_dir),
-                        manual_dir=config.get("manual_dir", manual_dir))
+    source = source_class(config, cache_dir=cache_dir, data_dir=config.get("data_dir", data_dir),
+                          manual_dir=config.get("manual_dir", manual_dir))
+    if config.get("headline_metric") is not None:
+        source.info.headline_metric = checked_headline_metric(config, source.info.task)
+    return source
+
+
+def checked_headline_metric(config: dict, task: str) -> str:
+    """A dataset entry's (or card's) ``headline_metric``, refused with the choices where runs of ``task``
+    cannot be ranked and compared by it (zoo compare and the report's intervals need its per-example form)."""
+    from zoo.stats import METRICS_BY_TASK
+
+    metric, choices = config["headline_metric"], METRICS_BY_TASK[task]
+    if metric not in choices:
+        hint = " (macro_f1 weighs every class the same: for imbalanced classes)" if task == "classification" else ""
+        raise ConfigError(f"dataset {config['name']!r}: headline_metric {metric!r} cannot rank {task} runs; choose "
+                          f"one of {', '.join(choices)}{hint}")
+    return metric

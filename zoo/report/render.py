@@ -137,7 +137,7 @@ class ReportBuilder:
     # -- one dataset ---------------------------------------------------------------
     def leaderboard(self, ok: pd.DataFrame, metric: str, higher: bool) -> list[dict]:
         # Cast once, not per group: a sweep's leaderboard has as many groups as runs.
-        ok = ok.astype({column: float for column in NUMERIC_COLUMNS + [metric]})
+        ok = ok.astype({column: float for column in NUMERIC_COLUMNS + [metric, "accuracy"]})
         rows = []
         for _, group in ok.groupby(GROUP_KEYS, sort=False, dropna=False):
             first = group.iloc[0]
@@ -147,6 +147,7 @@ class ReportBuilder:
                 "weights": first["weights"], "trainable": first["trainable"], "swept": first["swept"],
                 "seeds": len(group), "score": float(score.mean()), "score_text": _mean_std(score),
                 "miou_text": _mean_std(group["miou"]), "kl_score_text": _mean_std(group["kl_score"]),
+                "accuracy_text": _mean_std(group["accuracy"]),
                 "smoothed_text": _mean_std(group["accuracy_smoothed"]),
                 "macro_precision_text": _mean_std(group["macro_precision"]),
                 "macro_recall_text": _mean_std(group["macro_recall"]),
@@ -271,7 +272,7 @@ class ReportBuilder:
         smallest ties, the budget picks)."""
         if not board:
             return [], []
-        name = {"accuracy": "accuracy", "kl_score": "KL score", "miou": "mIoU"}.get(metric, metric)
+        name = {"accuracy": "accuracy", "kl_score": "KL score", "miou": "mIoU", "macro_f1": "macro F1"}.get(metric, metric)
         best = board[0]
         examples = (f"{best['test_examples']:,} test {'images' if best['task'] == 'classification' else 'tiles'}"
                     if best.get("test_examples") else "this test set")
@@ -334,13 +335,17 @@ class ReportBuilder:
         """One dataset's rows ranked: its task, headline metric and direction, its successful runs and
         the leaderboard with each row's interval and paired verdict against the best."""
         task = "classification" if (frame["task"] == "classification").all() else "segmentation"
-        metric = stats.dataset_headline_metric(frame["dataset"].iloc[0], frame["task"])
+        metric = stats.dataset_headline_metric(frame["dataset"].iloc[0], frame["task"], self.dataset_info(frame))
         higher = METRICS.get(metric).higher_is_better
         ok = frame[frame["status"] == "ok"]
         board = self.leaderboard(ok, metric, higher)
         self.add_significance(board, metric)
-        # Segmentation leaderboards show the other of mIoU and the KL score beside the headline.
-        second = None if task == "classification" else ("kl_score" if metric == "miou" else "miou")
+        # Segmentation leaderboards show the other of mIoU and the KL score beside the headline; classification
+        # ranked by another metric (an entry's headline_metric: macro_f1) shows accuracy beside it.
+        if task == "classification":
+            second = None if metric == "accuracy" else "accuracy"
+        else:
+            second = "kl_score" if metric == "miou" else "miou"
         return {"task": task, "metric": metric, "higher_is_better": higher, "ok": ok, "board": board,
                 "second_metric": second}
 
