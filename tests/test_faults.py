@@ -346,9 +346,14 @@ def test_a_messy_folder_runs_and_says_what_it_skipped_and_what_it_cannot_judge(t
 
     copied = "1 image(s) are in two of this folder's own splits (test/<b>x/from-train.png = train/<b>x/3.png)"
     assert "note: dataset messy: 1 image(s) are in two of this folder's own splits" in result.stdout
-    assert "Notes on the data:\n\n- 1 image(s) are byte-for-byte copies" in report
+    assert "Notes on the data:\n\n- classes range from 1 image (rare) to 19" in report
+    assert "\n- 1 image(s) are byte-for-byte copies" in report
     assert f"- {copied}".replace("<", "&lt;").replace(">", "&gt;") in report
     assert f"<li>{escape(copied)}" in (tmp_path / "reports" / "messy" / "report.html").read_text()
+    from zoo.serve.study import Study
+
+    served = Study(tmp_path / "out").leaderboards()["sections"][0]["data_notes"]  # zoo serve's leaderboard
+    assert any(note.startswith(copied) for note in served), served
     info = zoo("data", "info", data)
     assert "hidden folder" in info.stdout and ".thumbnails" in info.stdout
 

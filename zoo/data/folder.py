@@ -505,11 +505,12 @@ class FolderScan:
         """A note where the largest class has IMBALANCE_NOTED times the images of the smallest: accuracy then
         mostly measures the large classes (a shelter's rare breeds, a rare terrain), and the ranking the user
         wants is likely by F1 averaged over classes."""
-        totals = np.sum([counts for counts in self.class_counts.values()], axis=0)
+        totals = np.sum([counts for counts in self.class_counts.values()], axis=0).tolist()
         smallest, largest = int(np.argmin(totals)), int(np.argmax(totals))
         if totals[smallest] == 0 or totals[largest] < IMBALANCE_NOTED * totals[smallest]:
             return
-        self.notes.append(f"classes range from {totals[smallest]} images ({self.class_names[smallest]}) to "
+        self.notes.append(f"classes range from {totals[smallest]} image{'s' * (totals[smallest] != 1)} "
+                          f"({self.class_names[smallest]}) to "
                           f"{totals[largest]} ({self.class_names[largest]}), "
                           f"{totals[largest] / totals[smallest]:.0f}:1: accuracy mostly measures the large classes; "
                           f"`headline_metric: macro_f1` in the dataset entry ranks models by F1 averaged over "

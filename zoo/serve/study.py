@@ -223,6 +223,7 @@ class Study:
                 failed = [{"run_id": r["run_id"], "error": r["error"]}
                           for _, r in frame[frame["status"] != "ok"].iterrows()]
                 sections.append({"name": dataset, "failed": failed,
+                                 "data_notes": list(builder.dataset_info(frame).get("notes") or []),
                                  **{k: ranked[k] for k in ("task", "metric", "higher_is_better", "board")}})
             cached = (builder, sections)
             self._boards = {key: cached}
@@ -262,7 +263,8 @@ class Study:
                     "score_text", "interval_text", "verdict", "images_per_second", "latency_ms", "params",
                     "model_megabytes", "device", "precision", "backend", "run_ids", "train_seconds_text")}
                             | {"family": family})
-            shown.append({**{k: section[k] for k in ("name", "task", "metric", "higher_is_better", "failed")},
+            shown.append({**{k: section[k] for k in ("name", "task", "metric", "higher_is_better", "failed",
+                                                     "data_notes")},
                           "rows": rows, "recommendation": budgeted.recommendation(section["board"], section["metric"],
                                                                                   section["higher_is_better"])})
         return {"sections": shown, "problem": None, "left_out": builder.left_out}
