@@ -281,6 +281,20 @@ def test_a_class_folder_s_subfolders_belong_to_it_and_stray_files_are_named(tmp_
     assert reasons["stray.png"].startswith("not in a class folder") and reasons[".thumbnails"].startswith("hidden")
 
 
+def test_class_folders_without_a_usable_image_are_named(tmp_path):
+    """A class folder of iPhone (HEIC) photos only, or one not filled yet, made no class without a word (its
+    files, if any, among the skipped); one whose every image is unreadable is a class the model never learns."""
+    make_classification_folder(tmp_path / "photos")
+    for name in ("pug", "shiba", "corgi"):
+        (tmp_path / "photos" / name).mkdir()
+    (tmp_path / "photos" / "pug" / "IMG_1.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (tmp_path / "photos" / "corgi" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    info = open_source({"name": "photos", "path": str(tmp_path / "photos")}).info
+    assert info.class_names == ["corgi", "dune", "forest"] and info.class_counts["train"][0] == 0
+    assert "class folder(s) pug, shiba hold no image file: they are no class" in info.notes[0]
+    assert info.notes[1].startswith("class(es) corgi have no readable image (every file skipped)")
+
+
 def test_segmentation_images_in_subfolders_pair_with_the_mask_at_the_same_place(tmp_path):
     """Tiles kept in subfolders (by region, by date) were silently left out before; each pairs with the mask
     at the same relative place, whatever its suffix, even where two regions reuse a tile's name. A mask

@@ -392,6 +392,7 @@ class FolderScan:
         self.skipped: list[dict] = []
         self.digests: dict[str, str] = {}  # file path -> content_digest, images and masks
         self.class_counts: dict[str, list] | None = None  # classification: split -> images per class
+        self.class_folders: set[str] = set()  # classification: every class folder's name, empty ones too
         self.examples: dict[str, list] = {}  # split -> [(image path, label or mask path)]
         candidates = {}
         for split, folder in split_folders.items():
@@ -418,6 +419,7 @@ class FolderScan:
         self.image_shape = list(shapes.pop()) if len(shapes) == 1 else None  # None: the sizes vary
         if self.task == "classification":
             self.class_names = sorted({label for items in candidates.values() for _, label in items})
+            self._note_idle_class_folders()
             if class_names and list(class_names) != self.class_names:
                 raise DataError(f"{self.root}: class_names {list(class_names)} are not the class folders "
                                 f"{self.class_names}: a folder of class folders names its classes by them (sorted); "
@@ -450,6 +452,7 @@ class FolderScan:
             self.skipped.append({"path": str(stray), "reason": "not in a class folder: the classes are the "
                                  "subfolders' names; move it into one"})
         for class_folder in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            self.class_folders.add(class_folder.name)
             for path in self._files_below(class_folder):
                 if is_image_file(path):
                     items.append((path, class_folder.name))
@@ -500,6 +503,19 @@ class FolderScan:
             self.skipped.append({"path": str(masks[key]), "reason": f"a mask without an image: expected "
                                  f"{images_folder / key}.<png|jpg|tif>; add the image or remove the mask"})
         return items
+
+    def _note_idle_class_folders(self):
+        """Notes on class folders without a usable image: one with no image file is no class (an iPhone's HEIC
+        photos only, a folder not filled yet); one whose every image was skipped stays a class never trained."""
+        empty = sorted(self.class_folders - set(self.class_names))
+        if empty:
+            self.notes.append(f"class folder(s) {', '.join(empty)} hold no image file: they are no class; add "
+                              f"images (see the skipped files) or remove them")
+        used = {label for items in self.examples.values() for _, label in items}
+        unreadable = [name for name in self.class_names if name not in used]
+        if unreadable:
+            self.notes.append(f"class(es) {', '.join(unreadable)} have no readable image (every file skipped): the "
+                              f"model has the class but never learns it; fix the files or remove the folder")
 
     def _note_imbalance(self):
         """A note where the largest class has IMBALANCE_NOTED times the images of the smallest: accuracy then
