@@ -85,16 +85,20 @@ def turned_copy(array: np.ndarray, path, orientation: int, **save):
     image.save(path, exif=exif.tobytes(), **save)
 
 
-def test_phone_photos_are_read_upright_for_training_prediction_and_masks(tmp_path):
+def test_phone_photos_are_read_upright_for_training_prediction_and_masks(tmp_path, monkeypatch):
     """A phone stores a portrait photo as landscape rows with an EXIF orientation; viewers, browsers, OpenCV
     and labelling tools show it upright, and so must the model see it in training and in zoo predict (it saw
     such photos lying on their side until 2026-11-30). Every orientation, in PNG, JPEG and WebP, at full and
     at libjpeg's reduced scale; browsers' .jfif and WebP files count as images; an iPhone's HEIC is named with
-    what reads it; a mask drawn on the stored pixels of a turned image is refused saying so."""
+    what reads it where it cannot be read; a mask drawn on the stored pixels of a turned image is refused
+    saying so."""
     from PIL import ImageOps
 
+    from zoo.data import folder
     from zoo.data.folder import read_image, read_mask
     from zoo.predict import list_inputs
+
+    monkeypatch.setattr(folder, "heif_readable", lambda: False)  # a machine without zoo's heic extra
 
     rng = np.random.default_rng(0)
     stored = rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)
@@ -114,8 +118,8 @@ def test_phone_photos_are_read_upright_for_training_prediction_and_masks(tmp_pat
     (tmp_path / "photos" / "dune" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
     source = open_source({"name": "photos", "source": "folder", "path": str(tmp_path / "photos")})
     assert source.info.splits == {"train": 6}
-    assert [s["reason"].split(":")[0] for s in source.info.skipped] == ["an iPhone (HEIC) photo"]
-    assert "pillow-heif" in source.info.skipped[0]["reason"]
+    assert [s["reason"].split(",")[0] for s in source.info.skipped] == ["an iPhone (HEIC) photo"]
+    assert "pip install -e '.[heic]'" in source.info.skipped[0]["reason"]
     assert any(note.startswith("4 of 6 images are stored turned") for note in source.info.notes)
     portrait = tmp_path / "photos" / "dune" / "portrait.jpg"
     assert read_image(portrait).shape == (800, 600, 3)
@@ -580,3 +584,32 @@ def test_a_prediction_prepares_a_file_as_the_cache_does(tmp_path):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(predictor.model_inputs(row[None])),
                                keras.ops.convert_to_numpy(pipeline[0][0]), rtol=1e-6, atol=1e-5)
     assert stored_image(np.zeros((5, 7, 3), np.float32), 24, 255.0).shape == (24, 24, 3)
+
+
+def test_an_iphone_s_heic_photos_are_read_upright_with_zoo_heic(tmp_path):
+    """With the pillow-heif plug-in (zoo's heic extra, in .[dev]) an iPhone's HEIC photos are images like any other:
+    libheif turns a portrait photo upright as it decodes and resets its EXIF orientation, so zoo does not turn
+    it a second time; zoo predict reads it the same way."""
+    pytest.importorskip("pillow_heif", reason="zoo's heic extra is not installed (it is in .[dev])")
+    from zoo.data.folder import heif_readable, read_image
+
+    assert heif_readable()
+    y, x = np.mgrid[0:60, 0:80]
+    smooth = np.stack([x * 255 // 80, y * 255 // 60, np.full_like(x, 90)], -1).astype(np.uint8)
+    for name in ("dune", "forest"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for index in range(3):
+            turned_copy(np.roll(smooth, 5 * index, axis=0), tmp_path / "photos" / name / f"IMG_{index}.HEIC", 6,
+                        format="HEIF", quality=95)
+    source = open_source({"name": "photos", "source": "folder", "path": str(tmp_path / "photos")})
+    assert source.info.splits == {"train": 6} and source.info.skipped == []
+    assert source.info.image_shape == [80, 60]  # upright: the stored 60 x 80 turned a quarter
+    portrait = read_image(tmp_path / "photos" / "dune" / "IMG_0.HEIC").astype(int)
+    assert portrait.shape == (80, 60, 3)
+    # The red channel grows left to right in the stored rows: upright, top to bottom (turned once, not twice).
+    assert portrait[-1, :, 0].mean() - portrait[0, :, 0].mean() > 200
+    rows = open_decoded(source, "train", 16, tmp_path / "cache")
+    row, original = input_only_predictor(16).prepare(str(tmp_path / "photos" / "dune" / "IMG_0.HEIC"))
+    np.testing.assert_array_equal(row, rows.images[source.example_ids("train").index("dune/IMG_0.HEIC")])
+    assert original == (80, 60)
+    decoded.forget_opened()

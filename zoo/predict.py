@@ -189,7 +189,7 @@ class Predictor:
         :meth:`model_inputs` turns into the model's input) and its original (height, width); raises
         ValueError with the reason when it cannot be."""
         from zoo.data.decoded import stored_image
-        from zoo.data.folder import UNREADABLE_HERE, decode_image, to_dataset_scale
+        from zoo.data.folder import UNREADABLE_HERE, decode_image, is_image_file, to_dataset_scale
 
         try:
             if _is_remote(location) and self.filesystem is None:
@@ -200,7 +200,8 @@ class Predictor:
                                            suffix=PurePosixPath(location).suffix, size=self.input.image_size)
             array = to_dataset_scale(array, self.input.max_pixel_value)
         except Exception as error:  # PIL, tifffile, S3 and OS errors all mean "unreadable"
-            format_hint = UNREADABLE_HERE.get(PurePosixPath(location).suffix.lower())
+            format_hint = (None if is_image_file(PurePosixPath(location))
+                           else UNREADABLE_HERE.get(PurePosixPath(location).suffix.lower()))
             raise ValueError(f"cannot be read as an image ({_one_line(error)})"
                              + (f": {format_hint}" if format_hint else "")) from None
         channels = self.input.channels

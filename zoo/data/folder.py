@@ -8,6 +8,7 @@ named up front instead of crashing an epoch; the scan is cached by file size and
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,17 +24,43 @@ from zoo.errors import DataError
 # JPEG names browsers save (.jfif); AVIF too where this Pillow was built with it (see is_image_file).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
-# Formats a folder may hold that this machine cannot read, with what reads them.
-UNREADABLE_HERE = {".heic": "an iPhone (HEIC) photo: Pillow reads it with the pillow-heif plug-in; or convert it "
-                            "to JPEG (Photos' export, `heif-convert`, or `sips -s format jpeg` on a Mac)",
-                   ".heif": "a HEIF photo: Pillow reads it with the pillow-heif plug-in; or convert it to JPEG",
+HEIF_SUFFIXES = (".heic", ".heif")
+# Formats a folder may hold that this machine may not read, with what reads them.
+UNREADABLE_HERE = {".heic": "an iPhone (HEIC) photo, which needs the pillow-heif plug-in (pip install -e '.[heic]' "
+                            "in zoo's folder); or convert it to JPEG (Photos' export, `heif-convert`, or `sips -s "
+                            "format jpeg` on a Mac)",
+                   ".heif": "a HEIF photo, which needs the pillow-heif plug-in (pip install -e '.[heic]' in zoo's "
+                            "folder); or convert it to JPEG",
                    ".avif": "an AVIF image, which this machine's Pillow cannot read: upgrade Pillow (11.3 or later) "
                             "or convert it to PNG or JPEG"}
+
+
+@functools.cache
+def heif_readable() -> bool:
+    """Whether HEIC/HEIF photos (an iPhone's) can be read here: the pillow-heif plug-in (zoo's ``heic`` extra) is
+    installed, and is then registered with Pillow (libheif turns each photo upright as it decodes and resets its
+    EXIF orientation, so nothing turns it twice)."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def open_image(path):
+    """Pillow's ``Image.open``, with the HEIF plug-in registered first where it is installed."""
+    from PIL import Image
+
+    heif_readable()
+    return Image.open(path)
 
 
 def is_image_file(path) -> bool:
     """Whether zoo reads ``path`` as an image (by its suffix, case aside)."""
     suffix = Path(path).suffix.lower()
+    if suffix in HEIF_SUFFIXES:
+        return heif_readable()
     if suffix == ".avif":
         from PIL import features
 
@@ -99,9 +126,7 @@ def image_pixels(path) -> int | None:
             with tifffile.TiffFile(path) as tiff:
                 shape = tiff.series[0].shape
             return int(np.prod(sorted(shape)[-2:]))
-        from PIL import Image
-
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return image.size[0] * image.size[1]
     except Exception:  # unreadable: the decode that follows names the reason
         return None
@@ -134,9 +159,7 @@ def decode_image(path, reduce: bool = True, suffix: str | None = None,
             array = np.moveaxis(array, 0, -1)  # planar (bands, H, W) files
         original = tuple(array.shape[:2])
     else:
-        from PIL import Image
-
-        with Image.open(path) as image:
+        with open_image(path) as image:
             orientation = exif_orientation(image)
             original = (image.size[1], image.size[0])[::-1 if orientation >= 5 else 1]
             factor = max(image.size) // DECODE_LONG_SIDE if reduce else 1
@@ -185,9 +208,7 @@ def read_mask(path) -> np.ndarray:
     if path.suffix.lower() in (".tif", ".tiff"):
         mask = read_image(path, reduce=False)
     else:
-        from PIL import Image
-
-        with Image.open(path) as image:
+        with open_image(path) as image:
             mode = image.mode
             mask = np.asarray(upright(image.convert("L") if mode == "1" else image, exif_orientation(image)))
         mask = (mask > 0).astype(np.uint8) if mode == "1" else mask
@@ -232,9 +253,7 @@ def content_digest(path: Path) -> str:
 def _probe_jpeg(path: Path) -> dict:
     """A JPEG's shape, checked by decoding all of its data at libjpeg's 1/8 scale: a truncated or corrupt
     file fails as it would at full size (every block is still read), at a fraction of the time."""
-    from PIL import Image
-
-    with Image.open(path) as image:
+    with open_image(path) as image:
         if image.format != "JPEG":  # a PNG named .jpg: read as any other file
             return {"shape": list(read_image(path, reduce=False).shape), "dtype": "uint8"}
         width, height = image.size
@@ -251,9 +270,7 @@ def _turned(path: Path) -> dict:
     """``{"orientation": n}`` for a file stored turned (EXIF orientation n, 2-8), else nothing."""
     if path.suffix.lower() in (".tif", ".tiff"):
         return {}
-    from PIL import Image
-
-    with Image.open(path) as image:
+    with open_image(path) as image:
         orientation = exif_orientation(image)
     return {"orientation": orientation} if orientation != 1 else {}
 
