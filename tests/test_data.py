@@ -163,6 +163,10 @@ def test_folder_skips_and_names_broken_files_and_trains_through_an_epoch(tmp_pat
     reasons = {item["path"].split("/")[-1]: item["reason"] for item in info["skipped"]}
     assert set(reasons) == {"notes.txt", "corrupt.png", "truncated.jpg"}
     assert "not an image" in reasons["notes.txt"] and "unreadable" in reasons["corrupt.png"]
+    assert info["class_counts"] == {"train": [7, 6]}  # the grey GIF is dune's seventh
+    # The embedded data counts its classes too (tensorflow-datasets' would mean reading every image).
+    assert main(["data", "info", "synthetic_terrain"]) == 0
+    assert "  train: water 270, forest 225, cropland 162, urban 108, sand 81, grassland 54\n" in capsys.readouterr().out
 
     source = open_source({"name": "photos", "source": "folder", "path": str(tmp_path / "photos")})
     seen = [int(images.shape[0]) for images, _ in batches(source, training=True, augment=True)]

@@ -17,7 +17,7 @@ def dataset_info(name_or_path: str, data_dir: str | None = None) -> dict:
     if name_or_path not in DATASETS and path.exists():
         source = source_of_path(name_or_path)
         entry = {"name": path.stem if source == "tracks" else path.name, "source": source, "path": name_or_path}
-        return open_source(entry).info.to_dict()
+        return with_class_counts(open_source(entry))
     card = DATASETS.get(name_or_path)
     if card["source"] == "landcover_ens" and data_dir:
         # --data-dir is the unzipped challenge folder: read it directly, nothing to build.
@@ -29,7 +29,18 @@ def dataset_info(name_or_path: str, data_dir: str | None = None) -> dict:
                 "image_shape": card["native_size"], "splits": counts, "skipped": [],
                 "ignore_classes": card.get("ignore_classes", []), "max_pixel_value": card["max_pixel_value"],
                 "labelled_splits": card.get("labelled_splits", ["train"])}
-    return open_source(card["name"], data_dir=data_dir).info.to_dict()
+    return with_class_counts(open_source(card["name"], data_dir=data_dir))
+
+
+def with_class_counts(source) -> dict:
+    """A source's info as a dict, with each split's images per class where labels are at hand without reading
+    the images (the user's folders and track manifests, the embedded synthetic data; not tensorflow-datasets)."""
+    info = source.info.to_dict()
+    if info["task"] == "classification" and info.get("class_counts") is None and source.reads_by_position:
+        labels = {split: source.labels(split) for split in info["splits"]}
+        info["class_counts"] = {split: np.bincount(found, minlength=info["num_classes"]).tolist()
+                                for split, found in labels.items() if found is not None}
+    return info
 
 
 def format_info(info: dict) -> str:
