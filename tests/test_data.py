@@ -303,6 +303,24 @@ def test_class_folders_without_a_usable_image_are_named(tmp_path, monkeypatch):
     assert info.notes[1].startswith("class(es) corgi have no readable image (every file skipped)")
 
 
+def test_a_class_the_test_split_has_and_train_has_not_is_named(tmp_path):
+    """`test/Pug` beside `train/pug` made two classes: the model never learns "Pug", yet the test scores it.
+    zoo data info (and zoo plan and run) say so, pointing at the class train has under another spelling."""
+    rng = np.random.default_rng(0)
+    for split, classes in (("train", ("beagle", "pug")), ("test", ("beagle", "Pug", "shiba"))):
+        for name in classes:
+            (tmp_path / "dogs" / split / name).mkdir(parents=True)
+            for index in range(4):
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+                    tmp_path / "dogs" / split / name / f"{index}.png")
+    info = open_source({"name": "dogs", "path": str(tmp_path / "dogs")}).info
+    assert info.class_names == ["Pug", "beagle", "pug", "shiba"]
+    assert info.class_counts == {"test": [4, 4, 0, 4], "train": [0, 4, 4, 0]}
+    assert [note for note in info.notes if note.startswith("class(es)")] == [
+        "class(es) Pug (train has pug: the same class named otherwise?), shiba have images in test but none in "
+        "train: the model cannot learn them, yet they are scored; rename the folder or add training images"]
+
+
 def test_segmentation_images_in_subfolders_pair_with_the_mask_at_the_same_place(tmp_path):
     """Tiles kept in subfolders (by region, by date) were silently left out before; each pairs with the mask
     at the same relative place, whatever its suffix, even where two regions reuse a tile's name. A mask

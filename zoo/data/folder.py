@@ -446,6 +446,7 @@ class FolderScan:
             self.class_counts = {split: np.bincount([label for _, label in items],
                                                     minlength=len(self.class_names)).tolist()
                                  for split, items in self.examples.items()}
+            self._note_untrained_classes()
             if headline_metric in (None, "accuracy"):
                 self._note_imbalance()
         else:
@@ -533,6 +534,30 @@ class FolderScan:
         if unreadable:
             self.notes.append(f"class(es) {', '.join(unreadable)} have no readable image (every file skipped): the "
                               f"model has the class but never learns it; fix the files or remove the folder")
+
+    def _note_untrained_classes(self):
+        """A note on classes with images in the folder's own validation or test split but none in train: the
+        model cannot learn them, yet they are scored. Most often a class folder named otherwise in one split
+        (`Pug` in test, `pug` in train), which the note points at."""
+        import difflib
+
+        train = self.class_counts.get("train")
+        if train is None:
+            return
+        elsewhere = [index for index, name in enumerate(self.class_names) if train[index] == 0
+                     and any(counts[index] for split, counts in self.class_counts.items() if split != "train")]
+        if not elsewhere:
+            return
+        trained = {name.casefold(): name for index, name in enumerate(self.class_names) if train[index]}
+        named = []
+        for index in elsewhere:
+            name = self.class_names[index]
+            close = difflib.get_close_matches(name.casefold(), list(trained), n=1, cutoff=0.8)
+            named.append(f"{name} (train has {trained[close[0]]}: the same class named otherwise?)" if close else name)
+        splits = sorted({split for split, counts in self.class_counts.items() if split != "train"
+                         and any(counts[index] for index in elsewhere)})
+        self.notes.append(f"class(es) {', '.join(named)} have images in {' and '.join(splits)} but none in train: the "
+                          f"model cannot learn them, yet they are scored; rename the folder or add training images")
 
     def _note_imbalance(self):
         """A note where the largest class has IMBALANCE_NOTED times the images of the smallest: accuracy then
