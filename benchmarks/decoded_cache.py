@@ -124,7 +124,7 @@ def photos(args) -> list[dict]:
     from PIL import Image
 
     from zoo.data.decoded import stored_image
-    from zoo.data.folder import _probe, read_image
+    from zoo.data.images import probe_file, read_image
     from zoo.runtime import describe_device
 
     work = Path(tempfile.mkdtemp(prefix="zoo-photos-"))
@@ -148,7 +148,7 @@ def photos(args) -> list[dict]:
 
     figures = {
         "scan_full_decode": per_photo(lambda path: read_image(path, reduce=False)),
-        "scan_eighth_scale": per_photo(_probe),
+        "scan_eighth_scale": per_photo(probe_file),
         "row_from_full_resolution": per_photo(lambda path: stored_image(read_image(path), args.size, 255.0)),
         "row_from_reduced_scale": per_photo(lambda path: stored_image(read_image(path, size=args.size), args.size,
                                                                       255.0)),

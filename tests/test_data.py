@@ -289,9 +289,9 @@ def test_class_folders_without_a_usable_image_are_named(tmp_path, monkeypatch):
     """A class folder of iPhone (HEIC) photos only on a machine without zoo's heic extra, or one not filled yet,
     made no class without a word (its files, if any, among the skipped); one whose every image is unreadable is
     a class the model never learns."""
-    from zoo.data import folder
+    from zoo.data import images
 
-    monkeypatch.setattr(folder, "heif_readable", lambda: False)
+    monkeypatch.setattr(images, "heif_readable", lambda: False)
     make_classification_folder(tmp_path / "photos")
     for name in ("pug", "shiba", "corgi"):
         (tmp_path / "photos" / name).mkdir()
@@ -403,7 +403,7 @@ def test_palette_masks_and_a_void_value_read_as_pascal_voc_means_them(tmp_path):
 
 
 def test_a_mask_reads_as_its_class_indices_whatever_image_mode_holds_them(tmp_path):
-    from zoo.data.folder import read_mask
+    from zoo.data.images import read_mask
 
     indices = np.zeros((6, 8), np.uint8)
     indices[2:4, 3:6] = 1

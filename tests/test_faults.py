@@ -384,14 +384,14 @@ def test_every_file_is_scaled_by_its_own_bit_depth(tmp_path, minority):
 def test_huge_images_are_reduced_as_they_decode_and_refused_above_the_limit(tmp_path, monkeypatch):
     from PIL import Image
 
-    from zoo.data import folder
+    from zoo.data import images
 
     Image.fromarray(np.full((300, 450, 3), 7, np.uint8)).save(tmp_path / "wide.png")
-    monkeypatch.setattr(folder, "DECODE_LONG_SIDE", 100)
-    assert folder.read_image(tmp_path / "wide.png").shape == (75, 113, 3)  # reduced 4x (rounding up)
-    assert folder.read_image(tmp_path / "wide.png", reduce=False).shape == (300, 450, 3)
-    monkeypatch.setattr(folder, "MAX_IMAGE_PIXELS", 100_000)
-    assert "megapixels is above zoo's limit" in folder._probe(tmp_path / "wide.png")["error"]
+    monkeypatch.setattr(images, "DECODE_LONG_SIDE", 100)
+    assert images.read_image(tmp_path / "wide.png").shape == (75, 113, 3)  # reduced 4x (rounding up)
+    assert images.read_image(tmp_path / "wide.png", reduce=False).shape == (300, 450, 3)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100_000)
+    assert "megapixels is above zoo's limit" in images.probe_file(tmp_path / "wide.png")["error"]
 
 
 # --- several writers -------------------------------------------------------------------------

@@ -388,6 +388,8 @@ def test_finished_runs_on_a_folder_changed_since_are_named_not_taken_for_todays_
         recorded["signatures"] = {split: source.signature(split, by_size=True) for split in recorded["signatures"]}
         recorded_file.write_text(json.dumps(recorded))
     assert warnings() == []
+    Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(tmp_path / "photos" / "dune" / "7.png")
+    assert "other images, as many" in warnings()[0]  # another size: an earlier zoo's signature tells it too
     for index in (12, 13):
         photo(tmp_path / "photos" / "forest" / f"{index}.png")
     found = warnings()

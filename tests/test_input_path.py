@@ -48,7 +48,7 @@ def test_large_jpegs_decode_at_a_reduced_scale_the_same_way_for_training_and_pre
     """A photo far larger than the model's input is decoded by libjpeg at 1/2-1/8 scale (its short side kept
     at least twice the input's): the scan still reads every block (a truncated file is named), still records
     the file's own shape, and zoo predict makes the same row and answers at the file's own size."""
-    from zoo.data.folder import DRAFT_MARGIN, read_image
+    from zoo.data.images import DRAFT_MARGIN, read_image
 
     y, x = np.mgrid[0:600, 0:800]
     smooth = np.stack([x * 255 // 800, y * 255 // 600, (x + y) * 255 // 1400], -1).astype(np.uint8)
@@ -94,11 +94,11 @@ def test_phone_photos_are_read_upright_for_training_prediction_and_masks(tmp_pat
     saying so."""
     from PIL import ImageOps
 
-    from zoo.data import folder
-    from zoo.data.folder import read_image, read_mask
+    from zoo.data import images
+    from zoo.data.images import read_image, read_mask
     from zoo.predict import list_inputs
 
-    monkeypatch.setattr(folder, "heif_readable", lambda: False)  # a machine without zoo's heic extra
+    monkeypatch.setattr(images, "heif_readable", lambda: False)  # a machine without zoo's heic extra
 
     rng = np.random.default_rng(0)
     stored = rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)
@@ -591,7 +591,7 @@ def test_an_iphone_s_heic_photos_are_read_upright_with_zoo_heic(tmp_path):
     libheif turns a portrait photo upright as it decodes and resets its EXIF orientation, so zoo does not turn
     it a second time; zoo predict reads it the same way."""
     pytest.importorskip("pillow_heif", reason="zoo's heic extra is not installed (it is in .[dev])")
-    from zoo.data.folder import heif_readable, read_image
+    from zoo.data.images import heif_readable, read_image
 
     assert heif_readable()
     y, x = np.mgrid[0:60, 0:80]

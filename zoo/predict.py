@@ -53,7 +53,7 @@ def list_inputs(inputs) -> list[str]:
     prefixes expanded to the image files under them (hidden ones left out). A name that does not
     exist is kept, so that it gets its error row, as is a photo this machine cannot read (an iPhone's HEIC),
     so that it is named with what reads it rather than passed over."""
-    from zoo.data.folder import UNREADABLE_HERE, is_image_file
+    from zoo.data.images import UNREADABLE_HERE, is_image_file
 
     def wanted(path: PurePosixPath) -> bool:
         return is_image_file(path) or path.suffix.lower() in UNREADABLE_HERE
@@ -189,7 +189,7 @@ class Predictor:
         :meth:`model_inputs` turns into the model's input) and its original (height, width); raises
         ValueError with the reason when it cannot be."""
         from zoo.data.decoded import stored_image
-        from zoo.data.folder import UNREADABLE_HERE, decode_image, is_image_file, to_dataset_scale
+        from zoo.data.images import UNREADABLE_HERE, decode_image, is_image_file, to_dataset_scale
 
         try:
             if _is_remote(location) and self.filesystem is None:

@@ -96,7 +96,7 @@ class Source:
     def example_arrays(self, split: str, indices=None, size: int | None = None) -> "ExampleArrays":
         """Random access to the (image, target) examples of ``split`` (restricted to ``indices``) as
         NumPy arrays: what zoo.data.decoded decodes into the cache. ``size``: the side the images will be
-        stored at, which sources of files may decode large JPEGs closer to (zoo.data.folder.decode_image).
+        stored at, which sources of files may decode large JPEGs closer to (zoo.data.images.decode_image).
         Sources read through tensorflow-datasets have none."""
         raise DataError(f"dataset {self.info.name!r} is read through tensorflow-datasets, which needs TensorFlow: "
                         f"pip install tensorflow tensorflow-datasets (the embedded synthetic datasets and your own "
@@ -394,7 +394,7 @@ class FolderSource(Source):
         return [str(path) for path, _ in items] + masks
 
     def example_arrays(self, split, indices=None, size=None):
-        from zoo.data.folder import read_example, read_mask
+        from zoo.data.images import read_example, read_mask
 
         items = self.scan.examples[split]
         if indices is not None:

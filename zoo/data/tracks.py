@@ -161,7 +161,7 @@ class TrackManifestSource(_TrackSource):
         return list(self.names) if indices is None else [self.names[i] for i in indices]
 
     def example_arrays(self, split, indices=None, size=None):
-        from zoo.data.folder import read_example
+        from zoo.data.images import read_example
 
         rows = np.arange(len(self.rows["label"])) if indices is None else np.asarray(indices)
         points, labels = self.rows["point"][rows], self.rows["label"][rows]

@@ -383,7 +383,7 @@ def _inline_markdown(text: str):
 def _visible(path: Path, max_pixel_value: float) -> np.ndarray:
     """An input image as 8-bit RGB for the page: read as the model reads it (any band count and bit
     depth), its first three bands shown (a single band as grey)."""
-    from zoo.data.folder import read_image, to_dataset_scale
+    from zoo.data.images import read_image, to_dataset_scale
 
     array = to_dataset_scale(read_image(path), max_pixel_value) * np.float32(255.0 / max_pixel_value)
     array = np.clip(array, 0, 255).astype(np.uint8)
