@@ -384,7 +384,6 @@ def compare_runs(out_dir, name_a: str, name_b: str, metric: str | None = None) -
     from pathlib import Path
 
     runs_a, runs_b = _matching_runs(out_dir, name_a), _matching_runs(out_dir, name_b)
-    task = runs_a[0]["task"]
     if runs_a[0]["dataset"] != runs_b[0]["dataset"]:
         raise ComparisonError(f"{name_a} ran on {runs_a[0]['dataset']} and {name_b} on {runs_b[0]['dataset']}: "
                               f"compare runs on the same dataset")
