@@ -321,6 +321,42 @@ def test_a_class_the_test_split_has_and_train_has_not_is_named(tmp_path):
         "train: the model cannot learn them, yet they are scored; rename the folder or add training images"]
 
 
+def test_a_kaggle_style_unlabelled_test_folder_is_left_out_and_test_is_carved_from_train(tmp_path):
+    """Kaggle's layout: train/<class>/ beside a test/ of images without class folders (or test/images/ without
+    masks/). It was refused with "split 'test' has no usable image; add images or remove the empty split
+    folder", every test image first named as out of place. The unlabelled split is left out with a note saying
+    so and how to answer it, and validation and test are carved from train."""
+    from zoo.data.splits import plan_for_source
+
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (tmp_path / "kaggle" / "train" / name).mkdir(parents=True)
+        for index in range(10):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+                tmp_path / "kaggle" / "train" / name / f"{index}.jpg")
+    (tmp_path / "kaggle" / "test").mkdir()
+    for index in range(7):
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "kaggle" / "test" / f"{index}.jpg")
+    source = open_source({"name": "kaggle", "path": str(tmp_path / "kaggle")})
+    assert source.info.splits == {"train": 20} and source.info.skipped == []
+    assert source.info.notes == [f"test/ holds 7 images without class folders: unlabelled, so they are left out of "
+                                 f"training and scoring (test is carved from train instead); `zoo predict "
+                                 f"OUT/runs/<run_id> {tmp_path / 'kaggle' / 'test'}` answers them"]
+    plan = plan_for_source(source, None, 0)
+    assert {name: split for name, (split, _) in plan.items()} == {"train": "train", "val": "train", "test": "train"}
+
+    root = tmp_path / "tiles"
+    for part in ("train/images", "train/masks", "test/images"):
+        (root / part).mkdir(parents=True)
+    for index in range(6):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / "train" / "images" / f"{index}.png")
+        Image.fromarray(rng.integers(0, 2, (8, 8), dtype=np.uint8)).save(root / "train" / "masks" / f"{index}.png")
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / "test" / "images" / f"{index}.png")
+    tiles = open_source({"name": "tiles", "path": str(root)}).info
+    assert tiles.task == "segmentation" and tiles.splits == {"train": 6}
+    assert tiles.notes[0].startswith("test/ holds 6 images without masks: unlabelled")
+
+
 def test_segmentation_images_in_subfolders_pair_with_the_mask_at_the_same_place(tmp_path):
     """Tiles kept in subfolders (by region, by date) were silently left out before; each pairs with the mask
     at the same relative place, whatever its suffix, even where two regions reuse a tile's name. A mask

@@ -116,7 +116,7 @@ def detect_layout(root: Path) -> tuple[str, dict[str, Path]]:
         splits = {SPLIT_ALIASES[name]: path for name, path in subfolders.items()}
     else:
         splits = {"train": root}
-    first = next(iter(splits.values()))
+    first = splits.get("train", next(iter(splits.values())))  # test/ may hold unlabelled images only
     task = "segmentation" if (first / "images").is_dir() and (first / "masks").is_dir() else "classification"
     return task, splits
 
@@ -148,12 +148,15 @@ class FolderScan:
         # ``void_index``, appended to the classes and ignored in the loss and the metrics.
         self.void_value, self.void_index = void_value, None
         self.skipped: list[dict] = []
+        self.notes: list[str] = []  # what the user may want to know or set, said before training
         self.digests: dict[str, str] = {}  # file path -> content_digest, images and masks
         self.class_counts: dict[str, list] | None = None  # classification: split -> images per class
         self.class_folders: set[str] = set()  # classification: every class folder's name, empty ones too
         self.examples: dict[str, list] = {}  # split -> [(image path, label or mask path)]
         candidates = {}
         for split, folder in split_folders.items():
+            if split != "train" and self._note_unlabelled(split, folder):
+                continue
             candidates[split] = (self._classification_candidates(folder) if self.task == "classification"
                                  else self._segmentation_candidates(folder))
         files = sorted({Path(p) for items in candidates.values() for item in items for p in item[:1]})
@@ -164,7 +167,7 @@ class FolderScan:
         # Names, sizes and modification times of every file, masks included.
         self.listing_key = images_key + (files_key(masks) if masks else "")
         self.channels, self.max_pixel_value = dataset_format(probes, max_pixel_value)
-        self.notes = [note for note in [range_note(probes, max_pixel_value)] if note]
+        self.notes[:0] = [note for note in [range_note(probes, max_pixel_value)] if note]
         for split, items in candidates.items():
             self.examples[split] = [item for item in items if self._accept(item[0], probes[str(item[0])])]
         kept = [probes[str(item[0])] for items in self.examples.values() for item in items]
@@ -199,6 +202,25 @@ class FolderScan:
         # of its data, so that an image or mask edited in place, to any size, is told apart.
         self.digests.update({str(item[0]): probes[str(item[0])]["digest"]
                              for items in self.examples.values() for item in items})
+
+    def _note_unlabelled(self, split: str, folder: Path) -> bool:
+        """Whether ``folder`` (a split other than train) holds images without labels, as Kaggle's test/ folders
+        do: images and no class folders, or images/ and no masks/. Such a split is left out (validation and
+        test are then carved from train) with a note, instead of every image being refused as out of place."""
+        if self.task == "classification":
+            labelled = any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+            images = [p for p in _image_files(folder) if is_image_file(p)]
+            what = "class folders"
+        else:
+            labelled = (folder / "masks").is_dir() or not (folder / "images").is_dir()
+            images = [p for p in self._files_below(folder / "images") if is_image_file(p)] if not labelled else []
+            what = "masks"
+        if labelled or not images:
+            return False
+        self.notes.append(f"{folder.name}/ holds {len(images)} images without {what}: unlabelled, so they are left "
+                          f"out of training and scoring ({split} is carved from train instead); `zoo predict "
+                          f"OUT/runs/<run_id> {folder}` answers them")
+        return True
 
     def _classification_candidates(self, folder: Path) -> list:
         """Each class folder's images, its subfolders' included (as Keras's image_dataset_from_directory
