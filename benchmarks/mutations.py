@@ -422,6 +422,13 @@ MUTATIONS = [
              '            if split != "train" and self._note_unlabelled(split, folder):',
              "            if False:",
              ("tests/test_data.py::test_a_kaggle_style_unlabelled_test_folder_is_left_out_and_test_is_carved_from_train",)),
+    Mutation("track smoothing on a manifest without tracks is let through to crash in a run", "zoo/harness/preflight.py",
+             '        if run.postprocess and sources[key].tracks("train") is None:',
+             "        if False:", ("tests/test_postprocess.py::test_a_manifest_of_path_and_label_alone_is_a_list_of_independent_images",)),
+    Mutation("a path and label manifest is carved as if every image were a track", "zoo/data/tracks.py",
+             "    def groups(self, split):\n        return self.rows[\"track_id\"]",
+             "    def groups(self, split):\n        return self.rows[\"track_id\"] if self.rows[\"track_id\"] is not None "
+             "else np.arange(len(self.rows[\"label\"]))", ("tests/test_postprocess.py::test_a_manifest_of_path_and_label_alone_is_a_list_of_independent_images",)),
     Mutation("a phone's portrait photo reaches the model lying on its side", "zoo/data/images.py",
              "            array = np.asarray(upright(image, orientation))", "            array = np.asarray(image)",
              ("tests/test_input_path.py::test_phone_photos_are_read_upright_for_training_prediction_and_masks",)),

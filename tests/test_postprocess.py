@@ -190,6 +190,38 @@ def test_a_suite_trains_and_smooths_along_the_tracks_of_a_manifest(tmp_path):
     assert {name.split("@")[1].split(":")[0] for name in predictions["example_ids"]} == tracks["test"]
 
 
+def test_a_manifest_of_path_and_label_alone_is_a_list_of_independent_images(tmp_path):
+    """Kaggle's labels.csv or a labelling tool's export lists images and labels, no tracks: such a manifest is
+    a dataset of independent images, carved stratified (not by track), each named by its path. It was refused
+    for lacking track_id and position. Track smoothing on it is refused before any run; a manifest with one of
+    the track columns only is refused naming the other."""
+    from zoo.data.splits import plan_for_source
+    from zoo.errors import DataError
+    from zoo.harness.preflight import check_readiness
+    from zoo.harness.suite import expand_suite, load_suite
+
+    manifest = write_track_manifest(tmp_path / "trips")
+    table = pd.read_csv(manifest)
+    table[["path", "label"]].to_csv(tmp_path / "trips" / "labels.csv", index=False)
+    entry = {"name": "labels", "path": str(tmp_path / "trips" / "labels.csv")}
+    source = open_source(entry)
+    assert source.info.splits == {"train": len(table) - 2} and source.groups("train") is None
+    assert source.tracks("train") is None and source.example_ids("train")[:2] == ["tiles/t0_0.png", "tiles/t0_1.png"]
+    labels = source.labels("train")
+    plan = plan_for_source(source, {"val": 0.2, "test": 0.2}, seed=0)
+    for name in ("train", "test"):  # stratified: each class keeps its share on both sides
+        share = np.bincount(labels[plan[name][1]], minlength=3) / len(plan[name][1])
+        np.testing.assert_allclose(share, np.bincount(labels, minlength=3) / len(labels), atol=0.08)
+    runs = expand_suite(load_suite({"name": "x", "datasets": [{**entry, "source": "tracks"}],
+                                    "postprocess": {"method": "hmm"}}))
+    _, problems = check_readiness(runs, cache_dir=tmp_path / "cache")
+    assert [p.message for p in problems] == ["postprocess smooths predictions along tracks, but its manifest has no "
+                                             "track_id and position columns"]
+    table[["path", "label", "track_id"]].to_csv(tmp_path / "trips" / "half.csv", index=False)
+    with pytest.raises(DataError, match="column track_id without position: tiles along tracks need both"):
+        open_source({"name": "half", "path": str(tmp_path / "trips" / "half.csv")})
+
+
 def test_a_changed_manifest_is_other_content_for_the_caches(tmp_path):
     manifest = write_track_manifest(tmp_path / "trips")
     entry = {"name": "trips", "source": "tracks", "path": str(manifest)}

@@ -3,7 +3,9 @@
 
 Each row is one point of one track: ``path, label, track_id, position``. A point where
 tracks cross appears in several rows (one per track) with the same tile; its ``point_id``
-(the path) ties them together. Splits are carved by whole tracks.
+(the path) ties them together. Splits are carved by whole tracks. A manifest of ``path, label``
+alone (Kaggle's labels.csv, an export from a labelling tool) is a list of independent images,
+carved stratified like a folder.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from zoo.data.sources import DatasetInfo, ExampleArrays, Source, register_source
 from zoo.data.synthetic import TERRAIN_CLASSES, TERRAIN_PROPORTIONS, _smooth_noise, _terrain_tile
 from zoo.errors import DataError
 
-MANIFEST_COLUMNS = ("path", "label", "track_id", "position")
+MANIFEST_COLUMNS = ("path", "label")
+TRACK_COLUMNS = ("track_id", "position")  # both or neither: without them the images are independent
 
 
 def make_terrain_map(map_size, seed):
@@ -76,7 +79,9 @@ class _TrackSource(Source):
     def groups(self, split):
         return self.rows["track_id"]
 
-    def tracks(self, split, indices=None) -> dict:
+    def tracks(self, split, indices=None) -> dict | None:
+        if self.rows["track_id"] is None:
+            return None
         chosen = slice(None) if indices is None else np.asarray(indices)
         return {"track_id": self.rows["track_id"][chosen], "position": self.rows["position"][chosen],
                 "point_id": self.rows["point"][chosen]}
@@ -101,8 +106,8 @@ class SyntheticTracksSource(_TrackSource):
 
 @register_source("tracks")
 class TrackManifestSource(_TrackSource):
-    """A CSV manifest (path, label, track_id, position) beside a folder of tiles; each path is
-    relative to the manifest's folder or absolute. Tiles are read as a folder dataset's images are:
+    """A CSV manifest (path, label, and track_id, position for tiles along tracks) beside a folder of tiles;
+    each path is relative to the manifest's folder or absolute. Tiles are read as a folder dataset's images are:
     unreadable ones and those of other band counts skipped and named, grey ones expanded to RGB,
     8- and 16-bit files each scaled by their own depth."""
 
@@ -115,13 +120,20 @@ class TrackManifestSource(_TrackSource):
 
         manifest = Path(card.get("path", "")).expanduser()
         if not manifest.is_file():
-            raise DataError(f"dataset {card.get('name')!r}: `path` must be a track manifest CSV with columns "
-                            f"{', '.join(MANIFEST_COLUMNS)}; {manifest} does not exist{relative_to_here(manifest)}")
+            raise DataError(f"dataset {card.get('name')!r}: `path` must be a manifest CSV with columns "
+                            f"{', '.join(MANIFEST_COLUMNS)} (and {', '.join(TRACK_COLUMNS)} for tiles along tracks); "
+                            f"{manifest} does not exist{relative_to_here(manifest)}")
         table = pd.read_csv(manifest)
         missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
+        on_tracks = [c for c in TRACK_COLUMNS if c in table.columns]
         if missing:
-            raise DataError(f"{manifest}: missing column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)}")
-        if not pd.api.types.is_numeric_dtype(table["position"]):
+            raise DataError(f"{manifest}: missing column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)} "
+                            f"(and {', '.join(TRACK_COLUMNS)} for tiles along tracks); it has {', '.join(table.columns)}")
+        if len(on_tracks) == 1:
+            raise DataError(f"{manifest}: column {on_tracks[0]} without {(set(TRACK_COLUMNS) - set(on_tracks)).pop()}: tiles "
+                            f"along tracks need both (each point's track and its order along it); independent images "
+                            f"need neither")
+        if on_tracks and not pd.api.types.is_numeric_dtype(table["position"]):
             raise DataError(f"{manifest}: column position must hold numbers (a point's order along its track)")
         table["file"] = [str((manifest.parent / p).resolve()) for p in table["path"]]
         missing_files = sorted({f for f in table["file"] if not Path(f).is_file()})
@@ -140,9 +152,11 @@ class TrackManifestSource(_TrackSource):
         point = {f: i for i, f in enumerate(self.files)}
         self.rows = {"point": table["file"].map(point).to_numpy(),
                      "label": table["label"].astype(str).map({n: i for i, n in enumerate(class_names)}).to_numpy(),
-                     "track_id": np.asarray(table["track_id"].astype(str), dtype=str), "position": table["position"].to_numpy()}
-        self.names = [f"{path}@{track}:{position}" for path, track, position
-                      in zip(table["path"].astype(str), self.rows["track_id"], self.rows["position"])]
+                     "track_id": np.asarray(table["track_id"].astype(str), dtype=str) if on_tracks else None,
+                     "position": table["position"].to_numpy() if on_tracks else None}
+        self.names = ([f"{path}@{track}:{position}" for path, track, position
+                       in zip(table["path"].astype(str), self.rows["track_id"], self.rows["position"])]
+                      if on_tracks else list(table["path"].astype(str)))
         # The manifest's bytes and the tiles' names, sizes and modification times: caches of
         # decoded tiles and features are rebuilt when either changes.
         self.listing = hashlib.sha1(manifest.read_bytes()).hexdigest() + files_key([Path(f) for f in self.files])

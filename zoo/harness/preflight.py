@@ -71,6 +71,11 @@ def open_datasets(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
             else:
                 fix = f"fix or point `path:` of dataset {name!r} at a readable folder"
             problems.append(Problem(f"dataset {name}", str(error).split(" Run `zoo data prepare")[0], fix))
+            continue
+        if run.postprocess and sources[key].tracks("train") is None:
+            problems.append(Problem(f"dataset {name}", "postprocess smooths predictions along tracks, but its "
+                                    "manifest has no track_id and position columns", "add those columns (each "
+                                    "point's track and its order along it), or remove postprocess from the suite"))
     return sources, problems
 
 
