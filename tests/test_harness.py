@@ -422,6 +422,53 @@ def test_finished_runs_on_a_folder_changed_since_are_named_not_taken_for_todays_
     assert warnings() == []
 
 
+def test_finished_runs_carved_otherwise_than_today_are_named(tmp_path):
+    """A folder holding a photo twice: a run finished by an earlier zoo carved the copies apart (its test set
+    held an image it trained on); today's carving keeps them on one side. The images are the same, so only the
+    recorded split tells: zoo run and zoo plan name such runs with the command that retrains them."""
+    import shutil
+
+    from PIL import Image
+
+    from zoo.data import open_source
+    from zoo.data.splits import plan_splits
+    from zoo.harness.runner import plan_suite
+
+    rng = np.random.default_rng(0)
+    for label in ("dune", "forest"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for index in range(12):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                tmp_path / "photos" / label / f"{index}.png")
+    for index in range(6):
+        shutil.copy(tmp_path / "photos" / "dune" / f"{index}.png", tmp_path / "photos" / "dune" / f"{index} (1).png")
+    entry = {"name": "photos", "source": "folder", "path": str(tmp_path / "photos")}
+    suite = load_suite({"name": "photos", "backbones": ["baseline_cnn"], "heads": ["linear"], "datasets": [entry],
+                        "train": {"image_size": 16, "batch_size": 8, "epochs": 1, "steps_per_epoch": 1}})
+    out = tmp_path / "out"
+    assert run_suite(suite, out, executor="in-process", report=False, log=lambda *_: None) == 0
+
+    def warnings():
+        lines = []
+        run_suite(suite, out, executor="in-process", report=False, log=lines.append)
+        plan_suite(suite, out, log=lines.append, suite_path="photos.yaml")
+        return [line for line in lines if line.startswith("warning: dataset")]
+
+    assert warnings() == []
+    # What an earlier zoo recorded: the plain stratified carving, which splits some copies apart.
+    source = open_source(entry)
+    earlier = plan_splits({"train": 30}, None, 0, {"train": source.labels("train")})
+    copies = source.copies("train")
+    side = {int(i): name for name, (_, indices) in earlier.items() for i in indices}
+    assert any(len({side[int(i)] for i in np.flatnonzero(copies == group)}) > 1 for group in range(6))
+    run_dir = next((out / "runs").iterdir())
+    np.savez_compressed(run_dir / "split_indices.npz", **{name: indices for name, (_, indices) in earlier.items()})
+    found = warnings()
+    assert len(found) == 2 and all("dataset photos: 1 finished run(s) carved validation and test otherwise than "
+                                   "zoo does now" in line for line in found), found
+    assert f"`zoo run photos.yaml --out {out} --force --only 'photos-*'`" in found[1]
+
+
 def test_zoo_run_ends_with_each_dataset_s_recommendation(tmp_path, monkeypatch):
     """The suite's answer where the user is looking: the report's recommendation, per dataset, in the terminal."""
     monkeypatch.chdir(tmp_path)

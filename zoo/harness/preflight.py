@@ -180,6 +180,24 @@ def check_readiness(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
     return sources, problems + weights_problems(runs) + backend_problems(runs)
 
 
+def carved_as_now(run, source, run_dir: Path) -> bool:
+    """Whether a finished run's recorded split (split_indices.npz) is the one zoo carves from ``source`` today
+    (True where the run recorded none readable: nothing to say)."""
+    from zoo.data.splits import plan_for_source
+
+    try:
+        with np.load(run_dir / "split_indices.npz") as recorded:
+            recorded = {name: recorded[name] for name in recorded.files}
+    except (OSError, ValueError):
+        return True
+    plan = plan_for_source(source, run.train.split or run.dataset.get("split"), run.split_seed)
+    for name, (split, indices) in plan.items():
+        today = np.arange(source.info.splits[split]) if indices is None else indices
+        if name not in recorded or not np.array_equal(recorded[name], today):
+            return False
+    return True
+
+
 def changed_data_warnings(finished, runs_dir: Path, cache_dir=None, command: str = "zoo run SUITE") -> list[str]:
     """Finished runs of the user's own data (folders, track manifests) whose images have changed since they
     ran (their dataset.json's signatures): their results are kept, not silently taken for today's data. One
@@ -187,6 +205,7 @@ def changed_data_warnings(finished, runs_dir: Path, cache_dir=None, command: str
     from zoo.data.sources import PATH_SOURCES, open_source
 
     changed: dict[str, list] = {}
+    recarved: dict[str, list] = {}
     sources: dict = {}
     for run in finished:
         if run.dataset.get("source") not in PATH_SOURCES:
@@ -211,7 +230,12 @@ def changed_data_warnings(finished, runs_dir: Path, cache_dir=None, command: str
         if moved:
             changed.setdefault(key, []).append((run, {split: (counts.get(split), source.info.splits.get(split, 0))
                                                       for split in moved}))
-    warnings = []
+        elif not carved_as_now(run, source, Path(runs_dir) / run.run_id):
+            recarved.setdefault(key, []).append(run)
+    warnings = [f"warning: dataset {runs[0].dataset['name']}: {len(runs)} finished run(s) carved validation and test "
+                f"otherwise than zoo does now (each file's copies now stay on one side), so they were scored on another "
+                f"test set; their results are kept as they were. `{command} --force --only '{runs[0].dataset['name']}-*'` "
+                f"trains them on today's carving" for runs in recarved.values()]
     for key, entries in changed.items():
         run, splits = entries[0]
         name = run.dataset["name"]
