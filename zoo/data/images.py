@@ -18,14 +18,8 @@ from zoo.errors import DataError
 # What Pillow (or tifffile) reads without plug-ins: timm's and torchvision's ImageFolder formats and the
 # JPEG names browsers save (.jfif); AVIF too where this Pillow was built with it (see is_image_file).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
-
-
 HEIF_SUFFIXES = (".heic", ".heif")
-
-
 # Formats a folder may hold that this machine may not read, with what reads them.
 UNREADABLE_HERE = {".heic": "an iPhone (HEIC) photo, which needs the pillow-heif plug-in (pip install -e '.[heic]' "
                             "in zoo's folder); or convert it to JPEG (Photos' export, `heif-convert`, or `sips -s "
@@ -105,13 +99,9 @@ def upright(image, orientation: int):
 # Images above this many pixels are refused at scan (skipped, named): decoding one takes
 # gigabytes and the model sees a few hundred pixels of it. ZOO_MAX_IMAGE_PIXELS overrides it.
 MAX_IMAGE_PIXELS = int(os.environ.get("ZOO_MAX_IMAGE_PIXELS", 64_000_000))
-
-
 # Larger images are reduced on decode by a whole factor (a box filter) to about this long side:
 # far more than any input size zoo trains at, and a fraction of the memory.
 DECODE_LONG_SIDE = 2048
-
-
 # A JPEG read for a model of side S is decoded at a reduced scale only while its short side stays at
 # least this many times S: what the resize then interpolates is still finer than the model's input.
 DRAFT_MARGIN = 2
@@ -226,6 +216,9 @@ def read_mask(path) -> np.ndarray:
 
 
 def probe_file(path: Path) -> dict:
+    """What the folder scan records of one file, decoded once: its upright shape, dtype, brightest value (not
+    for JPEGs, checked at 1/8 scale), EXIF orientation where it is turned, and its digest; or why it is unreadable
+    or refused (above MAX_IMAGE_PIXELS)."""
     pixels = image_pixels(path)
     if pixels and pixels > MAX_IMAGE_PIXELS:
         return {"error": f"{pixels / 1e6:.0f} megapixels is above zoo's limit of {MAX_IMAGE_PIXELS / 1e6:.0f} "
