@@ -173,7 +173,7 @@ def test_folder_skips_and_names_broken_files_and_trains_through_an_epoch(tmp_pat
     assert seen == [4, 4, 4, 4]  # 13 and 3 of them again: the grey GIF is expanded to RGB, nothing crashes mid-epoch
 
 
-def test_a_file_saved_twice_is_never_trained_on_and_scored(tmp_path):
+def test_a_file_saved_twice_is_never_trained_on_and_scored(tmp_path, capsys):
     """Scraped and hand-gathered folders hold the same photo twice ("x (1).jpg"): a random carving puts one
     copy in train and the other in test, and the test score counts an image the model trained on. Carving
     keeps each file's copies on one side (whatever the seed); a folder without copies is carved as before;
@@ -199,7 +199,13 @@ def test_a_file_saved_twice_is_never_trained_on_and_scored(tmp_path):
     copies, ids = source.copies("train"), source.example_ids("train")
     assert (copies >= 0).sum() == 18 and len(set(copies[copies >= 0])) == 9
     assert source.info.notes[0].startswith("9 image(s) are byte-for-byte copies of another (beagle/0 (1).png = "
-                                           "beagle/0.png, ...); the val and test split(s) carved from train keep")
+                                           "beagle/0.png, ...; `zoo data info` lists them); the val and test "
+                                           "split(s) carved from train keep")
+    assert len(source.info.copies) == 9 and ["corgi/from-pug.png", "pug/3.png"] in source.info.copies
+    assert main(["data", "info", str(tmp_path / "dogs")]) == 0
+    listed = capsys.readouterr().out
+    assert "copies:      9 file(s) byte-for-byte the same as another\n  beagle/0 (1).png = beagle/0.png\n" in listed
+    assert "\n  corgi/from-pug.png = pug/3.png\n" in listed
     assert source.info.notes[1].startswith("1 image(s) are copied into two or more classes "
                                            "(corgi/from-pug.png = pug/3.png): at most one of their labels is right")
     split_apart = 0

@@ -56,6 +56,10 @@ def format_info(info: dict) -> str:
              *[f"  {split}: {images_per_class(names, counts)}" for split, counts in (info.get("class_counts") or {}).items()],
              f"skipped:     {len(info['skipped'])} file(s)"]
     lines += [f"  {item['path']}: {item['reason']}" for item in info["skipped"]]
+    copies = info.get("copies") or []
+    if copies:
+        lines.append(f"copies:      {sum(len(group) - 1 for group in copies)} file(s) byte-for-byte the same as another")
+        lines += [f"  {' = '.join(group)}" for group in copies]
     lines += [f"note: {note}" for note in info.get("notes") or []]
     return "\n".join(lines)
 

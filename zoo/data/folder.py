@@ -152,6 +152,7 @@ class FolderScan:
         self.digests: dict[str, str] = {}  # file path -> content_digest, images and masks
         self.class_counts: dict[str, list] | None = None  # classification: split -> images per class
         self.class_folders: set[str] = set()  # classification: every class folder's name, empty ones too
+        self.copy_groups: list[list[str]] = []  # the files byte-for-byte the same as another, group by group
         self.examples: dict[str, list] = {}  # split -> [(image path, label or mask path)]
         candidates = {}
         for split, folder in split_folders.items():
@@ -360,9 +361,11 @@ class FolderScan:
         def example(members):
             return " = ".join(name(*member) for member in members[:2]) + (" = ..." if len(members) > 2 else "")
 
+        self.copy_groups = [[name(*member) for member in members] for members in groups]
+
         extra = sum(len(members) - 1 for members in groups)
         note = f"{extra} image(s) are byte-for-byte copies of another ({example(groups[0])}"
-        note += ", ...)" if len(groups) > 1 else ")"
+        note += ", ...; `zoo data info` lists them)" if len(groups) > 1 else ")"
         carved = [split for split in ("val", "test") if split not in self.examples]
         if carved and any(sum(split == "train" for split, _ in members) > 1 for members in groups):
             note += (f"; the {' and '.join(carved)} split(s) carved from train keep each file's copies on one side, so "

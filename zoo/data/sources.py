@@ -35,6 +35,7 @@ class DatasetInfo:
     notes: list = field(default_factory=list)  # what the user may want to set, said before training
     headline_metric: str | None = None  # what the dataset's models are ranked by, where its entry or card chooses
     class_counts: dict | None = None  # a classification folder's images per class, per split
+    copies: list = field(default_factory=list)  # a folder's files byte-for-byte the same, group by group
 
     @property
     def num_classes(self) -> int:
@@ -366,7 +367,7 @@ class FolderSource(Source):
             splits={split: len(items) for split, items in self.scan.examples.items()},
             skipped=self.scan.skipped, ignore_classes=sorted(set(ignored_class_indices(card, self.scan.class_names) + void)),
             max_pixel_value=self.scan.max_pixel_value, labelled_splits=list(self.scan.examples), notes=self.scan.notes,
-            class_counts=self.scan.class_counts)
+            class_counts=self.scan.class_counts, copies=self.scan.copy_groups)
 
     def labels(self, split):
         if self.info.task != "classification":
