@@ -432,6 +432,11 @@ MUTATIONS = [
     Mutation("a run finished on an earlier carving is taken for today's", "zoo/harness/preflight.py",
              "        elif not carved_as_now(run, source, Path(runs_dir) / run.run_id):", "        elif False:",
              ("tests/test_harness.py::test_finished_runs_carved_otherwise_than_today_are_named",)),
+    Mutation("split.group_by: folder is taken and ignored", "zoo/data/splits.py",
+             '        groups = source.folder_groups("train") if "train" in labelled else None',
+             '        groups = source.folder_groups("train") if "train" in labelled else None\n'
+             '        groups = np.arange(len(groups)) if groups is not None and len(set(groups)) < len(groups) else groups',
+             ("tests/test_data.py::test_split_group_by_folder_keeps_each_subfolder_on_one_side",)),
     Mutation("a phone's portrait photo reaches the model lying on its side", "zoo/data/images.py",
              "            array = np.asarray(upright(image, orientation))", "            array = np.asarray(image)",
              ("tests/test_input_path.py::test_phone_photos_are_read_upright_for_training_prediction_and_masks",)),

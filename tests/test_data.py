@@ -633,3 +633,50 @@ def test_study_preprocessing_keeps_shape(steps):
         np.testing.assert_allclose(images[..., 0], images[..., 2])
 
 
+
+
+def test_split_group_by_folder_keeps_each_subfolder_on_one_side(tmp_path):
+    """Tiles cut from one scene look alike: a random carving puts neighbours in train and test and the score is
+    optimistic (torchgeo splits by region for this). `split: {group_by: folder}` keeps each subfolder's images
+    (images/<region>/ in a segmentation folder, <class>/<animal>/ in a classification one) on one side; images
+    directly in images/ or a class folder stay single. A dataset with nothing to group is refused, saying why."""
+    from zoo.data.splits import plan_for_source
+    from zoo.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "tiles"
+    for region in range(10):
+        (root / "images" / f"r{region}").mkdir(parents=True)
+        (root / "masks" / f"r{region}").mkdir(parents=True)
+        for index in range(4):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / "images" / f"r{region}" / f"{index}.png")
+            Image.fromarray(rng.integers(0, 2, (8, 8), dtype=np.uint8)).save(root / "masks" / f"r{region}" / f"{index}.png")
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / "images" / "loose.png")
+    Image.fromarray(rng.integers(0, 2, (8, 8), dtype=np.uint8)).save(root / "masks" / "loose.png")
+    entry = {"name": "tiles", "path": str(root), "split": {"val": 0.2, "test": 0.2, "group_by": "folder"}}
+    source = open_source(entry)
+    groups = source.folder_groups("train")
+    assert sorted(set(groups)) == ["images/loose.png"] + [f"r{region}" for region in range(10)]
+    torn = 0
+    for seed in range(4):
+        plan = plan_for_source(source, entry["split"], seed)
+        side = {int(i): name for name, (_, indices) in plan.items() for i in indices}
+        assert sorted(side) == list(range(41))
+        assert all(len({side[i] for i in np.flatnonzero(groups == g)}) == 1 for g in set(groups))
+        plain = plan_for_source(source, {"val": 0.2, "test": 0.2}, seed)
+        side = {int(i): name for name, (_, indices) in plain.items() for i in indices}
+        torn += sum(len({side[i] for i in np.flatnonzero(groups == g)}) > 1 for g in set(groups))
+    assert torn > 0  # without group_by, regions are cut across train and test
+
+    for place in ("beagle/rex/1.png", "beagle/rex/2.png", "beagle/3.png", "pug/4.png", "pug/bo/5.png"):
+        (tmp_path / "dogs" / place).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "dogs" / place)
+    dogs = open_source({"name": "dogs", "path": str(tmp_path / "dogs")})
+    assert list(dogs.folder_groups("train")) == ["beagle/3.png", "beagle/rex", "beagle/rex", "pug/4.png", "pug/bo"]
+    make_classification_folder(tmp_path / "photos")
+    with pytest.raises(ConfigError, match="no image of dataset 'photos' lies in a subfolder"):
+        plan_for_source(open_source({"name": "photos", "path": str(tmp_path / "photos")}), {"group_by": "folder"}, 0)
+    with pytest.raises(ConfigError, match="is no folder of images"):
+        plan_for_source(open_source("synthetic_terrain"), {"group_by": "folder"}, 0)
+    with pytest.raises(ConfigError, match="'region' is not known; use folder"):
+        plan_for_source(source, {"group_by": "region"}, 0)

@@ -141,6 +141,7 @@ class FolderScan:
                  headline_metric=None):
         self.root = Path(root).expanduser()
         self.task, split_folders = detect_layout(self.root)
+        self.split_folders = split_folders
         if void_value is not None and self.task != "segmentation":
             raise DataError(f"{self.root}: void_value marks the pixels of no class in segmentation masks, but this "
                             f"folder holds class folders (classification); remove void_value from the dataset entry")

@@ -79,6 +79,11 @@ class Source:
         """A group per example that splits must not cut (e.g. a track); None if independent."""
         return None
 
+    def folder_groups(self, split: str) -> np.ndarray | None:
+        """Per example, the subfolder it lies in (``split.group_by: folder``): tiles of one region or scene, photos
+        of one animal, kept on one side of the carving. None where the source has no folders of images."""
+        return None
+
     def copies(self, split: str) -> np.ndarray | None:
         """Per example, a number shared by the examples whose files are byte-for-byte the same (-1: none
         other is); carving keeps them in one split. None where the source has no files to compare."""
@@ -376,6 +381,17 @@ class FolderSource(Source):
 
     def copies(self, split):
         return self.scan.copies[split]
+
+    def folder_groups(self, split):
+        # Below the class folder (classification) or images/ (segmentation): an image directly there is its own
+        # group, one in a subfolder shares the subfolder's.
+        below = 1 if self.info.task == "classification" else 0
+        groups = []
+        for path, _ in self.scan.examples[split]:
+            place = Path(path).relative_to(self.scan.split_folders[split])
+            parts = place.parts[1:] if self.info.task != "classification" else place.parts
+            groups.append("/".join(parts[:-1]) if len(parts) - 1 > below else str(place))
+        return np.asarray(groups)
 
     def file_digests(self, files):
         return [self.scan.digests[f] for f in files]

@@ -32,10 +32,10 @@ def plan_splits(labelled_splits: dict[str, int], fractions: dict | None, seed: i
     ``fractions``: {"val": f, "test": f}, used only for the splits the source lacks.
     ``groups``: for the train split, a group per example (a track) that carving keeps whole.
     """
-    fractions = {**DEFAULT_FRACTIONS, **(fractions or {})}
+    fractions = {**DEFAULT_FRACTIONS, **{k: v for k, v in (fractions or {}).items() if k != "group_by"}}
     unknown = set(fractions) - set(DEFAULT_FRACTIONS)
     if unknown:
-        raise ConfigError(f"split: unknown key(s) {sorted(unknown)}; allowed: val, test")
+        raise ConfigError(f"split: unknown key(s) {sorted(unknown)}; allowed: val, test, group_by")
     for key, value in fractions.items():
         if not 0 < float(value) < 1:
             raise ConfigError(f"split.{key} must be a fraction between 0 and 1, got {value}")
@@ -63,8 +63,22 @@ def plan_for_source(source, fractions: dict | None, seed: int) -> dict[str, tupl
     """plan_splits for an opened source: its labelled splits, stratified by its labels, tracks kept whole."""
     info = source.info
     labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
+    groups = source.groups("train")
+    group_by = (fractions or {}).get("group_by")
+    if group_by is not None:
+        if group_by != "folder":
+            raise ConfigError(f"split.group_by: {group_by!r} is not known; use folder (each subfolder's images kept "
+                              f"on one side of the carving)")
+        groups = source.folder_groups("train") if "train" in labelled else None
+        if groups is None:
+            raise ConfigError(f"split.group_by: folder keeps each subfolder's images together, but dataset "
+                              f"{info.name!r} is no folder of images; remove group_by")
+        if len(np.unique(groups)) == len(groups):
+            raise ConfigError(f"split.group_by: folder, but no image of dataset {info.name!r} lies in a subfolder "
+                              f"(of a class folder, or of images/): there is nothing to keep together; put each "
+                              f"region's or scene's images in a subfolder, or remove group_by")
     plan = plan_splits(labelled, fractions, seed, {"train": source.labels("train") if "train" in labelled else None},
-                       groups=source.groups("train"))
+                       groups=groups)
     copies = source.copies("train") if "train" in labelled else None
     return plan if copies is None else keep_copies_together(plan, copies)
 
