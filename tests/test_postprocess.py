@@ -1,8 +1,10 @@
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from zoo.data import open_source
 from zoo.postprocess import estimate_transitions, smooth_tracks
@@ -230,3 +232,12 @@ def test_a_changed_manifest_is_other_content_for_the_caches(tmp_path):
     table.loc[0, "label"] = "grass" if table.loc[0, "label"] != "grass" else "mud"
     table.to_csv(manifest, index=False)
     assert open_source(entry).content_id("train") != before
+    # A tile edited in place to the same byte size: a run's record of its data (the signature) tells it apart.
+    signature = open_source(entry).signature("train")
+    tile = manifest.parent / table.loc[3, "path"]
+    edited = bytearray(tile.read_bytes())
+    replacement = io.BytesIO()
+    Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(replacement, format="PNG")
+    tile.write_bytes(replacement.getvalue().ljust(len(edited), b"\0"))  # bytes after a PNG's end are not read
+    assert len(tile.read_bytes()) == len(edited)
+    assert signature.split(":")[1].startswith("c") and open_source(entry).signature("train") != signature

@@ -149,6 +149,7 @@ class TrackManifestSource(_TrackSource):
         if unknown:
             raise DataError(f"{manifest}: label(s) {unknown} are not among class_names {class_names}")
         self.files = sorted(table["file"].unique())
+        self.digests = {f: probes[f]["digest"] for f in self.files}  # each tile's bytes, hashed at the scan
         point = {f: i for i, f in enumerate(self.files)}
         self.rows = {"point": table["file"].map(point).to_numpy(),
                      "label": table["label"].astype(str).map({n: i for i, n in enumerate(class_names)}).to_numpy(),
@@ -170,6 +171,9 @@ class TrackManifestSource(_TrackSource):
 
     def example_files(self, split):
         return [self.files[point] for point in self.rows["point"]]
+
+    def file_digests(self, files):
+        return [self.digests[f] for f in files]
 
     def example_ids(self, split, indices=None):
         return list(self.names) if indices is None else [self.names[i] for i in indices]
