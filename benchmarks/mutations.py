@@ -430,7 +430,7 @@ MUTATIONS = [
              "    def groups(self, split):\n        return self.rows[\"track_id\"] if self.rows[\"track_id\"] is not None "
              "else np.arange(len(self.rows[\"label\"]))", ("tests/test_postprocess.py::test_a_manifest_of_path_and_label_alone_is_a_list_of_independent_images",)),
     Mutation("a run finished on an earlier carving is taken for today's", "zoo/harness/preflight.py",
-             "        elif not carved_as_now(run, source, Path(runs_dir) / run.run_id):", "        elif False:",
+             "        elif not carved_as_now(run, source, Path(runs_dir) / run.run_id, plans):", "        elif False:",
              ("tests/test_harness.py::test_finished_runs_carved_otherwise_than_today_are_named",)),
     Mutation("split.group_by: folder is taken and ignored", "zoo/data/splits.py",
              '        groups = source.folder_groups("train") if "train" in labelled else None',

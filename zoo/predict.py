@@ -53,10 +53,10 @@ def list_inputs(inputs) -> list[str]:
     prefixes expanded to the image files under them (hidden ones left out). A name that does not
     exist is kept, so that it gets its error row, as is a photo this machine cannot read (an iPhone's HEIC),
     so that it is named with what reads it rather than passed over."""
-    from zoo.data.images import UNREADABLE_HERE, is_image_file
+    from zoo.data.images import is_image_file, unreadable_here
 
     def wanted(path: PurePosixPath) -> bool:
-        return is_image_file(path) or path.suffix.lower() in UNREADABLE_HERE
+        return is_image_file(path) or unreadable_here(path) is not None
 
     found: list[str] = []
     for item in map(str, inputs):
@@ -189,7 +189,7 @@ class Predictor:
         :meth:`model_inputs` turns into the model's input) and its original (height, width); raises
         ValueError with the reason when it cannot be."""
         from zoo.data.decoded import stored_image
-        from zoo.data.images import UNREADABLE_HERE, decode_image, is_image_file, to_dataset_scale
+        from zoo.data.images import decode_image, to_dataset_scale, unreadable_here
 
         try:
             if _is_remote(location) and self.filesystem is None:
@@ -200,8 +200,7 @@ class Predictor:
                                            suffix=PurePosixPath(location).suffix, size=self.input.image_size)
             array = to_dataset_scale(array, self.input.max_pixel_value)
         except Exception as error:  # PIL, tifffile, S3 and OS errors all mean "unreadable"
-            format_hint = (None if is_image_file(PurePosixPath(location))
-                           else UNREADABLE_HERE.get(PurePosixPath(location).suffix.lower()))
+            format_hint = unreadable_here(PurePosixPath(location))
             raise ValueError(f"cannot be read as an image ({_one_line(error)})"
                              + (f": {format_hint}" if format_hint else "")) from None
         channels = self.input.channels

@@ -63,12 +63,16 @@ def is_image_file(path) -> bool:
     return suffix in IMAGE_SUFFIXES
 
 
+def unreadable_here(path) -> str | None:
+    """For an image in a format this machine cannot read (an iPhone's HEIC without zoo's heic extra): what
+    reads it. None for any other file."""
+    return None if is_image_file(path) else UNREADABLE_HERE.get(Path(path).suffix.lower())
+
+
 def not_an_image(path) -> str:
     """Why a file in a dataset folder is skipped: not an image, or a format this machine cannot read."""
-    suffix = Path(path).suffix.lower()
-    if suffix in UNREADABLE_HERE:
-        return f"{UNREADABLE_HERE[suffix]}; it is left out"
-    return f"not an image file ({suffix or 'no suffix'})"
+    hint = unreadable_here(path)
+    return f"{hint}; it is left out" if hint else f"not an image file ({Path(path).suffix.lower() or 'no suffix'})"
 
 
 # EXIF orientation (tag 274) -> the transpose that shows the stored pixels upright, as photo viewers,

@@ -180,9 +180,10 @@ def check_readiness(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
     return sources, problems + weights_problems(runs) + backend_problems(runs)
 
 
-def carved_as_now(run, source, run_dir: Path) -> bool:
+def carved_as_now(run, source, run_dir: Path, plans: dict) -> bool:
     """Whether a finished run's recorded split (split_indices.npz) is the one zoo carves from ``source`` today
-    (True where the run recorded none readable: nothing to say)."""
+    (True where the run recorded none readable: nothing to say). ``plans`` keeps today's carvings, one per
+    source, fractions and seed, for the other runs (seeds and sweeps share them)."""
     from zoo.data.splits import plan_for_source
 
     try:
@@ -190,8 +191,11 @@ def carved_as_now(run, source, run_dir: Path) -> bool:
             recorded = {name: recorded[name] for name in recorded.files}
     except (OSError, ValueError):
         return True
-    plan = plan_for_source(source, run.train.split or run.dataset.get("split"), run.split_seed)
-    for name, (split, indices) in plan.items():
+    fractions = run.train.split or run.dataset.get("split")
+    key = (id(source), json.dumps(fractions, sort_keys=True), run.split_seed)
+    if key not in plans:
+        plans[key] = plan_for_source(source, fractions, run.split_seed)
+    for name, (split, indices) in plans[key].items():
         today = np.arange(source.info.splits[split]) if indices is None else indices
         if name not in recorded or not np.array_equal(recorded[name], today):
             return False
@@ -207,6 +211,7 @@ def changed_data_warnings(finished, runs_dir: Path, cache_dir=None, command: str
     changed: dict[str, list] = {}
     recarved: dict[str, list] = {}
     sources: dict = {}
+    plans: dict = {}
     for run in finished:
         if run.dataset.get("source") not in PATH_SOURCES:
             continue  # cards pin their data: a version, or embedded generation
@@ -230,7 +235,7 @@ def changed_data_warnings(finished, runs_dir: Path, cache_dir=None, command: str
         if moved:
             changed.setdefault(key, []).append((run, {split: (counts.get(split), source.info.splits.get(split, 0))
                                                       for split in moved}))
-        elif not carved_as_now(run, source, Path(runs_dir) / run.run_id):
+        elif not carved_as_now(run, source, Path(runs_dir) / run.run_id, plans):
             recarved.setdefault(key, []).append(run)
     warnings = [f"warning: dataset {runs[0].dataset['name']}: {len(runs)} finished run(s) carved validation and test "
                 f"otherwise than zoo does now (each file's copies now stay on one side), so they were scored on another "

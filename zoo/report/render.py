@@ -123,12 +123,7 @@ class ReportBuilder:
 
     def dataset_info(self, frame: pd.DataFrame) -> dict:
         """dataset.json of the dataset's first run folder that has a readable one."""
-        for run_id in frame["run_id"]:
-            try:
-                return json.loads((self.run_dir(run_id) / "dataset.json").read_text())
-            except (OSError, ValueError):
-                continue
-        return {}
+        return next(filter(None, (stats.recorded_dataset(self.out_dir, run_id) for run_id in frame["run_id"])), {})
 
     def figure(self, path) -> dict:
         self.figure_files.append(path)
