@@ -42,6 +42,12 @@ class Budget:
     def spent(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
+    def share(self, fraction: float) -> "Budget":
+        """A budget of ``fraction`` of the seconds left here (no limit where this one has none): a check
+        given its share cannot spend the time of the checks after it."""
+        left = self.left()
+        return Budget(None) if left is None else Budget(max(left * min(1.0, fraction), 1e-3))
+
     def run(self, command: list[str], **popen) -> Finished:
         """``command`` run to its end or until the budget is spent: then SIGINT, then SIGKILL after
         GRACE_SECONDS (``popen``: subprocess.Popen's env, cwd...)."""

@@ -21,8 +21,10 @@ Five measurements, each in its own processes, on the machine's first device:
 Writes ``reports/gpu-<device>.csv`` (one row per figure: check, subject, backend, value, unit, target) and
 ``reports/gpu-<device>.md`` (a short summary with the device, versions and every figure against its target).
 Meant to take at most 8 minutes on an H100/H200; TensorFlow is optional (JAX and/or PyTorch suffice).
-``--budget`` (default 480 s; none with --quick) makes sure of it: a check still running when it is spent is
-stopped, the checks not begun are rows saying so, and both files are written again after every check, so a
+``--budget`` (default 480 s; none with --quick) makes sure of it: each check gets its share of the seconds left
+(SHARES: what one check leaves unspent goes to the checks after it), so one slow check (a compiler slower
+than expected) cannot starve the others; a check still running at the end of its share is stopped, a check
+not begun when the whole budget is spent is a row saying so, and both files are written again after every check, so a
 command cut short by the machine's own limit leaves every figure measured until then.
 """
 from __future__ import annotations
@@ -51,6 +53,9 @@ BACKEND_MODULES = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
 MODELS = ["mobilenet_v2", "resnet50", "densenet121", "vgg16"]
 COLUMNS = ["date", "device", "check", "subject", "backend", "value", "unit", "target", "detail"]
 INPUT_SUBJECT = "delivered / mobilenet_v2 training"
+# Each check's share of the seconds left when it starts, against the checks still to run: vs_timm
+# compiles and times four models on every backend, the quickstart six runs, the other three one or two models.
+SHARES = {"vs_timm": 0.5, "quickstart": 0.2, "input": 0.1, "evaluation": 0.1, "bfloat16": 0.1}
 EVALUATION_SUBJECT = "run's evaluation / zoo speed, mobilenet_v2"
 
 
@@ -177,7 +182,12 @@ def main(argv=None) -> int:
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work)
-        timm_rows = check_vs_timm(args.models, size, batch, backends, precision, folder, budget)
+        def share(check: str) -> Budget:
+            """``check``'s share of the seconds left, against the checks not yet run."""
+            later = list(SHARES)[list(SHARES).index(check):]
+            return budget.share(SHARES[check] / sum(SHARES[name] for name in later))
+
+        timm_rows = check_vs_timm(args.models, size, batch, backends, precision, folder, share("vs_timm"))
         device = next((r["device"] for r in timm_rows if r.get("device")), None) or device_named_outside()
         report = Summary(Path(args.out_dir), f"gpu-{slug(device)}" + ("-quick" if args.quick else ""), device,
                          date, args.quick, backends, started, budget)
@@ -205,27 +215,30 @@ def main(argv=None) -> int:
         report.write(rows)
         fastest = max(speeds, key=speeds.get) if speeds else (backends[0] if backends else None)
 
-        def quickstart():
+        def cut_at(part: Budget) -> str:
+            return f"cut at its share ({part.seconds:.0f} s) of the time budget"
+
+        def quickstart(part: Budget):
             seconds, runs, cut = check_quickstart(fastest, overrides, "*baseline_cnn*" if args.quick else None, folder,
-                                                  budget)
+                                                  part)
             in_runs = sum(number(r.get("run_seconds")) or 0.0 for r in runs)
             add("quickstart", "whole command", fastest, None if cut else seconds, "s", "<= 60 on an H200",
                 f"{sum(r['status'] == 'ok' for r in runs)} of {len(runs)} runs ok; {in_runs:.1f} s in the runs, "
                 f"{seconds - in_runs:.1f} s outside them (start-up, checks, report)"
-                + (f"; cut at the time budget after {seconds:.0f} s" if cut else ""))
+                + (f"; {cut_at(part)} after {seconds:.0f} s" if cut else ""))
             for run in runs:
                 add("quickstart", run["run_id"], fastest, number(run.get("compile_seconds")), "compile s", "",
                     f"status {run['status']}; run {shown(run.get('run_seconds'))} s; compilations "
                     f"{run.get('compilations') or '-'}; first epoch {shown(run.get('first_epoch_seconds'))} s; later "
                     f"epochs {shown(run.get('epoch_seconds'))} s; {run_breakdown(folder / fastest / 'runs' / run['run_id'])}")
 
-        def input_path():
+        def input_path(part: Budget):
             measured, cut = script_row("pipeline_throughput", [
                 "synthetic_terrain", "--size", str(size), "--batch", str(batch), "--model", "mobilenet_v2",
                 "--precision", precision, "--batches", str(5 if args.quick else 30),
-                "--cache-dir", str(folder / "input-cache")], fastest, folder, budget)
+                "--cache-dir", str(folder / "input-cache")], fastest, folder, part)
             if cut:
-                not_run("input", INPUT_SUBJECT, fastest, "cut at the time budget")
+                not_run("input", INPUT_SUBJECT, fastest, cut_at(part))
             elif measured:
                 delivered = number(measured.get("delivered_images_per_second"))
                 training = number(measured.get("model_train_images_per_second"))
@@ -235,20 +248,20 @@ def main(argv=None) -> int:
                     f"{training} img/s ({measured.get('precision')}), cache built in "
                     f"{measured.get('cache_build_seconds')} s")
 
-        def evaluation():
+        def evaluation(part: Budget):
             evaluated, cut = script_row("eval_speed", ["--backbone", "mobilenet_v2", "--size", str(size), "--batch",
-                                                       str(batch), "--precision", precision], fastest, folder, budget)
+                                                       str(batch), "--precision", precision], fastest, folder, part)
             if cut:
-                not_run("evaluation", EVALUATION_SUBJECT, fastest, "cut at the time budget")
+                not_run("evaluation", EVALUATION_SUBJECT, fastest, cut_at(part))
             elif evaluated:
                 add("evaluation", EVALUATION_SUBJECT, fastest, number(evaluated.get("ratio")),
                     "ratio", ">= 0.9", f"evaluation {evaluated.get('evaluation_images_per_second')} img/s over "
                     f"{evaluated.get('test_examples')} test images, zoo speed {evaluated.get('speed_images_per_second')}"
                     f" img/s ({evaluated.get('precision')})")
 
-        def bfloat16():
+        def bfloat16(part: Budget):
             by_model = {row["model"]: row for row in timm_rows}
-            for model, measured in check_bfloat16(args.models[:2], size, batch, fastest, budget).items():
+            for model, measured in check_bfloat16(args.models[:2], size, batch, fastest, part).items():
                 reference = by_model.get(model, {})
                 half = float16_figures(reference, fastest)
                 for index, kind in enumerate(("infer", "train")):
@@ -266,7 +279,7 @@ def main(argv=None) -> int:
             if budget.spent():
                 not_run(check, subject, fastest)
             else:
-                measure()
+                measure(share(check))
             report.write(rows)
     paths = report.write(rows, final=True)
     print("\n".join(paths["text"].splitlines()[4:]))

@@ -83,6 +83,7 @@ def test_a_spent_budget_stops_a_child_politely_then_for_good(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 def test_the_gpu_check_ends_within_its_budget_and_says_what_it_did_not_run(tmp_path):
+    """Each check ends at its share of the budget: one slow check (vs_timm here) cannot starve the rest."""
     import time
 
     started = time.perf_counter()
@@ -99,7 +100,9 @@ def test_the_gpu_check_ends_within_its_budget_and_says_what_it_did_not_run(tmp_p
     assert resnet and all("time budget" in row["detail"] and not row["value"] for row in resnet), resnet
     later = {row["check"]: row for row in rows if row["check"] in ("quickstart", "input", "evaluation")}
     assert set(later) == {"quickstart", "input", "evaluation"}, rows
-    assert all("not run: the time budget (5 s)" in row["detail"] and not row["value"] for row in later.values())
+    assert all("time budget" in row["detail"] and not row["value"] for row in later.values()), rows
+    # vs_timm stopped at its share, not at the whole budget: the quickstart after it was still begun.
+    assert re.search(r"cut at its share \(\d+ s\) of the time budget after", later["quickstart"]["detail"]), rows
     summary = table.with_suffix(".md").read_text()
     assert "time budget 5 s" in summary and "had not ended" not in summary
 
