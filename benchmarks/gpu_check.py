@@ -169,6 +169,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes (32 px, batch 8, float32; the quickstart's baseline_cnn runs for two steps): "
                              "tries the script on a CPU")
+    parser.add_argument("--checks", nargs="+", default=list(SHARES), choices=list(SHARES),
+                        help="the checks to run (default all): a machine that gives one command a few minutes can "
+                             "take vs_timm in one command and the others in the next (each with its own --out-dir)")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="stop when this many seconds are spent: the check under way is stopped, the others "
                              "are rows saying they were not run (default 480; none with --quick; 0: none)")
@@ -184,10 +187,12 @@ def main(argv=None) -> int:
         folder = Path(work)
         def share(check: str) -> Budget:
             """``check``'s share of the seconds left, against the checks not yet run."""
-            later = list(SHARES)[list(SHARES).index(check):]
+            chosen = [name for name in SHARES if name in args.checks]
+            later = chosen[chosen.index(check):]
             return budget.share(SHARES[check] / sum(SHARES[name] for name in later))
 
-        timm_rows = check_vs_timm(args.models, size, batch, backends, precision, folder, share("vs_timm"))
+        timm_rows = (check_vs_timm(args.models, size, batch, backends, precision, folder, share("vs_timm"))
+                     if "vs_timm" in args.checks else [])
         device = next((r["device"] for r in timm_rows if r.get("device")), None) or device_named_outside()
         report = Summary(Path(args.out_dir), f"gpu-{slug(device)}" + ("-quick" if args.quick else ""), device,
                          date, args.quick, backends, started, budget)
@@ -233,20 +238,25 @@ def main(argv=None) -> int:
                     f"epochs {shown(run.get('epoch_seconds'))} s; {run_breakdown(folder / fastest / 'runs' / run['run_id'])}")
 
         def input_path(part: Budget):
+            # mobilenet_v2's training images/s at this size, batch and precision on this backend: vs_timm's
+            # `zoo speed` figure where it measured one (a model compiled again here would cost a GPU
+            # session a minute), else the input script times it itself.
+            timed = next((number(row.get("zoo_train_images_per_second")) for row in timm_rows
+                          if row["model"] == "mobilenet_v2" and row.get("best_train_backend") == fastest), None)
             measured, cut = script_row("pipeline_throughput", [
-                "synthetic_terrain", "--size", str(size), "--batch", str(batch), "--model", "mobilenet_v2",
-                "--precision", precision, "--batches", str(5 if args.quick else 30),
-                "--cache-dir", str(folder / "input-cache")], fastest, folder, part)
+                "synthetic_terrain", "--size", str(size), "--batch", str(batch), "--precision", precision,
+                "--batches", str(5 if args.quick else 30), "--cache-dir", str(folder / "input-cache"),
+                *([] if timed else ["--model", "mobilenet_v2"])], fastest, folder, part)
             if cut:
                 not_run("input", INPUT_SUBJECT, fastest, cut_at(part))
             elif measured:
                 delivered = number(measured.get("delivered_images_per_second"))
-                training = number(measured.get("model_train_images_per_second"))
+                training = timed or number(measured.get("model_train_images_per_second"))
                 add("input", INPUT_SUBJECT, fastest,
                     delivered / training if delivered and training else None, "ratio", ">= 3",
                     f"host {measured.get('host_images_per_second')} img/s, delivered {delivered} img/s, training "
-                    f"{training} img/s ({measured.get('precision')}), cache built in "
-                    f"{measured.get('cache_build_seconds')} s")
+                    f"{training} img/s ({precision}; {'zoo speed, in vs_timm' if timed else 'timed by the input script'}"
+                    f"), cache built in {measured.get('cache_build_seconds')} s")
 
         def evaluation(part: Budget):
             evaluated, cut = script_row("eval_speed", ["--backbone", "mobilenet_v2", "--size", str(size), "--batch",
@@ -275,7 +285,7 @@ def main(argv=None) -> int:
 
         checks = [("quickstart", "whole command", quickstart), ("input", INPUT_SUBJECT, input_path),
                   ("evaluation", EVALUATION_SUBJECT, evaluation), ("bfloat16", ", ".join(args.models[:2]), bfloat16)]
-        for check, subject, measure in checks if fastest else []:
+        for check, subject, measure in [check for check in checks if check[0] in args.checks] if fastest else []:
             if budget.spent():
                 not_run(check, subject, fastest)
             else:

@@ -8,11 +8,14 @@ cache is built, and what building it cost.
 Three figures, each over ``--batches`` batches after warm-up:
 - ``host``: what the host does per batch in the steady state (stored rows gathered by index, the
   augmentation drawn): the rate at which it can feed an accelerator;
-- ``delivered``: whole batches as ``model.fit`` reads them (Keras's PyDataset reader and its worker
-  threads), the on-device preparation (zoo.data.prepare) included: on a CPU that preparation runs
-  on the same cores as everything else;
-- with ``--model``, the model's training steps on one fixed batch on this process's backend, and
-  the ratios input / training (>= 3: the input never starves training).
+- ``delivered``: whole batches as ``model.fit`` reads them on this backend (Keras's PyDataset reader
+  and its worker threads; JAX's and PyTorch's tensors left where the preparation made them, as their
+  trainers leave them), the on-device preparation (zoo.data.prepare) included and waited for, timed
+  from a reader with nothing fetched ahead: on a CPU that preparation runs on the same cores as
+  everything else;
+- with ``--model``, the model's training images/s on one batch already on the device, through Keras's
+  fit as ``zoo speed`` times it (zoo.harness.timing.training_speed), and the ratios input / training
+  (>= 3: the input never starves training).
 Rows go to ``--csv`` (appended) with device, backend, precision and whether TensorFlow is importable.
 """
 from __future__ import annotations
@@ -40,13 +43,36 @@ def rate(next_batch, count: int, size: int, warmup: int = 3) -> float:
 
 
 def fit_reader(batches):
-    """The pipeline's batches as Keras's fit reads them: its worker threads fetch ahead."""
+    """The pipeline's batches as Keras's fit reads them on this process's backend (its worker threads
+    fetch ahead): the JAX trainer's iterator keeps device arrays on the device and PyTorch's loader its
+    tensors, where NumPy's iterator would copy every batch to the host, a copy no run makes."""
+    import keras
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
     adapter = PyDatasetAdapter(batches, shuffle=False)
+    iterators = {"jax": adapter.get_jax_iterator, "torch": adapter.get_torch_dataloader,
+                 "tensorflow": adapter.get_tf_dataset}
+    iterate = iterators.get(keras.backend.backend(), adapter.get_numpy_iterator)
     while True:
-        yield from adapter.get_numpy_iterator()
+        yield from iterate()
         adapter.on_epoch_end()
+
+
+def computed(batch):
+    """``batch`` once its tensors are computed: JAX and PyTorch on a GPU queue the preparation and
+    return at once, so a rate that does not wait would count only the queueing."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.block_until_ready(batch)
+    elif keras.backend.backend() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    return batch
 
 
 def main() -> int:
@@ -96,23 +122,24 @@ def main() -> int:
         batches.host_batch(batches.order[index * args.batch:(index + 1) * args.batch], 0, index)
 
     rates = {"host": rate(host, args.batches, args.batch)}
+    computed(batches[0])  # the preparation compiled before the reader starts fetching ahead
     reader = fit_reader(batches)
-    rates["delivered"] = rate(lambda: next(reader), args.batches, args.batch)
+    rates["delivered"] = rate(lambda: computed(next(reader)), args.batches, args.batch, warmup=0)
     for name, value in rates.items():
         print(f"pipeline {name:9} {source.info.name} {args.size}px batch {args.batch} augment={args.augment}: "
               f"{value:,.0f} images/s")
     model_rate = None
     if args.model:
         from zoo import build_model
+        from zoo.harness.timing import training_speed
         from zoo.runtime import precision_policy
 
         keras.mixed_precision.set_global_policy(precision_policy(args.precision))
         head = "linear" if source.info.task == "classification" else "fcn"
         model = build_model(args.model, head, source.info.num_classes, (args.size, args.size, source.info.channels))
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        fixed = batches[0]
-        images, targets = keras.ops.convert_to_numpy(fixed[0]), keras.ops.convert_to_numpy(fixed[1])
-        model_rate = rate(lambda: model.train_on_batch(images, targets), args.batches, len(images))
+        images, targets = batches[0][:2]  # prepared, on the device
+        model_rate = training_speed(model, images, targets)["images_per_second"]
         print(f"training  {args.model}/{head} {args.precision}: {model_rate:,.0f} images/s")
         for name, value in rates.items():
             print(f"ratio input/training, {name}: {value / model_rate:.1f}x (target >= 3)")

@@ -133,3 +133,40 @@ def test_a_gpu_check_killed_from_outside_leaves_the_figures_it_measured(tmp_path
                                                                  for row in rows), rows
     assert "zoo " in rows[0]["detail"] and "img/s" in rows[0]["detail"]
     assert "had not ended" in table.with_suffix(".md").read_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_the_input_benchmark_reads_batches_as_fit_does_on_jax():
+    """benchmarks/pipeline_throughput.py's 'delivered' figure is the input path a run's fit sees: on JAX the
+    trainer's iterator leaves the prepared batches on the device. Read through NumPy's iterator instead, every
+    batch is copied to the host (on a GPU, 38 MB a batch at 224 px), and the figure measures that copy: the
+    first H200 figure (1,825 images/s) was read so."""
+    script = (
+        "import sys, numpy as np, jax\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "import pipeline_throughput as p\n"
+        "from zoo.data.pipeline import ArrayBatches\n"
+        "batches = ArrayBatches(8, 4, lambda positions, epoch, index: (jax.numpy.zeros((4, 2)), jax.numpy.zeros(4)),"
+        " shuffle_seed=0)\n"
+        "reader = p.fit_reader(batches)\n"
+        "kinds = {type(part).__name__ for _ in range(3) for part in p.computed(next(reader))}\n"
+        "assert all(isinstance(part, jax.Array) for part in p.computed(next(reader))), kinds\n"
+        "print('device arrays', sorted(kinds))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+                               "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and "device arrays" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_the_gpu_check_runs_only_the_checks_asked_for(tmp_path):
+    """A lent machine gives one command a few minutes: `--checks` splits the check over two commands. The
+    input check without vs_timm times mobilenet_v2's training itself and says so."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--backends", "jax",
+                           "--models", "mobilenet_v2", "--checks", "input", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [table] = list(tmp_path.glob("gpu-*-quick.csv"))
+    rows = list(csv.DictReader(open(table)))
+    assert [row["check"] for row in rows] == ["input"], rows
+    assert float(rows[0]["value"]) > 0 and "timed by the input script" in rows[0]["detail"], rows

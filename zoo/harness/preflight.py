@@ -150,9 +150,10 @@ def backend_problems(runs) -> list[Problem]:
 
 
 # Keras's backends against timm on one NVIDIA H200 (benchmarks/vs_timm.py at 224 px, batch 64, mixed
-# precision; Keras 3.15.1, JAX 0.11.2, PyTorch 2.11; 2026-11, recorded in issue 31): zoo's images/s over timm's.
+# precision; Keras 3.15.1, JAX 0.11.2, PyTorch 2.11): zoo's images/s over timm's. PyTorch: 2026-11, recorded
+# in issue 31; JAX: 2026-11-30, mobilenet_v2, resnet50 and densenet121 (reports/gpu-1x-nvidia-h200.csv).
 GPU_SPEED_VS_TIMM = {"torch": {"inference": "0.07-0.09x", "training": "0.13x"},
-                     "jax": {"inference": "0.56-0.77x", "training": "0.81-1.33x"}}
+                     "jax": {"inference": "0.81-1.41x", "training": "1.32-1.98x"}}
 
 
 def slow_backend_warnings(runs, gpu: str | None = None) -> list[str]:

@@ -27,12 +27,13 @@ def out_of_memory(error: BaseException) -> bool:
 
 
 def measure(backbone: str, image_size: int, batch_size: int, precision: str = "float32", xla: bool = False,
-            num_classes: int = 1000, warmup: int = 3, min_seconds: float = 2.0) -> dict:
+            num_classes: int = 1000, warmup: int = 3, min_seconds: float = 2.0, training: bool = True) -> dict:
     """One row of speed figures for ``backbone`` with the linear head, on this process's Keras
     backend (JAX compiles every step: its rows say xla True), measured the way a run computes:
     inference as a run's evaluation predicts (zoo.harness.timing.inference_speed: the next batch
     queued before this one's outputs are copied out), training as a run's fit trains
-    (zoo.harness.timing.training_speed), both on a batch already on the device, after warm-up."""
+    (zoo.harness.timing.training_speed), both on a batch already on the device, after warm-up.
+    ``training`` False leaves the training figures empty (and the train step uncompiled)."""
     import keras
 
     from zoo import build_model
@@ -61,7 +62,7 @@ def measure(backbone: str, image_size: int, batch_size: int, precision: str = "f
                 labels = keras.ops.convert_to_tensor(rng.integers(0, num_classes, batch_size).astype("int32"))
                 infer = inference_speed(device_predict(model), (image_size, image_size, 3), batch_size, min_seconds,
                                         warmup, latency=False)["step_seconds"]
-                train = training_speed(model, images, labels, min_seconds, warmup)["step_seconds"]
+                train = training_speed(model, images, labels, min_seconds, warmup)["step_seconds"] if training else None
                 break
             except Exception as error:
                 if batch_size == 1 or not out_of_memory(error):
@@ -69,7 +70,8 @@ def measure(backbone: str, image_size: int, batch_size: int, precision: str = "f
                 batch_size //= 2  # out of memory: halve and retry, as timm does
         row.update(batch_size=batch_size, params=model.count_params(),
                    infer_images_per_second=batch_size / infer, infer_step_ms=infer * 1000,
-                   train_images_per_second=batch_size / train, train_step_ms=train * 1000)
+                   train_images_per_second=batch_size / train if train else None,
+                   train_step_ms=train * 1000 if train else None)
     except Exception as error:  # one backbone failing must not stop the table
         row.update(batch_size=batch_size, error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     finally:
