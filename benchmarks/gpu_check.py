@@ -256,7 +256,8 @@ def main(argv=None) -> int:
                     delivered / training if delivered and training else None, "ratio", ">= 3",
                     f"host {measured.get('host_images_per_second')} img/s, delivered {delivered} img/s, training "
                     f"{training} img/s ({precision}; {'zoo speed, in vs_timm' if timed else 'timed by the input script'}"
-                    f"), cache built in {measured.get('cache_build_seconds')} s")
+                    f"), cache built in {measured.get('cache_build_seconds')} s, rows held on the device: "
+                    f"{measured.get('rows_on_device') or '-'}")
 
         def evaluation(part: Budget):
             evaluated, cut = script_row("eval_speed", ["--backbone", "mobilenet_v2", "--size", str(size), "--batch",

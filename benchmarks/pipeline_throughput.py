@@ -113,7 +113,7 @@ def main() -> int:
     batches = input_pipeline(source, "train", None, source.info, options, training=True)
     build_seconds = time.perf_counter() - start
     print(f"decoded cache ({batches.input_cache}): {source.info.splits['train']} images in {build_seconds:.1f} s "
-          f"-> {cache_dir}")
+          f"-> {cache_dir}; rows held on the device: {'yes' if batches.on_device else 'no'}")
     count = len(batches)
     calls = iter(range(10**9))
 
@@ -152,12 +152,13 @@ def main() -> int:
             if fresh:
                 writer.writerow(["date", "device", "backend", "tensorflow_importable", "precision", "dataset", "size",
                                  "batch", "augment", "cache_build_seconds", "host_images_per_second",
-                                 "delivered_images_per_second", "model", "model_train_images_per_second"])
+                                 "delivered_images_per_second", "model", "model_train_images_per_second",
+                                 "rows_on_device"])
             writer.writerow([datetime.now(timezone.utc).strftime("%Y-%m-%d"), device,
                              f"{backend()} {backend_version()}", has_tensorflow(), args.precision, source.info.name,
                              args.size, args.batch, args.augment, round(build_seconds, 2), round(rates["host"]),
                              round(rates["delivered"]), args.model or "",
-                             "" if model_rate is None else round(model_rate)])
+                             "" if model_rate is None else round(model_rate), batches.on_device])
     return 0
 
 

@@ -482,7 +482,7 @@ np.savez(f"{folder}/batches-{sys.argv[2]}.npz", **out)
 """
 
 
-def batches_in_a_process(folder: Path, backend: str, tensorflow: bool, label: str) -> dict:
+def batches_in_a_process(folder: Path, backend: str, tensorflow: bool, label: str, on_device: bool = False) -> dict:
     from tests.test_backends import NO_TENSORFLOW
 
     (folder / "script.py").write_text(BATCHES_SCRIPT)
@@ -492,7 +492,8 @@ def batches_in_a_process(folder: Path, backend: str, tensorflow: bool, label: st
         blocker.mkdir(exist_ok=True)
         (blocker / "sitecustomize.py").write_text(NO_TENSORFLOW)
         paths.insert(0, str(blocker))
-    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(paths)}
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(paths),
+           "ZOO_INPUT_ON_DEVICE": "1" if on_device else "0"}
     done = subprocess.run([sys.executable, str(folder / "script.py"), str(folder), label], capture_output=True,
                           text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -504,7 +505,9 @@ def batches_in_a_process(folder: Path, backend: str, tensorflow: bool, label: st
 def test_the_same_batches_with_and_without_tensorflow_and_on_every_backend(tmp_path):
     """Shuffle order and every augmentation draw follow from the seed alone: on JAX the batches with
     TensorFlow importable and without it are identical (images, order, augmentation, targets); on
-    TensorFlow and PyTorch they are the same batches, within each backend's float rounding."""
+    TensorFlow and PyTorch they are the same batches, within each backend's float rounding. Rows held
+    on the device (as on a GPU: gathered and prepared there in one compiled call) give each backend's
+    batches exactly."""
     import importlib.util
 
     make_photos(tmp_path / "photos")
@@ -515,8 +518,14 @@ def test_the_same_batches_with_and_without_tensorflow_and_on_every_backend(tmp_p
     for key in with_tf:
         np.testing.assert_array_equal(with_tf[key], without_tf[key], err_msg=key)
     others = ["tensorflow"] + (["torch"] if importlib.util.find_spec("torch") else [])
+    hosts = {"jax": with_tf, **{backend: batches_in_a_process(tmp_path, backend, True, backend) for backend in others}}
+    for backend in ["jax"] + others[1:]:
+        held = batches_in_a_process(tmp_path, backend, True, f"{backend}-held", on_device=True)
+        assert held.keys() == hosts[backend].keys()
+        for key in held:
+            np.testing.assert_array_equal(held[key], hosts[backend][key], err_msg=f"{backend} on the device: {key}")
     for backend in others:
-        other = batches_in_a_process(tmp_path, backend, True, backend)
+        other = hosts[backend]
         for key in with_tf:
             if with_tf[key].dtype.kind in "iu" or key.endswith("-1") and key.startswith("photos"):
                 np.testing.assert_array_equal(other[key], with_tf[key], err_msg=f"{backend} {key}")

@@ -203,13 +203,12 @@ def input_pipeline(source, split, indices, info, options: PipelineOptions, train
     resident = None if pairs else device_rows(decoded)
 
     def host_batch(positions, epoch, index):
-        """The host's share of a batch: stored rows gathered (or, for rows on the device, indexed
-        there), the augmentation drawn."""
+        """The host's share of a batch: stored rows gathered (for rows on the device: which rows), the
+        augmentation drawn."""
         if resident is not None:
-            chosen = keras.ops.convert_to_tensor(rows[positions].astype(np.int32))
-            images, targets = (keras.ops.take(part, chosen, axis=0) for part in resident)
-            return images, targets, (photo_augmentation(np.random.default_rng([seed, epoch, index]), len(positions),
-                                                        size) if augment else None)
+            return rows[positions].astype(np.int32), (
+                photo_augmentation(np.random.default_rng([seed, epoch, index]), len(positions), size)
+                if augment else None)
         images, targets = decoded.rows(rows[positions])
         augmentation = None
         if augment:
@@ -222,7 +221,11 @@ def input_pipeline(source, split, indices, info, options: PipelineOptions, train
             targets = targets.astype(np.int32)  # JAX's default integers; class indices fit
         return images, targets, augmentation
 
+    gather_and_prepare = None if resident is None else compiled(preparation_for(info, options), gathered=True)
+
     def make_batch(positions, epoch, index):
+        if resident is not None:  # one compiled call: the rows gathered on the device and prepared there
+            return gather_and_prepare(*resident, *host_batch(positions, epoch, index))
         return prepare(*host_batch(positions, epoch, index))
 
     batches = ArrayBatches(len(rows), options.batch_size, make_batch, shuffle_seed=seed if training else None)

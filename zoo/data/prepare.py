@@ -80,6 +80,14 @@ class Preparation:
         """(images, *targets) of one batch."""
         return (self.images(stored, augmentation), *self.targets(raw))
 
+    def gathered(self, all_stored, all_raw, chosen, augmentation=None) -> tuple:
+        """(images, *targets) of the rows ``chosen`` of a split held on the device: the gather and the
+        preparation in one compiled call, one launch a batch."""
+        import keras
+
+        take = keras.ops.take
+        return self.batch(take(all_stored, chosen, axis=0), take(all_raw, chosen, axis=0), augmentation)
+
 
 def study_step(images, step: str):
     """One step of the dog-breed study's optional preprocessing on a 0-255 batch (N, H, W, C)."""
@@ -212,14 +220,15 @@ def pair_augmentation(rng: np.random.Generator, images: np.ndarray, masks: np.nd
 _COMPILED: dict = {}
 
 
-def compiled(preparation: Preparation):
-    """``preparation.batch`` compiled for the process's backend (jax.jit, tf.function; PyTorch runs
-    it eagerly on its device), one per distinct preparation."""
-    if preparation in _COMPILED:
-        return _COMPILED[preparation]
+def compiled(preparation: Preparation, gathered: bool = False):
+    """``preparation.batch`` (``gathered``: ``preparation.gathered``) compiled for the process's backend
+    (jax.jit, tf.function; PyTorch runs it eagerly on its device), one per distinct preparation."""
+    key = (preparation, gathered)
+    if key in _COMPILED:
+        return _COMPILED[key]
     from zoo.runtime import backend
 
-    function = preparation.batch
+    function = preparation.gathered if gathered else preparation.batch
     name = backend()
     if name == "jax":
         import jax
@@ -227,7 +236,7 @@ def compiled(preparation: Preparation):
         function = jax.jit(function)
     elif name == "tensorflow":
         function = _traced_once(function)
-    _COMPILED[preparation] = function
+    _COMPILED[key] = function
     return function
 
 
@@ -244,12 +253,12 @@ def _traced_once(function):
     # Preparation.batch, so a worker's tenth run would be "retracing" though each traces once.
     traced._omit_frequent_tracing_warning = True
 
-    def call(stored, raw, augmentation=None):
-        key = (tuple(stored.shape), tuple(raw.shape), augmentation is None)
+    def call(*arguments):
+        key = tuple(None if argument is None else tuple(argument.shape) for argument in arguments)
         if key in seen:
-            return traced(stored, raw, augmentation)
+            return traced(*arguments)
         with lock:
-            result = traced(stored, raw, augmentation)
+            result = traced(*arguments)
             seen.add(key)
         return result
 
