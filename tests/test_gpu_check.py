@@ -170,3 +170,25 @@ def test_the_gpu_check_runs_only_the_checks_asked_for(tmp_path):
     rows = list(csv.DictReader(open(table)))
     assert [row["check"] for row in rows] == ["input"], rows
     assert float(rows[0]["value"]) > 0 and "timed by the input script" in rows[0]["detail"], rows
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_the_compile_time_benchmark_compiles_afresh_under_each_setting(tmp_path):
+    """benchmarks/compile_time.py compares XLA settings by what compiling costs: a compilation cache shared
+    between the settings would let the second one read what the first compiled and look free."""
+    out = tmp_path / "compile.csv"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile_time.py"), "--run",
+                           "synthetic_terrain-baseline_cnn*", "--settings", "default", "autotune_level_0", "--csv",
+                           str(out)], capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = list(csv.DictReader(open(out)))
+    assert [row["setting"] for row in rows] == ["default", "autotune_level_0"], rows
+    assert rows[1]["xla_flags"] == "--xla_gpu_autotune_level=0"
+    for row in rows:
+        assert row["status"] == "ok" and row["backend"].startswith("jax"), row
+        assert int(float(row["compilations"])) > 0 and float(row["compile_seconds"]) > 0, row
+        assert "jit(train_step)" in row["compile_seconds_by_function"], row
+        # Run under this setting's command, not a run finished under another one and read back.
+        assert float(row["run_seconds"]) < float(row["command_seconds"]), row
