@@ -58,7 +58,7 @@ INPUT_SUBJECT = "delivered / mobilenet_v2 training"
 # run; about what each took on an H200 (2026-11-30): vs_timm ~80 s a model (XLA compiling most of it), the
 # quickstart 265 s, the input path ~15 s once vs_timm timed mobilenet_v2's training, a run's evaluation
 # and bfloat16 about a minute a model. Two commands of 400 s each (`--checks vs_timm input`, then
-# `--checks quickstart evaluation bfloat16`) give each check what it took there.
+# `--checks quickstart evaluation bfloat16`) give each check about what it took there.
 SHARES = {"vs_timm": 0.4, "input": 0.04, "quickstart": 0.4, "evaluation": 0.08, "bfloat16": 0.08}
 EVALUATION_SUBJECT = "run's evaluation / zoo speed, mobilenet_v2"
 
@@ -178,8 +178,8 @@ def main(argv=None) -> int:
                              "take `vs_timm input` in one command and `quickstart evaluation bfloat16` in the next "
                              "(each with its own --out-dir)")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
-                        help="stop when this many seconds are spent: the check under way is stopped, the others "
-                             "are rows saying they were not run (default 480; none with --quick; 0: none)")
+                        help="stop when this many seconds are spent, each check at the end of its share of them (SHARES): "
+                             "a check cut there or not begun is a row saying so (default 480; none with --quick; 0: none)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     budget = Budget(args.budget if args.budget is not None else (0 if args.quick else 480))

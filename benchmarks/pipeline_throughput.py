@@ -6,8 +6,9 @@ cache is built, and what building it cost.
     python benchmarks/pipeline_throughput.py synthetic_terrain --model mobilenet_v2   # also the ratio
 
 Three figures, each over ``--batches`` batches after warm-up:
-- ``host``: what the host does per batch in the steady state (stored rows gathered by index, the
-  augmentation drawn): the rate at which it can feed an accelerator;
+- ``host``: what the host does per batch in the steady state (stored rows gathered by index, or for rows
+  held on the device only their indices chosen; the augmentation drawn): the rate at which it can feed an
+  accelerator;
 - ``delivered``: whole batches as ``model.fit`` reads them on this backend (Keras's PyDataset reader
   and its worker threads; JAX's and PyTorch's tensors left where the preparation made them, as their
   trainers leave them), the on-device preparation (zoo.data.prepare) included and waited for, timed

@@ -385,12 +385,12 @@ class FolderSource(Source):
     def folder_groups(self, split):
         # Below the class folder (classification) or images/ (segmentation): an image directly there is its own
         # group, one in a subfolder shares the subfolder's.
-        below = 1 if self.info.task == "classification" else 0
+        classification = self.info.task == "classification"
         groups = []
         for path, _ in self.scan.examples[split]:
             place = Path(path).relative_to(self.scan.split_folders[split])
-            parts = place.parts[1:] if self.info.task != "classification" else place.parts
-            groups.append("/".join(parts[:-1]) if len(parts) - 1 > below else str(place))
+            folder = place.parent.parts[0 if classification else 1:]  # segmentation: below images/
+            groups.append("/".join(folder) if len(folder) > classification else str(place))
         return np.asarray(groups)
 
     def file_digests(self, files):
