@@ -11,7 +11,8 @@ Five measurements, each in its own processes, on the machine's first device:
    backend of (1) (benchmarks/pipeline_throughput.py; target delivered >= 3x training).
 3. ``quickstart``: `zoo run benchmarks/quickstart.yaml` on that backend, whole-command wall time and each
    run's compile seconds (and the functions they went to), compilations and first and later epochs (target
-   <= 60 s on an H200).
+   <= 60 s on an H200); ``--quickstart-workers N`` runs N at once (`zoo run --workers N`), one compiling while
+   another trains.
 4. ``evaluation``: a run's own evaluation loop of mobilenet_v2 (input pipeline, prediction, metrics) against
    `zoo speed`'s figure for the same model (benchmarks/eval_speed.py; target >= 0.9: a report's images/s is
    what a run sees).
@@ -88,9 +89,11 @@ def check_vs_timm(models, size, batch, backends, precision, folder: Path, budget
 
 
 def check_quickstart(backend: str, overrides: list[str], only, folder: Path,
-                     budget: Budget) -> tuple[float, list[dict], bool]:
-    """The quickstart's whole-command wall time, result rows on ``backend``, and whether it was cut."""
-    seconds, rows, tail, cut = load("quickstart_backends").run_quickstart(backend, overrides, only, folder, budget)
+                     budget: Budget, workers: int = 1) -> tuple[float, list[dict], bool]:
+    """The quickstart's whole-command wall time, result rows on ``backend`` (``workers`` runs at once), and
+    whether it was cut."""
+    seconds, rows, tail, cut = load("quickstart_backends").run_quickstart(backend, overrides, only, folder, budget,
+                                                                          workers)
     if not rows:
         print(f"quickstart on {backend}: no results\n{tail}", flush=True)
     return seconds, rows, cut
@@ -177,6 +180,9 @@ def main(argv=None) -> int:
                         help="the checks to run (default all): a machine that gives one command a few minutes can "
                              "take `vs_timm input` in one command and `quickstart evaluation bfloat16` in the next "
                              "(each with its own --out-dir)")
+    parser.add_argument("--quickstart-workers", type=int, default=1, metavar="N",
+                        help="the quickstart's runs at once (`zoo run --workers N`, default 1): one compiles while "
+                             "another trains")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="stop when this many seconds are spent, each check at the end of its share of them (SHARES): "
                              "a check cut there or not begun is a row saying so (default 480; none with --quick; 0: none)")
@@ -229,18 +235,21 @@ def main(argv=None) -> int:
             return f"cut at its share ({part.seconds:.0f} s) of the time budget"
 
         def quickstart(part: Budget):
+            workers = args.quickstart_workers
             seconds, runs, cut = check_quickstart(fastest, overrides, "*baseline_cnn*" if args.quick else None, folder,
-                                                  part)
+                                                  part, workers)
             in_runs = sum(number(r.get("run_seconds")) or 0.0 for r in runs)
             add("quickstart", "whole command", fastest, None if cut else seconds, "s", "<= 60 on an H200",
-                f"{sum(r['status'] == 'ok' for r in runs)} of {len(runs)} runs ok; {in_runs:.1f} s in the runs, "
-                f"{seconds - in_runs:.1f} s outside them (start-up, checks, report)"
+                f"zoo run --workers {workers}; {sum(r['status'] == 'ok' for r in runs)} of {len(runs)} runs ok; "
+                + (f"{in_runs:.1f} s in the runs, {seconds - in_runs:.1f} s outside them (start-up, checks, report)"
+                   if workers == 1 else f"{in_runs:.1f} s in the runs, up to {workers} at once")
                 + (f"; {cut_at(part)} after {seconds:.0f} s" if cut else ""))
             for run in runs:
                 add("quickstart", run["run_id"], fastest, number(run.get("compile_seconds")), "compile s", "",
                     f"status {run['status']}; run {shown(run.get('run_seconds'))} s; compilations "
                     f"{run.get('compilations') or '-'}; first epoch {shown(run.get('first_epoch_seconds'))} s; later "
-                    f"epochs {shown(run.get('epoch_seconds'))} s; {run_breakdown(folder / fastest / 'runs' / run['run_id'])}")
+                    f"epochs {shown(run.get('epoch_seconds'))} s; "
+                    f"{run_breakdown(load('quickstart_backends').quickstart_folder(folder, fastest, workers) / 'runs' / run['run_id'])}")
 
         def input_path(part: Budget):
             # mobilenet_v2's training images/s at this size, batch and precision on this backend: vs_timm's

@@ -10,6 +10,15 @@ def build_crashing(input_shape):
     os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
 
 
+def build_crashing_while_others_paused(input_shape):
+    """In a pool (``zoo run --workers N``), dies as a worker would that the out-of-memory killer takes while
+    it measures its speed: the pool's other workers paused, nobody left to continue them."""
+    from zoo.harness.sharing import measured_alone
+
+    with measured_alone(os.environ["ZOO_TEST_LOCK"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def build_nan(input_shape):
     """Features at float32's edge: any head's logits overflow (inf - inf), so the loss is NaN on every CPU.
     (NaN features themselves are not enough: oneDNN's fused Dense+ReLU turns NaN into 0 on some CPUs, and
@@ -37,7 +46,8 @@ def build_without_jit(input_shape):
     return keras.Model(model.input, NoJit(name="no_jit")(model.output), name="nojit_backbone")
 
 
-for name, build in (("crash_backbone", build_crashing), ("nan_backbone", build_nan),
+for name, build in (("crash_backbone", build_crashing), ("crash_measuring_backbone", build_crashing_while_others_paused),
+                    ("nan_backbone", build_nan),
                     ("nojit_backbone", build_without_jit)):
     if name not in BACKBONES:
         register_backbone(BackboneSpec(name=name, family="test", build=build, preprocessing="model",

@@ -192,3 +192,21 @@ def test_the_compile_time_benchmark_compiles_afresh_under_each_setting(tmp_path)
         assert "jit(train_step)" in row["compile_seconds_by_function"], row
         # Run under this setting's command, not a run finished under another one and read back.
         assert float(row["run_seconds"]) < float(row["command_seconds"]), row
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_the_gpu_check_times_the_quickstart_with_runs_at_once(tmp_path):
+    """`--quickstart-workers N` times `zoo run --workers N`, the remedy for a GPU waiting on compilers, and
+    still reads each run's breakdown from where that command wrote it."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--backends", "jax",
+                           "--checks", "quickstart", "--quickstart-workers", "2", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [table] = list(tmp_path.glob("gpu-*-quick.csv"))
+    rows = list(csv.DictReader(open(table)))
+    whole = next(row for row in rows if row["subject"] == "whole command")
+    assert float(whole["value"]) > 0 and "zoo run --workers 2; 2 of 2 runs ok" in whole["detail"], whole
+    assert "up to 2 at once" in whole["detail"], whole
+    runs = [row for row in rows if row["check"] == "quickstart" and row["subject"] != "whole command"]
+    assert len(runs) == 2 and all(re.search(r"stage s: start [0-9.]+, .*speed [0-9.]+", row["detail"]) for row in runs)

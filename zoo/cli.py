@@ -162,7 +162,7 @@ def cmd_run(args) -> int:
         raise ConfigError("--address and --gpus-per-run go with --executor ray")
     return run_suite(suite, out, only=args.only, force=args.force, executor=executor,
                      report=not args.no_report, prepare=args.prepare, suite_path=args.suite,
-                     executor_options=options, mlflow=args.mlflow)
+                     executor_options=options, mlflow=args.mlflow, workers=args.workers)
 
 
 def cmd_mlflow_sync(args) -> int:
@@ -349,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cpus-per-run", type=positive_number, default=1, help="Ray: CPUs per run (default 1)")
     run.add_argument("--max-retries", type=whole_number(0), default=1,
                      help="Ray: times a run is retried when its worker or node dies (default 1)")
+    run.add_argument("--workers", type=whole_number(1), default=1, metavar="N",
+                     help="runs at once on this machine, each in its own worker process (default 1). On a GPU "
+                          "one run compiles while another trains; their epoch times then include the sharing "
+                          "(results.csv's runs_at_once), their images/s are measured with the others paused")
     run.add_argument("--isolate", dest="executor", action="store_const", const="isolated",
                      help="= --executor isolated")
     run.add_argument("--in-process", action="store_true",

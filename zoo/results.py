@@ -83,6 +83,9 @@ RESULT_COLUMNS = {
     "image_size": "input height and width in pixels",
     "device": "device the run trained on (GPU name or CPU model, with count)",
     "host": "machine (host name) the run executed on; with Ray, the cluster node's",
+    "runs_at_once": "runs its machine executed at once for the suite (`zoo run --workers N`); above 1 its train, "
+                    "epoch and run seconds include sharing the device and cores with the others (images/s and "
+                    "latency are measured with them paused); empty with Ray (the cluster places runs)",
     "precision": "float32 | mixed_float16 | mixed_bfloat16",
     "xla": "whether the train step was XLA-compiled (train.xla on TensorFlow, always on JAX), as Keras resolved it",
     "compilations": "XLA compilations the run made, counted by the backend (JAX); 0 when every step came from "

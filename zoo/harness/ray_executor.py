@@ -223,7 +223,10 @@ class RayExecutor:
         # Ray sets the actor process's environment before it imports anything, Keras included.
         from zoo.runtime import backend_environment
 
+        from zoo.harness.sharing import RUNS_AT_ONCE_ENV
+
         env = backend_environment(backend, base={})  # only what the actor's environment adds
+        env[RUNS_AT_ONCE_ENV] = ""  # how many runs share its node is the cluster's business: not known
         options = {"runtime_env": {"env_vars": env}} if env else {}
         return self.remote.options(**options).remote(0 < self.gpus < 1)
 

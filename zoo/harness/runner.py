@@ -21,7 +21,8 @@ import yaml
 
 from zoo.errors import ConfigError, StorageError, storage_problem
 from zoo.harness.claims import remove_dead_partials
-from zoo.harness.executors import EXECUTORS, InProcessExecutor, RunInterrupted, WorkerDied, WorkerExecutor
+from zoo.harness.executors import (EXECUTORS, InProcessExecutor, RunInterrupted, WorkerDied, WorkerExecutor,
+                                   WorkerPool)
 from zoo.harness.suite import RunSpec, expand_suite, suite_warnings
 from zoo.results import read_result, run_row, write_atomic, write_json, write_results_csv
 
@@ -213,21 +214,22 @@ def select_runs(suite: dict, only: str | None) -> tuple[list[RunSpec], list[RunS
     return runs, selected
 
 
-def make_executor(name: str, **options):
-    """The executor for ``zoo run --executor NAME`` (one of EXECUTORS); ``options`` are the Ray
-    executor's (address, gpus_per_run, cpus_per_run, max_retries)."""
+def make_executor(name: str, workers: int = 1, **options):
+    """The executor for ``zoo run --executor NAME`` (one of EXECUTORS); ``workers``: runs at once on this
+    machine (worker and isolated); ``options`` are the Ray executor's (address, gpus_per_run,
+    cpus_per_run, max_retries)."""
+    if workers != 1 and name not in ("worker", "isolated"):
+        raise ConfigError(f"--workers goes with the worker processes of this machine, not with --executor {name}"
+                          + (" (a Ray cluster runs as many at once as it has slots)" if name == "ray" else ""))
     if name == "ray":
         from zoo.harness.ray_executor import RayExecutor
 
         return RayExecutor(**options)
-    if name == "worker":
-        return WorkerExecutor()
-    if name == "isolated":
-        return WorkerExecutor(runs_per_worker=1)
+    if name in ("worker", "isolated"):
+        runs_per_worker = 1 if name == "isolated" else None
+        return WorkerExecutor(runs_per_worker) if workers == 1 else WorkerPool(workers, runs_per_worker)
     if name == "in-process":
         return InProcessExecutor()
-    from zoo.errors import ConfigError
-
     raise ConfigError(f"executor {name!r} is not known; use one of {', '.join(EXECUTORS)}")
 
 
@@ -242,14 +244,15 @@ def _finished(selected: list[RunSpec], todo: list[RunSpec]) -> list[RunSpec]:
 
 def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False, executor: str = "worker",
               report: bool = True, log=_log, prepare: bool = False, suite_path: str | None = None,
-              executor_options: dict | None = None, mlflow: str | None = None) -> int:
+              executor_options: dict | None = None, mlflow: str | None = None, workers: int = 1) -> int:
     """Run every run of ``suite`` not yet finished; 0 if all succeeded, 1 if any failed, 130 or
     143 when interrupted by SIGINT or SIGTERM (the run under way is recorded ``interrupted``).
 
     Before anything is written, every pending run's data and weights are checked; any problem
     raises NotReadyError listing them all (``prepare=True`` first fetches what it can).
     ``executor``: worker (one long-lived process), isolated (one per run), in-process, or ray
-    (several runs at once on a Ray cluster; ``executor_options`` are RayExecutor's). ``mlflow``:
+    (several runs at once on a Ray cluster; ``executor_options`` are RayExecutor's); ``workers``: runs at
+    once on this machine with worker or isolated (zoo.harness.sharing). ``mlflow``:
     a tracking URI (else the suite's ``tracking.mlflow``, else MLFLOW_TRACKING_URI) each finished
     run is logged to.
     """
@@ -264,7 +267,7 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     for warning in changed_data_warnings(_finished(selected, todo), runs_dir, out_dir / "cache",
                                          f"zoo run {suite_path or 'SUITE'} --out {out_dir}"):
         log(warning)
-    runner = make_executor(executor, **(executor_options or {}))
+    runner = make_executor(executor, workers, **(executor_options or {}))
     try:
         if todo and hasattr(runner, "check"):
             runner.check(todo)
@@ -342,7 +345,8 @@ def _run_pending(suite, out_dir: Path, runs, selected, todo, runner, report, log
         if tracker is not None:
             tracker.submit(runs_dir / run.run_id)
         status = "ok" if row["status"] == "ok" else f"FAILED: {row['error']}"
-        where = f", on {row.get('host')}" if len(slots) > 1 else ""
+        # Runs spread over a cluster name their node; a pool's are all on this machine.
+        where = f", on {row.get('host')}" if len(slots) > 1 and not isinstance(runner, WorkerPool) else ""
         log(f"[{index}/{len(todo)}] {run.run_id}: {status} ({seconds:.0f}s{where})")
 
     runs_started = time.perf_counter()

@@ -8,6 +8,7 @@ track smoothing, exports) is decided once, by zoo.runspec.RunSpec.stages, which 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -584,9 +585,11 @@ def smooth(spec: RunSpec, data: RunData, result: dict, predictions: dict) -> Non
 def measure_speed(spec: RunSpec, runtime: Runtime, data: RunData, predict_model: ModelPredict, cache_dir: Path) -> dict:
     """Inference images/s and latency, measured once per architecture, input, batch,
     precision and device within the output folder: a seed or learning rate does not change
-    them, so later runs reuse the first measurement and name the run it came from."""
+    them, so later runs reuse the first measurement and name the run it came from. In a pool of workers
+    (``zoo run --workers N``) it is timed with the other runs paused (zoo.harness.sharing)."""
     import keras
 
+    from zoo.harness.sharing import measured_alone
     from zoo.harness.timing import inference_speed
 
     shape = spec.input(data.info).shape
@@ -602,9 +605,17 @@ def measure_speed(spec: RunSpec, runtime: Runtime, data: RunData, predict_model:
                 "speed_measured_in": recorded["run_id"]}
     except (OSError, ValueError, KeyError):
         pass
-    speed = inference_speed(predict_model, shape, runtime.global_batch)
-    write_json(path, {**speed, "run_id": spec.run_id, "identity": identity})
-    return {**speed, "speed_measured_in": None}
+    paused = []  # the pool's other workers paused while it was timed (metrics.json's speed_paused_workers)
+
+    @contextlib.contextmanager
+    def alone():
+        with measured_alone(cache_dir / "speed" / ".measuring.lock") as count:
+            paused.append(count)
+            yield
+
+    speed = inference_speed(predict_model, shape, runtime.global_batch, quiet=alone)
+    write_json(path, {**speed, "run_id": spec.run_id, "identity": identity, "paused_workers": paused[0]})
+    return {**speed, "speed_measured_in": None, "speed_paused_workers": paused[0]}
 
 
 # -- a whole run --------------------------------------------------------------------------------------
@@ -710,6 +721,7 @@ def results_row(spec: RunSpec, task: str, status: str, error: str, result: dict 
                 trainable: str, progress: dict, model_path: Path | None = None) -> dict:
     """The run's results row from what is known: for a failed run, whatever stages finished."""
     from zoo import runtime as backends
+    from zoo.harness.sharing import runs_at_once
     from zoo.results import run_row
 
     runtime, model, clock = progress.get("runtime"), progress.get("model"), progress.get("clock")
@@ -717,7 +729,7 @@ def results_row(spec: RunSpec, task: str, status: str, error: str, result: dict 
     values = dict(result or (clock.summary() if clock else {}), trainable=trainable, epochs_run=epochs_run,
                   batch_size=runtime.global_batch if runtime else None, device=runtime.device if runtime else None,
                   precision=runtime.precision if runtime else None, xla=progress.get("xla"),
-                  backend=f"{backends.backend()} {backends.backend_version()}")
+                  backend=f"{backends.backend()} {backends.backend_version()}", runs_at_once=runs_at_once())
     if model is not None:
         values.update(params=model.count_params(), trainable_params=count(model.trainable_weights))
     if model_path and model_path.is_file():

@@ -64,17 +64,19 @@ def _seconds_per_step(timed_steps, warmup: int, min_seconds: float, max_steps: i
 
 
 def inference_speed(predict, input_shape, batch_size, min_seconds=1.0, warmup=3, latency=True,
-                    max_steps=200) -> dict:
+                    max_steps=200, quiet=contextlib.nullcontext) -> dict:
     """Images/s at ``batch_size`` and (``latency``) median batch-1 latency (ms) of ``predict(images)``
     (device tensors or NumPy out), both after warm-up, on random input (speed does not depend on the
     values). Throughput is timed the way a run's evaluation predicts (zoo.runtime.predictions_ahead:
     the next batch queued before this one's outputs are copied to NumPy), every output copied, over
     at least ``min_seconds`` (at most ``max_steps`` batches); latency waits for each single image's
-    output."""
+    output. ``quiet``: a context manager the timing happens in, entered once both programs are compiled
+    and warm (zoo.harness.sharing.measured_alone pauses the other runs of a pool there)."""
     from zoo.runtime import host_outputs, predictions_ahead
 
     rng = np.random.default_rng(0)
     batch = keras.ops.convert_to_tensor(rng.uniform(0, 255, (batch_size, *input_shape)).astype("float32"))
+    single = batch[:1]
 
     def timed_steps(count: int) -> float:
         start = time.perf_counter()
@@ -82,17 +84,23 @@ def inference_speed(predict, input_shape, batch_size, min_seconds=1.0, warmup=3,
             pass
         return time.perf_counter() - start
 
-    images_per_second = batch_size / _seconds_per_step(timed_steps, warmup, min_seconds, max_steps)
-    if not latency:
-        return {"images_per_second": float(images_per_second), "step_seconds": batch_size / images_per_second}
-    single = batch[:1]
-    for _ in range(warmup):
-        host_outputs(predict(single))
-    latencies = []
-    for _ in range(20):
-        tick = time.perf_counter()
-        host_outputs(predict(single))
-        latencies.append((time.perf_counter() - tick) * 1000)
+    def warm_up() -> None:
+        timed_steps(warmup)
+        if latency:
+            for _ in range(warmup):
+                host_outputs(predict(single))
+
+    warm_up()  # compiles both programs before ``quiet``
+    with quiet():
+        warm_up()  # what others queued on the device before they paused drains here, not in the timing
+        images_per_second = batch_size / _seconds_per_step(timed_steps, 0, min_seconds, max_steps)
+        if not latency:
+            return {"images_per_second": float(images_per_second), "step_seconds": batch_size / images_per_second}
+        latencies = []
+        for _ in range(20):
+            tick = time.perf_counter()
+            host_outputs(predict(single))
+            latencies.append((time.perf_counter() - tick) * 1000)
     return {"images_per_second": float(images_per_second), "step_seconds": batch_size / images_per_second,
             "latency_ms": float(statistics.median(latencies))}
 

@@ -38,7 +38,10 @@ def describe_error(error: BaseException) -> str:
         if message.startswith(f"{name}: "):
             message = message[len(name) + 2:]
     if "ResourceExhausted" in name or "OOM" in message or "out of memory" in message.lower():
-        return f"out of memory ({name}): lower train.batch_size or train.image_size"
+        from zoo.harness.sharing import runs_at_once
+
+        fewer = " or run fewer at once (zoo run --workers)" if (runs_at_once() or 1) > 1 else ""
+        return f"out of memory ({name}): lower train.batch_size or train.image_size{fewer}"
     return f"{name}: {message}"[:500] if not isinstance(error, RunFailed) else message
 
 

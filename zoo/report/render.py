@@ -435,6 +435,11 @@ class ReportBuilder:
                             for s in sections],
                 "rows": [{"backbone": b, "cells": [cells.get(b, {}).get(d, "") for d in datasets]} for b in backbones]}
 
+    def runs_at_once(self) -> int:
+        """The most runs that shared a machine (``zoo run --workers N``); 1 for results from before the column."""
+        shared = pd.to_numeric(self.results.get("runs_at_once", pd.Series(dtype=float)), errors="coerce").max()
+        return int(shared) if pd.notna(shared) and shared > 1 else 1
+
     def build(self) -> dict:
         suite_file = self.out_dir / "suite.yaml"
         suite = yaml.safe_load(suite_file.read_text()) if suite_file.is_file() else {}
@@ -444,6 +449,7 @@ class ReportBuilder:
                 "devices": sorted(set(self.results["device"].dropna())),
                 "backends": sorted({_backend_name(row) for _, row in self.results.iterrows()} - {""}),
                 "precisions": sorted(set(self.results["precision"].dropna())),
+                "runs_at_once": self.runs_at_once(),
                 "sections": sections, "matrix": self.matrix(sections),
                 "columns": RESULT_COLUMNS, "latency_budget_ms": self.latency_budget_ms,
                 "size_budget_mb": self.size_budget_mb,
