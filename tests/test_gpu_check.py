@@ -14,6 +14,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def gpu_check_quick(tmp_path, *args, timeout=900):
+    """`gpu_check.py --quick --backends jax` on this CPU, its files in ``tmp_path``; returns the finished
+    process and the rows of the CSV it wrote (empty where none)."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--backends", "jax",
+                           *args, "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    tables = list(tmp_path.glob("gpu-*-quick.csv"))
+    return done, (list(csv.DictReader(open(tables[0]))) if tables else [])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 def test_the_gpu_check_writes_every_figure_with_its_target(tmp_path):
@@ -162,12 +172,8 @@ def test_the_input_benchmark_reads_batches_as_fit_does_on_jax():
 def test_the_gpu_check_runs_only_the_checks_asked_for(tmp_path):
     """A lent machine gives one command a few minutes: `--checks` splits the check over two commands. The
     input check without vs_timm times mobilenet_v2's training itself and says so."""
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--backends", "jax",
-                           "--models", "mobilenet_v2", "--checks", "input", "--out-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    done, rows = gpu_check_quick(tmp_path, "--models", "mobilenet_v2", "--checks", "input", timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    [table] = list(tmp_path.glob("gpu-*-quick.csv"))
-    rows = list(csv.DictReader(open(table)))
     assert [row["check"] for row in rows] == ["input"], rows
     assert float(rows[0]["value"]) > 0 and "timed by the input script" in rows[0]["detail"], rows
 
@@ -199,12 +205,8 @@ def test_the_compile_time_benchmark_compiles_afresh_under_each_setting(tmp_path)
 def test_the_gpu_check_times_the_quickstart_with_runs_at_once(tmp_path):
     """`--quickstart-workers N` times `zoo run --workers N`, the remedy for a GPU waiting on compilers, and
     still reads each run's breakdown from where that command wrote it."""
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--backends", "jax",
-                           "--checks", "quickstart", "--quickstart-workers", "2", "--out-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    done, rows = gpu_check_quick(tmp_path, "--checks", "quickstart", "--quickstart-workers", "2", timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    [table] = list(tmp_path.glob("gpu-*-quick.csv"))
-    rows = list(csv.DictReader(open(table)))
     whole = next(row for row in rows if row["subject"] == "whole command")
     assert float(whole["value"]) > 0 and "zoo run --workers 2; 2 of 2 runs ok" in whole["detail"], whole
     assert "up to 2 at once" in whole["detail"], whole
