@@ -485,6 +485,10 @@ MUTATIONS = [
     Mutation("a pool's rows say each run had the machine to itself", "zoo/harness/sharing.py",
              "    return int(value) if value.strip() else None\n", "    return 1 if value.strip() else None\n",
              ("tests/test_workers.py::test_a_pool_gives_the_scores_of_one_worker_and_says_the_runs_shared_the_machine",)),
+    Mutation("a pool's epoch lines do not say which run they belong to", "zoo/harness/stages.py",
+             "        shared = (runs_at_once() or 1) > 1  # several runs print at once: each line names its run\n",
+             "        shared = False\n",
+             ("tests/test_workers.py::test_a_pool_gives_the_scores_of_one_worker_and_says_the_runs_shared_the_machine",)),
 ]
 
 

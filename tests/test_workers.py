@@ -5,6 +5,7 @@ runs shared the machine, each run's images/s is measured with the other workers 
 afterwards), and a worker that dies while the others are paused does not leave the suite hanging."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -116,6 +117,10 @@ def test_a_pool_gives_the_scores_of_one_worker_and_says_the_runs_shared_the_mach
     one, two = (pd.read_csv(tmp_path / name / "results.csv").set_index("run_id") for name in ("alone", "shared"))
     assert list(one["runs_at_once"]) == [1, 1] and list(two["runs_at_once"]) == [2, 2]
     pd.testing.assert_series_equal(one["accuracy"], two["accuracy"])  # the same runs, the same scores
+    for run_id in two.index:  # each run's epoch lines name it: two runs print at once
+        assert re.search(rf"^{run_id}: epoch 1/1 - \d+s - .*val_accuracy: [0-9.]+", shared.stdout, re.M), shared.stdout
+    unnamed = re.compile(r"^\d+/\d+ - \d+m?s - ", re.M)  # Keras's own epoch line ("3/3 - 2s - ...")
+    assert not unnamed.search(shared.stdout) and unnamed.search(alone.stdout), alone.stdout
     for run_id in two.index:  # each measured its speed with the other worker paused
         metrics = json.loads((tmp_path / "shared" / "runs" / run_id / "metrics.json").read_text())
         assert metrics["speed_measured_in"] is None and metrics["speed_paused_workers"] == 1

@@ -90,6 +90,26 @@ def learning_rate_log():
     return LearningRateLog()
 
 
+def named_epoch_lines(run_id: str, epochs: int):
+    """A callback printing one line per epoch that names its run (``RUN: epoch 2/6 - 3s - loss: ...``), for
+    a pool's workers (``zoo run --workers N``): Keras's own lines from several runs at once would interleave
+    without saying whose they are."""
+    import time
+
+    import keras
+
+    class NamedEpochLines(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            figures = " - ".join(f"{name}: {float(value):.4f}" for name, value in (logs or {}).items())
+            print(f"{run_id}: epoch {epoch + 1}/{epochs} - {time.perf_counter() - self.started:.0f}s - {figures}",
+                  flush=True)
+
+    return NamedEpochLines()
+
+
 def epoch_tensorboard(log_dir: Path):
     """Keras's TensorBoard callback writing per epoch only (its default ``update_freq``), without
     its per-batch hooks: at epoch frequency they write nothing yet cost about 1 ms a batch, as much

@@ -377,12 +377,19 @@ class _Training:
 
     def phase(self, learning_rate, epochs: int, initial_epoch: int = 0) -> int:
         """Compile and fit for ``epochs``; returns the epochs run (early stopping may end sooner)."""
+        from zoo.harness.recipes import named_epoch_lines
+        from zoo.harness.sharing import runs_at_once
+
         self.compile(learning_rate, epochs)
         train, val = self.fit_data
+        callbacks = self.callbacks(append=initial_epoch > 0)
+        shared = (runs_at_once() or 1) > 1  # several runs print at once: each line names its run
+        if shared:
+            callbacks.append(named_epoch_lines(self.spec.run_id, initial_epoch + epochs))
         history = self.trained_model.fit(train, validation_data=val, epochs=initial_epoch + epochs,
                                          initial_epoch=initial_epoch, steps_per_epoch=self.spec.train.steps_per_epoch,
-                                         class_weight=self.data.class_weight_dict,
-                                         callbacks=self.callbacks(append=initial_epoch > 0), verbose=2)
+                                         class_weight=self.data.class_weight_dict, callbacks=callbacks,
+                                         verbose=0 if shared else 2)
         losses = history.history.get("loss", [])
         if not losses or any(not math.isfinite(v) for v in losses):
             raise RunFailed(f"the training loss became NaN or infinite at epoch {initial_epoch + len(losses)}; "
