@@ -244,12 +244,12 @@ def main(argv=None) -> int:
                 + (f"{in_runs:.1f} s in the runs, {seconds - in_runs:.1f} s outside them (start-up, checks, report)"
                    if workers == 1 else f"{in_runs:.1f} s in the runs, up to {workers} at once")
                 + (f"; {cut_at(part)} after {seconds:.0f} s" if cut else ""))
+            run_folders = load("quickstart_backends").quickstart_folder(folder, fastest, workers) / "runs"
             for run in runs:
                 add("quickstart", run["run_id"], fastest, number(run.get("compile_seconds")), "compile s", "",
                     f"status {run['status']}; run {shown(run.get('run_seconds'))} s; compilations "
                     f"{run.get('compilations') or '-'}; first epoch {shown(run.get('first_epoch_seconds'))} s; later "
-                    f"epochs {shown(run.get('epoch_seconds'))} s; "
-                    f"{run_breakdown(load('quickstart_backends').quickstart_folder(folder, fastest, workers) / 'runs' / run['run_id'])}")
+                    f"epochs {shown(run.get('epoch_seconds'))} s; {run_breakdown(run_folders / run['run_id'])}")
 
         def input_path(part: Budget):
             # mobilenet_v2's training images/s at this size, batch and precision on this backend: vs_timm's

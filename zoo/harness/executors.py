@@ -180,8 +180,7 @@ class WorkerExecutor:
     def stop(self, grace_seconds: float = 5.0, signum: int | None = None) -> None:
         """Stop the worker now (an interrupt): SIGTERM, then SIGKILL after ``grace_seconds``."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.resume()  # a paused worker (zoo.harness.sharing) acts on SIGTERM only once continued
+            self.terminate()
             try:
                 self.process.wait(grace_seconds)
             except subprocess.TimeoutExpired:
@@ -193,7 +192,7 @@ class WorkerExecutor:
         """Ask the worker to stop (SIGTERM) without waiting: a pool asks all of them before it waits."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.resume()
+            self.resume()  # a paused worker (zoo.harness.sharing) acts on SIGTERM only once continued
 
     def resume(self) -> None:
         """Continue the worker if another pool worker paused it and could not continue it (it died)."""
