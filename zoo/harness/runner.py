@@ -421,33 +421,40 @@ def _run_in_parallel(todo: list[RunSpec], slots: list, execute, runner) -> None:
     queue = list(enumerate(todo, start=1))
     lock = threading.Lock()
     errors: list[BaseException] = []
+    # Each thread says it has ended by its own event: CPython's Thread.join, interrupted by the signal
+    # handler's exception, can mark a thread that still runs as ended (Python 3.11's handling of
+    # bpo-45274), and a later join then returns before that thread has recorded its run.
+    ended = [threading.Event() for _ in slots]
 
-    def work(slot) -> None:
-        while True:
-            with lock:
-                if not queue or errors:
-                    return
-                index, run = queue.pop(0)
-            try:
-                execute(index, run, slot)
-            except BaseException as error:  # noqa: B036  (handed to the main thread)
+    def work(slot, done: threading.Event) -> None:
+        try:
+            while True:
                 with lock:
-                    errors.append(error)
-                return
+                    if not queue or errors:
+                        return
+                    index, run = queue.pop(0)
+                try:
+                    execute(index, run, slot)
+                except BaseException as error:  # noqa: B036  (handed to the main thread)
+                    with lock:
+                        errors.append(error)
+                    return
+        finally:
+            done.set()
 
-    threads = [threading.Thread(target=work, args=(slot,), name=f"slot-{n}", daemon=True)
-               for n, slot in enumerate(slots)]
-    for thread in threads:
-        thread.start()
+    def wait_for_all() -> None:
+        for done in ended:
+            while not done.wait(0.5):
+                pass
+
+    for n, (slot, done) in enumerate(zip(slots, ended)):
+        threading.Thread(target=work, args=(slot, done), name=f"slot-{n}", daemon=True).start()
     try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.5)
+        wait_for_all()
     except SuiteInterrupted as interrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         runner.stop(signum=interrupt.signum)
-        for thread in threads:
-            thread.join()
+        wait_for_all()
         raise
     if errors:
         raise next((e for e in errors if isinstance(e, StorageError)), errors[0])
