@@ -124,17 +124,21 @@ def float16_figures(row: dict, backend: str) -> tuple:
 
 
 def run_breakdown(run_dir: Path, shown: int = 5) -> str:
-    """Where a run's time went, as text: its stages' seconds (metrics.json's stage_seconds) and its largest
-    compile times by function (compile_seconds_by_function)."""
+    """Where a run's time went, as text: its stages' seconds (metrics.json's stage_seconds), its largest
+    compile times by function (compile_seconds_by_function) and what was compiled beside the train step
+    (compiled_ahead: programs, the background's seconds, the run's wait for them)."""
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
-        return "stage s: -; compile s by function: -"
+        return "stage s: -; compile s by function: -; compiled ahead: -"
     def listed(seconds: dict, most: int | None = None) -> str:
         return ", ".join(f"{name} {value:.1f}" for name, value in list(seconds.items())[:most]) or "-"
 
+    ahead = metrics.get("compiled_ahead") or {}
     return (f"stage s: {listed(metrics.get('stage_seconds') or {})}; "
-            f"compile s by function: {listed(metrics.get('compile_seconds_by_function') or {}, shown)}")
+            f"compile s by function: {listed(metrics.get('compile_seconds_by_function') or {}, shown)}; "
+            f"compiled ahead: " + (f"{ahead['programs']} programs in {ahead['seconds']:.1f} s, waited "
+                                   f"{ahead['waited_seconds']:.1f} s" if ahead else "-"))
 
 
 def device_named_outside() -> str:

@@ -81,9 +81,9 @@ MUTATIONS = [
              "        yield batch, host_outputs(outputs)\n",
              ("tests/test_runtime.py::test_the_next_batch_is_predicted_before_this_one_is_handed_over",)),
     Mutation("JAX inference keeps the weights it first saw", "zoo/runtime.py",
-             "        return inference([v.value for v in model.trainable_variables],\n",
-             "        frozen = predict.__dict__.setdefault(\"trainable\", [v.value for v in model.trainable_variables])\n"
-             "        return inference(frozen,\n",
+             "        return inference(*variables(), images)\n",
+             "        frozen = predict.__dict__.setdefault(\"variables\", variables())\n"
+             "        return inference(*frozen, images)\n",
              ("tests/test_runtime.py::test_jax_inference_stays_on_the_device_equals_keras_and_compiles_once",)),
     Mutation("JAX draws each initial weight itself, one compiled program per shape", "zoo/runtime.py",
              "    if backend() != \"jax\":\n        yield\n        return\n    try:\n        import jax\n",
@@ -475,8 +475,8 @@ MUTATIONS = [
              ("tests/test_workers.py::test_a_measurement_in_a_pool_pauses_every_other_worker_and_continues_them",
               "tests/test_workers.py::test_a_pool_gives_the_scores_of_one_worker_and_says_the_runs_shared_the_machine")),
     Mutation("a run's speed is timed without pausing the pool's other workers", "zoo/harness/stages.py",
-             "    speed = inference_speed(predict_model, shape, runtime.global_batch, quiet=alone)\n",
-             "    speed = inference_speed(predict_model, shape, runtime.global_batch)\n",
+             "    speed = inference_speed(predict_model, spec.input(data.info).shape, runtime.global_batch, quiet=alone)\n",
+             "    speed = inference_speed(predict_model, spec.input(data.info).shape, runtime.global_batch)\n",
              ("tests/test_workers.py::test_a_pool_gives_the_scores_of_one_worker_and_says_the_runs_shared_the_machine",)),
     Mutation("a worker that dies measuring leaves the pool's others paused for ever", "zoo/harness/executors.py",
              "            self.pool.resume_all()  # it may have died measuring, with the others paused\n",
@@ -489,6 +489,16 @@ MUTATIONS = [
              "        shared = (runs_at_once() or 1) > 1  # several runs print at once: each line names its run\n",
              "        shared = False\n",
              ("tests/test_workers.py::test_a_pool_gives_the_scores_of_one_worker_and_says_the_runs_shared_the_machine",)),
+    Mutation("precise BatchNorm's forward compiled ahead keeps the training momentum", "zoo/harness/precise_bn.py",
+             "        with population_momenta(trained_batchnorm_layers(model)):\n",
+             "        with contextlib.nullcontext():\n",
+             ("tests/test_runtime.py::test_programs_compiled_ahead_are_the_ones_later_calls_run_with_the_same_results",)),
+    Mutation("a run's inference is compiled on the main thread after training, not ahead", "zoo/harness/stages.py",
+             "        if lowered is None:\n", "        if True:\n",
+             ("tests/test_compilation.py::test_later_runs_of_a_sweep_compile_nothing_new",)),
+    Mutation("ZOO_COMPILE_AHEAD=0 still compiles ahead", "zoo/harness/stages.py",
+             '                or os.environ.get(COMPILE_AHEAD_ENV, "").strip() == "0"):\n', "                ):\n",
+             ("tests/test_compilation.py::test_compiling_ahead_changes_no_number_of_a_run",)),
 ]
 
 

@@ -17,10 +17,10 @@ SUITE = {"name": "compile_once", "datasets": ["synthetic_terrain"], "backbones":
                    "precise_bn": False}}
 
 
-def zoo_run(suite_file, out, *extra):
+def zoo_run(suite_file, out, *extra, env=None):
     result = subprocess.run([sys.executable, "-m", "zoo.cli", "run", str(suite_file), "--out", str(out), "--no-report",
                              "--isolate", *extra], capture_output=True, text=True,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                            env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result, pd.read_csv(out / "results.csv").sort_values("seed").reset_index(drop=True)
 
@@ -49,6 +49,36 @@ def test_later_runs_of_a_sweep_compile_nothing_new(sweep):
     assert set(compiled) <= set(by_function) and max(by_function, key=by_function.get) == "jit(train_step)"
     assert abs(sum(by_function.values()) - first["compile_seconds"]) < 0.01 + 0.001 * len(by_function)
     assert any((root / "out" / "cache" / "compilation" / "jax").iterdir())
+    # The inference programs of the evaluation (batches of 16) and of the speed measurement (16 and 1) were
+    # compiled in the background while the train step compiled, each once: the calls found them.
+    assert recorded["compiled_ahead"]["programs"] == 2 and recorded["compiled_ahead"]["failed"] == 0
+    assert compiled["jit(inference)"] == 2
+    for run_id in later["run_id"]:  # the speed measured once in the folder: only the evaluation's program
+        assert json.loads((root / "out" / "runs" / run_id / "metrics.json").read_text())["compiled_ahead"]["programs"] == 1
+
+
+def test_compiling_ahead_changes_no_number_of_a_run(tmp_path):
+    """The same run (precise BatchNorm on: its forward is compiled ahead too) with ZOO_COMPILE_AHEAD=0, every
+    program compiled where it is first called: the same epochs, validation, test metrics and predictions."""
+    import numpy as np
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(json.dumps({**SUITE, "seeds": [0], "train": {**SUITE["train"], "epochs": 2, "precise_bn": True}}))
+    runs = {}
+    for ahead in ("1", "0"):
+        _, table = zoo_run(suite, tmp_path / ahead, env={"ZOO_COMPILE_AHEAD": ahead})
+        folder = tmp_path / ahead / "runs" / table.iloc[0]["run_id"]
+        runs[ahead] = (table.iloc[0], json.loads((folder / "metrics.json").read_text()),
+                       pd.read_csv(folder / "history.csv"), np.load(folder / "predictions.npz"))
+    (row, metrics, history, predictions), (row0, metrics0, history0, predictions0) = runs["1"], runs["0"]
+    assert metrics["compiled_ahead"]["programs"] == 3 and metrics0["compiled_ahead"] is None
+    assert metrics["compiled_functions"]["jit(updated_state)"] == 1 and metrics["compiled_functions"]["jit(inference)"] == 2
+    pd.testing.assert_frame_equal(history.drop(columns="learning_rate"), history0.drop(columns="learning_rate"))
+    for metric in ("accuracy", "macro_f1", "macro_precision", "macro_recall"):
+        assert row[metric] == row0[metric], metric
+    assert set(predictions.files) == set(predictions0.files)
+    for name in predictions.files:
+        assert np.array_equal(predictions[name], predictions0[name]), name
 
 
 def test_a_damaged_cache_is_compiled_again_and_gives_the_same_numbers(sweep, tmp_path):

@@ -48,6 +48,9 @@ def test_the_gpu_check_writes_every_figure_with_its_target(tmp_path):
     assert len(runs) == 2 and all("status ok" in row["detail"] for row in runs)
     assert all(float(row["value"]) > 0 for row in runs)  # JAX compiled each run's steps: seconds measured
     assert all(re.search(r"compile s by function: .*jit\(train_step\) [0-9.]+", row["detail"]) for row in runs), runs
+    # The inference programs (the evaluation's batch and speed's batch 1) compiled beside the train step.
+    assert all(re.search(r"; compiled ahead: [23] programs in [0-9.]+ s, waited [0-9.]+ s", row["detail"])
+               for row in runs), runs
     assert all(re.search(r"; run [0-9.]+ s;.*stage s: start [0-9.]+, data [0-9.]+, build [0-9.]+, train [0-9.]+, "
                          r"evaluate [0-9.]+, speed [0-9.]+, save [0-9.]+;", row["detail"]) for row in runs), runs
     whole = next(row for row in rows if row["subject"] == "whole command")

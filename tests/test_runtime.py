@@ -85,6 +85,72 @@ def test_jax_inference_stays_on_the_device_equals_keras_and_compiles_once(tmp_pa
     assert found["compiled"].get("jit(inference)") == 1, found["compiled"]
 
 
+JAX_COMPILED_AHEAD = r"""
+import json
+import jax, keras, numpy as np
+from zoo import build_model
+from zoo.harness import compilation
+from zoo.harness.compilation import CompiledAhead
+from zoo.harness.precise_bn import forward_in_training_mode, recalibrate_batchnorm, trained_batchnorm_layers
+from zoo.runtime import device_predict
+
+compilation.watch()
+
+def built():
+    keras.utils.set_random_seed(0)
+    model = build_model("baseline_cnn", "linear", 5, (16, 16, 3))
+    model.compile(loss="sparse_categorical_crossentropy")
+    return model
+
+images = np.random.default_rng(0).uniform(0, 255, (16, 16, 16, 3)).astype("float32")
+batches = [images[:8], images[8:]]
+like = lambda count: jax.ShapeDtypeStruct((count, 16, 16, 3), "float32")
+model, twin = built(), built()
+momenta = [layer.momentum for layer in trained_batchnorm_layers(model)]
+predict, forward = device_predict(model), forward_in_training_mode(model)
+ahead = CompiledAhead([forward.lowered(like(8)), predict.lowered(like(8)), predict.lowered(like(1))])
+ahead.wait()
+before = compilation.snapshot()["functions"]
+recalibrate_batchnorm(model, batches, 2, forward)
+outputs = [np.asarray(predict(images[:8])), np.asarray(predict(images[:1]))]
+after = compilation.snapshot()["functions"]
+recalibrate_batchnorm(twin, batches, 2)  # compiled when called, as without compiling ahead
+twin_predict = device_predict(twin)
+expected = [np.asarray(twin_predict(images[:8])), np.asarray(twin_predict(images[:1]))]
+statistics = lambda m: [np.asarray(l.moving_variance) for l in trained_batchnorm_layers(m)]
+
+class Unbuildable:
+    def compile(self):
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while compiling")
+
+failing = CompiledAhead([Unbuildable(), predict.lowered(like(4))])
+failing.wait()
+print(json.dumps({"summary": ahead.summary(), "failing": failing.summary(),
+                  "compiled_at_call": {name: count - before.get(name, 0) for name, count in after.items()
+                                       if count - before.get(name, 0)},
+                  "momenta_kept": momenta == [layer.momentum for layer in trained_batchnorm_layers(model)],
+                  "same_statistics": all(np.array_equal(a, b) for a, b in zip(statistics(model), statistics(twin))),
+                  "same_outputs": all(np.array_equal(a, b) for a, b in zip(outputs, expected)),
+                  "after_a_failure": np.asarray(predict(images[:4])).shape[0]}))
+"""
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("jax") is None, reason="jax is not installed")
+def test_programs_compiled_ahead_are_the_ones_later_calls_run_with_the_same_results(tmp_path):
+    """What a run compiles in the background while its train step compiles (zoo.harness.compilation.CompiledAhead):
+    precise BatchNorm's forward and the inference at two batch sizes. The later calls compile nothing and give
+    exactly what programs compiled at the call give (precise BatchNorm's forward traced with the momenta it
+    runs with); a program that cannot be compiled ahead is counted, not raised."""
+    done = subprocess.run([sys.executable, "-c", JAX_COMPILED_AHEAD], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["summary"]["programs"] == 3 and found["summary"]["failed"] == 0 and found["summary"]["seconds"] > 0
+    assert not {name for name in found["compiled_at_call"] if "inference" in name or "updated_state" in name}, found
+    assert found["momenta_kept"] and found["same_statistics"] and found["same_outputs"]
+    assert found["failing"]["programs"] == 2 and found["failing"]["failed"] == 1 and found["after_a_failure"] == 4
+
+
 JAX_BUILD = r"""
 import json
 import keras, numpy as np

@@ -371,7 +371,23 @@ def _padded_to_first_size(predict_on_batch):
         outputs = predict_on_batch(keras.tree.map_structure(pad, images))
         return keras.tree.map_structure(lambda y: y[:count], outputs)
 
+    if hasattr(predict_on_batch, "lowered"):
+        predict.lowered = predict_on_batch.lowered
     return predict
+
+
+def abstract(arrays):
+    """``arrays`` (a tree of backend arrays) as JAX's shape-and-type stand-ins, what tracing needs of them: a
+    program lowered for these is the one a later call with those arrays finds in JAX's caches. A committed
+    array keeps its placement (JAX keeps a program per placement); an uncommitted one, as a single-device
+    run's arrays are, gets none."""
+    import jax
+
+    def stand_in(array):
+        committed = getattr(array, "committed", False)
+        return jax.ShapeDtypeStruct(array.shape, array.dtype, sharding=array.sharding if committed else None)
+
+    return jax.tree_util.tree_map(stand_in, arrays)
 
 
 def _jitted_inference(model):
@@ -387,10 +403,20 @@ def _jitted_inference(model):
     def inference(trainable, non_trainable, images):
         return model.stateless_call(trainable, non_trainable, images, training=False)[0]
 
-    def predict(images):
-        return inference([v.value for v in model.trainable_variables],
-                         [v.value for v in model.non_trainable_variables], images)
+    def variables():
+        return [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
 
+    def predict(images):
+        return inference(*variables(), images)
+
+    def lowered(images):
+        """The program for batches like ``images`` (shape-and-type stand-ins), traced and lowered with the
+        model's variables as they are now: compiled ahead (zoo.harness.compilation.CompiledAhead), a later
+        call on such batches compiles nothing."""
+        trainable, non_trainable = variables()
+        return inference.lower(abstract(trainable), abstract(non_trainable), images)
+
+    predict.lowered = lowered
     return predict
 
 
@@ -401,7 +427,8 @@ def device_predict(model):
     (Keras's predict_on_batch under MirroredStrategy returns one copy of the batch per replica).
     On TensorFlow it is traced once for any batch size: a last short batch or a batch-1 latency
     measurement does not trace the model again; on JAX (one device) jitted once per batch shape,
-    batches padded to the first one's size; elsewhere Keras's own compiled predict step, padded
+    batches padded to the first one's size, and the function's ``lowered(images)`` gives the program for
+    batches like ``images`` to compile ahead; elsewhere Keras's own compiled predict step, padded
     likewise."""
     import keras
 

@@ -94,6 +94,49 @@ def since(before: dict | None) -> dict:
                                             sorted(seconds.items(), key=lambda item: -item[1]) if value >= 0.0005}}
 
 
+class CompiledAhead:
+    """Programs a run calls later (its evaluation's and speed measurement's inference, precise BatchNorm's
+    forward), compiled in a background thread while the main thread goes on with Keras's train step: XLA
+    compiles outside Python's lock, so on a machine with a core to spare (a GPU host's) their compile time
+    leaves the run's wall time. The caller traces and lowers each program on its own thread (Keras keeps
+    its settings per thread), so only XLA's compilation happens here; JAX keeps the executable with the
+    lowering it cached, and the later call with arguments of the same shapes compiles nothing (counted:
+    ``compiled_functions`` stays one per program). A compilation that fails here is not the run's failure:
+    the later call compiles, and fails, on its own."""
+
+    def __init__(self, lowered: list):
+        import time
+
+        self.programs, self.failed, self.seconds, self.waited_seconds = len(lowered), 0, 0.0, 0.0
+        self._clock = time.perf_counter
+        self._thread = threading.Thread(target=self._compile, args=(list(lowered),), name="zoo-compile-ahead",
+                                        daemon=True)  # a run that fails meanwhile does not wait for it
+        self._thread.start()
+
+    def _compile(self, lowered: list) -> None:
+        start = self._clock()
+        for program in lowered:
+            try:
+                program.compile()
+            except Exception:  # noqa: BLE001 - the later call meets the same error in the run's own context
+                self.failed += 1
+        self.seconds = self._clock() - start
+
+    def wait(self) -> None:
+        """Return once every program is compiled (before a program is first called, and before epochs
+        that are timed: a compilation running beside them would slow them)."""
+        if self._thread.is_alive():
+            start = self._clock()
+            self._thread.join()
+            self.waited_seconds += self._clock() - start
+
+    def summary(self) -> dict:
+        """metrics.json's ``compiled_ahead``: programs, failures, the background thread's seconds, and the
+        seconds the run waited for it."""
+        return {"programs": self.programs, "failed": self.failed, "seconds": round(self.seconds, 3),
+                "waited_seconds": round(self.waited_seconds, 3)}
+
+
 def use_persistent_cache(cache_dir: Path) -> Path | None:
     """Point the backend's persistent compilation cache at ``cache_dir``/compilation (created here);
     the folder in use, or None on backends without one."""

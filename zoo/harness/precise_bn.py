@@ -17,6 +17,7 @@ Only Keras ops and variables are touched: it runs on every backend and under mix
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -68,16 +69,43 @@ def _jitted_training_forward(model):
         _, non_trainable = model.stateless_call(trainable, non_trainable, images, training=True)
         return non_trainable
 
+    def variables():
+        return [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
+
     def forward(images):
         # The pipeline's batches are already on the device (zoo.data.prepare): kept there, not copied out.
         images = keras.tree.map_structure(keras.ops.convert_to_tensor,
                                           list(images) if isinstance(images, tuple) else images)
-        values = updated_state([v.value for v in model.trainable_variables],
-                               [v.value for v in model.non_trainable_variables], images)
+        values = updated_state(*variables(), images)
         for variable, value in zip(model.non_trainable_variables, values):
             variable.assign(value)
 
+    def lowered(images):
+        """The program for batches like ``images`` (shape-and-type stand-ins), to compile ahead: traced as
+        :func:`recalibrate_batchnorm` calls it, with every trained BatchNorm's momentum 0 (a Python number
+        the trace keeps; the first trace is the one every later call runs)."""
+        from zoo.runtime import abstract
+
+        trainable, non_trainable = variables()
+        with population_momenta(trained_batchnorm_layers(model)):
+            return updated_state.lower(abstract(trainable), abstract(non_trainable), images)
+
+    forward.lowered = lowered
     return forward
+
+
+@contextlib.contextmanager
+def population_momenta(layers):
+    """BatchNorm ``layers`` with momentum 0 inside (a training-mode call then sets the moving statistics
+    to its batch's own), their momenta restored after."""
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for layer in layers:
+            layer.momentum = 0.0
+        yield
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
 
 
 def _inputs_of(batch):
@@ -97,12 +125,9 @@ def recalibrate_batchnorm(model, batches, max_batches: int = DEFAULT_BATCHES, fo
     if not layers or max_batches <= 0:
         return 0
     forward = forward or forward_in_training_mode(model)
-    momenta = [layer.momentum for layer in layers]
     totals = [None] * len(layers)  # per layer: [examples, sum of batch means, sum of batch E[x^2]]
     used = 0
-    try:
-        for layer in layers:
-            layer.momentum = 0.0
+    with population_momenta(layers):
         full_size = None
         for batch in batches:
             if used >= max_batches:
@@ -129,9 +154,6 @@ def recalibrate_batchnorm(model, batches, max_batches: int = DEFAULT_BATCHES, fo
                 mean = mean_sum / count
                 layer.moving_mean.assign(mean.astype("float32"))
                 layer.moving_variance.assign(np.maximum(square_sum / count - mean ** 2, 0.0).astype("float32"))
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
     return used
 
 

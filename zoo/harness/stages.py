@@ -260,16 +260,24 @@ class Fitted:
     precise_bn: dict         # what precise BatchNorm did before evaluation, for metrics.json
     timing: dict             # zoo.harness.timing.EpochTimer's summary
     features: dict | None    # the feature cache used (zoo.harness.features.prepare), None: images
+    compiled_ahead: dict | None = None  # zoo.harness.compilation.CompiledAhead's summary, None: nothing ahead
+
+
+# ZOO_COMPILE_AHEAD=0: every program compiled when first called, on the main thread (as before zoo compiled ahead).
+COMPILE_AHEAD_ENV = "ZOO_COMPILE_AHEAD"
 
 
 class _Training:
     """The state fit's phases share (callbacks, the kept best weights, precise BatchNorm's traced
-    forward), for :func:`train` alone; everything it needs is given to its constructor."""
+    forward), for :func:`train` alone; everything it needs is given to its constructor.
+    ``later_programs(images)``: the lowered programs the run calls after training (see :func:`train`)."""
 
-    def __init__(self, spec: RunSpec, runtime: Runtime, data: RunData, model, run_dir: Path):
+    def __init__(self, spec: RunSpec, runtime: Runtime, data: RunData, model, run_dir: Path, later_programs=None):
         from zoo.harness.timing import EpochTimer
 
         self.spec, self.runtime, self.data, self.model, self.dir = spec, runtime, data, model, run_dir
+        self.later_programs = later_programs
+        self.ahead = None  # zoo.harness.compilation.CompiledAhead of the last phase
         self.timer = EpochTimer()
         self.features = None
         self.calibration_forward = None
@@ -375,14 +383,40 @@ class _Training:
                                                                patience=max(1, train.early_stopping // 2 or 2)))
         return callbacks
 
-    def phase(self, learning_rate, epochs: int, initial_epoch: int = 0) -> int:
-        """Compile and fit for ``epochs``; returns the epochs run (early stopping may end sooner)."""
+    def compile_ahead(self) -> list:
+        """Start compiling the programs called after Keras's train step (precise BatchNorm's forward, the
+        evaluation's and speed measurement's inference) in the background; the callbacks that wait for them
+        before the first is called (validation, where precise BatchNorm recalibrates) and before the timed
+        later epochs. On JAX with images in, once the variables are as they stay (the last phase)."""
+        import keras
+
+        from zoo.harness.compilation import CompiledAhead
+
+        if (keras.backend.backend() != "jax" or self.features is not None or self.later_programs is None
+                or os.environ.get(COMPILE_AHEAD_ENV, "").strip() == "0"):
+            return []
+        import jax
+
+        images = jax.ShapeDtypeStruct((self.runtime.global_batch, *self.spec.input(self.data.info).shape), "float32")
+        forward = getattr(self.calibration_forward, "lowered", None)
+        lowered = ([forward(images)] if forward else []) + self.later_programs()
+        if not lowered:
+            return []
+        self.ahead = ahead = CompiledAhead(lowered)
+        waits = lambda *_: ahead.wait()  # noqa: E731
+        return [keras.callbacks.LambdaCallback(on_epoch_end=waits, on_test_begin=waits)]
+
+    def phase(self, learning_rate, epochs: int, initial_epoch: int = 0, last: bool = True) -> int:
+        """Compile and fit for ``epochs``; returns the epochs run (early stopping may end sooner). The
+        ``last`` phase compiles the later programs ahead (:meth:`compile_ahead`)."""
         from zoo.harness.recipes import named_epoch_lines
         from zoo.harness.sharing import runs_at_once
 
         self.compile(learning_rate, epochs)
         train, val = self.fit_data
         callbacks = self.callbacks(append=initial_epoch > 0)
+        # First: the wait for the programs compiled ahead counts in the epoch that waits (the first).
+        callbacks = (self.compile_ahead() if last else []) + callbacks
         shared = (runs_at_once() or 1) > 1  # several runs print at once: each line names its run
         if shared:
             callbacks.append(named_epoch_lines(self.spec.run_id, initial_epoch + epochs))
@@ -390,6 +424,8 @@ class _Training:
                                          initial_epoch=initial_epoch, steps_per_epoch=self.spec.train.steps_per_epoch,
                                          class_weight=self.data.class_weight_dict, callbacks=callbacks,
                                          verbose=0 if shared else 2)
+        if self.ahead is not None:
+            self.ahead.wait()  # an epoch-less end (a resumed run) still leaves nothing compiling behind it
         losses = history.history.get("loss", [])
         if not losses or any(not math.isfinite(v) for v in losses):
             raise RunFailed(f"the training loss became NaN or infinite at epoch {initial_epoch + len(losses)}; "
@@ -423,12 +459,14 @@ class _Training:
                 "before_validation_batches": self.validation_calibration_batches if layers else 0}
 
 
-def train(spec: RunSpec, runtime: Runtime, data: RunData, model, run_dir: Path) -> Fitted:
+def train(spec: RunSpec, runtime: Runtime, data: RunData, model, run_dir: Path, later_programs=None) -> Fitted:
     """The run's training, as its stages say: one phase, or two with fine-tuning; the best epoch's
-    weights restored, precise BatchNorm statistics computed. ``model`` ends trained."""
+    weights restored, precise BatchNorm statistics computed. ``model`` ends trained. ``later_programs()``:
+    the programs (lowered, zoo.runtime.device_predict's ``lowered``) that the run calls after training,
+    compiled in the background while the last phase's train step compiles and runs."""
     stages = spec.stages()
-    training = _Training(spec, runtime, data, model, run_dir)
-    epochs_run = training.phase(spec.train.learning_rate, stages.epochs)
+    training = _Training(spec, runtime, data, model, run_dir, later_programs)
+    epochs_run = training.phase(spec.train.learning_rate, stages.epochs, last=not stages.finetune_epochs)
     trainable = spec.trainable
     if stages.finetune_epochs:
         from zoo.factory import set_trainable
@@ -440,7 +478,8 @@ def train(spec: RunSpec, runtime: Runtime, data: RunData, model, run_dir: Path) 
     training.restore_best()
     precise_bn = training.recalibrate()
     return Fitted(trained_model=training.trained_model, epochs_run=epochs_run, trainable=trainable, xla=training.xla,
-                  precise_bn=precise_bn, timing=training.timer.summary(), features=training.features)
+                  precise_bn=precise_bn, timing=training.timer.summary(), features=training.features,
+                  compiled_ahead=training.ahead.summary() if training.ahead else None)
 
 
 # -- scores -------------------------------------------------------------------------------------------
@@ -541,11 +580,26 @@ class ModelPredict:
         self.model, self._predict = model, None
 
     def __call__(self, images):
+        return self._function()(images)
+
+    def _function(self):
         if self._predict is None:
             from zoo.runtime import device_predict
 
             self._predict = device_predict(self.model)
-        return self._predict(images)
+        return self._predict
+
+    def lowered(self, batch_sizes, input_shape) -> list:
+        """The programs for float32 batches of ``batch_sizes`` images of ``input_shape`` (as the input
+        pipeline and the speed measurement give them), lowered to compile ahead; none where the backend
+        compiles otherwise (TensorFlow traces once for any batch, PyTorch and several devices go through
+        Keras's predict step)."""
+        lowered = getattr(self._function(), "lowered", None)
+        if lowered is None:
+            return []
+        import jax
+
+        return [lowered(jax.ShapeDtypeStruct((size, *input_shape), "float32")) for size in batch_sizes]
 
 
 def evaluate(data: RunData, predict_model: ModelPredict, fitted: Fitted) -> tuple[dict, dict]:
@@ -589,29 +643,42 @@ def smooth(spec: RunSpec, data: RunData, result: dict, predictions: dict) -> Non
     predictions["y_pred_smoothed"] = smoothed
 
 
+def _speed_record(spec: RunSpec, runtime: Runtime, data: RunData, cache_dir: Path) -> tuple[Path, dict]:
+    """Where the output folder keeps the speed of this run's architecture, input, batch, precision and
+    device, and that identity."""
+    import keras
+
+    identity = {"backbone": spec.backbone, "head": spec.head, "backbone_options": spec.backbone_options,
+                "input": list(spec.input(data.info).shape), "classes": data.info.num_classes,
+                "batch_size": runtime.global_batch, "precision": runtime.precision, "device": runtime.device,
+                "replicas": runtime.replicas, "backend": keras.backend.backend(), "keras": keras.__version__}
+    key = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache_dir / "speed" / f"{key}.json", identity
+
+
+def recorded_speed(spec: RunSpec, runtime: Runtime, data: RunData, cache_dir: Path) -> dict | None:
+    """An earlier run's speed of the same architecture, input, batch, precision and device in this output
+    folder (metrics.json's fields), or None where it is still to be measured."""
+    try:
+        recorded = json.loads(_speed_record(spec, runtime, data, cache_dir)[0].read_text())
+        return {"images_per_second": recorded["images_per_second"], "latency_ms": recorded["latency_ms"],
+                "speed_measured_in": recorded["run_id"]}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def measure_speed(spec: RunSpec, runtime: Runtime, data: RunData, predict_model: ModelPredict, cache_dir: Path) -> dict:
     """Inference images/s and latency, measured once per architecture, input, batch,
     precision and device within the output folder: a seed or learning rate does not change
     them, so later runs reuse the first measurement and name the run it came from. In a pool of workers
     (``zoo run --workers N``) it is timed with the other runs paused (zoo.harness.sharing)."""
-    import keras
-
     from zoo.harness.sharing import measured_alone
     from zoo.harness.timing import inference_speed
 
-    shape = spec.input(data.info).shape
-    identity = {"backbone": spec.backbone, "head": spec.head, "backbone_options": spec.backbone_options,
-                "input": list(shape), "classes": data.info.num_classes, "batch_size": runtime.global_batch,
-                "precision": runtime.precision, "device": runtime.device, "replicas": runtime.replicas,
-                "backend": keras.backend.backend(), "keras": keras.__version__}
-    key = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = cache_dir / "speed" / f"{key}.json"
-    try:
-        recorded = json.loads(path.read_text())
-        return {"images_per_second": recorded["images_per_second"], "latency_ms": recorded["latency_ms"],
-                "speed_measured_in": recorded["run_id"]}
-    except (OSError, ValueError, KeyError):
-        pass
+    recorded = recorded_speed(spec, runtime, data, cache_dir)
+    if recorded is not None:
+        return recorded
+    path, identity = _speed_record(spec, runtime, data, cache_dir)
     paused = []  # the pool's other workers paused while it was timed (metrics.json's speed_paused_workers)
 
     @contextlib.contextmanager
@@ -620,7 +687,7 @@ def measure_speed(spec: RunSpec, runtime: Runtime, data: RunData, predict_model:
             paused.append(count)
             yield
 
-    speed = inference_speed(predict_model, shape, runtime.global_batch, quiet=alone)
+    speed = inference_speed(predict_model, spec.input(data.info).shape, runtime.global_batch, quiet=alone)
     write_json(path, {**speed, "run_id": spec.run_id, "identity": identity, "paused_workers": paused[0]})
     return {**speed, "speed_measured_in": None, "speed_paused_workers": paused[0]}
 
@@ -682,11 +749,17 @@ def train_and_score(run_dir: Path, spec: RunSpec, progress: dict, clock=None) ->
     with clock.stage("build"):
         model = build_run_model(spec, data, runtime)
     progress.update(model=model)
-    with clock.stage("train"):
-        fitted = train(spec, runtime, data, model, run_dir)
-    progress.update(xla=fitted.xla)
-    result = {"precise_bn": fitted.precise_bn}
     predict_model = ModelPredict(model)
+
+    def later_programs() -> list:  # evaluation's batches (unless a head on features is scored), speed's
+        speed = recorded_speed(spec, runtime, data, cache_dir) is None
+        sizes = ([runtime.global_batch] if speed or not spec.trains_on_features else []) + ([1] if speed else [])
+        return predict_model.lowered(sizes, spec.input(data.info).shape)
+
+    with clock.stage("train"):
+        fitted = train(spec, runtime, data, model, run_dir, later_programs)
+    progress.update(xla=fitted.xla)
+    result = {"precise_bn": fitted.precise_bn, "compiled_ahead": fitted.compiled_ahead}
     with clock.stage("evaluate"):
         evaluation, predictions = evaluate(data, predict_model, fitted)
         result.update(evaluation)
