@@ -393,6 +393,7 @@ class _Training:
         from zoo.harness.compilation import CompiledAhead
 
         if (keras.backend.backend() != "jax" or self.features is not None or self.later_programs is None
+                or self.runtime.replicas > 1  # sharded calls: programs per placement, not these stand-ins
                 or os.environ.get(COMPILE_AHEAD_ENV, "").strip() == "0"):
             return []
         import jax
