@@ -98,17 +98,24 @@ class CompiledAhead:
     """Programs a run calls later (its evaluation's and speed measurement's inference, precise BatchNorm's
     forward), compiled in a background thread while the main thread goes on with Keras's train step: XLA
     compiles outside Python's lock, so on a machine with a core to spare (a GPU host's) their compile time
-    leaves the run's wall time. The caller traces and lowers each program on its own thread (Keras keeps
-    its settings per thread), so only XLA's compilation happens here; JAX keeps the executable with the
-    lowering it cached, and the later call with arguments of the same shapes compiles nothing (counted:
-    ``compiled_functions`` stays one per program). A compilation that fails here is not the run's failure:
-    the later call compiles, and fails, on its own."""
+    leaves the run's wall time. ``lowerings``: functions that trace and lower one program each (a JAX
+    ``Lowered``), called here on the caller's thread (Keras keeps its settings per thread), so that only
+    XLA's compilation happens in the background; JAX keeps the executable with the lowering it cached, and
+    the later call with arguments of the same shapes compiles nothing (counted: ``compiled_functions`` stays
+    one per program). A program that cannot be lowered or compiled here is counted in ``failed`` and left
+    to its call, which compiles it, and fails, in the run's own context: never the run's failure here."""
 
-    def __init__(self, lowered: list):
+    def __init__(self, lowerings: list):
         import time
 
-        self.programs, self.failed, self.seconds, self.waited_seconds = len(lowered), 0, 0.0, 0.0
         self._clock = time.perf_counter
+        self.programs, self.failed, self.seconds, self.waited_seconds = len(lowerings), 0, 0.0, 0.0
+        lowered = []
+        for lower in lowerings:
+            try:
+                lowered.append(lower())
+            except Exception:  # noqa: BLE001 - see the class's docstring
+                self.failed += 1
         self._thread = threading.Thread(target=self._compile, args=(list(lowered),), name="zoo-compile-ahead",
                                         daemon=True)  # a run that fails meanwhile does not wait for it
         self._thread.start()
@@ -118,7 +125,7 @@ class CompiledAhead:
         for program in lowered:
             try:
                 program.compile()
-            except Exception:  # noqa: BLE001 - the later call meets the same error in the run's own context
+            except Exception:  # noqa: BLE001 - see the class's docstring
                 self.failed += 1
         self.seconds = self._clock() - start
 

@@ -270,7 +270,7 @@ COMPILE_AHEAD_ENV = "ZOO_COMPILE_AHEAD"
 class _Training:
     """The state fit's phases share (callbacks, the kept best weights, precise BatchNorm's traced
     forward), for :func:`train` alone; everything it needs is given to its constructor.
-    ``later_programs(images)``: the lowered programs the run calls after training (see :func:`train`)."""
+    ``later_programs()``: the programs the run calls after training, to lower (see :func:`train`)."""
 
     def __init__(self, spec: RunSpec, runtime: Runtime, data: RunData, model, run_dir: Path, later_programs=None):
         from zoo.harness.timing import EpochTimer
@@ -400,10 +400,10 @@ class _Training:
 
         images = jax.ShapeDtypeStruct((self.runtime.global_batch, *self.spec.input(self.data.info).shape), "float32")
         forward = getattr(self.calibration_forward, "lowered", None)
-        lowered = ([forward(images)] if forward else []) + self.later_programs()
-        if not lowered:
+        lowerings = ([lambda: forward(images)] if forward else []) + self.later_programs()
+        if not lowerings:
             return []
-        self.ahead = ahead = CompiledAhead(lowered)
+        self.ahead = ahead = CompiledAhead(lowerings)
         waits = lambda *_: ahead.wait()  # noqa: E731
         return [keras.callbacks.LambdaCallback(on_epoch_end=waits, on_test_begin=waits)]
 
@@ -463,7 +463,7 @@ class _Training:
 def train(spec: RunSpec, runtime: Runtime, data: RunData, model, run_dir: Path, later_programs=None) -> Fitted:
     """The run's training, as its stages say: one phase, or two with fine-tuning; the best epoch's
     weights restored, precise BatchNorm statistics computed. ``model`` ends trained. ``later_programs()``:
-    the programs (lowered, zoo.runtime.device_predict's ``lowered``) that the run calls after training,
+    the programs the run calls after training, as functions that lower them (:meth:`ModelPredict.lowerings`),
     compiled in the background while the last phase's train step compiles and runs."""
     stages = spec.stages()
     training = _Training(spec, runtime, data, model, run_dir, later_programs)
@@ -590,17 +590,18 @@ class ModelPredict:
             self._predict = device_predict(self.model)
         return self._predict
 
-    def lowered(self, batch_sizes, input_shape) -> list:
-        """The programs for float32 batches of ``batch_sizes`` images of ``input_shape`` (as the input
-        pipeline and the speed measurement give them), lowered to compile ahead; none where the backend
-        compiles otherwise (TensorFlow traces once for any batch, PyTorch and several devices go through
-        Keras's predict step)."""
+    def lowerings(self, batch_sizes, input_shape) -> list:
+        """For each of ``batch_sizes``, a function that lowers the program for float32 batches of that many
+        images of ``input_shape`` (as the input pipeline and the speed measurement give them), to compile
+        ahead (zoo.harness.compilation.CompiledAhead); none where the backend compiles otherwise (TensorFlow
+        traces once for any batch, PyTorch and several devices go through Keras's predict step)."""
         lowered = getattr(self._function(), "lowered", None)
         if lowered is None:
             return []
         import jax
 
-        return [lowered(jax.ShapeDtypeStruct((size, *input_shape), "float32")) for size in batch_sizes]
+        return [lambda size=size: lowered(jax.ShapeDtypeStruct((size, *input_shape), "float32"))
+                for size in batch_sizes]
 
 
 def evaluate(data: RunData, predict_model: ModelPredict, fitted: Fitted) -> tuple[dict, dict]:
@@ -755,7 +756,7 @@ def train_and_score(run_dir: Path, spec: RunSpec, progress: dict, clock=None) ->
     def later_programs() -> list:  # evaluation's batches (unless a head on features is scored), speed's
         speed = recorded_speed(spec, runtime, data, cache_dir) is None
         sizes = ([runtime.global_batch] if speed or not spec.trains_on_features else []) + ([1] if speed else [])
-        return predict_model.lowered(sizes, spec.input(data.info).shape)
+        return predict_model.lowerings(sizes, spec.input(data.info).shape)
 
     with clock.stage("train"):
         fitted = train(spec, runtime, data, model, run_dir, later_programs)
