@@ -81,8 +81,8 @@ MUTATIONS = [
              "        yield batch, host_outputs(outputs)\n",
              ("tests/test_runtime.py::test_the_next_batch_is_predicted_before_this_one_is_handed_over",)),
     Mutation("JAX inference keeps the weights it first saw", "zoo/runtime.py",
-             "        return inference(*variables(), images)\n",
-             "        frozen = predict.__dict__.setdefault(\"variables\", variables())\n"
+             "        return inference(*variable_values(model), images)\n",
+             "        frozen = predict.__dict__.setdefault(\"variables\", variable_values(model))\n"
              "        return inference(*frozen, images)\n",
              ("tests/test_runtime.py::test_jax_inference_stays_on_the_device_equals_keras_and_compiles_once",)),
     Mutation("JAX draws each initial weight itself, one compiled program per shape", "zoo/runtime.py",

@@ -376,18 +376,26 @@ def _padded_to_first_size(predict_on_batch):
     return predict
 
 
-def abstract(arrays):
-    """``arrays`` (a tree of backend arrays) as JAX's shape-and-type stand-ins, what tracing needs of them: a
-    program lowered for these is the one a later call with those arrays finds in JAX's caches. A committed
-    array keeps its placement (JAX keeps a program per placement); an uncommitted one, as a single-device
-    run's arrays are, gets none."""
+def variable_values(model) -> tuple[list, list]:
+    """The current values of ``model``'s trainable and non-trainable variables, as Keras's stateless_call
+    takes them."""
+    return [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
+
+
+def lowered_on_variables(jitted, model, images):
+    """``jitted(trainable, non_trainable, images)`` (a jax.jit of ``model``'s stateless call) traced and
+    lowered for batches like ``images`` (shape-and-type stand-ins) and the variables as they are now, to
+    compile ahead (zoo.harness.compilation.CompiledAhead): a later call with such arrays finds the program
+    in JAX's caches. A committed array keeps its placement (JAX keeps a program per placement); an
+    uncommitted one, as a single-device run's arrays are, gets none."""
     import jax
 
     def stand_in(array):
         committed = getattr(array, "committed", False)
         return jax.ShapeDtypeStruct(array.shape, array.dtype, sharding=array.sharding if committed else None)
 
-    return jax.tree_util.tree_map(stand_in, arrays)
+    trainable, non_trainable = jax.tree_util.tree_map(stand_in, variable_values(model))
+    return jitted.lower(trainable, non_trainable, images)
 
 
 def _jitted_inference(model):
@@ -403,20 +411,10 @@ def _jitted_inference(model):
     def inference(trainable, non_trainable, images):
         return model.stateless_call(trainable, non_trainable, images, training=False)[0]
 
-    def variables():
-        return [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
-
     def predict(images):
-        return inference(*variables(), images)
+        return inference(*variable_values(model), images)
 
-    def lowered(images):
-        """The program for batches like ``images`` (shape-and-type stand-ins), traced and lowered with the
-        model's variables as they are now: compiled ahead (zoo.harness.compilation.CompiledAhead), a later
-        call on such batches compiles nothing."""
-        trainable, non_trainable = variables()
-        return inference.lower(abstract(trainable), abstract(non_trainable), images)
-
-    predict.lowered = lowered
+    predict.lowered = lambda images: lowered_on_variables(inference, model, images)
     return predict
 
 

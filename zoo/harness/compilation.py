@@ -16,6 +16,7 @@ no persistent cache here.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 CACHE_FOLDER = "compilation"
@@ -106,9 +107,6 @@ class CompiledAhead:
     to its call, which compiles it, and fails, in the run's own context: never the run's failure here."""
 
     def __init__(self, lowerings: list):
-        import time
-
-        self._clock = time.perf_counter
         self.programs, self.failed, self.seconds, self.waited_seconds = len(lowerings), 0, 0.0, 0.0
         lowered = []
         for lower in lowerings:
@@ -121,21 +119,21 @@ class CompiledAhead:
         self._thread.start()
 
     def _compile(self, lowered: list) -> None:
-        start = self._clock()
+        start = time.perf_counter()
         for program in lowered:
             try:
                 program.compile()
             except Exception:  # noqa: BLE001 - see the class's docstring
                 self.failed += 1
-        self.seconds = self._clock() - start
+        self.seconds = time.perf_counter() - start
 
     def wait(self) -> None:
         """Return once every program is compiled (before a program is first called, and before epochs
         that are timed: a compilation running beside them would slow them)."""
         if self._thread.is_alive():
-            start = self._clock()
+            start = time.perf_counter()
             self._thread.join()
-            self.waited_seconds += self._clock() - start
+            self.waited_seconds += time.perf_counter() - start
 
     def summary(self) -> dict:
         """metrics.json's ``compiled_ahead``: programs, failures, the background thread's seconds, and the

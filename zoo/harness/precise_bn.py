@@ -64,19 +64,18 @@ def _jitted_training_forward(model):
     import jax
     import keras
 
+    from zoo.runtime import lowered_on_variables, variable_values
+
     @jax.jit
     def updated_state(trainable, non_trainable, images):
         _, non_trainable = model.stateless_call(trainable, non_trainable, images, training=True)
         return non_trainable
 
-    def variables():
-        return [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
-
     def forward(images):
         # The pipeline's batches are already on the device (zoo.data.prepare): kept there, not copied out.
         images = keras.tree.map_structure(keras.ops.convert_to_tensor,
                                           list(images) if isinstance(images, tuple) else images)
-        values = updated_state(*variables(), images)
+        values = updated_state(*variable_values(model), images)
         for variable, value in zip(model.non_trainable_variables, values):
             variable.assign(value)
 
@@ -84,11 +83,8 @@ def _jitted_training_forward(model):
         """The program for batches like ``images`` (shape-and-type stand-ins), to compile ahead: traced as
         :func:`recalibrate_batchnorm` calls it, with every trained BatchNorm's momentum 0 (a Python number
         the trace keeps; the first trace is the one every later call runs)."""
-        from zoo.runtime import abstract
-
-        trainable, non_trainable = variables()
         with population_momenta(trained_batchnorm_layers(model)):
-            return updated_state.lower(abstract(trainable), abstract(non_trainable), images)
+            return lowered_on_variables(updated_state, model, images)
 
     forward.lowered = lowered
     return forward

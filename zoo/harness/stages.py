@@ -658,11 +658,13 @@ def _speed_record(spec: RunSpec, runtime: Runtime, data: RunData, cache_dir: Pat
     return cache_dir / "speed" / f"{key}.json", identity
 
 
-def recorded_speed(spec: RunSpec, runtime: Runtime, data: RunData, cache_dir: Path) -> dict | None:
+def recorded_speed(spec: RunSpec, runtime: Runtime, data: RunData, cache_dir: Path,
+                   path: Path | None = None) -> dict | None:
     """An earlier run's speed of the same architecture, input, batch, precision and device in this output
-    folder (metrics.json's fields), or None where it is still to be measured."""
+    folder (metrics.json's fields; ``path``: the record's, when known), or None where it is still to be
+    measured."""
     try:
-        recorded = json.loads(_speed_record(spec, runtime, data, cache_dir)[0].read_text())
+        recorded = json.loads((path or _speed_record(spec, runtime, data, cache_dir)[0]).read_text())
         return {"images_per_second": recorded["images_per_second"], "latency_ms": recorded["latency_ms"],
                 "speed_measured_in": recorded["run_id"]}
     except (OSError, ValueError, KeyError):
@@ -677,10 +679,10 @@ def measure_speed(spec: RunSpec, runtime: Runtime, data: RunData, predict_model:
     from zoo.harness.sharing import measured_alone
     from zoo.harness.timing import inference_speed
 
-    recorded = recorded_speed(spec, runtime, data, cache_dir)
+    path, identity = _speed_record(spec, runtime, data, cache_dir)
+    recorded = recorded_speed(spec, runtime, data, cache_dir, path)
     if recorded is not None:
         return recorded
-    path, identity = _speed_record(spec, runtime, data, cache_dir)
     paused = []  # the pool's other workers paused while it was timed (metrics.json's speed_paused_workers)
 
     @contextlib.contextmanager
