@@ -3,26 +3,31 @@
     python benchmarks/gpu_check.py [--backends jax torch tensorflow] [--out-dir reports]
     python benchmarks/gpu_check.py --quick      # the same steps, tiny, to try the script on a CPU
 
-Five measurements, each in its own processes, on the machine's first device:
+Six measurements, each in its own processes, on the machine's first device:
 1. ``vs_timm``: inference and training images/s of mobilenet_v2, resnet50, densenet121 and vgg16 at 224 px,
    batch 64, mixed precision, on every installed Keras backend, beside timm's (benchmarks/vs_timm.py);
    targets zoo / timm >= 1.0 for inference and >= 0.9 for training.
 2. ``input``: the input path at 224 px against mobilenet_v2's mixed-precision training on the fastest
    backend of (1) (benchmarks/pipeline_throughput.py; target delivered >= 3x training).
-3. ``quickstart``: `zoo run benchmarks/quickstart.yaml` on that backend, whole-command wall time and each
+3. ``profile``: where the inference time of the model furthest behind timm in (1) goes, zoo's JAX program
+   beside timm's model, by each one's own profiler (benchmarks/profile_inference.py): device time per batch
+   by category (convolution, concatenation, elementwise, layout...) against the wall time, the heaviest
+   operations; its rows go to ``reports/profile-<model>-<device>.csv`` as well.
+4. ``quickstart``: `zoo run benchmarks/quickstart.yaml` on that backend, whole-command wall time and each
    run's compile seconds (and the functions they went to), compilations and first and later epochs (target
    <= 60 s on an H200); ``--quickstart-workers N`` runs N at once (`zoo run --workers N`), one compiling while
    another trains.
-4. ``evaluation``: a run's own evaluation loop of mobilenet_v2 (input pipeline, prediction, metrics) against
+5. ``evaluation``: a run's own evaluation loop of mobilenet_v2 (input pipeline, prediction, metrics) against
    `zoo speed`'s figure for the same model (benchmarks/eval_speed.py; target >= 0.9: a report's images/s is
    what a run sees).
-5. ``bfloat16``: `zoo speed --precision mixed_bfloat16` of the first two models on the fastest backend against
+6. ``bfloat16``: `zoo speed --precision mixed_bfloat16` of the first two models on the fastest backend against
    timm's figures of (1) (AMP float16) and zoo's own float16 figures: whether bfloat16, which needs no loss
    scaling and is as fast on Hopper's tensor cores, should be what ``mixed`` means on such a GPU.
 Writes ``reports/gpu-<device>.csv`` (one row per figure: check, subject, backend, value, unit, target) and
 ``reports/gpu-<device>.md`` (a short summary with the device, versions and every figure against its target).
 Meant to take at most 8 minutes on an H100/H200; TensorFlow is optional (JAX and/or PyTorch suffice). On an
-H200 (2026-11-30) the five needed about 13 minutes, most of it XLA compiling: run them as two commands there.
+H200 (2026-11-30) all but ``profile`` (not run there yet) needed about 13 minutes, most of it XLA compiling: run
+them as two commands there.
 ``--budget`` (default 480 s; none with --quick) makes sure of it: each check gets its share of the seconds left
 (SHARES: what one check leaves unspent goes to the checks after it), so one slow check (a compiler slower
 than expected) cannot starve the others; a check still running at the end of its share is stopped, a check
@@ -58,9 +63,10 @@ INPUT_SUBJECT = "delivered / mobilenet_v2 training"
 # Each check's share of the seconds left when it starts, against the checks still to run, in the order they
 # run; about what each took on an H200 (2026-11-30): vs_timm ~80 s a model (XLA compiling most of it), the
 # quickstart 265 s, the input path ~15 s once vs_timm timed mobilenet_v2's training, a run's evaluation
-# and bfloat16 about a minute a model. Two commands of 400 s each (`--checks vs_timm input`, then
-# `--checks quickstart evaluation bfloat16`) give each check about what it took there.
-SHARES = {"vs_timm": 0.4, "input": 0.04, "quickstart": 0.4, "evaluation": 0.08, "bfloat16": 0.08}
+# and bfloat16 about a minute a model; the profile (not measured there yet) compiles one inference program
+# and times timm's. Two commands of 400 s each (`--checks vs_timm input`, then `--checks profile quickstart
+# evaluation bfloat16 --profile-model densenet121`) give each check about what it took there.
+SHARES = {"vs_timm": 0.4, "input": 0.04, "profile": 0.1, "quickstart": 0.4, "evaluation": 0.08, "bfloat16": 0.08}
 EVALUATION_SUBJECT = "run's evaluation / zoo speed, mobilenet_v2"
 
 
@@ -102,13 +108,46 @@ def check_quickstart(backend: str, overrides: list[str], only, folder: Path,
 def script_row(script: str, arguments: list[str], backend: str, folder: Path, budget: Budget) -> tuple[dict, bool]:
     """The first CSV row that benchmarks/``script``.py writes with ``arguments`` on ``backend`` (empty where it
     wrote none), and whether the budget cut it."""
+    rows, cut = script_rows(script, arguments, backend, folder, budget)
+    return (rows[0] if rows else {}), cut
+
+
+def script_rows(script: str, arguments: list[str], backend: str, folder: Path, budget: Budget) -> tuple[list, bool]:
+    """Every CSV row that benchmarks/``script``.py writes with ``arguments`` on ``backend``, and whether the
+    budget cut it."""
     out = folder / f"{script}.csv"
     done = budget.run([sys.executable, str(BENCHMARKS / f"{script}.py"), *arguments, "--csv", str(out)],
                       env={**environment(), "KERAS_BACKEND": backend})
     if not out.is_file():
         print(f"{script} on {backend}: {done.output[-1500:]}", flush=True)
-        return {}, done.cut
-    return next(csv.DictReader(open(out)), {}), done.cut
+        return [], done.cut
+    return list(csv.DictReader(open(out))), done.cut
+
+
+def profile_lines(rows: list[dict], top: int = 3) -> list[dict]:
+    """benchmarks/profile_inference.py's rows as the summary's lines: the total (device time against wall
+    time on each side) and each category zoo spends time in, beside timm's time in it and zoo's most
+    expensive operations there."""
+    totals = {row["side"]: row for row in rows if row["level"] == "total"}
+    zoo, timm = totals.get("zoo", {}), totals.get("timm", {})
+
+    def side(row: dict, name: str) -> str:
+        device, wall = number(row.get("ms_per_batch")), number(row.get("wall_ms_per_batch"))
+        if device is None or wall is None:
+            return f"{name}: {row.get('error') or 'not measured'}"
+        return f"{name} {device:.2f} ms of {row.get('name')} in {wall:.2f} ms wall ({100 * device / wall:.0f} % busy)"
+
+    lines = [{"subject": "total", "value": number(zoo.get("ms_per_batch")),
+              "detail": f"{side(zoo, 'zoo')}; {side(timm, 'timm')}"}]
+    categories = {(row["side"], row["name"]): number(row["ms_per_batch"]) for row in rows if row["level"] == "category"}
+    for category in dict.fromkeys(name for (who, name) in categories if who == "zoo"):
+        heaviest = [row for row in rows if row["side"] == "zoo" and row["level"] == "operation"
+                    and row["category"] == category][:top]
+        lines.append({"subject": category, "value": categories[("zoo", category)],
+                      "detail": f"timm {shown(categories.get(('timm', category)))} ms/batch; zoo's heaviest: "
+                                + (", ".join(f"{row['name']} {float(row['ms_per_batch']):.2f}" for row in heaviest)
+                                   or "-")})
+    return lines
 
 
 def check_bfloat16(models, size, batch, backend: str, budget: Budget) -> dict:
@@ -184,6 +223,9 @@ def main(argv=None) -> int:
                         help="the checks to run (default all): a machine that gives one command a few minutes can "
                              "take `vs_timm input` in one command and `quickstart evaluation bfloat16` in the next "
                              "(each with its own --out-dir)")
+    parser.add_argument("--profile-model", metavar="NAME",
+                        help="the model the profile check profiles (default: the one furthest behind timm's inference "
+                             "in this command's vs_timm, else the first of --models)")
     parser.add_argument("--quickstart-workers", type=int, default=1, metavar="N",
                         help="the quickstart's runs at once (`zoo run --workers N`, default 1): one compiles while "
                              "another trains")
@@ -302,7 +344,26 @@ def main(argv=None) -> int:
                         f"{shown(timm)} img/s ({reference.get('timm_precision') or '-'})"
                         f"{'; ' + measured['error'] if measured.get('error') else ''}")
 
-        checks = [("input", INPUT_SUBJECT, input_path), ("quickstart", "whole command", quickstart),
+        def profile(part: Budget):
+            # The model furthest behind timm in inference (the first one where no ratio was measured).
+            ratios = {row["model"]: number(row.get("infer_ratio")) for row in timm_rows}
+            behind = [model for model in args.models if ratios.get(model) is not None]
+            model = args.profile_model or (min(behind, key=ratios.get) if behind else args.models[0])
+            table = Path(args.out_dir) / f"profile-{model}-{slug(device)}{'-quick' if args.quick else ''}.csv"
+            profiled, cut = script_rows("profile_inference", [model, "--size", str(size), "--batch", str(batch),
+                                                              "--precision", precision, "--steps", "3" if args.quick
+                                                              else "10", "--budget", str(part.left() or 0)],
+                                        fastest, folder, part)
+            if cut or not profiled:
+                not_run("profile", f"{model} total", "jax", cut_at(part) if cut else "no profile written")
+                return
+            write_atomic(table, Path(folder / "profile_inference.csv").read_text())
+            for line in profile_lines(profiled):
+                add("profile", f"{model} {line['subject']}", "jax", line["value"], "ms/batch zoo", "",
+                    line["detail"] + f"; {table.name}")
+
+        checks = [("input", INPUT_SUBJECT, input_path), ("profile", "the model furthest behind timm", profile),
+                  ("quickstart", "whole command", quickstart),
                   ("evaluation", EVALUATION_SUBJECT, evaluation), ("bfloat16", ", ".join(args.models[:2]), bfloat16)]
         assert [name for name, _, _ in checks] == list(SHARES)[1:]  # shares are computed in this order
         for check, subject, measure in [check for check in checks if check[0] in args.checks] if fastest else []:

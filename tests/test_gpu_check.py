@@ -38,6 +38,12 @@ def test_the_gpu_check_writes_every_figure_with_its_target(tmp_path):
             ("input", "delivered / mobilenet_v2 training"),
             ("evaluation", "run's evaluation / zoo speed, mobilenet_v2"), ("bfloat16", "mobilenet_v2 infer"),
             ("bfloat16", "mobilenet_v2 train")} <= checks
+    # Where the inference time of the model profiled goes, by category, beside the wall time.
+    profiled = {row["subject"]: row for row in rows if row["check"] == "profile"}
+    assert float(profiled["mobilenet_v2 convolution"]["value"]) > 0, profiled
+    assert re.search(r"^zoo [0-9.]+ ms of host XLA operations in [0-9.]+ ms wall \(\d+ % busy\); timm",
+                     profiled["mobilenet_v2 total"]["detail"]), profiled
+    assert list(tmp_path.glob("profile-mobilenet_v2-*-quick.csv")), list(tmp_path.iterdir())
     has_timm = importlib.util.find_spec("timm") is not None
     for row in rows:
         if row["check"] == "bfloat16":  # measured in bfloat16, set beside zoo's own other figure and timm's
