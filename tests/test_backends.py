@@ -129,9 +129,9 @@ def test_the_pixel_loss_equals_keras_sparse_crossentropy_with_pixel_weights():
 SEGMENTATION_STEP = """
 import numpy as np, keras
 from zoo import build_model
-from zoo.harness.recipes import make_loss
+from zoo.tasks import TASKS
 model = build_model("baseline_cnn", "unet", 4, (32, 32, 4), weights=None)
-model.compile(optimizer="adam", loss=make_loss("segmentation", "crossentropy"))
+model.compile(optimizer="adam", loss=TASKS.get("segmentation").loss("crossentropy"))
 images = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 4)).astype("float32")
 masks = np.random.default_rng(1).integers(0, 4, (4, 32, 32))
 history = model.fit(images, masks, epochs=2, verbose=0)

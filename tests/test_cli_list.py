@@ -36,6 +36,13 @@ def test_list_datasets_gives_each_card_s_class_count(capsys):
     assert all(count >= 2 for count in counts.values()), counts
 
 
+def test_list_tasks_names_each_task_with_what_it_is_compared_by(capsys):
+    assert main(["list", "tasks"]) == 0
+    lines = {line.split("\t")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert list(lines) == ["classification", "segmentation", "distribution"]
+    assert "compared by: accuracy, macro_f1" in lines["classification"] and "targets=masks" in lines["segmentation"]
+
+
 def test_weights_fetch_offline_fails_cleanly(tmp_path, monkeypatch):
     monkeypatch.setattr("zoo.weights.download_weights", _refuse)
     assert main(["weights", "fetch", "vgg16", "--dest", str(tmp_path)]) == 1

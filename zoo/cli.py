@@ -64,6 +64,13 @@ def cmd_list(args) -> int:
         for name in HEADS.list(args.pattern):
             head = HEADS.get(name)
             print(f"{name}\t{head.task}\t{head.description}")
+    elif args.what == "tasks":
+        from zoo.tasks import TASKS
+
+        for name in TASKS.list(args.pattern):
+            task = TASKS.get(name)
+            print(f"{name}\ttargets={task.target}\tcompared by: {', '.join(task.comparable_metrics)}"
+                  f"\tintervals: {', '.join(task.interval_metrics)}")
     else:
         from zoo.data import DATASETS
 
@@ -312,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(func=help_of(parser))  # `zoo` alone, as `zoo data` alone: the help
 
     listing = commands.add_parser("list", help="list registered backbones, heads or datasets")
-    listing.add_argument("what", choices=["backbones", "heads", "datasets"])
+    listing.add_argument("what", choices=["backbones", "heads", "datasets", "tasks"])
     listing.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'resnet*'")
     listing.add_argument("--long", action="store_true", help="all metadata, one JSON object per line")
     listing.set_defaults(func=cmd_list)

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from zoo.errors import ConfigError
+from zoo.tasks import TASKS
 
 CONFIDENCE = 0.95
 SIGNIFICANCE = 0.05
@@ -126,15 +127,7 @@ def example_scores(predictions, task: str, metric: str, num_classes: int, ignore
         return ExampleScores(metric, ids, values=kl_per_image(predictions["y_true"], predictions["y_pred"],
                                                               ignore_classes))
     raise ComparisonError(f"no per-example form of {metric!r} for {task} runs; use "
-                          f"{', '.join(METRICS_BY_TASK[task])}")
-
-
-METRICS_BY_TASK = {"classification": ("accuracy", "macro_f1"),
-                   "segmentation": ("kl_score", "miou", "accuracy"),
-                   "distribution": ("kl_score",)}
-# The metrics every run records an interval of (zoo compare tests any of METRICS_BY_TASK).
-INTERVAL_METRICS = {"classification": ("accuracy",), "segmentation": ("accuracy", "miou", "kl_score"),
-                    "distribution": ("kl_score",)}
+                          f"{', '.join(TASKS.get(task).comparable_metrics)}")
 
 
 def pool(scores: list[ExampleScores]) -> ExampleScores:

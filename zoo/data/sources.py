@@ -516,9 +516,9 @@ def open_source(entry: dict, cache_dir=None, data_dir=None, manual_dir=None) -> 
 def checked_headline_metric(config: dict, task: str) -> str:
     """A dataset entry's (or card's) ``headline_metric``, refused with the choices where runs of ``task``
     cannot be ranked and compared by it (zoo compare and the report's intervals need its per-example form)."""
-    from zoo.stats import METRICS_BY_TASK
+    from zoo.tasks import TASKS
 
-    metric, choices = config["headline_metric"], METRICS_BY_TASK[task]
+    metric, choices = config["headline_metric"], TASKS.get(task).comparable_metrics
     if metric not in choices:
         hint = " (macro_f1 weighs every class the same: for imbalanced classes)" if task == "classification" else ""
         raise ConfigError(f"dataset {config['name']!r}: headline_metric {metric!r} cannot rank {task} runs; choose "

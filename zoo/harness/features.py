@@ -132,8 +132,9 @@ def target_finisher(data):
     are used."""
     from zoo.data.pipeline import preparation_for
     from zoo.data.steps import PipelineOptions
+    from zoo.tasks import TASKS
 
-    if data.task == "distribution":
+    if TASKS.get(data.task).target == "proportions":
         return lambda proportions: (proportions,)
     return preparation_for(data.info, PipelineOptions(**data.options)).targets
 

@@ -1,5 +1,6 @@
-"""Keras recipes a run is made of, and the workarounds it needs: the optimizer, the loss, the compile
-mode, the callbacks, and what one run must clear or keep for the next in the same process."""
+"""Keras recipes a run is made of, and the workarounds it needs: the optimizer, the compile mode, the
+callbacks, and what one run must clear or keep for the next in the same process (the loss is the task's:
+zoo.tasks)."""
 from __future__ import annotations
 
 import math
@@ -18,20 +19,6 @@ def make_optimizer(name: str, learning_rate):
               "nadam": keras.optimizers.Nadam,
               "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9)}
     return makers[name](learning_rate=learning_rate)
-
-
-def make_loss(task: str, loss: str):
-    import keras
-
-    if task == "distribution":
-        return keras.losses.KLDivergence()
-    if loss == "focal":
-        return keras.losses.CategoricalFocalCrossentropy()
-    if task == "segmentation" and keras.backend.backend() == "torch":
-        from zoo.losses import PixelCrossentropy  # Keras's own fails to train there (see zoo.losses)
-
-        return PixelCrossentropy()
-    return keras.losses.SparseCategoricalCrossentropy()
 
 
 def jit_compile(xla: bool):

@@ -25,8 +25,7 @@ import numpy as np
 from zoo.errors import RunFailed
 from zoo.results import write_json
 from zoo.runspec import RunSpec
-
-TARGET_KINDS = {"classification": "labels", "segmentation": "masks", "distribution": "proportions"}
+from zoo.tasks import TASKS
 
 
 def cache_folder(run_dir) -> Path:
@@ -152,9 +151,9 @@ class RunData:
 
     @property
     def class_weight_dict(self) -> dict | None:
-        """Keras fit's ``class_weight``: classification with train.class_weights only."""
+        """Keras fit's ``class_weight``: one label per image (classification) with train.class_weights only."""
         weights = self.class_weights
-        return {i: w for i, w in enumerate(weights)} if weights and self.task == "classification" else None
+        return {i: w for i, w in enumerate(weights)} if weights and TASKS.get(self.task).one_label_per_image else None
 
     @property
     def pixel_weights(self) -> list:
@@ -192,22 +191,22 @@ def open_data(spec: RunSpec, global_batch: int, cache_dir: Path) -> RunData:
     from zoo.data.steps import class_weights_from_counts
     from zoo.heads import head_task
 
-    task = head_task(spec.head)
+    task = TASKS.get(head_task(spec.head))
     source = opened_source(spec.dataset, cache_dir)
     info = source.info
     labelled = {s: n for s, n in info.splits.items() if s in info.labelled_splits}
     plan = plan_for_source(source, spec.train.split or spec.dataset.get("split"), spec.split_seed)
     sizes = {name: (len(idx) if idx is not None else labelled[split]) for name, (split, idx) in plan.items()}
     # Pixel counts mean reading every training mask: only when class weights need them.
-    needs_counts = task == "classification" or spec.train.class_weights
+    needs_counts = task.one_label_per_image or spec.train.class_weights
     train_counts = class_counts(source, *plan["train"], info.num_classes) if needs_counts else None
     weights = class_weights_from_counts(train_counts, info.ignore_classes) if spec.train.class_weights else None
     fed = spec.input(info)
     options = dict(image_size=fed.image_size, batch_size=global_batch, preprocessing=fed.backbone_preprocessing,
                    extra_preprocessing=list(fed.study_steps), seed=spec.seed,
-                   class_weights=weights if task != "classification" else None, target=TARGET_KINDS[task],
-                   one_hot=spec.train.loss == "focal" and task == "classification")
-    return RunData(source=source, task=task, plan=plan, sizes=sizes, train_counts=train_counts,
+                   class_weights=None if task.one_label_per_image else weights, target=task.target,
+                   one_hot=spec.train.loss == "focal" and task.one_label_per_image)
+    return RunData(source=source, task=task.name, plan=plan, sizes=sizes, train_counts=train_counts,
                    class_weights=weights, options=options, augment=bool(spec.train.augment), cache=spec.train.cache,
                    cache_root=str(cache_dir / "images"), memory_limit=input_memory_limit(spec.train.input_memory_gb))
 
@@ -308,23 +307,18 @@ class _Training:
     def compile(self, learning_rate, epochs) -> None:
         import keras
 
-        from zoo.harness.recipes import (FEATURE_STEPS_PER_EXECUTION, compiled_with_xla, jit_compile, make_loss,
-                                         make_optimizer)
-        from zoo.losses import RowAccuracy
+        from zoo.harness.recipes import FEATURE_STEPS_PER_EXECUTION, compiled_with_xla, jit_compile, make_optimizer
         from zoo.runtime import initial_values_on_host
 
         train = self.spec.train
         schedule = learning_rate
         if train.lr_schedule == "cosine":
             schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=self.steps_per_epoch() * epochs)
-        task = self.data.task
-        # Weighted, so the zero-weight rows completing the last validation batch count for nothing:
-        # pixel accuracy weighted by the pixel weights (as the loss is); for classification each row once.
-        weighted = {"classification": lambda: [RowAccuracy(one_hot=self.data.options["one_hot"])],
-                    "segmentation": lambda: ["accuracy"], "distribution": lambda: []}[task]()
+        task = TASKS.get(self.data.task)
+        weighted = task.training_metrics(one_hot=self.data.options["one_hot"])
         self.calibration_forward = None  # traced again: trainable flags may have changed
         with self.runtime.strategy.scope():  # the optimizer's variables too belong to the strategy
-            settings = dict(optimizer=make_optimizer(train.optimizer, schedule), loss=make_loss(task, train.loss),
+            settings = dict(optimizer=make_optimizer(train.optimizer, schedule), loss=task.loss(train.loss),
                             weighted_metrics=weighted, jit_compile=jit_compile(train.xla))
             if self.features is None:
                 self.trained_model.compile(**settings)
@@ -506,47 +500,12 @@ def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
     or NumPy) over ``test_data`` (a zoo.data.pipeline.ArrayBatches: full batches, each ending with
     its row weights; the last batch's completion is cut from predictions and targets alike): the
     trained model's, or an exported copy's (zoo.harness.deploy)."""
-    from zoo import metrics
-
     start = time.perf_counter()
-    names, ignore = data.info.class_names, data.info.ignore_classes
-    if data.task == "classification":
-        truth, probabilities = [], []
-        for labels, rows, outputs in _predicted(predict, test_data):
-            probabilities.append(outputs[:rows])
-            labels = _host(labels)[:rows]
-            truth.append(labels.argmax(axis=-1) if labels.ndim == 2 else labels)
-        y_true, y_prob = np.concatenate(truth), np.concatenate(probabilities)
-        eval_seconds = time.perf_counter() - start
-        result = metrics.classification_metrics(y_true, y_prob, names)
-        predictions = {"y_true": y_true, "y_pred": y_prob.argmax(axis=1), "probabilities": y_prob}
-    elif data.task == "segmentation":
-        confusion = np.zeros((len(names), len(names)), dtype=np.int64)
-        masks, predicted, true_props, predicted_props = [], [], [], []
-        for batch_masks, rows, outputs in _predicted(predict, test_data):
-            probabilities = outputs[:rows]
-            batch_masks = _host(batch_masks)[:rows]
-            batch_pred = probabilities.argmax(axis=-1)
-            confusion += metrics.pixel_confusion(batch_masks, batch_pred, len(names))
-            true_props.append(np.stack([np.bincount(m.ravel(), minlength=len(names)) for m in batch_masks]))
-            predicted_props.append(probabilities.mean(axis=(1, 2)))
-            masks.append(batch_masks.astype(np.uint8))
-            predicted.append(batch_pred.astype(np.uint8))
-        eval_seconds = time.perf_counter() - start
-        result = metrics.segmentation_metrics(confusion, names, ignore, np.concatenate(true_props),
-                                              np.concatenate(predicted_props))
-        predictions = {"y_true": np.concatenate(masks), "y_pred": np.concatenate(predicted),
-                       "proportions_true": np.concatenate(true_props),
-                       "proportions_pred": np.concatenate(predicted_props)}
-    else:
-        truth, predicted = [], []
-        for proportions, rows, outputs in _predicted(predict, test_data):
-            predicted.append(outputs[:rows])
-            truth.append(_host(proportions)[:rows])
-        y_true, y_pred = np.concatenate(truth), np.concatenate(predicted)
-        eval_seconds = time.perf_counter() - start
-        result = metrics.distribution_metrics(y_true, y_pred, names, ignore)
-        predictions = {"y_true": y_true, "y_pred": y_pred}
+    scorer = TASKS.get(data.task).scorer(data.info.class_names, data.info.ignore_classes)
+    for targets, rows, outputs in _predicted(predict, test_data):
+        scorer.add(_host(targets)[:rows], outputs[:rows])
+    eval_seconds = time.perf_counter() - start
+    result, predictions = scorer.finish()
     result["eval_seconds"] = eval_seconds
     predictions["example_ids"] = np.array(data.source.example_ids(*data.plan["test"]))
     return result, predictions
@@ -557,17 +516,13 @@ def add_uncertainty(data: RunData, result: dict, predictions: dict) -> None:
     with too few test examples to judge (see zoo.stats)."""
     from zoo import stats
 
-    info = data.info
-    for metric in stats.INTERVAL_METRICS[data.task]:
+    info, task = data.info, TASKS.get(data.task)
+    for metric in task.interval_metrics:
         scores = stats.example_scores(predictions, data.task, metric, info.num_classes, info.ignore_classes)
         result[f"{metric}_ci_low"], result[f"{metric}_ci_high"] = stats.interval(scores)
     result["confidence_level"] = stats.CONFIDENCE
     result["test_examples"] = len(predictions["example_ids"])
-    if data.task == "segmentation":  # tiles showing each class, by name
-        present = (np.asarray(predictions["proportions_true"]) > 0).sum(axis=0)
-        examples = dict(zip(info.class_names, present.tolist()))
-    else:
-        examples = {row["class"]: row["support"] for row in result.get("per_class", [])}
+    examples = task.test_examples_by_class(result, predictions, info.class_names)
     for row in result.get("per_class", []):
         row["test_examples"] = int(examples[row["class"]])
         row["too_few_to_judge"] = row["test_examples"] < stats.MIN_CLASS_EXAMPLES

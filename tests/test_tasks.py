@@ -1,0 +1,61 @@
+"""Every registered task (zoo.tasks) keeps the promises the run code relies on when it asks its task instead of
+comparing names: scores that do not depend on where the batches end, every metric it promises to compare or to
+give an interval of, predictions that zoo compare can pair by test example. A new task is covered here with no
+test edit (once its target kind has an example below)."""
+import numpy as np
+import pytest
+
+from zoo import stats
+from zoo.tasks import TASKS
+
+CLASSES = ["water", "trees", "crops", "built"]
+EXAMPLES = 12
+
+
+def targets_and_outputs(target: str, rng):
+    """A task's test targets and a model's outputs of the kind its input pipeline builds (``target``)."""
+    count = len(CLASSES)
+    if target == "labels":
+        probabilities = rng.dirichlet(np.ones(count), EXAMPLES).astype("float32")
+        return rng.integers(0, count, EXAMPLES), probabilities
+    if target == "masks":
+        probabilities = rng.dirichlet(np.ones(count), (EXAMPLES, 6, 6)).astype("float32")
+        return rng.integers(0, count, (EXAMPLES, 6, 6)), probabilities
+    if target == "proportions":
+        return (rng.dirichlet(np.ones(count), EXAMPLES).astype("float32"),
+                rng.dirichlet(np.ones(count), EXAMPLES).astype("float32"))
+    raise AssertionError(f"give this test an example of {target!r} targets")
+
+
+def scored(task, targets, outputs, batch: int):
+    scorer = task.scorer(CLASSES, [])
+    for start in range(0, EXAMPLES, batch):
+        scorer.add(targets[start:start + batch], outputs[start:start + batch])
+    return scorer.finish()
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_a_tasks_scores_do_not_depend_on_where_batches_end_and_hold_every_promised_metric(name):
+    task = TASKS.get(name)
+    targets, outputs = targets_and_outputs(task.target, np.random.default_rng(0))
+    whole, predictions = scored(task, targets, outputs, EXAMPLES)
+    for batch in (1, 5):
+        result, again = scored(task, targets, outputs, batch)
+        assert result == whole  # the same arrays concatenated, the same confusion summed: the same numbers
+        assert all(np.array_equal(again[key], predictions[key]) for key in predictions)
+    assert set(task.comparable_metrics) | set(task.interval_metrics) <= set(whole), sorted(whole)
+    predictions["example_ids"] = np.array([f"tile{index}" for index in range(EXAMPLES)])
+    for metric in task.comparable_metrics:  # zoo compare and the intervals pair runs by these
+        paired = stats.example_scores(predictions, name, metric, len(CLASSES))
+        assert list(paired.example_ids) == list(predictions["example_ids"]), metric
+    examples = task.test_examples_by_class(whole, predictions, CLASSES)
+    if examples:  # tasks with per-class tables say how many test examples show each class
+        assert set(examples) == set(CLASSES) and all(0 <= count <= EXAMPLES for count in examples.values())
+
+
+def test_every_head_and_dataset_card_serves_a_registered_task():
+    from zoo.data import DATASETS
+    from zoo.heads import HEADS
+
+    assert {HEADS.get(name).task for name in HEADS} <= set(TASKS)
+    assert {DATASETS.get(name)["task"] for name in DATASETS} <= set(TASKS)
