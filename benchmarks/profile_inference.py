@@ -27,7 +27,6 @@ import glob
 import gzip
 import json
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -226,43 +225,27 @@ def kernel_category(name: str) -> str:
 def profile_timm(model_name: str, size: int, batch: int, precision: str, steps: int) -> dict:
     """timm's ``model_name`` profiled as vs_timm.py times it: {kernel or ATen operation: (category, ms per
     batch, calls per batch)}, the wall ms per batch, device and versions."""
-    import timm
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from vs_timm import TIMM_NAMES, _timed
+    from vs_timm import TimmModel, _timed
 
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    amp_dtype = {"mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}.get(
-        precision, torch.float16 if cuda else torch.bfloat16)
-    amp = precision != "float32"
-    synchronize = torch.cuda.synchronize if cuda else (lambda: None)
-    torch.backends.cudnn.benchmark = True
-    model = timm.create_model(TIMM_NAMES.get(model_name, model_name), pretrained=False, num_classes=1000)
-    model = model.to(device).to(memory_format=torch.channels_last).eval()
-    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-
-    def infer():
-        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            model(images)
-
-    wall = _timed(infer, synchronize, warmup=10, steps=max(steps, 10))
+    reference = TimmModel(model_name, size, batch, precision)
+    reference.model.eval()
+    cuda = reference.cuda
+    wall = _timed(reference.infer, reference.synchronize, warmup=10, steps=max(steps, 10))
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as traced:
         for _ in range(steps):
-            infer()
-        synchronize()
+            reference.infer()
+        reference.synchronize()
     operations = {}
     for event in traced.key_averages():
         micros = (getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
                   if cuda else event.self_cpu_time_total)
         if micros and micros > 0 and not event.key.startswith("ProfilerStep"):
             operations[event.key] = (kernel_category(event.key), micros / steps / 1000, event.count / steps)
-    name = torch.cuda.get_device_name(0) if cuda else f"CPU {platform.processor() or platform.machine()}"
-    kind = f"amp {str(amp_dtype).split('.')[-1]}" if amp else "float32"
-    return {"operations": operations, "wall_ms": wall * 1000, "device": name,
-            "precision": f"{kind}, channels-last", "measured_on": "CUDA kernels" if cuda else "CPU ATen operations",
-            "versions": f"torch {torch.__version__}, timm {timm.__version__}"}
+    return {"operations": operations, "wall_ms": wall * 1000, "device": reference.device_name(),
+            "precision": reference.precision(), "measured_on": "CUDA kernels" if cuda else "CPU ATen operations",
+            "versions": f"torch {reference.torch.__version__}, timm {reference.timm.__version__}"}
 
 
 # ------------------------------------------------------------------------------------------------- rows

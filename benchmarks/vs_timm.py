@@ -84,57 +84,73 @@ def _timed(step, synchronize, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+class TimmModel:
+    """timm's ``model_name`` set up as timm's benchmark.py runs it: on the GPU where there is one, in
+    channels-last memory format, ``infer()`` one batch of random ``size`` px images under AMP (``precision``
+    "mixed": timm's default half type, float16 on GPUs, bfloat16 on CPUs; "mixed_float16",
+    "mixed_bfloat16": that one; "float32": without autocast), cuDNN's autotuner on."""
+
+    def __init__(self, model_name: str, size: int, batch: int, precision: str = "mixed"):
+        import timm
+        import torch
+
+        self.torch, self.timm = torch, timm
+        self.cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda" if self.cuda else "cpu")
+        self.amp_dtype = {"mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}.get(
+            precision, torch.float16 if self.cuda else torch.bfloat16)
+        self.amp = precision != "float32"
+        self.synchronize = torch.cuda.synchronize if self.cuda else (lambda: None)
+        torch.backends.cudnn.benchmark = True
+        self.model = timm.create_model(TIMM_NAMES.get(model_name, model_name), pretrained=False, num_classes=1000)
+        self.model = self.model.to(self.device).to(memory_format=torch.channels_last)
+        self.images = torch.randn(batch, 3, size, size, device=self.device).contiguous(
+            memory_format=torch.channels_last)
+
+    def infer(self) -> None:
+        with self.torch.no_grad(), self.torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            self.model(self.images)
+
+    def device_name(self) -> str:
+        return (self.torch.cuda.get_device_name(0) if self.cuda
+                else f"CPU {platform.processor() or platform.machine()}")
+
+    def precision(self) -> str:
+        kind = f"amp {str(self.amp_dtype).split('.')[-1]}" if self.amp else "float32"
+        return f"{kind}, channels-last"
+
+
 def timm_speed(model_name: str, size: int, batch: int, precision: str = "mixed", warmup: int = 10,
                steps: int = 40) -> dict:
     """Inference and training images/s of timm's model, as timm's benchmark.py measures them
-    (``precision`` "mixed": under AMP in timm's default half type; "mixed_float16", "mixed_bfloat16":
-    in that one; "float32": without autocast)."""
-    import timm
-    import torch
-
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    # AMP: float16 with loss scaling on GPUs (timm's default amp dtype), bfloat16 on CPUs; or the half
-    # type zoo is measured in (timm's --amp-dtype).
-    amp_dtype = {"mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}.get(
-        precision, torch.float16 if cuda else torch.bfloat16)
-    amp = precision != "float32"
-    synchronize = torch.cuda.synchronize if cuda else (lambda: None)
-    torch.backends.cudnn.benchmark = True
-    model = timm.create_model(model_name, pretrained=False, num_classes=1000).to(device)
-    model = model.to(memory_format=torch.channels_last)
-    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 1000, (batch,), device=device)
-
+    (:class:`TimmModel`; training: SGD with momentum 0.9, loss scaling where the half type is float16)."""
+    reference = TimmModel(model_name, size, batch, precision)
+    torch, model = reference.torch, reference.model
     model.eval()
-
-    def infer():
-        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            model(images)
-
-    infer_seconds = _timed(infer, synchronize, warmup, steps)
+    infer_seconds = _timed(reference.infer, reference.synchronize, warmup, steps)
     model.train()
+    labels = torch.randint(0, 1000, (batch,), device=reference.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(reference.device.type, enabled=reference.amp and reference.amp_dtype == torch.float16)
     loss_function = torch.nn.CrossEntropyLoss()
 
     def train():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            loss = loss_function(model(images), labels)
+        with torch.autocast(reference.device.type, dtype=reference.amp_dtype, enabled=reference.amp):
+            loss = loss_function(model(reference.images), labels)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
 
-    train_seconds = _timed(train, synchronize, warmup, steps)
-    name = torch.cuda.get_device_name(0) if cuda else f"CPU {platform.processor() or platform.machine()}"
-    kind = f"amp {str(amp_dtype).split('.')[-1]}" if amp else "float32"
-    del model, optimizer, images, labels, infer, train
+    train_seconds = _timed(train, reference.synchronize, warmup, steps)
+    figures = {"device": reference.device_name(), "precision": reference.precision(),
+               "infer": batch / infer_seconds, "train": batch / train_seconds,
+               "torch": torch.__version__, "timm": reference.timm.__version__}
+    cuda = reference.cuda
+    del model, optimizer, labels, train, reference
     if cuda:  # hand PyTorch's cached blocks back: the zoo process measured next (JAX takes 75 % of the GPU) needs them
         torch.cuda.empty_cache()
-    return {"device": name, "precision": f"{kind}, channels-last",
-            "infer": batch / infer_seconds, "train": batch / train_seconds,
-            "torch": torch.__version__, "timm": timm.__version__}
+    return figures
 
 
 def main(argv=None) -> int:
