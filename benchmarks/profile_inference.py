@@ -184,6 +184,7 @@ def profile_zoo(model_name: str, size: int, batch: int, precision: str, steps: i
     the wall ms per batch, device and versions."""
     import jax
     import keras
+    import numpy as np
 
     from zoo import build_model
     from zoo.harness.timing import inference_speed
@@ -194,7 +195,7 @@ def profile_zoo(model_name: str, size: int, batch: int, precision: str, steps: i
     model = build_model(model_name, "linear", 1000, (size, size, 3))
     predict = device_predict(model)
     images = keras.ops.convert_to_tensor(
-        __import__("numpy").random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32"))
+        np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32"))
     wall = inference_speed(predict, (size, size, 3), batch, min_seconds=1.0, latency=False)["step_seconds"]
     compiled = predict.lowered(images).compile()  # the executable the calls run (JAX's cache: no new compilation)
     hlo = compiled.as_text()
