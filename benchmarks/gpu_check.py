@@ -27,7 +27,8 @@ Writes ``reports/gpu-<device>.csv`` (one row per figure: check, subject, backend
 ``reports/gpu-<device>.md`` (a short summary with the device, versions and every figure against its target).
 Meant to take at most 8 minutes on an H100/H200; TensorFlow is optional (JAX and/or PyTorch suffice). On an
 H200 (2026-11-30) all but ``profile`` (not run there yet) needed about 13 minutes, most of it XLA compiling: run
-them as two commands there.
+them as two commands there, the second given the first's vs_timm table (``--vs-timm-csv``; the first writes it
+as ``vs-timm-<device>.csv`` beside its summary).
 ``--budget`` (default 480 s; none with --quick) makes sure of it: each check gets its share of the seconds left
 (SHARES: what one check leaves unspent goes to the checks after it), so one slow check (a compiler slower
 than expected) cannot starve the others; a check still running at the end of its share is stopped, a check
@@ -64,8 +65,9 @@ INPUT_SUBJECT = "delivered / mobilenet_v2 training"
 # run; about what each took on an H200 (2026-11-30): vs_timm ~80 s a model (XLA compiling most of it), the
 # quickstart 265 s, the input path ~15 s once vs_timm timed mobilenet_v2's training, a run's evaluation
 # and bfloat16 about a minute a model; the profile (not measured there yet) compiles one inference program
-# and times timm's. Two commands of 400 s each (`--checks vs_timm input`, then `--checks profile quickstart
-# evaluation bfloat16 --profile-model densenet121`) give each check about what it took there.
+# and times timm's. Two commands of about 400 s each (`--checks vs_timm input`, then `--checks profile
+# quickstart evaluation bfloat16 --vs-timm-csv <the first one's vs-timm-<device>.csv>`) give each check about
+# what it took there.
 SHARES = {"vs_timm": 0.4, "input": 0.04, "profile": 0.1, "quickstart": 0.4, "evaluation": 0.08, "bfloat16": 0.08}
 EVALUATION_SUBJECT = "run's evaluation / zoo speed, mobilenet_v2"
 
@@ -158,7 +160,9 @@ def check_bfloat16(models, size, batch, backend: str, budget: Budget) -> dict:
 
 def float16_figures(row: dict, backend: str) -> tuple:
     """(inference, training) images/s of ``backend`` in a vs_timm row's ``zoo_by_backend``, else (None, None)."""
-    found = re.search(rf"(?:^|; ){re.escape(backend)} [^:]*: ([0-9.]+)/([0-9.]+) img/s", row.get("zoo_by_backend", ""))
+    # "jax 0.11.2: 14543.7/5676.7 img/s (batch 64)"; tables written before versions were added: "jax: ...".
+    found = re.search(rf"(?:^|; ){re.escape(backend)}(?: [^:;]*)?: ([0-9.]+)/([0-9.]+) img/s",
+                      row.get("zoo_by_backend", ""))
     return (float(found.group(1)), float(found.group(2))) if found else (None, None)
 
 
@@ -221,8 +225,13 @@ def main(argv=None) -> int:
                              "tries the script on a CPU")
     parser.add_argument("--checks", nargs="+", default=list(SHARES), choices=list(SHARES),
                         help="the checks to run (default all): a machine that gives one command a few minutes can "
-                             "take `vs_timm input` in one command and `quickstart evaluation bfloat16` in the next "
-                             "(each with its own --out-dir)")
+                             "take `vs_timm input` in one command and `profile quickstart evaluation bfloat16` in "
+                             "the next (each with its own --out-dir, the second with --vs-timm-csv)")
+    parser.add_argument("--vs-timm-csv", metavar="PATH",
+                        help="where vs_timm is not among --checks: the vs-timm-<device>.csv an earlier command wrote, "
+                             "so that this command's input, profile and bfloat16 checks use its figures (the "
+                             "fastest backend, mobilenet_v2's training speed, the model furthest behind, timm's "
+                             "figures)")
     parser.add_argument("--profile-model", metavar="NAME",
                         help="the model the profile check profiles (default: the one furthest behind timm's inference "
                              "in this command's vs_timm, else the first of --models)")
@@ -233,6 +242,17 @@ def main(argv=None) -> int:
                         help="stop when this many seconds are spent, each check at the end of its share of them (SHARES): "
                              "a check cut there or not begun is a row saying so (default 480; none with --quick; 0: none)")
     args = parser.parse_args(argv)
+    reference = []
+    if args.vs_timm_csv and "vs_timm" not in args.checks:
+        try:
+            with open(args.vs_timm_csv) as handle:
+                reference = list(csv.DictReader(handle))
+        except OSError as error:
+            parser.error(f"--vs-timm-csv {args.vs_timm_csv}: {error.strerror or error}; give the vs-timm-<device>.csv "
+                         f"an earlier `--checks vs_timm` command wrote")
+        if not reference or "zoo_by_backend" not in reference[0]:
+            parser.error(f"--vs-timm-csv {args.vs_timm_csv}: not a table of benchmarks/vs_timm.py (no rows with "
+                         f"zoo_by_backend); give the vs-timm-<device>.csv an earlier `--checks vs_timm` command wrote")
     started = time.perf_counter()
     budget = Budget(args.budget if args.budget is not None else (0 if args.quick else 480))
     backends = [b for b in args.backends if importlib.util.find_spec(BACKEND_MODULES[b])]
@@ -248,11 +268,16 @@ def main(argv=None) -> int:
             later = chosen[chosen.index(check):]
             return budget.share(SHARES[check] / sum(SHARES[name] for name in later))
 
+        measured_here = "vs_timm" in args.checks
         timm_rows = (check_vs_timm(args.models, size, batch, backends, precision, folder, share("vs_timm"))
-                     if "vs_timm" in args.checks else [])
+                     if measured_here else reference)
         device = next((r["device"] for r in timm_rows if r.get("device")), None) or device_named_outside()
-        report = Summary(Path(args.out_dir), f"gpu-{slug(device)}" + ("-quick" if args.quick else ""), device,
-                         date, args.quick, backends, started, budget)
+        suffix = "-quick" if args.quick else ""
+        report = Summary(Path(args.out_dir), f"gpu-{slug(device)}{suffix}", device, date, args.quick, backends,
+                         started, budget)
+        if measured_here and timm_rows:  # whole, for a later command's --vs-timm-csv
+            write_atomic(Path(args.out_dir) / f"vs-timm-{slug(device)}{suffix}.csv",
+                         (folder / "vs_timm.csv").read_text())
 
         def add(check, subject, backend, value, unit, target="", detail=""):
             rows.append({"date": date, "device": device, "check": check, "subject": subject, "backend": backend,
@@ -266,13 +291,14 @@ def main(argv=None) -> int:
         speeds = {}
         for row in timm_rows:
             for kind, target in (("infer", ">= 1.0"), ("train", ">= 0.9")):
-                add("vs_timm", row["model"], row.get(f"best_{kind}_backend") or "",
-                    number(row.get(f"{kind}_ratio")), f"zoo/timm {kind}", target,
-                    f"zoo {shown(row.get(f'zoo_{kind}_images_per_second'))} img/s, timm "
-                    f"{shown(row.get(f'timm_{kind}_images_per_second'))} img/s; {row.get('zoo_by_backend', '')}"
-                    f"{'; ' + row['error'] if row.get('error') else ''}")
+                if measured_here:  # an earlier command's rows (--vs-timm-csv) are in its own summary
+                    add("vs_timm", row["model"], row.get(f"best_{kind}_backend") or "",
+                        number(row.get(f"{kind}_ratio")), f"zoo/timm {kind}", target,
+                        f"zoo {shown(row.get(f'zoo_{kind}_images_per_second'))} img/s, timm "
+                        f"{shown(row.get(f'timm_{kind}_images_per_second'))} img/s; {row.get('zoo_by_backend', '')}"
+                        f"{'; ' + row['error'] if row.get('error') else ''}")
                 backend = row.get(f"best_{kind}_backend")
-                if kind == "train" and backend:
+                if kind == "train" and backend in backends:  # a reference may name backends not installed here
                     speeds[backend] = speeds.get(backend, 0.0) + (number(row.get("zoo_train_images_per_second")) or 0)
         report.write(rows)
         fastest = max(speeds, key=speeds.get) if speeds else (backends[0] if backends else None)

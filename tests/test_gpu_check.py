@@ -44,6 +44,8 @@ def test_the_gpu_check_writes_every_figure_with_its_target(tmp_path):
     assert re.search(r"^zoo [0-9.]+ ms of host XLA operations in [0-9.]+ ms wall \(\d+ % busy\); timm",
                      profiled["mobilenet_v2 total"]["detail"]), profiled
     assert list(tmp_path.glob("profile-mobilenet_v2-*-quick.csv")), list(tmp_path.iterdir())
+    [table_for_later] = list(tmp_path.glob("vs-timm-*-quick.csv"))  # a later command's --vs-timm-csv
+    assert [row["model"] for row in csv.DictReader(open(table_for_later))] == ["mobilenet_v2"]
     has_timm = importlib.util.find_spec("timm") is not None
     for row in rows:
         if row["check"] == "bfloat16":  # measured in bfloat16, set beside zoo's own other figure and timm's
@@ -185,6 +187,28 @@ def test_the_gpu_check_runs_only_the_checks_asked_for(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert [row["check"] for row in rows] == ["input"], rows
     assert float(rows[0]["value"]) > 0 and "timed by the input script" in rows[0]["detail"], rows
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_a_second_command_takes_the_first_ones_vs_timm_figures(tmp_path):
+    """Split over two commands, the second's checks still set zoo beside timm: given the first's vs_timm table
+    (here the one committed from this CPU, where timm was installed), bfloat16 reads timm's and zoo's float32
+    figures from it, and this command's summary does not restate the earlier command's rows. A path that is
+    not such a table is refused before anything runs."""
+    reference = ROOT / "reports" / "vs-timm-cpu-64px.csv"
+    done, rows = gpu_check_quick(tmp_path, "--models", "mobilenet_v2", "--checks", "bfloat16", "--vs-timm-csv",
+                                 str(reference), timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert {row["check"] for row in rows} == {"bfloat16"}, rows
+    infer = next(row for row in rows if row["subject"] == "mobilenet_v2 infer")
+    assert "zoo float32 71.7 img/s, timm 357.0 img/s" in infer["detail"] and float(infer["value"]) > 0, infer
+    for wrong in (tmp_path / "missing.csv", ROOT / "reports" / "mutations.csv"):
+        refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--checks",
+                                  "bfloat16", "--vs-timm-csv", str(wrong), "--out-dir", str(tmp_path / "no")],
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and f"--vs-timm-csv {wrong}" in refused.stderr, refused.stderr
+        assert not (tmp_path / "no").exists()
 
 
 @pytest.mark.slow
