@@ -6,11 +6,15 @@ it finished), then killed; checks not begun are recorded as skipped, and each sc
 after every check, so a cut-short command still leaves every figure it measured."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 GRACE_SECONDS = 30.0  # an interrupted `zoo run` records its runs and stops its worker within this
 
 
@@ -67,3 +71,21 @@ class Budget:
                 except subprocess.TimeoutExpired:  # a grandchild still holds the pipe: leave its output
                     output = ""
             return Finished(None, output or "", cut=True)
+
+    def measured(self, command, file_name: str, read, env: dict | None = None) -> dict:
+        """What a child process measures and writes to a file: ``command(path)`` (its argv, told to write
+        ``path``, a ``file_name`` in a temporary folder) run within this budget, with this checkout's zoo
+        importable and ``env`` added to the environment; ``read(path)`` of the file it wrote, else
+        ``{"error": why}``: the budget spent before it began, cut at it, or the child's last line of output."""
+        if self.spent():
+            return {"error": f"not measured: the time budget ({self.seconds:.0f} s) was spent"}
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder) / file_name
+            environment = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                           **(env or {})}
+            done = self.run(command(out), env=environment)
+            if done.cut:
+                return {"error": f"cut at the time budget ({self.seconds:.0f} s)"}
+            if not out.is_file():
+                return {"error": (done.output.strip().splitlines() or ["no output"])[-1][:300]}
+            return read(out)

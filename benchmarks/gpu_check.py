@@ -371,11 +371,11 @@ def main(argv=None) -> int:
                         f"{'; ' + measured['error'] if measured.get('error') else ''}")
 
         def profile(part: Budget):
-            # The model furthest behind timm in inference (the first one where no ratio was measured).
+            # The model furthest behind timm in inference (the first of --models where no ratio was measured).
             ratios = {row["model"]: number(row.get("infer_ratio")) for row in timm_rows}
             behind = [model for model in args.models if ratios.get(model) is not None]
             model = args.profile_model or (min(behind, key=ratios.get) if behind else args.models[0])
-            table = Path(args.out_dir) / f"profile-{model}-{slug(device)}{'-quick' if args.quick else ''}.csv"
+            table = Path(args.out_dir) / f"profile-{model}-{slug(device)}{suffix}.csv"
             profiled, cut = script_rows("profile_inference", [model, "--size", str(size), "--batch", str(batch),
                                                               "--precision", precision, "--steps", "3" if args.quick
                                                               else "10", "--budget", str(part.left() or 0)],

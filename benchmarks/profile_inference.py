@@ -284,21 +284,10 @@ def side_rows(model: str, side: str, measured: dict, size: int, batch: int, top:
 
 def measured_in_child(side: str, args, budget: Budget) -> dict:
     """One side profiled in its own process (one backend, its own device memory) within ``budget``."""
-    if budget.spent():
-        return {"error": f"not measured: the time budget ({budget.seconds:.0f} s) was spent"}
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / f"{side}.json"
-        environment = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        if side == "zoo":
-            environment["KERAS_BACKEND"] = "jax"
-        done = budget.run([sys.executable, __file__, args.model, "--size", str(args.size), "--batch",
-                           str(args.batch), "--precision", args.precision, "--steps", str(args.steps),
-                           "--side", side, "--json", str(out)], env=environment)
-        if done.cut:
-            return {"error": f"cut at the time budget ({budget.seconds:.0f} s)"}
-        if not out.is_file():
-            return {"error": (done.output.strip().splitlines() or ["no output"])[-1][:300]}
-        return json.loads(out.read_text())
+    return budget.measured(
+        lambda out: [sys.executable, __file__, args.model, "--size", str(args.size), "--batch", str(args.batch),
+                     "--precision", args.precision, "--steps", str(args.steps), "--side", side, "--json", str(out)],
+        f"{side}.json", lambda path: json.loads(path.read_text()), env={"KERAS_BACKEND": "jax"} if side == "zoo" else None)
 
 
 def printed(rows: list[dict]) -> str:

@@ -27,10 +27,8 @@ import argparse
 import csv
 import importlib.util
 import io
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,21 +54,13 @@ COLUMNS = ["model", "timm_model", "image_size", "batch_size", "device", "zoo_pre
 def zoo_speed(model: str, size: int, batch: int, backend: str, precision: str = "mixed",
               budget: Budget | None = None) -> dict:
     """``zoo speed`` on ``backend`` in a new process, within ``budget``; the CSV row it wrote."""
-    budget = budget or Budget(None)
-    if budget.spent():
-        return {"error": f"not measured: the time budget ({budget.seconds:.0f} s) was spent"}
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / "speed.csv"
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        done = budget.run([sys.executable, "-m", "zoo.cli", "speed", model, "--size", str(size), "--batch",
-                           str(batch), "--precision", precision, "--backend", backend, "--out", str(out)], env=env)
-        if done.cut:
-            return {"error": f"cut at the time budget ({budget.seconds:.0f} s)"}
-        if not out.is_file():
-            return {"error": (done.output.strip().splitlines() or ["no output"])[-1][:300]}
-        with open(out) as handle:
-            row = next(csv.DictReader(handle))
-    return row
+    def first_row(path: Path) -> dict:
+        with open(path) as handle:
+            return next(csv.DictReader(handle))
+
+    return (budget or Budget(None)).measured(
+        lambda out: [sys.executable, "-m", "zoo.cli", "speed", model, "--size", str(size), "--batch", str(batch),
+                     "--precision", precision, "--backend", backend, "--out", str(out)], "speed.csv", first_row)
 
 
 def _timed(step, synchronize, warmup: int, steps: int) -> float:
