@@ -5,9 +5,11 @@ Each headline metric is registered with ``higher_is_better`` so reports rank cor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
+                             top_k_accuracy_score)
 
 from zoo.registry import Registry
 
@@ -133,6 +135,69 @@ def confusion_counts(matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     classes = matrix[:, :matrix.shape[0]]
     true_positive, support, predicted = np.diag(classes), matrix.sum(axis=1), classes.sum(axis=0)
     return true_positive, support, predicted, support + predicted - true_positive
+
+
+@dataclass
+class ExampleScores:
+    """A metric of one model on its test examples, ready for resampling (zoo.stats: intervals, paired
+    tests, seeds pooled).
+
+    ``values``: one score per example when the metric is their mean (accuracy of a
+    classifier, the KL score); otherwise ``parts`` (per-example pieces, e.g. confusion
+    matrices of tiles) and ``aggregate(parts_subset) -> metric``.
+    """
+
+    metric: str
+    example_ids: np.ndarray
+    values: np.ndarray | None = None
+    parts: np.ndarray | None = None
+    aggregate: Callable | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.example_ids)
+
+    def value(self, indices=None) -> float:
+        if self.values is not None:
+            return float(np.mean(self.values if indices is None else self.values[indices]))
+        return float(self.aggregate(self.parts if indices is None else self.parts[indices]))
+
+    def take(self, order) -> "ExampleScores":
+        return ExampleScores(self.metric, self.example_ids[order],
+                             None if self.values is None else self.values[order],
+                             None if self.parts is None else self.parts[order], self.aggregate)
+
+
+def tile_confusions(y_true, y_pred, num_classes: int, kept) -> np.ndarray:
+    """One confusion matrix per tile over the kept classes (:func:`kept_confusion`: rows truth, a last column
+    of pixels predicted as an ignored class)."""
+    y_true = np.asarray(y_true, dtype=np.int64).reshape(len(y_true), -1)
+    y_pred = np.asarray(y_pred, dtype=np.int64).reshape(len(y_pred), -1)
+    tiles = np.arange(len(y_true))[:, None]
+    flat = (tiles * num_classes + y_true) * num_classes + y_pred
+    counts = np.bincount(flat.ravel(), minlength=len(y_true) * num_classes ** 2)
+    return kept_confusion(counts.reshape(len(y_true), num_classes, num_classes), kept)
+
+
+def miou_of_confusions(confusions) -> float:
+    """mIoU of the tiles whose :func:`tile_confusions` these are, over the classes present in them."""
+    true_positive, _, _, union = confusion_counts(confusions.sum(axis=0))
+    present = union > 0
+    return float((true_positive[present] / union[present]).mean()) if present.any() else 0.0
+
+
+def pixel_accuracy_of_confusions(confusions) -> float:
+    """Pixel accuracy of the tiles whose :func:`tile_confusions` these are."""
+    matrix = confusions.sum(axis=0)
+    return float(confusion_counts(matrix)[0].sum() / max(matrix.sum(), 1))
+
+
+def macro_f1_of_pairs(pairs) -> float:
+    """Macro F1 of (true class, predicted class) rows over the classes these rows' truth has, as
+    :func:`classification_metrics` averages it: a class only predicted is not a class to average (scikit-learn's
+    default, the union of both, gave zoo compare a lower macro-F1 than the run's own)."""
+    truth, predicted = pairs[:, 0], pairs[:, 1]
+    return float(f1_score(truth, predicted, labels=np.unique(truth), average="macro", zero_division=0))
 
 
 def segmentation_metrics(confusion, class_names, ignore_classes=(), true_proportions=None,

@@ -15,12 +15,10 @@ through ``scipy.stats.bootstrap`` itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
 from zoo.errors import ConfigError
+from zoo.metrics import ExampleScores, tile_confusions  # noqa: F401 (zoo.stats.ExampleScores, as before)
 from zoo.tasks import TASKS
 
 CONFIDENCE = 0.95
@@ -35,99 +33,19 @@ class ComparisonError(ConfigError):
     """Runs that cannot be compared (different test images, a metric they lack)."""
 
 
-@dataclass
-class ExampleScores:
-    """A metric of one model on its test examples, ready for resampling.
-
-    ``values``: one score per example when the metric is their mean (accuracy of a
-    classifier, the KL score); otherwise ``parts`` (per-example pieces, e.g. confusion
-    matrices of tiles) and ``aggregate(parts_subset) -> metric``.
-    """
-
-    metric: str
-    example_ids: np.ndarray
-    values: np.ndarray | None = None
-    parts: np.ndarray | None = None
-    aggregate: Callable | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.example_ids)
-
-    def value(self, indices=None) -> float:
-        if self.values is not None:
-            return float(np.mean(self.values if indices is None else self.values[indices]))
-        return float(self.aggregate(self.parts if indices is None else self.parts[indices]))
-
-    def take(self, order) -> "ExampleScores":
-        return ExampleScores(self.metric, self.example_ids[order],
-                             None if self.values is None else self.values[order],
-                             None if self.parts is None else self.parts[order], self.aggregate)
-
-
-def tile_confusions(y_true, y_pred, num_classes: int, kept) -> np.ndarray:
-    """One confusion matrix per tile over the kept classes (zoo.metrics.kept_confusion: rows truth, a last
-    column of pixels predicted as an ignored class)."""
-    from zoo.metrics import kept_confusion
-
-    y_true = np.asarray(y_true, dtype=np.int64).reshape(len(y_true), -1)
-    y_pred = np.asarray(y_pred, dtype=np.int64).reshape(len(y_pred), -1)
-    tiles = np.arange(len(y_true))[:, None]
-    flat = (tiles * num_classes + y_true) * num_classes + y_pred
-    counts = np.bincount(flat.ravel(), minlength=len(y_true) * num_classes ** 2)
-    return kept_confusion(counts.reshape(len(y_true), num_classes, num_classes), kept)
-
-
-def _miou(confusions) -> float:
-    from zoo.metrics import confusion_counts
-
-    true_positive, _, _, union = confusion_counts(confusions.sum(axis=0))
-    present = union > 0
-    return float((true_positive[present] / union[present]).mean()) if present.any() else 0.0
-
-
-def _pixel_accuracy(confusions) -> float:
-    from zoo.metrics import confusion_counts
-
-    matrix = confusions.sum(axis=0)
-    return float(confusion_counts(matrix)[0].sum() / max(matrix.sum(), 1))
-
-
-def _macro_f1(pairs) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(pairs[:, 0], pairs[:, 1], average="macro", zero_division=0))
-
-
 def example_scores(predictions, task: str, metric: str, num_classes: int, ignore_classes=()) -> ExampleScores:
-    """Per-example material of ``metric`` from a run's ``predictions.npz`` (a mapping of arrays)."""
-    from zoo.metrics import kl_per_image
-
+    """Per-example material of ``metric`` from a run's ``predictions.npz`` (a mapping of arrays), in the form
+    its task gives it (``Task.example_scores``)."""
     files = set(predictions.keys()) if hasattr(predictions, "keys") else set(predictions.files)
     if "example_ids" not in files:
         raise ComparisonError("these predictions do not name their test examples (written by an older zoo); "
                               "run the suite again with --force to pair its runs")
     ids = np.asarray(predictions["example_ids"]).astype(str)
-    kept = [c for c in range(num_classes) if c not in set(ignore_classes)]
-    if task == "classification":
-        y_true, y_pred = np.asarray(predictions["y_true"]), np.asarray(predictions["y_pred"])
-        if metric == "accuracy":
-            return ExampleScores(metric, ids, values=(y_true == y_pred).astype(np.float64))
-        if metric == "macro_f1":
-            return ExampleScores(metric, ids, parts=np.stack([y_true, y_pred], axis=1), aggregate=_macro_f1)
-    elif task == "segmentation":
-        if metric == "kl_score":
-            return ExampleScores(metric, ids, values=kl_per_image(predictions["proportions_true"],
-                                                                  predictions["proportions_pred"], ignore_classes))
-        if metric in ("miou", "accuracy", "pixel_accuracy"):
-            confusions = tile_confusions(predictions["y_true"], predictions["y_pred"], num_classes, kept)
-            return ExampleScores(metric, ids, parts=confusions,
-                                 aggregate=_miou if metric == "miou" else _pixel_accuracy)
-    elif task == "distribution" and metric == "kl_score":
-        return ExampleScores(metric, ids, values=kl_per_image(predictions["y_true"], predictions["y_pred"],
-                                                              ignore_classes))
-    raise ComparisonError(f"no per-example form of {metric!r} for {task} runs; use "
-                          f"{', '.join(TASKS.get(task).comparable_metrics)}")
+    scores = TASKS.get(task).example_scores(predictions, ids, metric, num_classes, ignore_classes)
+    if scores is None:
+        raise ComparisonError(f"no per-example form of {metric!r} for {task} runs; use "
+                              f"{', '.join(TASKS.get(task).comparable_metrics)}")
+    return scores
 
 
 def pool(scores: list[ExampleScores]) -> ExampleScores:

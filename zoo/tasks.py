@@ -1,6 +1,7 @@
 """What differs between zoo's tasks, one object each: the loss a run trains with, the metrics Keras reports
 while it trains, how the test predictions are scored batch by batch, the metrics `zoo compare` can pair by
-test example and those every run records an interval of, and how many test examples show each class.
+test example and each one's per-example form, those every run records an interval of, and how many
+test examples show each class.
 
 The run code asks its task (``TASKS.get(name)``) instead of comparing task names, as lm-evaluation-harness's
 ``Task.process_results`` and keras-hub's task models do. The three tasks:
@@ -34,7 +35,7 @@ class Task:
     name: str
     target: str                          # what the input pipeline builds for the loss (zoo.data.prepare)
     one_label_per_image: bool            # class weights go to Keras's class_weight, else to the target's weights
-    comparable_metrics: tuple[str, ...]  # with a per-example form in zoo.stats (zoo compare, headline_metric)
+    comparable_metrics: tuple[str, ...]  # with a per-example form (example_scores): zoo compare, headline_metric
     interval_metrics: tuple[str, ...]    # every run records their 95 % bootstrap interval
 
     def loss(self, name: str):
@@ -52,6 +53,11 @@ class Task:
     def test_examples_by_class(self, result: dict, predictions: dict, class_names) -> dict:
         """How many test examples show each class, by name: the images of that class."""
         return {row["class"]: row["support"] for row in result.get("per_class", [])}
+
+    def example_scores(self, predictions, example_ids, metric: str, num_classes: int, ignore_classes=()):
+        """``metric`` of a run's test predictions (``predictions.npz``) example by example, as zoo.stats
+        resamples and pairs it (a ``zoo.metrics.ExampleScores``); None where this task has no such form."""
+        return None
 
 
 def _label_loss(name: str, pixels: bool):
@@ -98,6 +104,17 @@ class Classification(Task):
 
     def scorer(self, class_names, ignore_classes):
         return _ClassificationScorer(class_names)
+
+    def example_scores(self, predictions, example_ids, metric, num_classes, ignore_classes=()):
+        from zoo.metrics import ExampleScores, macro_f1_of_pairs
+
+        y_true, y_pred = np.asarray(predictions["y_true"]), np.asarray(predictions["y_pred"])
+        if metric == "accuracy":
+            return ExampleScores(metric, example_ids, values=(y_true == y_pred).astype(np.float64))
+        if metric == "macro_f1":
+            return ExampleScores(metric, example_ids, parts=np.stack([y_true, y_pred], axis=1),
+                                 aggregate=macro_f1_of_pairs)
+        return None
 
 
 class _SegmentationScorer(Scorer):
@@ -151,6 +168,21 @@ class Segmentation(Task):
         present = (np.asarray(predictions["proportions_true"]) > 0).sum(axis=0)
         return dict(zip(class_names, present.tolist()))
 
+    def example_scores(self, predictions, example_ids, metric, num_classes, ignore_classes=()):
+        """The KL score per tile; mIoU and pixel accuracy from each tile's confusion matrix (a tile is the
+        example resampled, its pixels stay together)."""
+        from zoo import metrics
+
+        if metric == "kl_score":
+            return metrics.ExampleScores(metric, example_ids, values=metrics.kl_per_image(
+                predictions["proportions_true"], predictions["proportions_pred"], ignore_classes))
+        if metric in ("miou", "accuracy", "pixel_accuracy"):
+            kept = [c for c in range(num_classes) if c not in set(ignore_classes)]
+            confusions = metrics.tile_confusions(predictions["y_true"], predictions["y_pred"], num_classes, kept)
+            aggregate = metrics.miou_of_confusions if metric == "miou" else metrics.pixel_accuracy_of_confusions
+            return metrics.ExampleScores(metric, example_ids, parts=confusions, aggregate=aggregate)
+        return None
+
 
 class _DistributionScorer(Scorer):
     def __init__(self, class_names, ignore_classes):
@@ -181,6 +213,14 @@ class Distribution(Task):
 
     def scorer(self, class_names, ignore_classes):
         return _DistributionScorer(class_names, ignore_classes)
+
+    def example_scores(self, predictions, example_ids, metric, num_classes, ignore_classes=()):
+        from zoo.metrics import ExampleScores, kl_per_image
+
+        if metric == "kl_score":
+            return ExampleScores(metric, example_ids, values=kl_per_image(predictions["y_true"], predictions["y_pred"],
+                                                                          ignore_classes))
+        return None
 
 
 TASKS: Registry[Task] = Registry("task")
