@@ -126,22 +126,42 @@ def test_the_pixel_loss_equals_keras_sparse_crossentropy_with_pixel_weights():
         assert ours == pytest.approx(keras_own, rel=1e-5)
 
 
+def test_the_pixel_focal_loss_equals_keras_focal_loss_on_one_hot_masks_with_pixel_weights():
+    """`loss: focal` on a segmentation head is Keras's own focal loss (alpha 0.25, gamma 2), from integer masks."""
+    from zoo.losses import PixelFocalCrossentropy
+
+    rng = np.random.default_rng(1)
+    probabilities = rng.dirichlet(np.ones(5), size=(3, 8, 8)).astype("float32")
+    probabilities[0, 0, 0] = [1.0, 0, 0, 0, 0]
+    masks = rng.integers(0, 5, (3, 8, 8))
+    weights = rng.uniform(0, 2, (3, 8, 8)).astype("float32")
+    for sample_weight in (None, weights):
+        ours = float(PixelFocalCrossentropy()(masks, probabilities, sample_weight=sample_weight))
+        keras_own = float(keras.losses.CategoricalFocalCrossentropy()(np.eye(5, dtype="float32")[masks], probabilities,
+                                                                       sample_weight=sample_weight))
+        assert ours == pytest.approx(keras_own, rel=1e-5)
+    restored = keras.losses.deserialize(keras.losses.serialize(PixelFocalCrossentropy(alpha=0.5, gamma=1.0)))
+    assert (restored.alpha, restored.gamma) == (0.5, 1.0)
+
+
 SEGMENTATION_STEP = """
 import numpy as np, keras
 from zoo import build_model
 from zoo.tasks import TASKS
-model = build_model("baseline_cnn", "unet", 4, (32, 32, 4), weights=None)
-model.compile(optimizer="adam", loss=TASKS.get("segmentation").loss("crossentropy"))
 images = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 4)).astype("float32")
 masks = np.random.default_rng(1).integers(0, 4, (4, 32, 32))
-history = model.fit(images, masks, epochs=2, verbose=0)
-assert np.isfinite(history.history["loss"]).all()
+for loss in ("crossentropy", "focal"):
+    model = build_model("baseline_cnn", "unet", 4, (32, 32, 4), weights=None)
+    model.compile(optimizer="adam", loss=TASKS.get("segmentation").loss(loss))
+    history = model.fit(images, masks, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all(), loss
 """
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 def test_a_segmentation_head_trains_on_pytorch():
-    """Keras's own sparse cross-entropy made PyTorch's up-sampling backward fail (see zoo.losses)."""
+    """Keras's own sparse cross-entropy made PyTorch's up-sampling backward fail (see zoo.losses); zoo's pixel
+    losses, cross-entropy and focal, train there."""
     env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "-c", SEGMENTATION_STEP], env=env, capture_output=True, text=True,
                             timeout=600)

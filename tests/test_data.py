@@ -523,6 +523,21 @@ def test_ignored_classes_are_given_by_name_or_index_and_an_unknown_one_is_refuse
         open_source({"name": "synthetic_landcover", "ignore_classes": [10]})
 
 
+def test_ignored_classes_on_a_classification_dataset_stop_the_suite_before_it_starts(tmp_path):
+    """An image of a classification dataset is one class: ignoring a class would still score its images (and,
+    with class weights, train on them with no weight), so the suite is refused with what to do instead."""
+    from zoo.harness.preflight import check_readiness
+    from zoo.harness.suite import expand_suite, load_suite
+
+    classes = open_source("synthetic_terrain").info.class_names
+    runs = expand_suite(load_suite({"name": "x", "heads": ["linear"], "train": {"image_size": 32},
+                                    "datasets": [{"name": "synthetic_terrain", "ignore_classes": [classes[1]]}]}))
+    _, problems = check_readiness(runs, cache_dir=tmp_path)
+    assert len(problems) == 1, [problem.message for problem in problems]
+    assert f"ignore_classes ({classes[1]})" in problems[0].message
+    assert "remove ignore_classes" in problems[0].message
+
+
 def test_class_names_that_are_not_the_class_folders_are_refused(tmp_path):
     make_classification_folder(tmp_path / "photos")
     entry = {"name": "photos", "source": "folder", "path": str(tmp_path / "photos")}

@@ -183,6 +183,9 @@ def test_predict_on_a_suite_folder_lists_its_runs_best_first(tiny_out, tmp_path,
      "for mobilenet_v2, which takes none; to give options to one backbone of the suite use overrides"),
     ({"backbones": ["dinov2_small"], "backbone_options": {"pool": "max"}},
      "backbone_options.pool for dinov2_small must be one of cls, mean; got 'max'"),
+    # The focal loss is for labels: a distribution head's proportions would be trained with KL regardless.
+    ({"train": {**TINY["train"], "loss": "focal"}},
+     "loss 'focal' does not train the distribution head (distribution: auto, crossentropy)"),
 ])
 def test_bad_suite_fails_before_training_naming_the_key(change, message):
     with pytest.raises(ConfigError) as error:

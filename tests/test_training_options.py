@@ -22,8 +22,8 @@ ROOT = HERE.parent
 TRAIN = {"image_size": 32, "batch_size": 16, "epochs": 3, "steps_per_epoch": 4, "learning_rate": 0.01}
 
 
-def train(tmp_path, name="opt", datasets=("synthetic_terrain",), **train_settings):
-    suite = load_suite({"name": name, "datasets": list(datasets), "backbones": ["baseline_cnn"], "heads": ["linear"],
+def train(tmp_path, name="opt", datasets=("synthetic_terrain",), heads=("linear",), **train_settings):
+    suite = load_suite({"name": name, "datasets": list(datasets), "backbones": ["baseline_cnn"], "heads": list(heads),
                         "train": {**TRAIN, **train_settings}})
     out = tmp_path / name
     assert run_suite(suite, out, executor="in-process", report=False, log=lambda *_: None) == 0
@@ -56,11 +56,13 @@ def test_plateau_schedule_cuts_the_rate_by_five_after_two_epochs_without_improve
     assert history["learning_rate"].iloc[-1] < 1e-9
 
 
-def test_the_focal_loss_is_the_one_trained(tmp_path):
+@pytest.mark.parametrize("dataset, head", [("synthetic_terrain", "linear"), ("synthetic_landcover", "fcn")])
+def test_the_focal_loss_is_the_one_trained(tmp_path, dataset, head):
     """Focal loss (alpha 0.25, gamma 2) is at most a quarter of the cross-entropy of the same prediction,
-    so from the same start its first epoch's loss is far below cross-entropy's."""
-    _, focal, row = train(tmp_path, "focal", loss="focal", epochs=1)
-    _, crossentropy, _ = train(tmp_path, "ce", loss="crossentropy", epochs=1)
+    so from the same start its first epoch's loss is far below cross-entropy's: for images' labels and for
+    masks' pixels (until 2026-11-30 a segmentation run with it failed inside Keras on the masks' shape)."""
+    _, focal, row = train(tmp_path, "focal", datasets=(dataset,), heads=(head,), loss="focal", epochs=1)
+    _, crossentropy, _ = train(tmp_path, "ce", datasets=(dataset,), heads=(head,), loss="crossentropy", epochs=1)
     assert row["status"] == "ok"
     assert focal["loss"].iloc[0] < 0.4 * crossentropy["loss"].iloc[0]
 

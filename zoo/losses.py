@@ -6,10 +6,14 @@ moves the class axis before PyTorch's nll_loss, and the gradient it sends back m
 bilinear up-sampling backward fail ("grad_input must be contiguous"), so every segmentation head
 failed to train on PyTorch. The same quantity gathered along the last axis trains.
 
+``PixelFocalCrossentropy``: the focal loss of the same per-pixel probabilities (``train.loss: focal`` on a
+segmentation head), the class-imbalance loss segmentation_models offers: Keras's focal loss takes one-hot
+targets, and one-hot masks would cost the whole (H, W, classes) array per batch.
+
 ``RowAccuracy``: classification accuracy that leaves out the rows completing an evaluation's last
 batch (weight 0, zoo.data.pipeline.ArrayBatches) and counts every other row once.
 
-Both registered, so models saved with them load anywhere.
+All registered, so models saved with them load anywhere.
 """
 from __future__ import annotations
 
@@ -27,8 +31,31 @@ class PixelCrossentropy(keras.losses.Loss):
     def call(self, y_true, y_pred):
         probabilities = y_pred / ops.sum(y_pred, axis=-1, keepdims=True)
         probabilities = ops.clip(probabilities, keras.backend.epsilon(), 1.0 - keras.backend.epsilon())
-        classes = ops.expand_dims(ops.cast(y_true, "int32"), axis=-1)
-        return -ops.log(ops.squeeze(ops.take_along_axis(probabilities, classes, axis=-1), axis=-1))
+        return -ops.log(_true_class_probability(y_true, probabilities))
+
+
+def _true_class_probability(y_true, probabilities):
+    classes = ops.expand_dims(ops.cast(y_true, "int32"), axis=-1)
+    return ops.squeeze(ops.take_along_axis(probabilities, classes, axis=-1), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class PixelFocalCrossentropy(keras.losses.Loss):
+    """-alpha (1 - p)^gamma log p of each pixel's true class, as Keras's CategoricalFocalCrossentropy computes it
+    (same defaults, alpha 0.25 and gamma 2, as for classification) on one-hot masks, from integer masks."""
+
+    def __init__(self, alpha=0.25, gamma=2.0, name="pixel_focal_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.alpha, self.gamma = float(alpha), float(gamma)
+
+    def call(self, y_true, y_pred):
+        probabilities = y_pred / ops.sum(y_pred, axis=-1, keepdims=True)
+        probabilities = ops.clip(probabilities, keras.backend.epsilon(), 1.0 - keras.backend.epsilon())
+        true_class = _true_class_probability(y_true, probabilities)
+        return -self.alpha * ops.power(1.0 - true_class, self.gamma) * ops.log(true_class)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma}
 
 
 @keras.saving.register_keras_serializable(package="zoo")

@@ -37,9 +37,10 @@ class Task:
     one_label_per_image: bool            # class weights go to Keras's class_weight, else to the target's weights
     comparable_metrics: tuple[str, ...]  # with a per-example form (example_scores): zoo compare, headline_metric
     interval_metrics: tuple[str, ...]    # every run records their 95 % bootstrap interval
+    losses: tuple[str, ...] = ("auto", "crossentropy", "focal")  # what ``train.loss`` may name for it
 
     def loss(self, name: str):
-        """The Keras loss for ``train.loss`` (``crossentropy`` or ``focal``) on this task's targets."""
+        """The Keras loss for ``train.loss`` (one of ``losses``) on this task's targets."""
         raise NotImplementedError
 
     def training_metrics(self, one_hot: bool) -> list:
@@ -63,6 +64,10 @@ class Task:
 def _label_loss(name: str, pixels: bool):
     import keras
 
+    if name == "focal" and pixels:
+        from zoo.losses import PixelFocalCrossentropy  # from integer masks, not one-hot ones
+
+        return PixelFocalCrossentropy()
     if name == "focal":
         return keras.losses.CategoricalFocalCrossentropy()
     if pixels and keras.backend.backend() == "torch":
@@ -205,6 +210,9 @@ class Distribution(Task):
     target, one_label_per_image = "proportions", False
     comparable_metrics = ("kl_score",)
     interval_metrics = ("kl_score",)
+    # Cross-entropy of proportions is their KL divergence plus the truth's own entropy: the same gradients.
+    # The focal loss is for labels, not proportions.
+    losses = ("auto", "crossentropy")
 
     def loss(self, name):
         import keras

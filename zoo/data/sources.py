@@ -510,6 +510,14 @@ def open_source(entry: dict, cache_dir=None, data_dir=None, manual_dir=None) -> 
                           manual_dir=config.get("manual_dir", manual_dir))
     if config.get("headline_metric") is not None:
         source.info.headline_metric = checked_headline_metric(config, source.info.task)
+    if source.info.ignore_classes and source.info.task == "classification":
+        # Scored as any other class, and with class weights given no weight in training: never what was meant.
+        ignored = ", ".join(str(source.info.class_names[i]) if i < len(source.info.class_names) else str(i)
+                            for i in source.info.ignore_classes)
+        raise ConfigError(f"dataset {config['name']!r}: ignore_classes ({ignored}) leaves a class's pixels out of a "
+                          f"segmentation's loss and metrics, but each image of this classification dataset is one "
+                          f"class and is scored as such: remove ignore_classes (to leave a class out of your own "
+                          f"folder, move its class folder out of it)")
     return source
 
 

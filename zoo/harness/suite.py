@@ -400,6 +400,13 @@ def _check_run_settings(settings: dict, backbone, head, where: str) -> None:
         raise ConfigError(f"weights: imagenet for {backbone.name}, which has no ImageNet weights (it trains from "
                           f"scratch); set weights: none for it")
     _check_backbone_options(settings["backbone_options"] or {}, backbone)
+    from zoo.tasks import TASKS
+
+    losses = TASKS.get(head.task).losses
+    if train["loss"] not in losses:
+        raise ConfigError(f"{where}: loss {train['loss']!r} does not train the {head.name} head ({head.task}: "
+                          f"{', '.join(losses)}); set loss for the heads of other tasks in overrides, e.g. "
+                          f"{{match: {{head: {head.name}}}, set: {{train: {{loss: auto}}}}}}")
     try:
         check_compatible(backbone, head)
         check_input_shape(backbone, (train["image_size"], train["image_size"], 3))
