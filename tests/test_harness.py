@@ -186,6 +186,8 @@ def test_predict_on_a_suite_folder_lists_its_runs_best_first(tiny_out, tmp_path,
     # The focal loss is for labels: a distribution head's proportions would be trained with KL regardless.
     ({"train": {**TINY["train"], "loss": "focal"}},
      "loss 'focal' does not train the distribution head (distribution: auto, crossentropy)"),
+    ({"train": {**TINY["train"], "class_weights": True}},
+     "class_weights would change nothing for the distribution head"),
 ])
 def test_bad_suite_fails_before_training_naming_the_key(change, message):
     with pytest.raises(ConfigError) as error:

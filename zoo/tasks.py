@@ -38,6 +38,7 @@ class Task:
     comparable_metrics: tuple[str, ...]  # with a per-example form (example_scores): zoo compare, headline_metric
     interval_metrics: tuple[str, ...]    # every run records their 95 % bootstrap interval
     losses: tuple[str, ...] = ("auto", "crossentropy", "focal")  # what ``train.loss`` may name for it
+    class_weights_apply: bool = True     # train.class_weights weighs its images or pixels by their class
 
     def loss(self, name: str):
         """The Keras loss for ``train.loss`` (one of ``losses``) on this task's targets."""
@@ -213,6 +214,7 @@ class Distribution(Task):
     # Cross-entropy of proportions is their KL divergence plus the truth's own entropy: the same gradients.
     # The focal loss is for labels, not proportions.
     losses = ("auto", "crossentropy")
+    class_weights_apply = False  # a tile's proportions are one target: no class of it weighs more in the loss
 
     def loss(self, name):
         import keras

@@ -402,11 +402,15 @@ def _check_run_settings(settings: dict, backbone, head, where: str) -> None:
     _check_backbone_options(settings["backbone_options"] or {}, backbone)
     from zoo.tasks import TASKS
 
-    losses = TASKS.get(head.task).losses
-    if train["loss"] not in losses:
+    task = TASKS.get(head.task)
+    if train["loss"] not in task.losses:
         raise ConfigError(f"{where}: loss {train['loss']!r} does not train the {head.name} head ({head.task}: "
-                          f"{', '.join(losses)}); set loss for the heads of other tasks in overrides, e.g. "
+                          f"{', '.join(task.losses)}); set loss for the heads of other tasks in overrides, e.g. "
                           f"{{match: {{head: {head.name}}}, set: {{train: {{loss: auto}}}}}}")
+    if train["class_weights"] and not task.class_weights_apply:
+        raise ConfigError(f"{where}: class_weights would change nothing for the {head.name} head ({head.task}: one "
+                          f"target of class proportions per image); set it for the other heads in overrides, e.g. "
+                          f"{{match: {{head: {head.name}}}, set: {{train: {{class_weights: false}}}}}}")
     try:
         check_compatible(backbone, head)
         check_input_shape(backbone, (train["image_size"], train["image_size"], 3))
