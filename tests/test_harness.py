@@ -176,6 +176,11 @@ def test_predict_on_a_suite_folder_lists_its_runs_best_first(tiny_out, tmp_path,
      "dataset 'tiles': max_pixel_value must be a number above 0"),
     ({"datasets": [{"name": "tiles", "source": "folder", "path": ".", "split": 0.2}]},
      "dataset 'tiles': split must be a mapping such as {val: 0.15, test: 0.15}"),
+    # A split no run can use is refused with the suite, not by each run at its start.
+    ({"datasets": [{"name": "synthetic_terrain", "split": {"val": 0}}]},
+     "dataset 'synthetic_terrain': split.val must be a fraction between 0 and 1, got 0: a run needs validation"),
+    ({"train": {**TINY["train"], "split": {"test": 1.5}}}, "train.split.test must be a fraction between 0 and 1"),
+    ({"train": {**TINY["train"], "split": {"tset": 0.2}}}, "train.split: unknown key(s) ['tset']"),
     # Backbone options the builder does not take fail here, not in every run's builder.
     ({"backbones": ["unet"], "heads": ["fcn"], "datasets": ["synthetic_landcover"], "backbone_options": {"dept": 2}},
      "backbone_options for unet: unknown key 'dept' (did you mean 'depth'?)"),

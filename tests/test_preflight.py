@@ -157,6 +157,20 @@ def test_prepare_builds_the_missing_dataset_and_the_suite_then_trains(tmp_path, 
     assert pd.read_csv(out / "results.csv")["status"].tolist() == ["ok"]
 
 
+def test_a_carving_the_data_cannot_give_stops_the_suite_before_any_run(tmp_path, capsys):
+    """Fractions leaving nothing to train on (or a split that comes out empty on small data) were found by each
+    run at its start, one failed run after another; now the suite is refused with the carving named, and without
+    suggesting --prepare, which cannot fix it."""
+    suite = tmp_path / "split.yaml"
+    suite.write_text(json.dumps({**QUICK, "backbones": ["baseline_cnn"], "seeds": [0, 1],
+                                 "datasets": [{"name": "synthetic_terrain", "split": {"val": 0.6, "test": 0.5}}]}))
+    out = tmp_path / "out"
+    assert main(["run", str(suite), "--out", str(out), "--in-process", "--no-report"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("split of dataset synthetic_terrain: split: test and val would take 1.1 of the images") == 1
+    assert "fix: change split: in its dataset entry" in error and "--prepare" not in error and not out.exists()
+
+
 @pytest.mark.parametrize("fractions", [None, {"val": 0.2, "test": 0.1}, {"val": 0.05}])
 def test_the_plan_estimates_the_split_sizes_the_run_carves(fractions):
     """The plan's sizes come from the run's own carving (zoo.data.splits), so the two cannot drift."""

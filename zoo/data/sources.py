@@ -451,8 +451,10 @@ def _check_entry_values(entry: dict) -> None:
     where = f"dataset {entry['name']!r}"
     if "path" in entry and not isinstance(entry["path"], str):
         raise ConfigError(f"{where}: path must be a folder or file path, got {entry['path']!r}")
-    if "split" in entry and not isinstance(entry["split"], dict):
-        raise ConfigError(f"{where}: split must be a mapping such as {{val: 0.15, test: 0.15}}, got {entry['split']!r}")
+    if "split" in entry:
+        from zoo.data.splits import check_split_setting
+
+        check_split_setting(entry["split"], f"{where}: split")
     maximum = entry.get("max_pixel_value")
     if maximum is not None and (isinstance(maximum, bool) or not isinstance(maximum, (int, float)) or maximum <= 0):
         raise ConfigError(f"{where}: max_pixel_value must be a number above 0 (e.g. 4095 for 12-bit data), "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from zoo.errors import ConfigError
 
@@ -10,6 +9,8 @@ DEFAULT_FRACTIONS = {"val": 0.15, "test": 0.15}
 
 
 def _split(indices, fraction, labels, seed, groups=None):
+    from sklearn.model_selection import GroupShuffleSplit, train_test_split  # here: suites check splits without it
+
     if groups is not None:
         # Whole groups (tracks) go to one side, so smoothing along a track sees all of it.
         keep, carved = next(GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
@@ -23,6 +24,25 @@ def _split(indices, fraction, labels, seed, groups=None):
         return train_test_split(indices, test_size=fraction, random_state=seed)
 
 
+def check_split_setting(split, where: str = "split") -> None:
+    """A ``split:`` setting (a dataset entry's or ``train.split``) as the suite gives it, refused with what to
+    write before any run starts: a mapping of ``val`` and ``test`` fractions of the source's training split,
+    each above 0 and below 1, and ``group_by``."""
+    if split is None:
+        return
+    if not isinstance(split, dict):
+        raise ConfigError(f"{where} must be a mapping such as {{val: 0.15, test: 0.15}}, got {split!r}")
+    unknown = sorted(set(split) - set(DEFAULT_FRACTIONS) - {"group_by"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: val, test, group_by")
+    for key in DEFAULT_FRACTIONS:
+        value = split.get(key, DEFAULT_FRACTIONS[key])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(f"{where}.{key} must be a fraction between 0 and 1, got {value!r}: a run needs "
+                              f"{'validation images (its best epoch, early stopping)' if key == 'val' else 'test images'}"
+                              f"; for few of them use a small fraction such as 0.05")
+
+
 def plan_splits(labelled_splits: dict[str, int], fractions: dict | None, seed: int,
                 labels: dict[str, np.ndarray | None], groups: np.ndarray | None = None
                 ) -> dict[str, tuple[str, np.ndarray | None]]:
@@ -32,15 +52,15 @@ def plan_splits(labelled_splits: dict[str, int], fractions: dict | None, seed: i
     ``fractions``: {"val": f, "test": f}, used only for the splits the source lacks.
     ``groups``: for the train split, a group per example (a track) that carving keeps whole.
     """
+    check_split_setting(fractions)
     fractions = {**DEFAULT_FRACTIONS, **{k: v for k, v in (fractions or {}).items() if k != "group_by"}}
-    unknown = set(fractions) - set(DEFAULT_FRACTIONS)
-    if unknown:
-        raise ConfigError(f"split: unknown key(s) {sorted(unknown)}; allowed: val, test, group_by")
-    for key, value in fractions.items():
-        if not 0 < float(value) < 1:
-            raise ConfigError(f"split.{key} must be a fraction between 0 and 1, got {value}")
     if "train" not in labelled_splits:
         raise ConfigError(f"the data has no 'train' split (it has {sorted(labelled_splits)})")
+    carved = [name for name in ("test", "val") if name not in labelled_splits]
+    if sum(float(fractions[name]) for name in carved) >= 1:
+        raise ConfigError(f"split: {' and '.join(carved)} would take {sum(fractions[n] for n in carved):g} of the images "
+                          f"together, leaving none to train on; give fractions that add up to less than 1, such as "
+                          f"{{val: 0.15, test: 0.15}}")
     plan: dict[str, tuple[str, np.ndarray | None]] = {}
     pool = np.arange(labelled_splits["train"])
     train_labels = labels.get("train")

@@ -178,7 +178,29 @@ def slow_backend_warnings(runs, gpu: str | None = None) -> list[str]:
 def check_readiness(runs, cache_dir=None) -> tuple[dict, list[Problem]]:
     """Every problem that would stop a run of ``runs`` at its start, and the datasets opened."""
     sources, problems = open_datasets(runs, cache_dir)
-    return sources, problems + weights_problems(runs) + backend_problems(runs)
+    return sources, problems + split_problems(runs, sources) + weights_problems(runs) + backend_problems(runs)
+
+
+def split_problems(runs, sources: dict) -> list[Problem]:
+    """Each carving of ``runs`` (dataset, split fractions, split seed) that this data cannot give: fractions
+    leaving nothing to train on, a split that comes out empty, ``group_by`` with nothing to group. Each run would
+    fail at its start on it, one after another."""
+    from zoo.data.splits import plan_for_source
+
+    problems, seen = [], set()
+    for run in runs:
+        source = sources.get(_dataset_key(run.dataset))
+        fractions = run.train.split or run.dataset.get("split")
+        key = (_dataset_key(run.dataset), json.dumps(fractions, sort_keys=True), run.split_seed)
+        if source is None or key in seen:
+            continue
+        seen.add(key)
+        try:
+            plan_for_source(source, fractions, run.split_seed)
+        except ConfigError as error:
+            problems.append(Problem(f"split of dataset {run.dataset['name']}", f"{error} (split_seed {run.split_seed})",
+                                    "change split: in its dataset entry (or train.split)"))
+    return problems
 
 
 def carved_as_now(run, source, run_dir: Path, plans: dict) -> bool:
@@ -269,7 +291,7 @@ def small_class_warnings(runs, sources: dict) -> list[str]:
         try:
             missing = classes_missing_from_splits(source, plan_for_source(source, fractions, run.split_seed))
         except ConfigError:
-            continue  # the run itself reports an impossible split
+            continue  # an impossible carving is a problem of check_readiness (split_problems)
         for split, names in missing.items():
             if names:
                 shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -288,7 +310,7 @@ def format_problems(problems: list[Problem], suite_path: str | None = None) -> s
     lines = [f"the suite cannot start: {len(problems)} problem(s); nothing was run and no run folder was written"]
     for problem in problems:
         lines += [f"  - {problem.subject}: {problem.message}", f"      fix: {problem.fix}"]
-    if suite_path:
+    if suite_path and any(problem.subject.split(" ", 1)[0] in ("dataset", "weights") for problem in problems):
         lines.append(f"or let zoo prepare what it can first: zoo run {suite_path} --prepare")
     return "\n".join(lines)
 

@@ -136,6 +136,9 @@ def validate_train(train: dict, where: str) -> None:
     momentum = train["batchnorm_momentum"]
     if momentum is not None and not (isinstance(momentum, (int, float)) and 0 < momentum < 1):
         raise ConfigError(f"{where}.batchnorm_momentum must be a number between 0 and 1 or null, got {momentum!r}")
+    from zoo.data.splits import check_split_setting
+
+    check_split_setting(train.get("split"), f"{where}.split")
     if not isinstance(train["early_stopping"], int) or train["early_stopping"] < 0:
         raise ConfigError(f"{where}.early_stopping is a patience in epochs (0 = off), got {train['early_stopping']!r}")
     from zoo.data.prepare import EXTRA_PREPROCESSING
