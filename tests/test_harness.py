@@ -181,6 +181,8 @@ def test_predict_on_a_suite_folder_lists_its_runs_best_first(tiny_out, tmp_path,
      "dataset 'synthetic_terrain': split.val must be a fraction between 0 and 1, got 0: a run needs validation"),
     ({"train": {**TINY["train"], "split": {"test": 1.5}}}, "train.split.test must be a fraction between 0 and 1"),
     ({"train": {**TINY["train"], "split": {"tset": 0.2}}}, "train.split: unknown key(s) ['tset']"),
+    ({"train": {**TINY["train"], "steps_per_epoch": -1}}, "train.steps_per_epoch caps each epoch's batches"),
+    ({"train": {**TINY["train"], "augment": "false"}}, "train.augment must be true or false, got 'false'"),
     # Backbone options the builder does not take fail here, not in every run's builder.
     ({"backbones": ["unet"], "heads": ["fcn"], "datasets": ["synthetic_landcover"], "backbone_options": {"dept": 2}},
      "backbone_options for unet: unknown key 'dept' (did you mean 'depth'?)"),

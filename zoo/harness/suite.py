@@ -127,6 +127,13 @@ def validate_train(train: dict, where: str) -> None:
     for key in ("image_size", "batch_size", "epochs"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ConfigError(f"{where}.{key} must be a positive whole number, got {train[key]!r}")
+    steps = train["steps_per_epoch"]
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"{where}.steps_per_epoch caps each epoch's batches: a positive whole number, or null for "
+                          f"the whole training split; got {steps!r}")
+    for key in ("augment", "class_weights", "xla"):
+        if not isinstance(train[key], bool):  # YAML's "false" in quotes is a string, and a string is true
+            raise ConfigError(f"{where}.{key} must be true or false, got {train[key]!r}")
     if not isinstance(train["learning_rate"], (int, float)) or train["learning_rate"] <= 0:
         raise ConfigError(f"{where}.learning_rate must be a positive number, got {train['learning_rate']!r}")
     memory = train["input_memory_gb"]
