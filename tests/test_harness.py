@@ -183,6 +183,8 @@ def test_predict_on_a_suite_folder_lists_its_runs_best_first(tiny_out, tmp_path,
     ({"train": {**TINY["train"], "split": {"tset": 0.2}}}, "train.split: unknown key(s) ['tset']"),
     ({"train": {**TINY["train"], "steps_per_epoch": -1}}, "train.steps_per_epoch caps each epoch's batches"),
     ({"train": {**TINY["train"], "augment": "false"}}, "train.augment must be true or false, got 'false'"),
+    ({"finetune": {"epochs": 0}}, "finetune.epochs must be a positive whole number, got 0"),
+    ({"finetune": {"learning_rate": "fast"}}, "finetune.learning_rate must be a positive number"),
     # Backbone options the builder does not take fail here, not in every run's builder.
     ({"backbones": ["unet"], "heads": ["fcn"], "datasets": ["synthetic_landcover"], "backbone_options": {"dept": 2}},
      "backbone_options for unet: unknown key 'dept' (did you mean 'depth'?)"),
@@ -200,6 +202,18 @@ def test_bad_suite_fails_before_training_naming_the_key(change, message):
     with pytest.raises(ConfigError) as error:
         expand_suite(load_suite({**TINY, **change}))
     assert message in str(error.value)
+
+
+def test_numbers_written_with_an_exponent_are_numbers_in_a_suite_file_and_in_set(tmp_path):
+    """PyYAML (YAML 1.1) reads `learning_rate: 1e-3` as a string, and the suite was refused as "not a number";
+    the way most people write a learning rate works in a suite file, in `finetune:` and in `--set`."""
+    path = tmp_path / "rates.yaml"
+    path.write_text("name: rates\ndatasets: [synthetic_terrain]\nbackbones: [baseline_cnn]\nheads: [linear]\n"
+                    "train: {image_size: 32, learning_rate: 1e-3}\nfinetune: {learning_rate: 1E-5}\n")
+    (run,) = expand_suite(load_suite(path))
+    assert run.train.learning_rate == 0.001 and run.finetune["learning_rate"] == 1e-5
+    (run,) = expand_suite(load_suite(path, ["train.learning_rate=2e-4"]))
+    assert run.train.learning_rate == 0.0002
 
 
 @pytest.mark.parametrize("folder", ["dog photos", "tiles"])

@@ -169,12 +169,11 @@ class MlflowTracker:
 def sync(out_dir, uri: str, log=print) -> int:
     """``zoo mlflow-sync``: log every finished run of ``out_dir`` not yet in MLflow; 1 if the
     server could not take them."""
-    import yaml
-
     from zoo.results import read_results
+    from zoo.yamlfile import read_yaml
 
     out_dir = Path(out_dir)
-    suite = yaml.safe_load((out_dir / "suite.yaml").read_text())
+    suite = read_yaml((out_dir / "suite.yaml").read_text())
     tracker = MlflowTracker(uri, suite["name"], warn=log)
     counts = {"logged": 0, "already": 0, "unavailable": 0}
     for run_id in read_results(out_dir)["run_id"]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 
 from zoo.registry import Registry
+from zoo.yamlfile import read_yaml
 
 CARDS_DIR_ENV = "ZOO_DATASETS_DIR"
 REQUIRED_CARD_KEYS = ("name", "task", "source", "description", "license", "citation")
@@ -24,7 +24,7 @@ def cards_dir() -> Path:
 
 
 def read_card(path: Path) -> dict:
-    card = yaml.safe_load(Path(path).read_text())
+    card = read_yaml(Path(path).read_text())
     missing = [key for key in REQUIRED_CARD_KEYS if key not in card]
     if missing:
         raise ValueError(f"dataset card {path} lacks {', '.join(missing)}")

@@ -19,6 +19,7 @@ import yaml
 from zoo.errors import ConfigError, check_keys
 from zoo.runspec import CACHE_MODES, RunSpec, TrainSettings, features_apply, preprocessing_steps
 from zoo.runtime import PRECISIONS
+from zoo.yamlfile import read_yaml
 
 SUITE_DEFAULTS = {
     "name": None,              # required: names the output folder runs/<name>
@@ -80,7 +81,7 @@ def apply_overrides(suite: dict, overrides: list[str]) -> dict:
             target = target[part]
             if not isinstance(target, dict):
                 raise ConfigError(f"--set {key}: {part!r} is not a section")
-        target[parts[-1]] = yaml.safe_load(raw)
+        target[parts[-1]] = read_yaml(raw)
     return suite
 
 
@@ -190,7 +191,7 @@ def load_suite(path_or_dict, overrides: list[str] | None = None) -> dict:
         if not path.is_file():
             raise ConfigError(f"suite file {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = read_yaml(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path} is not valid YAML: {error}") from None
         if not isinstance(raw, dict):
@@ -396,6 +397,13 @@ def _check_run_settings(settings: dict, backbone, head, where: str) -> None:
     if swept:
         raise ConfigError(f"{where}: {', '.join(swept)} must be single values in an override (sweep in `train:`)")
     validate_train(train, where)
+    finetune = settings["finetune"]
+    if finetune:
+        if isinstance(finetune["epochs"], bool) or not isinstance(finetune["epochs"], int) or finetune["epochs"] < 1:
+            raise ConfigError(f"finetune.epochs must be a positive whole number, got {finetune['epochs']!r}")
+        rate = finetune["learning_rate"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
+            raise ConfigError(f"finetune.learning_rate must be a positive number such as 1.0e-5, got {rate!r}")
     for mode in [settings["trainable"]] + ([settings["finetune"]["trainable"]] if settings["finetune"] else []):
         try:
             parse_trainable(mode)

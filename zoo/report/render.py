@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from jinja2 import Environment, PackageLoader
 
 from zoo import stats
@@ -21,6 +20,7 @@ from zoo.metrics import METRICS, ignored_classes_note
 from zoo.report import figures
 from zoo.export import FORMATS
 from zoo.results import RESULT_COLUMNS, load_runs, write_atomic
+from zoo.yamlfile import read_yaml
 
 GROUP_KEYS = ["backbone", "head", "weights", "trainable", "swept"]
 # Models of a dataset given per-class tables, confusion matrices and training curves: the leaderboard's
@@ -442,7 +442,7 @@ class ReportBuilder:
 
     def build(self) -> dict:
         suite_file = self.out_dir / "suite.yaml"
-        suite = yaml.safe_load(suite_file.read_text()) if suite_file.is_file() else {}
+        suite = read_yaml(suite_file.read_text()) if suite_file.is_file() else {}
         sections = [self.dataset_section(name, group) for name, group in self.results.groupby("dataset", sort=False)]
         return {"suite": suite.get("name") or self.results["suite"].iloc[0], "description": suite.get("description", ""),
                 "runs_total": len(self.results), "runs_ok": int((self.results["status"] == "ok").sum()),
@@ -481,7 +481,7 @@ def write_report(out_dir, formats=("md", "html"), report_dir=None, latency_budge
     unknown = set(formats) - {"md", "html"}
     if unknown:
         raise ConfigError(f"unknown report format(s) {sorted(unknown)}; use md and/or html (--format md,html)")
-    suite_name = yaml.safe_load((out_dir / "suite.yaml").read_text()).get("name") \
+    suite_name = read_yaml((out_dir / "suite.yaml").read_text()).get("name") \
         if (out_dir / "suite.yaml").is_file() else out_dir.name
     report_dir = Path(report_dir) if report_dir else Path("reports") / suite_name
     builder = ReportBuilder(out_dir, report_dir, latency_budget_ms, size_budget_mb,

@@ -19,6 +19,7 @@ import numpy as np
 from zoo.errors import DataError
 from zoo.export import FORMATS
 from zoo.runspec import RunSpec
+from zoo.yamlfile import read_yaml
 
 
 class NotServed(LookupError):
@@ -76,7 +77,7 @@ class Study:
         import yaml
 
         try:
-            return yaml.safe_load((self.root / "suite.yaml").read_text())
+            return read_yaml((self.root / "suite.yaml").read_text())
         except (OSError, yaml.YAMLError):
             return None
 
