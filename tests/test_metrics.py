@@ -36,7 +36,16 @@ def test_hand_computed_precision_recall_and_top_k():
     # predictions 0, 1, 1, 0, 2: class a P=1/2 R=1/2; b P=1/2 R=1/2; c P=1 R=1
     assert result["accuracy"] == pytest.approx(3 / 5)
     assert result["macro_precision"] == pytest.approx((0.5 + 0.5 + 1) / 3)
-    assert result["top5_accuracy"] == pytest.approx(1.0)  # k = 2 of 3 classes; every truth is in the top 2
+    assert result["top5_accuracy"] is None  # 3 classes: every truth is among the top 5
+
+
+def test_top5_accuracy_is_the_share_of_truths_among_the_five_most_probable_classes():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(8), 40)
+    y_true = rng.integers(0, 8, 40)
+    result = classification_metrics(y_true, probabilities, [f"class{i}" for i in range(8)])
+    top5 = np.argsort(-probabilities, axis=1)[:, :5]
+    assert result["top5_accuracy"] == pytest.approx(np.mean([truth in row for truth, row in zip(y_true, top5)]))
 
 
 def test_segmentation_metrics_leave_ignored_classes_out():

@@ -32,7 +32,7 @@ RESULT_COLUMNS = {
     "accuracy": "test accuracy (pixel accuracy for segmentation)",
     "accuracy_ci_low": "lower end of the 95 % bootstrap interval of accuracy over test examples",
     "accuracy_ci_high": "upper end of that interval",
-    "top5_accuracy": "test top-5 accuracy (classification, more than 2 classes)",
+    "top5_accuracy": "test top-5 accuracy (classification, more than 5 classes; empty otherwise)",
     "macro_precision": "test precision averaged over classes",
     "macro_recall": "test recall averaged over classes",
     "macro_f1": "test F1 averaged over classes",
