@@ -154,6 +154,13 @@ def _jpeg_bytes(array):
     return buffer.getvalue()
 
 
+def test_data_info_on_a_path_that_is_not_there_says_so(tmp_path, capsys):
+    """A mistyped folder is not an "unknown dataset" to look up in `zoo list datasets`."""
+    assert main(["data", "info", str(tmp_path / "phtos")]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'phtos'}: no such folder or file" in error and "unknown dataset" not in error
+
+
 def test_folder_skips_and_names_broken_files_and_trains_through_an_epoch(tmp_path, capsys):
     make_classification_folder(tmp_path / "photos")
     assert main(["data", "info", str(tmp_path / "photos"), "--json"]) == 0

@@ -18,6 +18,9 @@ def dataset_info(name_or_path: str, data_dir: str | None = None) -> dict:
         source = source_of_path(name_or_path)
         entry = {"name": path.stem if source == "tracks" else path.name, "source": source, "path": name_or_path}
         return with_class_counts(open_source(entry))
+    if name_or_path not in DATASETS and (any(sep in name_or_path for sep in ("/", "\\")) or name_or_path[:1] in "~."):
+        raise DataError(f"{name_or_path}: no such folder or file; give a folder of images, a track manifest CSV, or "
+                        f"a dataset name (zoo list datasets)")
     card = DATASETS.get(name_or_path)
     if card["source"] == "landcover_ens" and data_dir:
         # --data-dir is the unzipped challenge folder: read it directly, nothing to build.
