@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 from zoo.registry import Registry
 from zoo.yamlfile import read_yaml
 
