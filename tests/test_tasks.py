@@ -68,3 +68,19 @@ def test_every_head_and_dataset_card_serves_a_registered_task():
 
     assert {HEADS.get(name).task for name in HEADS} <= set(TASKS)
     assert {DATASETS.get(name)["task"] for name in DATASETS} <= set(TASKS)
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_loss_a_task_accepts_is_built_and_scores_its_targets(name):
+    """Each `train.loss` the suite lets through for a task (Task.losses) gives a Keras loss that takes the targets
+    its input pipeline builds: none is accepted with the suite to fail inside the run."""
+    import keras
+
+    task = TASKS.get(name)
+    targets, outputs = targets_and_outputs(task.target, np.random.default_rng(0))
+    for loss_name in task.losses:
+        loss = task.loss(loss_name)
+        one_hot = loss_name == "focal" and task.one_label_per_image  # as zoo.harness.stages builds the labels
+        given = np.eye(len(CLASSES), dtype="float32")[targets] if one_hot else targets
+        value = float(loss(given, outputs))
+        assert isinstance(loss, keras.losses.Loss) and np.isfinite(value) and value > 0, loss_name
