@@ -313,6 +313,12 @@ def expand_suite(suite: dict) -> list[RunSpec]:
     if unused:
         raise ConfigError(f"heads {unused} fit none of the suite's datasets (their tasks: "
                           f"{', '.join(sorted({HEADS.get(h).task for h in unused}))})")
+    seen = set()
+    for run in runs:
+        if run.run_id in seen:  # the same settings twice: one folder, trained twice or counted twice
+            raise ConfigError(f"the suite lists run {run.run_id} twice: a value repeated in seeds, datasets, "
+                              f"split_seed or a swept train key; remove the repeat")
+        seen.add(run.run_id)
     return runs
 
 
