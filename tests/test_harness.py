@@ -185,6 +185,8 @@ def test_predict_on_a_suite_folder_lists_its_runs_best_first(tiny_out, tmp_path,
     ({"train": {**TINY["train"], "augment": "false"}}, "train.augment must be true or false, got 'false'"),
     ({"finetune": {"epochs": 0}}, "finetune.epochs must be a positive whole number, got 0"),
     ({"seeds": [0, 1, 1]}, "the suite lists run synthetic_terrain-baseline_cnn-linear-s1"),
+    ({"datasets": ["synthetic_terrain", {"name": "synthetic_terrain", "split": {"val": 0.3}}]},
+     "datasets: synthetic_terrain listed more than once; a folder given twice with other settings needs another"),
     ({"train": {**TINY["train"], "learning_rate": [0.01, 0.01]}}, "a value repeated in seeds, datasets, split_seed"),
     ({"finetune": {"learning_rate": "fast"}}, "finetune.learning_rate must be a positive number"),
     # Backbone options the builder does not take fail here, not in every run's builder.

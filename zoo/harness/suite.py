@@ -255,6 +255,13 @@ def expand_suite(suite: dict) -> list[RunSpec]:
               for combo in itertools.product(*[suite["train"][k] for k in swept_keys]) for split_seed in split_seeds]
     runs = []
     used_heads: set[str] = set()
+    named = [entry if isinstance(entry, str) else entry.get("name") for entry in _as_list(suite["datasets"])]
+    repeated = sorted({name for name in named if isinstance(name, str) and named.count(name) > 1})
+    if repeated:  # runs, reports and zoo compare know a dataset by its name
+        # Two entries of one name were leaderboard rows of one model: two carvings pooled as if two seeds.
+        raise ConfigError(f"datasets: {', '.join(repeated)} listed more than once; a folder given twice with other "
+                          f"settings needs another name for each entry, and a card's other carvings come from "
+                          f"split_seed: [0, 1, 2]; or remove the repeat")
     for entry in _as_list(suite["datasets"]):
         dataset = resolve_dataset_config({"name": entry} if isinstance(entry, str) else entry)
         task = _folder_task(dataset) if dataset.get("source") == "folder" else dataset.get("task")
