@@ -32,9 +32,9 @@ HARMLESS = [re.compile(pattern) for pattern in (
     # records, not processor features, yet it compares them with the host's.
     _LOG + r"cpu_aot_loader\.cc:\d+\] Loading XLA:CPU AOT result\. Target machine feature "
     r"\+prefer-no-(gather|scatter) is not\s+supported on the host machine\.",
-    # TensorFlow's oneDNN build choosing its Eigen kernel for an int32 op (mixed precision on some CPUs):
-    # logged at error level, but only a choice of kernel; the results are the same.
-    _LOG + r"util\.cc:\d+\] oneDNN supports DT_INT32 only on platforms with AVX-512\. Falling back to the "
+    # TensorFlow's oneDNN build choosing its Eigen kernel for an int32 or float16 op (mixed precision on CPUs
+    # without AVX-512): logged at error level, but only a choice of kernel; the results are the same.
+    _LOG + r"util\.cc:\d+\] oneDNN supports DT_(INT32|HALF) only on platforms with AVX-512\. Falling back to the "
     r"default Eigen-based implementation if present\.$",
     # TensorFlow's notice when its first XLA program is compiled (zoo predict, train.xla): not actionable.
     _LOG + r"device_compiler\.h:\d+\] Compiled cluster using XLA!",
