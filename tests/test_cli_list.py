@@ -41,6 +41,8 @@ def test_list_tasks_names_each_task_with_what_it_is_compared_by(capsys):
     lines = {line.split("\t")[0]: line for line in capsys.readouterr().out.splitlines()}
     assert list(lines) == ["classification", "segmentation", "distribution"]
     assert "compared by: accuracy, macro_f1" in lines["classification"] and "targets=masks" in lines["segmentation"]
+    assert "losses: auto, crossentropy, focal" in lines["segmentation"]  # what train.loss may name for it
+    assert lines["distribution"].endswith("losses: auto, crossentropy (no class_weights)")
 
 
 def test_weights_fetch_offline_fails_cleanly(tmp_path, monkeypatch):

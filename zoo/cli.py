@@ -70,7 +70,8 @@ def cmd_list(args) -> int:
         for name in TASKS.list(args.pattern):
             task = TASKS.get(name)
             print(f"{name}\ttargets={task.target}\tcompared by: {', '.join(task.comparable_metrics)}"
-                  f"\tintervals: {', '.join(task.interval_metrics)}")
+                  f"\tintervals: {', '.join(task.interval_metrics)}\tlosses: {', '.join(task.losses)}"
+                  f"{'' if task.class_weights_apply else ' (no class_weights)'}")
     else:
         from zoo.data import DATASETS
 
