@@ -320,6 +320,11 @@ def expand_suite(suite: dict) -> list[RunSpec]:
     if unused:
         raise ConfigError(f"heads {unused} fit none of the suite's datasets (their tasks: "
                           f"{', '.join(sorted({HEADS.get(h).task for h in unused}))})")
+    if not runs:
+        empty = [key for key in ("backbones",) if not _as_list(suite[key])] + \
+            [f"train.{key}" for key, value in suite["train"].items() if isinstance(value, (list, tuple)) and not value]
+        raise ConfigError(f"the suite makes no run: {', '.join(empty) or 'an empty list'} names nothing; give at "
+                          f"least one value (zoo list backbones shows what there is)")
     seen = set()
     for run in runs:
         if run.run_id in seen:  # the same settings twice: one folder, trained twice or counted twice
