@@ -210,6 +210,18 @@ def test_bad_suite_fails_before_training_naming_the_key(change, message):
     assert message in str(error.value)
 
 
+def test_an_output_folder_of_another_suite_is_refused_before_anything_is_written(tiny_out, tmp_path):
+    """results.csv and the report index the suite in OUT/suite.yaml: running another suite into the folder dropped
+    the first suite's runs from both (their folders kept, unseen)."""
+    out = tmp_path / "study"
+    shutil.copytree(tiny_out, out)
+    before = (out / "results.csv").read_text()
+    other = load_suite({**TINY, "name": "other", "datasets": ["synthetic_terrain"], "heads": ["linear"]})
+    with pytest.raises(ConfigError, match="holds suite 'tiny' .* Give --out another folder"):
+        run_suite(other, out, executor="in-process", report=False, log=lambda *_: None)
+    assert (out / "results.csv").read_text() == before and "name: tiny" in (out / "suite.yaml").read_text()
+
+
 def test_numbers_written_with_an_exponent_are_numbers_in_a_suite_file_and_in_set(tmp_path):
     """PyYAML (YAML 1.1) reads `learning_rate: 1e-3` as a string, and the suite was refused as "not a number";
     the way most people write a learning rate works in a suite file, in `finetune:` and in `--set`."""

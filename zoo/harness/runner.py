@@ -204,6 +204,22 @@ def log_skipped_files(sources: dict, log) -> None:
                 f"`zoo data info` lists them all")
 
 
+def check_output_folder(out_dir: Path, suite: dict) -> None:
+    """Refuse an output folder that holds another suite: results.csv and the report index the runs of the
+    suite in OUT/suite.yaml, so the other suite's runs would drop out of both (their folders kept, unseen)."""
+    from zoo.yamlfile import read_yaml
+
+    try:
+        held = read_yaml((Path(out_dir) / "suite.yaml").read_text()).get("name")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return  # no suite yet, or a damaged file the run rewrites
+    if held is not None and str(held) != str(suite["name"]):
+        raise ConfigError(f"{out_dir} holds suite {held!r} (its suite.yaml), and this is suite {suite['name']!r}: "
+                          f"results.csv and the report would then list this suite's runs only. Give --out another "
+                          f"folder (the default is runs/{suite['name']}), or name this suite {held!r} to add to that "
+                          f"study")
+
+
 def select_runs(suite: dict, only: str | None) -> tuple[list[RunSpec], list[RunSpec]]:
     """All runs of a validated suite, and those ``--only`` selects."""
     runs = expand_suite(suite)
@@ -261,6 +277,7 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    check_output_folder(out_dir, suite)
     runs, selected = select_runs(suite, only)
     runs_dir = out_dir / "runs"
     todo = pending_runs(selected, runs_dir, force)
@@ -506,6 +523,7 @@ def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log, record: 
                                        make_plan, slow_backend_warnings)
 
     out_dir = Path(out_dir)
+    check_output_folder(out_dir, suite)
     _, selected = select_runs(suite, only)
     todo = pending_runs(selected, out_dir / "runs", force=False)
     for warning in changed_data_warnings(_finished(selected, todo), out_dir / "runs", out_dir / "cache",
