@@ -299,3 +299,28 @@ def test_an_imbalanced_folder_is_ranked_by_the_metric_its_entry_chooses(tmp_path
     landcover = open_source({"name": "synthetic_landcover", "headline_metric": "miou"}).info
     assert dataset_headline_metric("synthetic_landcover", ["segmentation"], landcover.to_dict()) == "miou"
     assert dataset_headline_metric("synthetic_landcover", ["segmentation"], {}) == "kl_score"  # the card's
+
+
+def test_a_cards_published_results_stand_beside_the_leaderboard_and_a_folder_has_none(store, tmp_path, monkeypatch):
+    """The dataset card's reference_results (source, model, metric, value) are shown after the leaderboard, so a
+    user on EuroSAT or Stanford Dogs sees the literature's figure beside their own; entries without a value are
+    left out, and a folder of the user's own has no card to cite."""
+    from zoo.data import DATASETS
+    from zoo.report import write_report
+
+    monkeypatch.setitem(DATASETS.get("synthetic_terrain"), "reference_results", [
+        {"source": NASTY, "model": "a ResNet", "metric": "accuracy", "value": 0.9857},
+        {"source": "starter kit", "model": "U-Net", "metric": "accuracy", "value": None}])
+    suite = load_suite({"name": "cited", "datasets": ["synthetic_terrain"], "backbones": ["baseline_cnn"],
+                        "heads": ["linear"], "train": {"image_size": 16, "batch_size": 32, "epochs": 1,
+                                                       "steps_per_epoch": 2}})
+    out = tmp_path / "out"
+    assert run_suite(suite, out, executor="in-process", report=False, log=lambda *_: None) == 0
+    markdown, page = (path.read_text() for path in write_report(out, formats=("md", "html"),
+                                                                  report_dir=tmp_path / "report"))
+    rows = markdown_table(markdown, "| source | model | metric | value |")
+    assert [(row["model"], row["metric"], row["value"]) for row in rows] == [("a ResNet", "accuracy", "0.9857")]
+    assert "Published results on synthetic_terrain" in markdown and "starter kit" not in markdown
+    assert NASTY not in page and "&lt;img src=x onerror=alert(1)&gt;" in page and "0.9857" in page
+    _, report_dir = store
+    assert "Published results" not in (report_dir / "report.md").read_text()

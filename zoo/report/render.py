@@ -89,6 +89,19 @@ def _class_note(row: dict, task: str) -> str:
     return f"only {row['test_examples']} {unit}: too few to judge"
 
 
+def published_results(dataset: str) -> list[dict]:
+    """The results the dataset's card cites (``reference_results``: source, model, metric, value), those with a
+    value, for the report to show beside its own; none for a dataset without a card (a user's folder)."""
+    from zoo.data import DATASETS
+
+    if dataset not in DATASETS:
+        return []
+    rows = DATASETS.get(dataset).get("reference_results") or []
+    return [{"source": str(row.get("source", "")), "model": str(row.get("model", "")), "metric": str(row["metric"]),
+             "value": f"{float(row['value']):.4g}", "note": str(row.get("note", ""))}
+            for row in rows if isinstance(row, dict) and row.get("value") is not None and row.get("metric")]
+
+
 def _slug(text) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-")[:80]
 
@@ -413,6 +426,7 @@ class ReportBuilder:
                 "second_metric": ranked["second_metric"],
                 "smoothing": bool(ok["accuracy_smoothed"].notna().any()),
                 "leaderboard": board, "recommendation": recommendation,
+                "references": published_results(dataset),
                 "detailed": len(detailed), "not_detailed": len(board) - len(detailed),
                 # Where rows were timed on different devices, backends or precisions, the table says where.
                 "timed_apart": len({r["timed_on"] for r in board}) > 1,
