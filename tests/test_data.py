@@ -702,3 +702,20 @@ def test_split_group_by_folder_keeps_each_subfolder_on_one_side(tmp_path):
         plan_for_source(open_source("synthetic_terrain"), {"group_by": "folder"}, 0)
     with pytest.raises(ConfigError, match="'region' is not known; use folder"):
         plan_for_source(source, {"group_by": "region"}, 0)
+
+
+def test_data_info_of_a_dataset_not_prepared_shows_its_card_and_how_to_prepare_it(tmp_path):
+    """Deciding whether to download 778 MiB: `zoo data info stanford_dogs` before `zoo data prepare` tells what the
+    card knows (task, classes, splits, licence, published results) and how to prepare it, instead of an error."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "data", "info", "stanford_dogs"], capture_output=True,
+                            text=True, env={**os.environ, "TFDS_DATA_DIR": str(tmp_path), "ZOO_OFFLINE": "1"},
+                            cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    assert "classes:     120 (named when the data is prepared)" in text and "splits:      train 12000, test 8580" in text
+    assert "Run `zoo data prepare stanford_dogs`" in text and "licence:     Images from ImageNet" in text
+    assert "published:   dog-breed study, VGG16 transfer: accuracy 0.8" in text

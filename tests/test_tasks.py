@@ -84,3 +84,17 @@ def test_every_loss_a_task_accepts_is_built_and_scores_its_targets(name):
         given = np.eye(len(CLASSES), dtype="float32")[targets] if one_hot else targets
         value = float(loss(given, outputs))
         assert isinstance(loss, keras.losses.Loss) and np.isfinite(value) and value > 0, loss_name
+
+
+def test_every_dataset_cards_published_results_name_a_metric_zoo_records():
+    """A card's reference_results stand beside zoo's own numbers (the report, zoo data info): each row has only
+    the known fields and a metric zoo computes. A model name with an unquoted comma in YAML's flow style split
+    into a stray key (two rows of stanford_dogs' card until 2026-11-30)."""
+    from zoo.data import DATASETS
+    from zoo.metrics import METRICS
+
+    for name in DATASETS:
+        for row in DATASETS.get(name).get("reference_results") or []:
+            assert set(row) <= {"source", "model", "metric", "value", "note"}, (name, row)
+            assert row["metric"] in METRICS and row.get("source"), (name, row)
+            assert row.get("value") is None or float(row["value"]) >= 0, (name, row)

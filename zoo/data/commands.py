@@ -31,8 +31,27 @@ def dataset_info(name_or_path: str, data_dir: str | None = None) -> dict:
                 "class_names": card["class_names"], "channels": card["channels"],
                 "image_shape": card["native_size"], "splits": counts, "skipped": [],
                 "ignore_classes": card.get("ignore_classes", []), "max_pixel_value": card["max_pixel_value"],
-                "labelled_splits": card.get("labelled_splits", ["train"])}
-    return with_class_counts(open_source(card["name"], data_dir=data_dir))
+                "labelled_splits": card.get("labelled_splits", ["train"]), **card_facts(card)}
+    try:
+        return {**with_class_counts(open_source(card["name"], data_dir=data_dir)), **card_facts(card)}
+    except DataError as error:
+        if card["source"] not in ("tfds", "landcover_ens"):
+            raise
+        # Not downloaded or built yet: what the card says, to decide before a download of hundreds of MB.
+        names = list(card.get("class_names") or [])  # a tensorflow-datasets card may leave them to the data
+        return {"name": card["name"], "task": card["task"], "num_classes": len(names) or card.get("num_classes", 0),
+                "class_names": names, "channels": card["channels"], "image_shape": card.get("native_size"),
+                "splits": card.get("splits") or {}, "skipped": [], "ignore_classes": card.get("ignore_classes", []),
+                "max_pixel_value": card["max_pixel_value"], "labelled_splits": card.get("labelled_splits", ["train"]),
+                "prepared": False, "notes": [f"from its card: {error}"], **card_facts(card)}
+
+
+def card_facts(card: dict) -> dict:
+    """What a dataset card adds to the data's own description: its title, licence, citation and the published
+    results it cites (those with a value)."""
+    return {"title": card.get("title"), "license": card.get("license"), "citation": " ".join(str(card.get("citation")).split()),
+            "reference_results": [row for row in card.get("reference_results") or []
+                                  if isinstance(row, dict) and row.get("value") is not None]}
 
 
 def with_class_counts(source) -> dict:
@@ -51,7 +70,8 @@ def format_info(info: dict) -> str:
     ignored = [str(names[i]) for i in info.get("ignore_classes") or [] if i < len(names)]
     lines = [f"name:        {info['name']}", f"task:        {info['task']}",
              f"classes:     {info['num_classes']} ({', '.join(map(str, info['class_names'][:12]))}"
-             f"{', ...' if info['num_classes'] > 12 else ''})",
+             f"{', ...' if info['num_classes'] > 12 else ''})" if info["class_names"] else
+             f"classes:     {info['num_classes']} (named when the data is prepared)",
              *([f"ignored:     {', '.join(ignored)} (left out of the loss and the scores)"] if ignored else []),
              f"channels:    {info['channels']}",
              f"image shape: {info['image_shape'] or 'varies'}",
@@ -64,6 +84,10 @@ def format_info(info: dict) -> str:
         lines.append(f"copies:      {sum(len(group) - 1 for group in copies)} file(s) byte-for-byte the same as another")
         lines += [f"  {' = '.join(group)}" for group in copies]
     lines += [f"note: {note}" for note in info.get("notes") or []]
+    if info.get("license"):
+        lines.append(f"licence:     {info['license']}")
+    lines += [f"published:   {row.get('source')}, {row.get('model') or 'model not named'}: {row['metric']} {row['value']}"
+              for row in info.get("reference_results") or []]
     return "\n".join(lines)
 
 
