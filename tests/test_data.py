@@ -719,3 +719,10 @@ def test_data_info_of_a_dataset_not_prepared_shows_its_card_and_how_to_prepare_i
     assert "classes:     120 (named when the data is prepared)" in text and "splits:      train 12000, test 8580" in text
     assert "Run `zoo data prepare stanford_dogs`" in text and "licence:     Images from ImageNet" in text
     assert "published:   dog-breed study, VGG16 transfer: accuracy 0.8" in text
+    # The land cover is a manual download: --data-dir names where it is, not where the built dataset goes.
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "data", "info", "landcover_ens"], capture_output=True,
+                            text=True, env={**os.environ, "TFDS_DATA_DIR": str(tmp_path), "ZOO_OFFLINE": "1"},
+                            cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "run `zoo data prepare landcover_ens --data-dir DIR` (DIR: the unzipped download" in result.stdout
+    assert "published:   land-cover study, challenge benchmark: kl_score 0.0593" in result.stdout

@@ -283,6 +283,12 @@ class LandcoverSource(TfdsSource):
     def _read_targets(self, split):
         return np.zeros(sum(1 for _ in self.as_dataset(split).map(lambda ex: ex["has_mask"])))
 
+    def missing_data_message(self) -> str:
+        # Here --data-dir is where the download is, not where the built dataset goes (that is --tfds-dir).
+        return (f"dataset {self.card['name']!r} is not built in {self.builder.data_dir}. "
+                f"{self.card.get('download', '').strip()} Then run `zoo data prepare {self.card['name']} --data-dir DIR` "
+                f"(DIR: the unzipped download holding train/ and test/; --tfds-dir chooses where the built dataset goes).")
+
 
 # --- embedded synthetic data ------------------------------------------------------------
 
