@@ -498,3 +498,23 @@ def test_browser_a_path_traversal_url_gets_404(study, page):
     _, server = study
     response = page.goto(server.base + "/s/0/run/..%2F..%2Fsuite.yaml")
     assert response.status == 404
+
+
+def test_the_leaderboard_page_shows_the_results_a_dataset_card_cites(study, tmp_path, monkeypatch):
+    """Beside zoo's own leaderboard, the published results of the dataset's card (as in the report), escaped."""
+    out, _ = study
+    cards = tmp_path / "cards"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "datasets", cards)
+    card = cards / "synthetic_terrain.yaml"
+    card.write_text(card.read_text().replace("reference_results: []", "reference_results:\n  - {source: \"<b>a paper</b>"
+                                             "\", model: a ResNet, metric: accuracy, value: 0.9857}"))
+    monkeypatch.setenv("ZOO_DATASETS_DIR", str(cards))  # the server's process reads these cards
+    server = Server(out)
+    try:
+        status, body, _ = server.get("/s/0/leaderboard")
+    finally:
+        server.stop()
+    page = body.decode()
+    assert status == 200 and "Published results on synthetic_terrain" in page and "0.9857" in page
+    assert "<b>a paper</b>" not in page and "&lt;b&gt;a paper&lt;/b&gt;" in page
+    assert page.count("Published results on") == 1  # the land cover's card cites none

@@ -245,8 +245,10 @@ class Study:
 
     def leaderboards(self, latency_budget_ms=None, size_budget_mb=None) -> dict:
         """Each dataset's leaderboard (the report's table, with intervals and the paired verdict
-        against the best) and its recommendation for these budgets, by the report's own code."""
+        against the best) and its recommendation for these budgets, by the report's own code, with the
+        results its dataset card cites."""
         from zoo.backbones import BACKBONES
+        from zoo.report.render import published_results
 
         try:
             builder, sections = self._builder()
@@ -267,7 +269,8 @@ class Study:
             shown.append({**{k: section[k] for k in ("name", "task", "metric", "higher_is_better", "failed",
                                                      "data_notes")},
                           "rows": rows, "recommendation": budgeted.recommendation(section["board"], section["metric"],
-                                                                                  section["higher_is_better"])})
+                                                                                  section["higher_is_better"]),
+                          "references": published_results(section["name"])})
         return {"sections": shown, "problem": None, "left_out": builder.left_out}
 
     # -- one run ------------------------------------------------------------------------------------
