@@ -126,7 +126,7 @@ def validate_train(train: dict, where: str) -> None:
             allowed = ', '.join('null' if c is None else str(c) for c in choices)
             raise ConfigError(f"{where}.{key}: {train[key]!r} is not allowed; use one of {allowed}")
     for key in ("image_size", "batch_size", "epochs"):
-        if not isinstance(train[key], int) or train[key] < 1:
+        if isinstance(train[key], bool) or not isinstance(train[key], int) or train[key] < 1:  # YAML's true is 1
             raise ConfigError(f"{where}.{key} must be a positive whole number, got {train[key]!r}")
     steps = train["steps_per_epoch"]
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
@@ -147,7 +147,8 @@ def validate_train(train: dict, where: str) -> None:
     from zoo.data.splits import check_split_setting
 
     check_split_setting(train.get("split"), f"{where}.split")
-    if not isinstance(train["early_stopping"], int) or train["early_stopping"] < 0:
+    if isinstance(train["early_stopping"], bool) or not isinstance(train["early_stopping"], int) \
+            or train["early_stopping"] < 0:
         raise ConfigError(f"{where}.early_stopping is a patience in epochs (0 = off), got {train['early_stopping']!r}")
     from zoo.data.prepare import EXTRA_PREPROCESSING
 
