@@ -135,7 +135,8 @@ def validate_train(train: dict, where: str) -> None:
     for key in ("augment", "class_weights", "xla"):
         if not isinstance(train[key], bool):  # YAML's "false" in quotes is a string, and a string is true
             raise ConfigError(f"{where}.{key} must be true or false, got {train[key]!r}")
-    if not isinstance(train["learning_rate"], (int, float)) or train["learning_rate"] <= 0:
+    rate = train["learning_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
         raise ConfigError(f"{where}.learning_rate must be a positive number, got {train['learning_rate']!r}")
     memory = train["input_memory_gb"]
     if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory < 0):
