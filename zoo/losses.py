@@ -29,12 +29,13 @@ class PixelCrossentropy(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
 
     def call(self, y_true, y_pred):
-        probabilities = y_pred / ops.sum(y_pred, axis=-1, keepdims=True)
-        probabilities = ops.clip(probabilities, keras.backend.epsilon(), 1.0 - keras.backend.epsilon())
-        return -ops.log(_true_class_probability(y_true, probabilities))
+        return -ops.log(_true_class_probability(y_true, y_pred))
 
 
-def _true_class_probability(y_true, probabilities):
+def _true_class_probability(y_true, y_pred):
+    """Each pixel's probability of its true class, normalised and clipped as Keras's cross-entropies do."""
+    probabilities = y_pred / ops.sum(y_pred, axis=-1, keepdims=True)
+    probabilities = ops.clip(probabilities, keras.backend.epsilon(), 1.0 - keras.backend.epsilon())
     classes = ops.expand_dims(ops.cast(y_true, "int32"), axis=-1)
     return ops.squeeze(ops.take_along_axis(probabilities, classes, axis=-1), axis=-1)
 
@@ -49,9 +50,7 @@ class PixelFocalCrossentropy(keras.losses.Loss):
         self.alpha, self.gamma = float(alpha), float(gamma)
 
     def call(self, y_true, y_pred):
-        probabilities = y_pred / ops.sum(y_pred, axis=-1, keepdims=True)
-        probabilities = ops.clip(probabilities, keras.backend.epsilon(), 1.0 - keras.backend.epsilon())
-        true_class = _true_class_probability(y_true, probabilities)
+        true_class = _true_class_probability(y_true, y_pred)
         return -self.alpha * ops.power(1.0 - true_class, self.gamma) * ops.log(true_class)
 
     def get_config(self):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from zoo.errors import ConfigError
-from zoo.metrics import ExampleScores, tile_confusions  # noqa: F401 (zoo.stats.ExampleScores, as before)
+from zoo.metrics import ExampleScores
 from zoo.tasks import TASKS
 
 CONFIDENCE = 0.95

@@ -42,3 +42,10 @@ def load_cards() -> Registry:
 
 
 DATASETS = load_cards()
+
+
+def cited_results(card: dict) -> list[dict]:
+    """The published results a card cites (``reference_results``: source, model, metric, value, note), those
+    with a metric and a value; shown beside zoo's own by the report, zoo serve and zoo data info."""
+    return [row for row in card.get("reference_results") or []
+            if isinstance(row, dict) and row.get("metric") and row.get("value") is not None]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.data.cards import DATASETS
+from zoo.data.cards import DATASETS, cited_results
 from zoo.data.sources import open_source, source_of_path
 from zoo.errors import DataError
 
@@ -26,32 +26,31 @@ def dataset_info(name_or_path: str, data_dir: str | None = None) -> dict:
         # --data-dir is the unzipped challenge folder: read it directly, nothing to build.
         from zoo.data.landcover_ens import check_challenge_layout
 
-        counts = check_challenge_layout(Path(data_dir).expanduser())
-        return {"name": card["name"], "task": card["task"], "num_classes": len(card["class_names"]),
-                "class_names": card["class_names"], "channels": card["channels"],
-                "image_shape": card["native_size"], "splits": counts, "skipped": [],
-                "ignore_classes": card.get("ignore_classes", []), "max_pixel_value": card["max_pixel_value"],
-                "labelled_splits": card.get("labelled_splits", ["train"]), **card_facts(card)}
+        return card_info(card, check_challenge_layout(Path(data_dir).expanduser()))
     try:
         return {**with_class_counts(open_source(card["name"], data_dir=data_dir)), **card_facts(card)}
     except DataError as error:
         if card["source"] not in ("tfds", "landcover_ens"):
             raise
         # Not downloaded or built yet: what the card says, to decide before a download of hundreds of MB.
-        names = list(card.get("class_names") or [])  # a tensorflow-datasets card may leave them to the data
-        return {"name": card["name"], "task": card["task"], "num_classes": len(names) or card.get("num_classes", 0),
-                "class_names": names, "channels": card["channels"], "image_shape": card.get("native_size"),
-                "splits": card.get("splits") or {}, "skipped": [], "ignore_classes": card.get("ignore_classes", []),
-                "max_pixel_value": card["max_pixel_value"], "labelled_splits": card.get("labelled_splits", ["train"]),
-                "prepared": False, "notes": [f"from its card: {error}"], **card_facts(card)}
+        return {**card_info(card, card.get("splits") or {}), "prepared": False, "notes": [f"from its card: {error}"]}
+
+
+def card_info(card: dict, splits: dict) -> dict:
+    """A dataset's info as its card gives it (the data itself not opened), with ``splits``' sizes."""
+    names = list(card.get("class_names") or [])  # a tensorflow-datasets card may leave them to the data
+    return {"name": card["name"], "task": card["task"], "num_classes": len(names) or card.get("num_classes", 0),
+            "class_names": names, "channels": card["channels"], "image_shape": card.get("native_size"),
+            "splits": splits, "skipped": [], "ignore_classes": card.get("ignore_classes", []),
+            "max_pixel_value": card["max_pixel_value"], "labelled_splits": card.get("labelled_splits", ["train"]),
+            **card_facts(card)}
 
 
 def card_facts(card: dict) -> dict:
     """What a dataset card adds to the data's own description: its title, licence, citation and the published
     results it cites (those with a value)."""
     return {"title": card.get("title"), "license": card.get("license"), "citation": " ".join(str(card.get("citation")).split()),
-            "reference_results": [row for row in card.get("reference_results") or []
-                                  if isinstance(row, dict) and row.get("value") is not None]}
+            "reference_results": cited_results(card)}
 
 
 def with_class_counts(source) -> dict:

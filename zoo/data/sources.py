@@ -206,6 +206,8 @@ class TfdsSource(Source):
 
         self.card = card
         self.image_key, self.label_key = card.get("image_key", "image"), card.get("label_key", "label")
+        # Labels read once per split: pre-flight's carvings, its warnings and a worker's runs all carve by them.
+        self._targets_by_split: dict[str, np.ndarray] = {}
         self.builder = self.make_builder(card, data_dir)
         features = self.builder.info.features
         names = list(features[self.label_key].names) if hasattr(features[self.label_key], "names") else []
@@ -246,11 +248,14 @@ class TfdsSource(Source):
         return len(self._read_targets(split))
 
     def _read_targets(self, split) -> np.ndarray:
-        import tensorflow_datasets as tfds
+        if split not in self._targets_by_split:
+            import tensorflow_datasets as tfds
 
-        dataset = self.as_dataset(split, decoders={self.image_key: tfds.decode.SkipDecoding()})
-        targets = dataset.map(lambda example: example[self.label_key]).batch(4096)
-        return np.concatenate([batch.numpy().reshape(len(batch), -1)[:, 0] for batch in targets] or [np.zeros(0)])
+            dataset = self.as_dataset(split, decoders={self.image_key: tfds.decode.SkipDecoding()})
+            targets = dataset.map(lambda example: example[self.label_key]).batch(4096)
+            self._targets_by_split[split] = np.concatenate(
+                [batch.numpy().reshape(len(batch), -1)[:, 0] for batch in targets] or [np.zeros(0)])
+        return self._targets_by_split[split]
 
     def labels(self, split):
         if self.info.task != "classification":

@@ -187,20 +187,26 @@ def split_problems(runs, sources: dict) -> list[Problem]:
     fail at its start on it, one after another."""
     from zoo.data.splits import plan_for_source
 
-    problems, seen = [], set()
-    for run in runs:
-        source = sources.get(_dataset_key(run.dataset))
-        fractions = run.train.split or run.dataset.get("split")
-        key = (_dataset_key(run.dataset), json.dumps(fractions, sort_keys=True), run.split_seed)
-        if source is None or key in seen:
-            continue
-        seen.add(key)
+    problems = []
+    for run, source, fractions in _carvings(runs, sources):
         try:
             plan_for_source(source, fractions, run.split_seed)
         except ConfigError as error:
             problems.append(Problem(f"split of dataset {run.dataset['name']}", f"{error} (split_seed {run.split_seed})",
                                     "change split: in its dataset entry (or train.split)"))
     return problems
+
+
+def _carvings(runs, sources: dict):
+    """(run, opened source, split fractions) once per distinct carving of ``runs``: dataset, fractions, split seed."""
+    seen = set()
+    for run in runs:
+        source = sources.get(_dataset_key(run.dataset))
+        fractions = run.train.split or run.dataset.get("split")
+        key = (_dataset_key(run.dataset), json.dumps(fractions, sort_keys=True), run.split_seed)
+        if source is not None and key not in seen:
+            seen.add(key)
+            yield run, source, fractions
 
 
 def carved_as_now(run, source, run_dir: Path, plans: dict) -> bool:
@@ -280,14 +286,10 @@ def small_class_warnings(runs, sources: dict) -> list[str]:
     results cannot be judged. One line per dataset and carving."""
     from zoo.data.splits import classes_missing_from_splits, plan_for_source
 
-    warnings, seen = [], set()
-    for run in runs:
-        source = sources.get(_dataset_key(run.dataset))
-        fractions = run.train.split or run.dataset.get("split")
-        key = (_dataset_key(run.dataset), json.dumps(fractions, sort_keys=True), run.split_seed)
-        if source is None or key in seen or source.info.task != "classification":
+    warnings = []
+    for run, source, fractions in _carvings(runs, sources):
+        if source.info.task != "classification":
             continue
-        seen.add(key)
         try:
             missing = classes_missing_from_splits(source, plan_for_source(source, fractions, run.split_seed))
         except ConfigError:

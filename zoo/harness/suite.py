@@ -120,23 +120,31 @@ def make_run_id(dataset, backbone, head, seed, swept, resolved) -> str:
     return f"{name}-{backbone}-{head}{sweep}-s{seed}-{digest}"
 
 
+def _whole_number(value, at_least: int) -> bool:
+    """An int of at least ``at_least``; YAML's ``true`` is a Python int (1), and is not one here."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= at_least
+
+
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def validate_train(train: dict, where: str) -> None:
     for key, choices in CHOICES.items():
         if key in train and train[key] not in choices:
             allowed = ', '.join('null' if c is None else str(c) for c in choices)
             raise ConfigError(f"{where}.{key}: {train[key]!r} is not allowed; use one of {allowed}")
     for key in ("image_size", "batch_size", "epochs"):
-        if isinstance(train[key], bool) or not isinstance(train[key], int) or train[key] < 1:  # YAML's true is 1
+        if not _whole_number(train[key], at_least=1):
             raise ConfigError(f"{where}.{key} must be a positive whole number, got {train[key]!r}")
     steps = train["steps_per_epoch"]
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+    if steps is not None and not _whole_number(steps, at_least=1):
         raise ConfigError(f"{where}.steps_per_epoch caps each epoch's batches: a positive whole number, or null for "
                           f"the whole training split; got {steps!r}")
     for key in ("augment", "class_weights", "xla"):
         if not isinstance(train[key], bool):  # YAML's "false" in quotes is a string, and a string is true
             raise ConfigError(f"{where}.{key} must be true or false, got {train[key]!r}")
-    rate = train["learning_rate"]
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
+    if not _positive_number(train["learning_rate"]):
         raise ConfigError(f"{where}.learning_rate must be a positive number, got {train['learning_rate']!r}")
     memory = train["input_memory_gb"]
     if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory < 0):
@@ -148,8 +156,7 @@ def validate_train(train: dict, where: str) -> None:
     from zoo.data.splits import check_split_setting
 
     check_split_setting(train.get("split"), f"{where}.split")
-    if isinstance(train["early_stopping"], bool) or not isinstance(train["early_stopping"], int) \
-            or train["early_stopping"] < 0:
+    if not _whole_number(train["early_stopping"], at_least=0):
         raise ConfigError(f"{where}.early_stopping is a patience in epochs (0 = off), got {train['early_stopping']!r}")
     from zoo.data.prepare import EXTRA_PREPROCESSING
 
@@ -323,7 +330,7 @@ def expand_suite(suite: dict) -> list[RunSpec]:
         raise ConfigError(f"heads {unused} fit none of the suite's datasets (their tasks: "
                           f"{', '.join(sorted({HEADS.get(h).task for h in unused}))})")
     if not runs:
-        empty = [key for key in ("backbones",) if not _as_list(suite[key])] + \
+        empty = (["backbones"] if not _as_list(suite["backbones"]) else []) + \
             [f"train.{key}" for key, value in suite["train"].items() if isinstance(value, (list, tuple)) and not value]
         raise ConfigError(f"the suite makes no run: {', '.join(empty) or 'an empty list'} names nothing; give at "
                           f"least one value (zoo list backbones shows what there is)")
@@ -419,11 +426,11 @@ def _check_run_settings(settings: dict, backbone, head, where: str) -> None:
     validate_train(train, where)
     finetune = settings["finetune"]
     if finetune:
-        if isinstance(finetune["epochs"], bool) or not isinstance(finetune["epochs"], int) or finetune["epochs"] < 1:
+        if not _whole_number(finetune["epochs"], at_least=1):
             raise ConfigError(f"finetune.epochs must be a positive whole number, got {finetune['epochs']!r}")
-        rate = finetune["learning_rate"]
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
-            raise ConfigError(f"finetune.learning_rate must be a positive number such as 1.0e-5, got {rate!r}")
+        if not _positive_number(finetune["learning_rate"]):
+            raise ConfigError(f"finetune.learning_rate must be a positive number such as 1.0e-5, "
+                              f"got {finetune['learning_rate']!r}")
     for mode in [settings["trainable"]] + ([settings["finetune"]["trainable"]] if settings["finetune"] else []):
         try:
             parse_trainable(mode)

@@ -92,14 +92,13 @@ def _class_note(row: dict, task: str) -> str:
 def published_results(dataset: str) -> list[dict]:
     """The results the dataset's card cites (``reference_results``: source, model, metric, value), those with a
     value, for the report to show beside its own; none for a dataset without a card (a user's folder)."""
-    from zoo.data import DATASETS
+    from zoo.data.cards import DATASETS, cited_results
 
     if dataset not in DATASETS:
         return []
-    rows = DATASETS.get(dataset).get("reference_results") or []
     return [{"source": str(row.get("source", "")), "model": str(row.get("model", "")), "metric": str(row["metric"]),
              "value": f"{float(row['value']):.4g}", "note": str(row.get("note", ""))}
-            for row in rows if isinstance(row, dict) and row.get("value") is not None and row.get("metric")]
+            for row in cited_results(DATASETS.get(dataset))]
 
 
 def _slug(text) -> str:
