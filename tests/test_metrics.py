@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from zoo.metrics import METRICS, classification_metrics, kl_score, pixel_confusion, segmentation_metrics
+from zoo.metrics import METRICS, classification_metrics, kl_per_image, kl_score, pixel_confusion, segmentation_metrics
 
 NAMES = ["a", "b", "c"]
 
@@ -86,6 +86,19 @@ def test_kl_score_matches_the_challenge_definition():
     y_hat = np.array([0.2, 0.8]) + eps
     expected = (np.sum(y * np.log(y / y_hat)) + 0.0) / 2
     assert kl_score(truth, predicted, ignore_classes=[0, 1]) == pytest.approx(expected)
+
+
+def test_kl_score_drops_the_ignored_classes_before_normalising_as_the_challenge_scorer_does():
+    # preligens-lab/challenge-ens framework/eval.py: drop no_data and clouds, normalise, add 1e-7. A tile
+    # with clouds is scored on its other pixels; a model's mass on clouds is dropped, not counted as missing.
+    truth = np.array([[0, 2, 6, 2], [3, 7, 0, 0], [0, 0, 10, 0]], dtype=float)
+    predicted = np.array([[0, 0.5, 0.3, 0.2], [0.5, 0.5, 0, 0], [0, 0, 1, 0]], dtype=float)
+    cloudy = 0.75 * np.log(0.75 / 0.6) + 0.25 * np.log(0.25 / 0.4)  # kept [6, 2] against [0.3, 0.2]
+    values = kl_per_image(truth, predicted, ignore_classes=[0, 1])
+    assert values[0] == pytest.approx(cloudy, rel=1e-5) and values[2] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(values[1])  # all no_data and clouds: nothing to score (the challenge's scorer refuses it)
+    assert kl_score(truth, predicted, ignore_classes=[0, 1]) == pytest.approx(cloudy / 2, rel=1e-5)
+    assert np.isnan(kl_score(truth[1:2], predicted[1:2], ignore_classes=[0, 1]))
 
 
 def test_metric_registry_knows_which_way_is_better():

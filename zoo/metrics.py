@@ -97,21 +97,30 @@ def classification_metrics(y_true, probabilities, class_names) -> dict:
 
 
 def kl_per_image(true_proportions, predicted_proportions, ignore_classes=()) -> np.ndarray:
-    """The land-cover challenge's per-image term: normalise both vectors, add 1e-7, drop the
-    ignored columns, sum y * log(y / y_hat)."""
-    def prepare(values):
-        values = np.asarray(values, dtype=np.float64)
-        values = values / np.maximum(values.sum(axis=1, keepdims=True), 1e-12) + KL_EPSILON
-        keep = [c for c in range(values.shape[1]) if c not in set(ignore_classes)]
-        return values[:, keep]
-    y, y_hat = prepare(true_proportions), prepare(predicted_proportions)
-    return np.sum(y * np.log(y / y_hat), axis=1)
+    """The land-cover challenge's per-image term, as its scorer computes it (preligens-lab/challenge-ens,
+    ``framework/eval.py``): drop the ignored columns, normalise both vectors over the kept classes, add
+    1e-7, sum y * log(y / y_hat). Mass a model puts on an ignored class is dropped, not scored. A tile
+    with no pixel of a kept class has nothing to score: NaN (the challenge's scorer refuses such rows;
+    :func:`kl_score` and the per-tile statistics leave them out)."""
+    ignored = set(ignore_classes)
+    y = np.asarray(true_proportions, dtype=np.float64)
+    keep = [c for c in range(y.shape[1]) if c not in ignored]
+    y = y[:, keep]
+    y_hat = np.asarray(predicted_proportions, dtype=np.float64)[:, keep]
+    truth_total = y.sum(axis=1, keepdims=True)
+    y = y / np.maximum(truth_total, 1e-300) + KL_EPSILON
+    y_hat = y_hat / np.maximum(y_hat.sum(axis=1, keepdims=True), 1e-300) + KL_EPSILON
+    values = np.sum(y * np.log(y / y_hat), axis=1)
+    values[truth_total[:, 0] <= 0] = np.nan
+    return values
 
 
 def kl_score(true_proportions, predicted_proportions, ignore_classes=()) -> float:
-    """The land-cover challenge metric: the mean over images of :func:`kl_per_image`. 0 is
-    perfect; lower is better."""
-    return float(np.mean(kl_per_image(true_proportions, predicted_proportions, ignore_classes)))
+    """The land-cover challenge metric: the mean over images of :func:`kl_per_image`, over the images
+    that show a kept class (NaN when none does). 0 is perfect; lower is better."""
+    values = kl_per_image(true_proportions, predicted_proportions, ignore_classes)
+    scored = values[np.isfinite(values)]
+    return float(np.mean(scored)) if len(scored) else float("nan")
 
 
 def pixel_confusion(y_true, y_pred, num_classes) -> np.ndarray:
@@ -168,6 +177,14 @@ class ExampleScores:
         return ExampleScores(self.metric, self.example_ids[order],
                              None if self.values is None else self.values[order],
                              None if self.parts is None else self.parts[order], self.aggregate)
+
+
+def kl_example_scores(true_proportions, predicted_proportions, example_ids, ignore_classes=()) -> ExampleScores:
+    """The KL score per image, for resampling: the images with no pixel of a kept class left out, as
+    :func:`kl_score` leaves them out."""
+    values = kl_per_image(true_proportions, predicted_proportions, ignore_classes)
+    scored = np.isfinite(values)
+    return ExampleScores("kl_score", np.asarray(example_ids)[scored], values=values[scored])
 
 
 def tile_confusions(y_true, y_pred, num_classes: int, kept) -> np.ndarray:

@@ -180,8 +180,8 @@ class Segmentation(Task):
         from zoo import metrics
 
         if metric == "kl_score":
-            return metrics.ExampleScores(metric, example_ids, values=metrics.kl_per_image(
-                predictions["proportions_true"], predictions["proportions_pred"], ignore_classes))
+            return metrics.kl_example_scores(predictions["proportions_true"], predictions["proportions_pred"],
+                                             example_ids, ignore_classes)
         if metric in ("miou", "accuracy", "pixel_accuracy"):
             kept = [c for c in range(num_classes) if c not in set(ignore_classes)]
             confusions = metrics.tile_confusions(predictions["y_true"], predictions["y_pred"], num_classes, kept)
@@ -225,11 +225,10 @@ class Distribution(Task):
         return _DistributionScorer(class_names, ignore_classes)
 
     def example_scores(self, predictions, example_ids, metric, num_classes, ignore_classes=()):
-        from zoo.metrics import ExampleScores, kl_per_image
+        from zoo.metrics import kl_example_scores
 
         if metric == "kl_score":
-            return ExampleScores(metric, example_ids, values=kl_per_image(predictions["y_true"], predictions["y_pred"],
-                                                                          ignore_classes))
+            return kl_example_scores(predictions["y_true"], predictions["y_pred"], example_ids, ignore_classes)
         return None
 
 
