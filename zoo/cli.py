@@ -277,10 +277,10 @@ def cmd_compare(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from zoo.predict import list_inputs, predict_images, predict_to_parquet
+    from zoo.predict import list_inputs, predict_images, predict_to_file
 
     if args.output:
-        summary = predict_to_parquet(args.run_dir, args.inputs, args.output, batch_size=args.batch_size,
+        summary = predict_to_file(args.run_dir, args.inputs, args.output, batch_size=args.batch_size,
                                      top_k=args.top_k, executor=args.executor, address=args.address,
                                      exported=args.exported)
         steady = summary["steady_images_per_second"]
@@ -289,14 +289,26 @@ def cmd_predict(args) -> int:
         print(f"{summary['images']} images -> {args.output} in {summary['seconds']:.1f}s (first batch, model loaded "
               f"and compiled: {summary['first_batch_seconds']:.1f}s"
               + (f"; then {steady:.1f} images/s)" if steady else ")"))
-        if summary["failed"]:
+        if not summary["failed"]:
+            return 0
+        if args.output.endswith(".parquet"):
             print(f"zoo: {summary['failed']} of {summary['images']} input(s) could not be read; their rows say why "
                   f"(column error)", file=sys.stderr)
-        return 0
+            return 0
+        # A CSV has no column to say why, and a submission missing rows is not one: name them, and fail.
+        print(f"zoo: {summary['failed']} of {summary['images']} input(s) could not be read and have no row in "
+              f"{args.output}:", file=sys.stderr)
+        shown = 20
+        for path, why in summary["failures"][:shown]:
+            print(f"  {path}: {why}", file=sys.stderr)
+        if summary["failed"] > shown:
+            print(f"  ... and {summary['failed'] - shown} more (--output FILE.parquet lists each with its "
+                  f"error)", file=sys.stderr)
+        return 1
     if args.executor != "local":
         from zoo.errors import ConfigError
 
-        raise ConfigError("--executor ray writes its predictions to a file: add --output FILE.parquet")
+        raise ConfigError("--executor ray writes its predictions to a file: add --output FILE.parquet (or FILE.csv)")
     images = list_inputs(args.inputs)
     failed = 0
     for answer in predict_images(args.run_dir, images, args.top_k, args.exported):
@@ -421,9 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="image files, folders (searched recursively) or s3://bucket/prefix (endpoint and "
                               "credentials from the AWS variables, e.g. AWS_ENDPOINT_URL)")
     predict.add_argument("--top-k", type=whole_number(1), default=5)
-    predict.add_argument("-o", "--output", metavar="FILE.parquet",
-                         help="write one row per image (path, label, probability, top_k, error) to this Parquet "
-                              "file; segmentation masks go to FILE_masks/")
+    predict.add_argument("-o", "--output", metavar="FILE.parquet|FILE.csv",
+                         help="FILE.parquet: one row per image (path, label, probability, top_k, probabilities, "
+                              "error); FILE.csv: sample_id (file name without extension) and one column per class "
+                              "(a segmentation run's class proportions: the land-cover challenge's submission); "
+                              "segmentation masks go to FILE_masks/")
     predict.add_argument("--batch-size", type=whole_number(1), default=64, help="images per model call with --output")
     predict.add_argument("--executor", choices=["local", "ray"], default="local",
                          help="local (this process) or ray (Ray Data over an actor pool; needs --output)")

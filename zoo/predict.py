@@ -1,5 +1,5 @@
 """Prediction with a finished run's model: a few files (``zoo predict RUN IMAGE...``) or a large
-image set into one Parquet file (``--output``), in this process or on a Ray cluster.
+image set into one Parquet or CSV file (``--output``), in this process or on a Ray cluster.
 
 Every path goes through one ``Predictor``: the run's own decoding, scaling, resizing and
 preprocessing, then its model; so an image gets the same answer whichever way it is predicted.
@@ -222,8 +222,8 @@ class Predictor:
 
     def answer(self, locations, top_k: int = 5, mask_dir=None, threads: int = DECODE_THREADS) -> list[dict]:
         """One answer per location, in order: ``path``, ``label`` (top-1 class), ``probability``,
-        ``top_k`` ([{label, probability}], best first), ``error`` (None, or why it could not be
-        predicted); segmentation adds ``mask`` (the file written under ``mask_dir``, or None)
+        ``top_k`` ([{label, probability}], best first), ``probabilities`` ({class: probability}, every
+        class in the run's order), ``error`` (None, or why it could not be predicted); segmentation adds ``mask`` (the file written under ``mask_dir``, or None)
         and reports class proportions of the image as its probabilities."""
         locations = [str(location) for location in locations]
         prepared = [None] * len(locations)
@@ -262,6 +262,7 @@ class Predictor:
             if mask_dir is not None:
                 answer["mask"] = str(_write_mask(classes, original_shape, Path(mask_dir) / mask_name(location)))
             probabilities = probabilities.reshape(-1, probabilities.shape[-1]).mean(axis=0)
+        answer["probabilities"] = {name: float(p) for name, p in zip(self.class_names, probabilities)}
         order = np.argsort(probabilities)[::-1][:top_k]
         answer["top_k"] = [{"label": self.class_names[i], "probability": float(probabilities[i])} for i in order]
         answer["label"], answer["probability"] = answer["top_k"][0]["label"], answer["top_k"][0]["probability"]
@@ -298,19 +299,20 @@ def _write_mask(classes: np.ndarray, shape, path: Path) -> Path:
     return path
 
 
-def parquet_schema(segmentation: bool):
+def parquet_schema(segmentation: bool, class_names):
     import pyarrow as pa
 
     fields = [("path", pa.string()), ("label", pa.string()), ("probability", pa.float64()),
               ("top_k", pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float64())]))),
+              ("probabilities", pa.struct([(name, pa.float64()) for name in class_names])),
               ("error", pa.string())]
     return pa.schema(fields + ([("mask", pa.string())] if segmentation else []))
 
 
-def answers_table(answers: list[dict], segmentation: bool):
+def answers_table(answers: list[dict], segmentation: bool, class_names):
     import pyarrow as pa
 
-    schema = parquet_schema(segmentation)
+    schema = parquet_schema(segmentation, class_names)
     return pa.Table.from_pylist([{name: a.get(name) for name in schema.names} for a in answers], schema=schema)
 
 
@@ -332,20 +334,27 @@ class PredictBatches:
 
     def __call__(self, batch):
         answers = self.predictor.answer(list(batch["path"]), self.top_k, self.mask_dir)
-        return answers_table(answers, self.predictor.segmentation)
+        return answers_table(answers, self.predictor.segmentation, self.predictor.class_names)
 
 
-def predict_to_parquet(run_dir, inputs, output, batch_size: int = 64, top_k: int = 5, executor: str = "local",
-                       address: str | None = "auto", gpus_per_worker: float | None = None,
-                       workers: int | None = None, exported=None) -> dict:
-    """Predict every image of ``inputs`` into the Parquet file ``output`` (one row per image,
-    written to a temporary file and renamed when complete); segmentation runs also write one
-    mask per image into ``<output stem>_masks/``. Returns {images, failed, seconds, images_per_second,
-    first_batch_seconds, steady_images_per_second}: ``seconds`` is the whole call; the first batch pays for
-    loading the model and compiling its step, so the rate after it (None with a single batch) is what more
-    images cost. ``exported``: see Predictor."""
-    import pyarrow.parquet as pq
+OUTPUT_FORMATS = (".parquet", ".csv")
 
+
+def predict_to_file(run_dir, inputs, output, batch_size: int = 64, top_k: int = 5, executor: str = "local",
+                    address: str | None = "auto", gpus_per_worker: float | None = None,
+                    workers: int | None = None, exported=None) -> dict:
+    """Predict every image of ``inputs`` into ``output``, written to a temporary file and renamed when
+    complete; segmentation runs also write one mask per image into ``<output stem>_masks/``.
+
+    ``.parquet``: one row per image (:func:`parquet_schema`), a file that cannot be read included with
+    its ``error``. ``.csv``: a submission table, ``sample_id`` (the file's name without its extension)
+    and one column per class in the run's order, the image's probabilities (a segmentation run's class
+    proportions: the land-cover challenge's submission format); only images that were predicted.
+
+    Returns {images, failed, failures ([(path, why)]), seconds, images_per_second, first_batch_seconds,
+    steady_images_per_second}: ``seconds`` is the whole call; the first batch pays for loading the model
+    and compiling its step, so the rate after it (None with a single batch) is what more images cost.
+    ``exported``: see Predictor."""
     from zoo.errors import ConfigError
 
     if executor not in ("local", "ray"):
@@ -353,26 +362,31 @@ def predict_to_parquet(run_dir, inputs, output, batch_size: int = 64, top_k: int
     if batch_size < 1 or top_k < 1:
         raise ConfigError("--batch-size and --top-k must be at least 1")
     output = Path(output)
-    if output.suffix != ".parquet":
-        raise ConfigError(f"--output {output}: give a .parquet file name")
+    if output.suffix not in OUTPUT_FORMATS:
+        raise ConfigError(f"--output {output}: give a .parquet file (a row per image, errors included) or a .csv "
+                          f"file (sample_id and a column per class)")
     started = time.perf_counter()
     locations = list_inputs(inputs)
     if not locations:
         raise ConfigError(f"no image files under {', '.join(map(str, inputs))}")
+    if output.suffix == ".csv":
+        _refuse_shared_names(locations, output)
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.partial")
-    counts = {"images": 0, "failed": 0}
+    counts, failures = {"images": 0, "failed": 0}, []
     writer, first = None, None  # first: (seconds until the first batch was written, its rows)
     try:
         for table in (_local_tables if executor == "local" else _ray_tables)(
                 run_dir, locations, output, batch_size, top_k, address, gpus_per_worker, workers, exported):
             if writer is None:
-                writer = pq.ParquetWriter(temporary, table.schema)
-            writer.write_table(table)
+                writer = (_ParquetWriter if output.suffix == ".parquet" else _CsvWriter)(temporary, table.schema)
+            writer.write(table)
             counts["images"] += table.num_rows
             if first is None:
                 first = (time.perf_counter() - started, table.num_rows)
-            counts["failed"] += table.num_rows - table.column("error").null_count
+            failures += [(row["path"], row["error"]) for row in table.select(["path", "error"]).to_pylist()
+                         if row["error"] is not None]
+        counts["failed"] = len(failures)
         writer.close()
         writer = None
         os.replace(temporary, output)
@@ -382,9 +396,62 @@ def predict_to_parquet(run_dir, inputs, output, batch_size: int = 64, top_k: int
         temporary.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     after_first = counts["images"] - first[1]
-    return {**counts, "seconds": seconds, "images_per_second": counts["images"] / seconds,
+    return {**counts, "failures": failures, "seconds": seconds, "images_per_second": counts["images"] / seconds,
             "first_batch_seconds": first[0],
             "steady_images_per_second": after_first / (seconds - first[0]) if after_first else None}
+
+
+def sample_id(location: str) -> str:
+    """A CSV row's name for an image: its file name without the extension (``10000`` for
+    ``test/images/10000.tif``), as the land-cover challenge and most submission formats name them."""
+    return PurePosixPath(str(location)).stem
+
+
+def _refuse_shared_names(locations, output: Path) -> None:
+    from zoo.errors import ConfigError
+
+    seen = {}
+    for location in locations:
+        other = seen.setdefault(sample_id(location), location)
+        if other != location:
+            raise ConfigError(f"{other} and {location} would both be row {sample_id(location)!r} of {output}: a "
+                              f"CSV names each image by its file name without the extension. Predict one folder "
+                              f"at a time, or write a .parquet file (rows named by path)")
+
+
+class _ParquetWriter:
+    def __init__(self, path: Path, schema):
+        import pyarrow.parquet as pq
+
+        self._writer = pq.ParquetWriter(path, schema)
+
+    def write(self, table) -> None:
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _CsvWriter:
+    """sample_id and one column per class (the probabilities struct's fields, in the run's order); the
+    rows of images that could not be predicted are left out (the command names them)."""
+
+    def __init__(self, path: Path, schema):
+        import csv
+
+        self._file = open(path, "w", newline="", encoding="utf-8")
+        self._classes = [field.name for field in schema.field("probabilities").type]
+        self._csv = csv.writer(self._file)
+        self._csv.writerow(["sample_id", *self._classes])
+
+    def write(self, table) -> None:
+        for row in table.select(["path", "probabilities", "error"]).to_pylist():
+            if row["error"] is None:
+                self._csv.writerow([sample_id(row["path"]), *(repr(row["probabilities"][name])
+                                                              for name in self._classes)])
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _local_tables(run_dir, locations, output, batch_size, top_k, address, gpus, workers, exported):
@@ -392,7 +459,7 @@ def _local_tables(run_dir, locations, output, batch_size, top_k, address, gpus, 
     mask_dir = mask_folder(output) if predictor.segmentation else None
     for start in range(0, len(locations), batch_size):
         answers = predictor.answer(locations[start:start + batch_size], top_k, mask_dir)
-        yield answers_table(answers, predictor.segmentation)
+        yield answers_table(answers, predictor.segmentation, predictor.class_names)
 
 
 def _ray_tables(run_dir, locations, output, batch_size, top_k, address, gpus_per_worker, workers, exported):
