@@ -557,6 +557,22 @@ MUTATIONS = [
     Mutation("ZOO_COMPILE_AHEAD=0 still compiles ahead", "zoo/harness/stages.py",
              '                or os.environ.get(COMPILE_AHEAD_ENV, "").strip() == "0"):\n', "                ):\n",
              ("tests/test_compilation.py::test_compiling_ahead_changes_no_number_of_a_run",)),
+    Mutation("the KL score counts a model's share on ignored classes as missing from the others", "zoo/metrics.py",
+             "    y_hat = y_hat / np.maximum(y_hat.sum(axis=1, keepdims=True), 1e-300) + KL_EPSILON\n",
+             "    y_hat = y_hat / np.asarray(predicted_proportions, dtype=np.float64).sum(axis=1, keepdims=True)"
+             " + KL_EPSILON\n",
+             ("tests/test_metrics.py::test_kl_score_drops_the_ignored_classes_before_normalising_as_the_challenge_scorer_does",)),
+    Mutation("the KL score compares a cloudy tile's truth summing to less than 1", "zoo/metrics.py",
+             "    y = y / np.maximum(truth_total, 1e-300) + KL_EPSILON\n",
+             "    y = y / np.asarray(true_proportions, dtype=np.float64).sum(axis=1, keepdims=True) + KL_EPSILON\n",
+             ("tests/test_metrics.py::test_kl_score_drops_the_ignored_classes_before_normalising_as_the_challenge_scorer_does",)),
+    Mutation("a tile with no kept pixel scores a perfect 0 in the KL score", "zoo/metrics.py",
+             "    values[truth_total[:, 0] <= 0] = np.nan\n", "",
+             ("tests/test_metrics.py::test_kl_score_drops_the_ignored_classes_before_normalising_as_the_challenge_scorer_does",
+              "tests/test_tasks.py")),
+    Mutation("a prediction CSV names two images of one name as one row", "zoo/predict.py",
+             "    if output.suffix == \".csv\":\n        _refuse_shared_names(locations, output)\n", "",
+             ("tests/test_batch_predict.py::test_a_csv_refuses_two_images_of_one_name_before_predicting",)),
 ]
 
 
