@@ -573,6 +573,9 @@ MUTATIONS = [
     Mutation("a prediction CSV names two images of one name as one row", "zoo/predict.py",
              "    if output.suffix == \".csv\":\n        _refuse_shared_names(locations, output)\n", "",
              ("tests/test_batch_predict.py::test_a_csv_refuses_two_images_of_one_name_before_predicting",)),
+    Mutation("zoo plan --workers N forgets that each further worker starts up", "zoo/harness/preflight.py",
+             "        extra = startup if 0 < index < workers else 0.0", "        extra = 0.0",
+             ("tests/test_preflight.py::test_runs_spread_over_workers_as_zoo_run_hands_them_out",)),
 ]
 
 

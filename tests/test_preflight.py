@@ -1,6 +1,7 @@
 """Pre-flight: readiness of data and weights before any run, the plan with estimates, overrides."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,7 @@ def test_missing_imagenet_weights_are_named_before_any_run(tmp_path, monkeypatch
 def test_plan_of_the_quickstart_lists_every_run_with_status_and_estimates_and_writes_nothing(tmp_path, capsys):
     suite_file = str(ROOT / "benchmarks" / "quickstart.yaml")
     out = tmp_path / "out"
-    assert main(["plan", suite_file, "--out", str(out)]) == 0
+    assert main(["plan", suite_file, "--out", str(out), "--workers", "3"]) == 0
     before = capsys.readouterr().out
     assert not out.exists()
     runs = expand_suite(load_suite(suite_file))
@@ -60,6 +61,11 @@ def test_plan_of_the_quickstart_lists_every_run_with_status_and_estimates_and_wr
     assert all(" pending " in line and " yes " in line for line in lines.values())
     assert all(line.split()[-1] != "-" and line.split()[-1] != "0m00s" for line in lines.values())
     assert f"suite: 0 finished, {len(runs)} to run, about" in before
+    # zoo run --workers 3's time as well: the runs spread over three workers, less than one after another
+    serial = re.search(r"to run, about (\d+)m(\d\d)s on .*, one run after another", before)
+    spread = re.search(r"with 3 workers at once: at best about (\d+)m(\d\d)s", before)
+    assert serial and spread, before
+    assert 0 < int(spread[1]) * 60 + int(spread[2]) < int(serial[1]) * 60 + int(serial[2])
 
     first = next(r for r in runs if r.backbone == "baseline_cnn" and r.head == "linear")
     assert main(["run", suite_file, "--out", str(out), "--only", first.run_id, "--no-report", "--in-process",
@@ -73,6 +79,16 @@ def test_plan_of_the_quickstart_lists_every_run_with_status_and_estimates_and_wr
     assert finished.split()[-3:] == ["finished", "-", "-"]  # needs nothing, no estimate
     assert f"suite: 1 finished, {len(runs) - 1} to run" in after
     assert sorted(p.name for p in (out / "runs").iterdir()) == [first.run_id]
+
+
+def test_runs_spread_over_workers_as_zoo_run_hands_them_out():
+    from zoo.harness.preflight import spread_over_workers
+
+    # The first estimate carries its worker's start-up; each further worker pays its own on its first run.
+    assert spread_over_workers([10, 10, 10, 10], 1, 3) == 40
+    assert spread_over_workers([10, 10, 10, 10], 2, 3) == 23  # 10 + 10 on one, 13 + 10 on the other
+    assert spread_over_workers([10, 10, 10, 10], 8, 3) == 13  # more workers than runs
+    assert spread_over_workers([30, 5, 5, 5, 5], 2, 0) == 30  # the long run on one worker, the rest on the other
 
 
 def test_overrides_apply_to_matching_runs_only_and_are_recorded():

@@ -158,7 +158,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         from zoo.harness.runner import plan_suite
 
-        return plan_suite(suite, out, only=args.only, suite_path=args.suite)
+        return plan_suite(suite, out, only=args.only, suite_path=args.suite, workers=args.workers)
     executor = "in-process" if args.in_process else args.executor
     options = {}
     if executor == "ray":
@@ -202,7 +202,7 @@ def cmd_plan(args) -> int:
 
     suite = load_suite(args.suite, args.set)
     return plan_suite(suite, Path(args.out) if args.out else Path("runs") / suite["name"], only=args.only,
-                      record=args.record, suite_path=args.suite)
+                      record=args.record, suite_path=args.suite, workers=args.workers)
 
 
 def cmd_report(args) -> int:
@@ -391,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--record", action="store_true",
                       help="keep the estimates in OUT/plan.json, where zoo serve shows them beside the time each "
                            "run then takes (otherwise the plan writes nothing)")
+    plan.add_argument("--workers", type=whole_number(1), default=1, metavar="N",
+                      help="the runs shared by N workers, as zoo run --workers N runs them: the suite's time "
+                           "also as if none slowed another")
     plan.set_defaults(func=cmd_plan)
 
     report = commands.add_parser("report", help="write markdown/HTML comparison reports from a results folder")

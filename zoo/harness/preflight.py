@@ -512,7 +512,7 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=pr
     from zoo.heads import HEADS
     from zoo.runtime import describe_device
 
-    startup = startup_seconds()
+    startup = worker_startup = startup_seconds()
     runs_dir = Path(out_dir) / "runs"
     statuses = {run.run_id: run_status(run, runs_dir) for run in runs}
     decoding = decode_estimates([run for run in runs if statuses[run.run_id] != "finished"], sources, out_dir)
@@ -551,7 +551,21 @@ def make_plan(runs, out_dir, sources: dict, problems: list[Problem] = (), log=pr
             if run.trains_on_features:
                 feature_keys.add(feature_key)
         rows.append(row)
-    return {"rows": rows, "device": describe_device()}
+    return {"rows": rows, "device": describe_device(), "startup_seconds": worker_startup}
+
+
+def spread_over_workers(estimates, workers: int, startup: float) -> float:
+    """Wall seconds of runs of ``estimates`` (in the suite's order, the first one carrying the start-up of
+    its worker) handed out as ``zoo run --workers N`` hands them out, each to the first worker free, each
+    further worker paying its own start-up: the time if no run slowed another."""
+    import heapq
+
+    free_at = [0.0] * max(1, workers)
+    for index, seconds in enumerate(estimates):
+        started = heapq.heappop(free_at)
+        extra = startup if 0 < index < workers else 0.0  # a worker's first run: its own start-up
+        heapq.heappush(free_at, started + seconds + extra)
+    return max(free_at)
 
 
 DEFAULT_IMPORT_SECONDS = 8.0
@@ -582,7 +596,9 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def format_plan(plan: dict) -> str:
+def format_plan(plan: dict, workers: int = 1) -> str:
+    """The plan as the table ``zoo plan`` prints, with each dataset's and the suite's time; ``workers``:
+    ``zoo run --workers N``'s N, for the suite's time when the runs share N workers."""
     rows = plan["rows"]
     header = ["run", "dataset", "backbone", "head", "weights", "trainable", "epochs", "size", "status", "ready",
               "estimate"]
@@ -602,13 +618,21 @@ def format_plan(plan: dict) -> str:
     unknown = sum(1 for r in pending if r["estimate_seconds"] is None)
     lines.append(f"suite: {len(rows) - len(pending)} finished, {len(pending)} to run, about "
                  f"{format_duration(total)} on {plan['device']}"
+                 + (", one run after another" if workers > 1 else "")
                  + (f" ({unknown} run(s) not estimated: their data is not ready)" if unknown else ""))
+    estimated = [r["estimate_seconds"] for r in pending if r["estimate_seconds"] is not None]
+    if workers > 1 and len(estimated) > 1:
+        spread = spread_over_workers(estimated, workers, plan.get("startup_seconds", 0.0))
+        lines.append(f"with {workers} workers at once: at best about {format_duration(spread)}, if no run slowed "
+                     f"another; they share this machine's cores and any GPU, so expect more (zoo run's ETA follows the "
+                     f"runs as they finish)")
     lines.append("Estimates: each architecture's inference measured here after tracing; training taken as "
                  f"{TRAIN_STEP_FACTOR:g}x inference per image and its tracing as {TRAIN_TRACE_FACTOR:g}x; every epoch "
                  "counted (early stopping can only shorten a run).")
     decoding = sum(r.get("decode_seconds") or 0 for r in pending)
     if decoding:
-        lines.append(f"Decoding the images, measured on a few of each split: about {format_duration(decoding)} of "
+        lines.append(f"Decoding the images, measured on a few of each split: "
+                     f"{'about ' + format_duration(decoding) if decoding >= 1 else 'under a second'} of "
                      f"that, paid by the first run of each dataset and image size (OUT/cache/images keeps them; "
                      f"train.cache: none decodes every epoch).")
     return "\n".join(lines)

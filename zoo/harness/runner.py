@@ -514,11 +514,12 @@ def _record_plan(out_dir: Path, plan: dict) -> None:
 
 
 def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log, record: bool = False,
-               suite_path: str | None = None) -> int:
+               suite_path: str | None = None, workers: int = 1) -> int:
     """``zoo plan`` / ``zoo run --dry-run``: every run with its status and readiness, and time
     estimates for the pending ones; trains nothing and writes nothing but the folder-scan cache
     the runs reuse, and with ``record`` OUT/plan.json (the estimates, which ``zoo serve`` shows beside
-    the time each run then takes). 2 if a run cannot start."""
+    the time each run then takes); ``workers``: zoo run --workers N's N, the suite's time also given as
+    the runs spread over N workers. 2 if a run cannot start."""
     from zoo.harness.preflight import (changed_data_warnings, check_readiness, format_plan, format_problems,
                                        make_plan, slow_backend_warnings)
 
@@ -532,7 +533,7 @@ def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log, record: 
     sources, problems = check_readiness(todo, cache_dir=out_dir / "cache")
     log_skipped_files(sources, log)
     plan = make_plan(selected, out_dir, sources, problems, log=log)
-    log(format_plan(plan))
+    log(format_plan(plan, workers))
     for warning in slow_backend_warnings(todo):
         log(warning)
     if record:
