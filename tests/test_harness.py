@@ -174,6 +174,8 @@ def test_predict_on_a_suite_folder_lists_its_runs_best_first(tiny_out, tmp_path,
     ({"datasets": [{"name": "my_tiles"}]}, "For your own images give `path:` (a folder, or a track manifest CSV)"),
     ({"datasets": [{"name": "tiles", "source": "folder", "path": ".", "max_pixel_value": "abc"}]},
      "dataset 'tiles': max_pixel_value must be a number above 0"),
+    ({"datasets": [{"name": "tiles", "source": "folder", "path": ".", "class_names": ["water", "field", "water"]}]},
+     "dataset 'tiles': class_names lists 'water' more than once; each class needs a name of its own"),
     ({"datasets": [{"name": "tiles", "source": "folder", "path": ".", "split": 0.2}]},
      "dataset 'tiles': split must be a mapping such as {val: 0.15, test: 0.15}"),
     # A split no run can use is refused with the suite, not by each run at its start.

@@ -473,6 +473,11 @@ def _check_entry_values(entry: dict) -> None:
     for key in ("class_names", "ignore_classes"):
         if key in entry and not isinstance(entry[key], (list, tuple)):
             raise ConfigError(f"{where}: {key} must be a list, e.g. [water, forest], got {entry[key]!r}")
+    names = [str(name) for name in entry.get("class_names") or ()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # two classes of one name: one row of each table, one column of each prediction file
+        raise ConfigError(f"{where}: class_names lists {', '.join(map(repr, repeated))} more than once; each class "
+                          f"needs a name of its own (e.g. water_deep, water_shallow)")
     if "void_value" in entry:
         void = entry["void_value"]
         if isinstance(void, bool) or not isinstance(void, int) or not 0 <= void <= 65535:
