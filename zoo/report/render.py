@@ -281,8 +281,10 @@ class ReportBuilder:
             return [], []
         name = {"accuracy": "accuracy", "kl_score": "KL score", "miou": "mIoU", "macro_f1": "macro F1"}.get(metric, metric)
         best = board[0]
-        examples = (f"{best['test_examples']:,} test {'images' if best['task'] == 'classification' else 'tiles'}"
-                    if best.get("test_examples") else "this test set")
+        # The examples the test pairs: a tile with no pixel of a kept class has no KL score.
+        scored = best["scores"].n if best.get("scores") is not None else best.get("test_examples")
+        examples = (f"{scored:,} test {'images' if best['task'] == 'classification' else 'tiles'}"
+                    if scored else "this test set")
         interval = f" {best['interval_text']}" if best.get("interval_text") else ""
         sentences = [f"Best {name}: **{best['label']}** with {best['score_text']}{interval} "
                      f"({best['images_per_second']:,.0f} images/s, {best['params']:,} parameters)."]
