@@ -726,3 +726,5 @@ def test_data_info_of_a_dataset_not_prepared_shows_its_card_and_how_to_prepare_i
     assert result.returncode == 0, result.stderr[-2000:]
     assert "run `zoo data prepare landcover_ens --data-dir DIR` (DIR: the unzipped download" in result.stdout
     assert "published:   land-cover study, challenge benchmark: kl_score 0.0593" in result.stdout
+    # Its test tiles come without masks: runs carve theirs from train, and the listing says so.
+    assert "splits:      train 18491, test 5043 (unlabelled: not scored, zoo predict answers it)" in result.stdout

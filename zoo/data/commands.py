@@ -74,7 +74,9 @@ def format_info(info: dict) -> str:
              *([f"ignored:     {', '.join(ignored)} (left out of the loss and the scores)"] if ignored else []),
              f"channels:    {info['channels']}",
              f"image shape: {info['image_shape'] or 'varies'}",
-             "splits:      " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()),
+             "splits:      " + ", ".join(f"{k} {v}" + ("" if k in info.get("labelled_splits", info["splits"]) else
+                                                      " (unlabelled: not scored, zoo predict answers it)")
+                                       for k, v in info["splits"].items()),
              *[f"  {split}: {images_per_class(names, counts)}" for split, counts in (info.get("class_counts") or {}).items()],
              f"skipped:     {len(info['skipped'])} file(s)"]
     lines += [f"  {item['path']}: {item['reason']}" for item in info["skipped"]]
