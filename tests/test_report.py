@@ -132,6 +132,17 @@ def test_times_from_another_backend_are_named_and_not_compared(store, tmp_path):
         assert "1 model(s) statistically indistinguishable from it were timed elsewhere" in text
 
 
+def test_runs_of_a_task_whose_scores_did_not_change_get_no_note(store, tmp_path):
+    """A classification run of an earlier results version is scored as today's: nothing to say."""
+    out, _ = store
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    for row_file in (copy / "runs").glob("*/result.json"):
+        row_file.write_text(json.dumps({**json.loads(row_file.read_text()), "results_version": 2}))
+    assert main(["report", str(copy), "-o", str(tmp_path / "report")]) == 0
+    assert "Notes on the scores" not in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_pareto_front():
     points = [(0.9, 100), (0.8, 500), (0.7, 50), (0.85, 500)]
     assert sorted(pareto_front(points)) == [0, 3]
@@ -252,6 +263,24 @@ def test_a_segmentation_folder_is_ranked_by_miou_with_the_kl_score_beside_it(tmp
     assert scored == metrics["test_examples"] * 15 * 16  # the void row of every test tile left out
     assert (f"Left out of the loss and the scores: void. {metrics['pixels_predicted_as_ignored']:,} of the "
             f"{scored:,} scored test pixels") in text
+    assert "Notes on the scores" not in text
+
+    # A run scored by an older zoo, whose KL score was defined otherwise, is named wherever it stands beside
+    # runs scored since: the report, zoo serve's leaderboard, and zoo run / zoo plan on resuming the suite.
+    from zoo.harness.runner import plan_suite
+    from zoo.serve.study import Study
+
+    row_file = tmp_path / "out" / "runs" / row["run_id"] / "result.json"
+    row_file.write_text(json.dumps({**json.loads(row_file.read_text()), "results_version": 2}))
+    text = write_report(tmp_path / "out", formats=("md",), report_dir=tmp_path / "report")[0].read_text()
+    note = ("1 finished run(s) of fields were scored by an older zoo (results version 2): its land-cover KL score "
+            "normalised each tile's class proportions before dropping the ignored classes")
+    assert "Notes on the scores:" in text and note in " ".join(text.split())
+    assert f"--force --only 'fields-*'` trains and scores them again" in text
+    assert any(note in n for n in Study(tmp_path / "out").leaderboards()["sections"][0]["score_notes"])
+    lines = []
+    assert plan_suite(suite, tmp_path / "out", log=lines.append) == 0
+    assert any(line.startswith("warning: " + note) for line in lines), lines
 
 
 def test_an_imbalanced_folder_is_ranked_by_the_metric_its_entry_chooses(tmp_path, capsys):

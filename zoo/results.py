@@ -10,7 +10,16 @@ import os
 import tempfile
 from pathlib import Path
 
-RESULTS_VERSION = 2
+RESULTS_VERSION = 3
+# What each results version changed in the recorded scores, and of which tasks: finished runs of an earlier
+# version are named where they stand beside runs scored since (zoo run, zoo plan, the report, zoo serve),
+# since the two do not compare.
+SCORE_CHANGES = {
+    3: (("segmentation", "distribution"),
+        "its land-cover KL score normalised each tile's class proportions before dropping the ignored classes "
+        "(a model's share on clouds counted as missing from the other classes); runs scored since drop them "
+        "first, as the challenge's scorer does"),
+}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 # Column -> meaning. Empty cells mean "does not apply" (e.g. miou for classification).
@@ -98,6 +107,8 @@ RESULT_COLUMNS = {
     "backend": "Keras backend the run trained on, with its library's version (e.g. 'tensorflow 2.21.0'); "
                "compare times only between runs with the same backend and device",
     "finished_at": "UTC time the run ended",
+    "results_version": "the version of zoo's results that scored the run (zoo.results.SCORE_CHANGES: what each "
+                       "changed); runs of different versions may not compare",
 }
 
 
@@ -190,6 +201,36 @@ def run_row(spec, task: str, status: str, error: str = "", values: dict | None =
                 "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     row.update(results_version=RESULTS_VERSION, keras=version("keras"))
     return row
+
+
+def score_changes_since(version, task: str) -> list[str]:
+    """What changed in the recorded scores of a ``task`` run since results ``version`` (a row's
+    ``results_version``; none recorded: before versions were kept)."""
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        version = 1
+    return [text for changed_at, (tasks, text) in sorted(SCORE_CHANGES.items())
+            if changed_at > version and task in tasks]
+
+
+def older_score_notes(rows, command: str = "zoo run SUITE") -> list[str]:
+    """One line per dataset whose finished runs (result rows: dicts) include some scored by an older zoo in
+    a way that changed since: which, what changed, how to score them again."""
+    by_dataset: dict[str, list] = {}
+    for row in rows:
+        changes = score_changes_since(row.get("results_version"), str(row.get("task")))
+        if changes and row.get("status") == "ok":
+            by_dataset.setdefault(str(row["dataset"]), []).append((row, changes))
+    notes = []
+    for dataset, entries in by_dataset.items():
+        versions = sorted({str(row.get("results_version") or "1") for row, _ in entries})
+        changes = list(dict.fromkeys(text for _, texts in entries for text in texts))
+        notes.append(f"{len(entries)} finished run(s) of {dataset} were scored by an older zoo (results version "
+                     f"{', '.join(versions)}): {'; '.join(changes)}. Their scores do not compare with "
+                     f"those of runs scored since: `{command} --force --only '{dataset}-*'` trains and scores them "
+                     f"again")
+    return notes
 
 
 def write_results_csv(out_dir, run_ids) -> Path:

@@ -24,7 +24,7 @@ from zoo.harness.claims import remove_dead_partials
 from zoo.harness.executors import (EXECUTORS, InProcessExecutor, RunInterrupted, WorkerDied, WorkerExecutor,
                                    WorkerPool)
 from zoo.harness.suite import RunSpec, expand_suite, suite_warnings
-from zoo.results import read_result, run_row, write_atomic, write_json, write_results_csv
+from zoo.results import older_score_notes, read_result, run_row, write_atomic, write_json, write_results_csv
 
 SKIPPED_SHOWN = 3  # skipped files named in the log per dataset; dataset.json and the report list them all
 
@@ -284,6 +284,8 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     for warning in changed_data_warnings(_finished(selected, todo), runs_dir, out_dir / "cache",
                                          f"zoo run {suite_path or 'SUITE'} --out {out_dir}"):
         log(warning)
+    for note in _older_score_notes(_finished(selected, todo), runs_dir, f"zoo run {suite_path or 'SUITE'} --out {out_dir}"):
+        log(f"warning: {note}")
     runner = make_executor(executor, workers, **(executor_options or {}))
     try:
         if todo and hasattr(runner, "check"):
@@ -495,6 +497,12 @@ def _write_index(out_dir: Path, all_ids) -> None:
             raise
 
 
+def _older_score_notes(finished, runs_dir: Path, command: str) -> list[str]:
+    """zoo.results.older_score_notes of the finished runs of this suite."""
+    return older_score_notes([row for row in (read_result(runs_dir / run.run_id) for run in finished) if row],
+                             command)
+
+
 PLAN_FILE = "plan.json"
 
 
@@ -530,6 +538,9 @@ def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log, record: 
     for warning in changed_data_warnings(_finished(selected, todo), out_dir / "runs", out_dir / "cache",
                                          f"zoo run {suite_path or 'SUITE'} --out {out_dir}"):
         log(warning)
+    for note in _older_score_notes(_finished(selected, todo), out_dir / "runs",
+                                   f"zoo run {suite_path or 'SUITE'} --out {out_dir}"):
+        log(f"warning: {note}")
     sources, problems = check_readiness(todo, cache_dir=out_dir / "cache")
     log_skipped_files(sources, log)
     plan = make_plan(selected, out_dir, sources, problems, log=log)

@@ -137,6 +137,12 @@ class ReportBuilder:
         """dataset.json of the dataset's first run folder that has a readable one."""
         return next(filter(None, (stats.recorded_dataset(self.out_dir, run_id) for run_id in frame["run_id"])), {})
 
+    def score_notes(self, frame: pd.DataFrame) -> list[str]:
+        """Runs of the dataset scored by an older zoo in a way that changed since (zoo.results.SCORE_CHANGES)."""
+        from zoo.results import older_score_notes
+
+        return older_score_notes(frame.to_dict("records"), f"zoo run SUITE --out {self.out_dir}")
+
     def figure(self, path) -> dict:
         self.figure_files.append(path)
         return {"file": f"figures/{path.name}", "data": base64.b64encode(path.read_bytes()).decode()}
@@ -423,6 +429,7 @@ class ReportBuilder:
                 # What the scan noticed about the data (copies of one file, 16-bit files far below full scale,
                 # photos stored turned): said before training, and kept beside the scores they qualify.
                 "data_notes": list(info.get("notes") or []),
+                "score_notes": self.score_notes(frame),
                 "no_test_classes": no_test, "classes_tested": len(info.get("class_names", [])) - len(no_test), "task": task, "metric": metric, "higher_is_better": higher,
                 "second_metric": ranked["second_metric"],
                 "smoothing": bool(ok["accuracy_smoothed"].notna().any()),

@@ -225,6 +225,7 @@ class Study:
                           for _, r in frame[frame["status"] != "ok"].iterrows()]
                 sections.append({"name": dataset, "failed": failed,
                                  "data_notes": list(builder.dataset_info(frame).get("notes") or []),
+                                 "score_notes": builder.score_notes(frame),
                                  **{k: ranked[k] for k in ("task", "metric", "higher_is_better", "board")}})
             cached = (builder, sections)
             self._boards = {key: cached}
@@ -267,7 +268,7 @@ class Study:
                     "model_megabytes", "device", "precision", "backend", "run_ids", "train_seconds_text")}
                             | {"family": family})
             shown.append({**{k: section[k] for k in ("name", "task", "metric", "higher_is_better", "failed",
-                                                     "data_notes")},
+                                                     "data_notes", "score_notes")},
                           "rows": rows, "recommendation": budgeted.recommendation(section["board"], section["metric"],
                                                                                   section["higher_is_better"]),
                           "references": published_results(section["name"])})
