@@ -22,7 +22,7 @@ from zoo.arguments import help_of, non_negative_number, port_number, positive_nu
 
 # Commands that load models while a suite may be training on the same GPU ("try it" in zoo serve, zoo
 # predict, zoo export): they take GPU memory as they need it instead of most of the device at once.
-BESIDE_TRAINING = {"serve", "predict", "export"}
+BESIDE_TRAINING = {"serve", "predict", "export", "evaluate"}
 
 # One example per command (and sub-command), shown at the end of its --help.
 EXAMPLES = {
@@ -36,6 +36,7 @@ EXAMPLES = {
     "export": "zoo export runs/quickstart/runs/RUN_ID --format onnx --quantize int8 --measure",
     "compare": "zoo compare runs/quickstart RUN_A RUN_B --metric macro_f1",
     "predict": "zoo predict runs/quickstart/runs/RUN_ID photo.jpg more_photos/ --top-k 3",
+    "evaluate": "zoo evaluate runs/shelter ~/photos/other_shelter   (every model of the study, on new photos)",
     "mlflow-sync": "zoo mlflow-sync runs/quickstart --mlflow http://127.0.0.1:5000",
     "serve": "zoo serve runs/quickstart   (then open http://127.0.0.1:8000)",
     "data": "zoo data info synthetic_terrain",
@@ -276,6 +277,18 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from zoo.harness.evaluate import evaluate, format_evaluation
+
+    results = evaluate(args.run_or_out, args.folder, log=(lambda *_: None) if args.json else
+                       (lambda line: print(line, file=sys.stderr, flush=True)))
+    if args.json:
+        print(json.dumps(results, default=str))
+    else:
+        print(format_evaluation(results))
+    return 1 if any("error" in result for result in results) else 0
+
+
 def cmd_predict(args) -> int:
     from zoo.predict import list_inputs, predict_images, predict_to_file
 
@@ -429,6 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(segmentation); default: the headline metric")
     compare.add_argument("--json", action="store_true", help="print one JSON object")
     compare.set_defaults(func=cmd_compare)
+
+    evaluate = commands.add_parser("evaluate", help="score a finished run (or every run of a study) on a folder of "
+                                                    "labelled images it has never seen")
+    evaluate.add_argument("run_or_out", metavar="RUN_OR_OUT",
+                          help="a run folder (OUT/runs/<run_id>) or a study (the folder zoo run wrote)")
+    evaluate.add_argument("folder", help="labelled images laid out as the training data was: class folders named "
+                                         "as the model's classes (a few of them will do), or images/ and masks/")
+    evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="classify images with a finished run's model")
     predict.add_argument("run_dir", help="a run folder: OUT/runs/<run_id>")

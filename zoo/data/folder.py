@@ -138,7 +138,9 @@ class FolderScan:
     """The result of scanning a folder dataset: valid examples per split, and skipped files."""
 
     def __init__(self, root, cache_dir=None, class_names=None, max_pixel_value=None, void_value=None,
-                 headline_metric=None):
+                 headline_metric=None, model_classes=None):
+        """``model_classes``: a trained model's classes, for a folder of class folders to score it on
+        (zoo evaluate): its folders must be among them, and its labels are their indices there."""
         self.root = Path(root).expanduser()
         self.task, split_folders = detect_layout(self.root)
         self.split_folders = split_folders
@@ -183,7 +185,9 @@ class FolderScan:
         if self.task == "classification":
             self.class_names = sorted({label for items in candidates.values() for _, label in items})
             self._note_idle_class_folders()
-            if class_names and list(class_names) != self.class_names:
+            if model_classes is not None:
+                self.class_names = self._as_model_classes(list(model_classes))
+            elif class_names and list(class_names) != self.class_names:
                 raise DataError(f"{self.root}: class_names {list(class_names)} are not the class folders "
                                 f"{self.class_names}: a folder of class folders names its classes by them (sorted); "
                                 f"remove class_names from the dataset entry or rename the folders")
@@ -204,6 +208,23 @@ class FolderScan:
         # of its data, so that an image or mask edited in place, to any size, is told apart.
         self.digests.update({str(item[0]): probes[str(item[0])]["digest"]
                              for items in self.examples.values() for item in items})
+
+    def _as_model_classes(self, model_classes: list) -> list:
+        """The model's classes, once every class folder here is one of them (a folder may hold a few)."""
+        import difflib
+
+        unknown = [name for name in self.class_names if name not in model_classes]
+        if unknown:
+            named = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, model_classes, n=1, cutoff=0.6) or \
+                    [c for c in model_classes if c.casefold() == name.casefold()]
+                named.append(f"{name} (the model's {close[0]}?)" if close else name)
+            shown = ", ".join(model_classes[:12]) + (", ..." if len(model_classes) > 12 else "")
+            raise DataError(f"{self.root}: class folder(s) {', '.join(named)} are not classes of the model, which "
+                            f"knows {len(model_classes)}: {shown}. Rename those folders to the model's class names, "
+                            f"or move them out: a model cannot be scored on a class it never learnt")
+        return model_classes
 
     def _note_unlabelled(self, split: str, folder: Path) -> bool:
         """Whether ``folder`` (a split other than train) holds images without labels, as Kaggle's test/ folders

@@ -375,7 +375,7 @@ class FolderSource(Source):
             raise ConfigError(f"dataset {card.get('name')!r}: source 'folder' needs `path: /folder/of/images`")
         self.scan = FolderScan(card["path"], cache_dir=cache_dir, class_names=card.get("class_names"),
                                max_pixel_value=card.get("max_pixel_value"), void_value=card.get("void_value"),
-                               headline_metric=card.get("headline_metric"))
+                               headline_metric=card.get("headline_metric"), model_classes=card.get("model_classes"))
         void = [] if self.scan.void_index is None else [self.scan.void_index]
         self.info = DatasetInfo(
             name=card.get("name") or Path(card["path"]).name, task=self.scan.task,
