@@ -58,7 +58,7 @@ def test_a_folder_of_the_runs_own_test_images_scores_as_its_test_split(study, tm
     assert [row["support"] for row in result["per_class"]] == [row["support"] for row in recorded["per_class"]]
 
 
-def test_a_folder_of_some_of_the_classes_is_scored_by_class_name(study, tmp_path):
+def test_a_folder_of_some_of_the_classes_is_scored_by_class_name(study, tmp_path, capsys):
     """Another shelter's photos of two of the three breeds: labels follow the model's class names, not the
     folder's own order (collie would be class 0 of a folder of collie and pug)."""
     from zoo.predict import predict_images
@@ -73,6 +73,10 @@ def test_a_folder_of_some_of_the_classes_is_scored_by_class_name(study, tmp_path
     by_class = {row["class"]: row for row in result["per_class"]}
     assert by_class["collie"]["support"] == by_class["pug"]["support"] == 10 and by_class["beagle"]["support"] == 0
     assert result["accuracy_ci_low"] <= result["accuracy"] <= result["accuracy_ci_high"]
+    assert main(["evaluate", str(run), str(other)]) == 0  # one model: its classes' figures as well
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith(f"{run.name} (baseline_cnn/linear): accuracy {result['accuracy']:.4f} [")
+    assert [line.split()[:2] for line in lines[3:]] == [["collie", "10"], ["pug", "10"]]  # the folder's classes
 
 
 def test_a_class_the_model_does_not_know_is_refused_by_name(study, tmp_path):

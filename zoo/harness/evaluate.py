@@ -98,7 +98,7 @@ def evaluate(run_or_out, folder, log=print) -> list[dict]:
     folder (other classes, channels, task) is a row with its ``error``, never the end of the others."""
     run_or_out = Path(run_or_out).expanduser()
     if (run_or_out / "model.keras").is_file():
-        return [evaluate_folder(run_or_out, folder)]
+        return ranked([evaluate_folder(run_or_out, folder)])
     if not (run_or_out / "results.csv").is_file():
         raise DataError(f"{run_or_out} is neither a finished run folder (OUT/runs/<run_id>, with model.keras) nor "
                         f"a study (the folder `zoo run` wrote, with results.csv)")
