@@ -582,6 +582,15 @@ MUTATIONS = [
     Mutation("runs scored by an older zoo stand beside newer ones unnamed", "zoo/results.py",
              "        if changes and row.get(\"status\") == \"ok\":", "        if False:",
              ("tests/test_report.py::test_a_segmentation_folder_is_ranked_by_miou_with_the_kl_score_beside_it",)),
+    Mutation("zoo evaluate labels a folder's images by its folders' order, not the model's class names",
+             "zoo/data/folder.py",
+             "                self.class_names = self._as_model_classes(list(model_classes))\n",
+             "                self._as_model_classes(list(model_classes))\n",
+             ("tests/test_evaluate.py::test_a_folder_of_some_of_the_classes_is_scored_by_class_name",)),
+    Mutation("zoo evaluate scales a folder's pixels by its own brightest, not the run's scale", "zoo/harness/evaluate.py",
+             '             "max_pixel_value": info["max_pixel_value"], "void_value": void_value}',
+             '             "void_value": void_value}',
+             ("tests/test_evaluate.py::test_a_segmentation_run_scores_tiles_of_its_own_layout",)),
 ]
 
 
