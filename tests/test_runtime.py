@@ -218,8 +218,8 @@ def _memory_settings():
     return {name: os.environ.get(name) for name in ON_DEMAND}
 
 
-def test_serve_predict_and_export_take_gpu_memory_as_needed_before_any_model_is_loaded(backend_defaults, tmp_path):
-    """zoo serve's "try it", zoo predict and zoo export run beside a suite training on the same GPU: with TensorFlow's
+def test_serve_predict_export_and_evaluate_take_gpu_memory_as_needed_before_any_model_is_loaded(backend_defaults, tmp_path):
+    """zoo serve's "try it", zoo predict, zoo export and zoo evaluate run beside a suite training on the same GPU: with TensorFlow's
     and JAX's defaults whichever process opened the GPU first would keep most of its memory and the other
     would fail for lack of it."""
     import zoo.predict
@@ -245,6 +245,13 @@ def test_serve_predict_and_export_take_gpu_memory_as_needed_before_any_model_is_
     assert main(["export", str(tmp_path), "--format", "onnx"]) == 0
     for name in ON_DEMAND:
         backend_defaults.delenv(name)
+    import zoo.harness.evaluate
+
+    backend_defaults.setattr(zoo.harness.evaluate, "evaluate", lambda *a, **k: seen.setdefault("evaluate", _memory_settings())
+                             and [])
+    assert main(["evaluate", str(tmp_path), str(tmp_path)]) == 0
+    for name in ON_DEMAND:
+        backend_defaults.delenv(name)
     backend_defaults.setattr(zoo.predict, "Predictor", lambda *a: seen.setdefault("ray actor", _memory_settings()))
     zoo.predict.PredictBatches(str(tmp_path), 5, None)  # zoo predict --executor ray's actors: maybe several per GPU
     # The child that exports a JAX or PyTorch run on TensorFlow's backend, beside the run's own process.
@@ -263,8 +270,8 @@ def test_serve_predict_and_export_take_gpu_memory_as_needed_before_any_model_is_
                                                                   {"formats": ["onnx"], "quantize": "none"},
                                                                   {"accuracy": 0.5})
     assert "ended with exit status 1" in figures["onnx_error"]  # a failed child is recorded, never raised
-    assert seen == {"serve": ON_DEMAND, "predict": ON_DEMAND, "export": ON_DEMAND, "ray actor": ON_DEMAND,
-                    "export child": ON_DEMAND}
+    assert seen == {"serve": ON_DEMAND, "predict": ON_DEMAND, "export": ON_DEMAND, "evaluate": ON_DEMAND,
+                    "ray actor": ON_DEMAND, "export child": ON_DEMAND}
     assert _memory_settings() == dict.fromkeys(ON_DEMAND)  # this process's own settings untouched
 
 
