@@ -158,5 +158,10 @@ def format_evaluation(results: list[dict]) -> str:
         for row in result.get("per_class", []):
             if row.get("test_examples", 0) or row.get("support", 0):
                 lines.append(f"  {str(row['class'])[:24]:24} {row.get('test_examples', row['support']):>7,} "
-                             f"{row['precision']:>9.4f} {row['recall']:>7.4f}")
+                             f"{_figure(row['precision']):>9} {_figure(row['recall']):>7}")
     return "\n".join(lines)
+
+
+def _figure(value) -> str:
+    """A per-class figure, or "-" where there is none (a class never predicted has no precision)."""
+    return "-" if value is None or value != value else f"{value:.4f}"
