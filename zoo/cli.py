@@ -447,8 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "labelled images it has never seen")
     evaluate.add_argument("run_or_out", metavar="RUN_OR_OUT",
                           help="a run folder (OUT/runs/<run_id>) or a study (the folder zoo run wrote)")
-    evaluate.add_argument("folder", metavar="FOLDER", help="labelled images laid out as the training data was: class folders named "
-                                         "as the model's classes (a few of them will do), or images/ and masks/")
+    evaluate.add_argument("folder", metavar="FOLDER",
+                          help="labelled images laid out as the training data was: class folders named as the "
+                               "model's classes (a few of them will do), or images/ and masks/")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     evaluate.set_defaults(func=cmd_evaluate)
 
