@@ -8,6 +8,7 @@ the folder is scored, whatever its subfolders (train/, val/, test/).
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,16 @@ def evaluation_source(spec, info: dict, folder):
     return source
 
 
-def evaluate_folder(run_dir, folder) -> dict:
+def evaluate_folder(run_dir, folder, cache_root=None) -> dict:
     """The test metrics of the finished run in ``run_dir`` on every labelled image of ``folder``, with their
-    bootstrap intervals, per-class figures and how many images each class had. Writes nothing."""
-    from zoo.harness.stages import ModelPredict, RunData, _host, _predicted, add_uncertainty, start_runtime
+    bootstrap intervals, per-class figures and how many images each class had. The folder's images are
+    decoded once per image size into ``cache_root`` (a temporary folder when None), held in memory where they
+    fit a quarter of it, else read from there batch by batch: a large folder does not fill the memory."""
+    if cache_root is None:
+        with tempfile.TemporaryDirectory(prefix="zoo-evaluate-") as temporary:
+            return evaluate_folder(run_dir, folder, temporary)
+    from zoo.harness.stages import (ModelPredict, RunData, _host, _predicted, add_uncertainty, input_memory_limit,
+                                    start_runtime)
     from zoo.heads import head_task
     from zoo.results import load_run_model
 
@@ -66,10 +73,11 @@ def evaluate_folder(run_dir, folder) -> dict:
     scorer = task.scorer(source.info.class_names, source.info.ignore_classes)
     predict, example_ids, data = ModelPredict(model), [], None
     for split in (split for split in source.info.labelled_splits if source.info.splits.get(split)):
-        # Decoded in memory, not into a study's cache: the folder is not one of its datasets.
+        # Not into a study's cache: the folder is not one of its datasets.
         data = RunData(source=source, task=task.name, plan={"test": (split, None)},
                        sizes={"test": source.info.splits[split]}, train_counts=None, class_weights=None,
-                       options=options, augment=False, cache="memory", cache_root=None, memory_limit=None)
+                       options=options, augment=False, cache="auto", cache_root=str(cache_root),
+                       memory_limit=input_memory_limit(None))
         for targets, rows, outputs in _predicted(predict, data.pipeline("test", training=False)):
             scorer.add(_host(targets)[:rows], outputs[:rows])
         example_ids += source.example_ids(split)
@@ -106,12 +114,13 @@ def evaluate(run_or_out, folder, log=print) -> list[dict]:
     if not runs:
         raise DataError(f"{run_or_out} holds no finished run to evaluate")
     results = []
-    for index, run_dir in enumerate(runs, start=1):
-        log(f"[{index}/{len(runs)}] {run_dir.name}")
-        try:
-            results.append(evaluate_folder(run_dir, folder))
-        except DataError as error:
-            results.append({"run_id": run_dir.name, "error": str(error)})
+    with tempfile.TemporaryDirectory(prefix="zoo-evaluate-") as decoded:  # each image size decoded once
+        for index, run_dir in enumerate(runs, start=1):
+            log(f"[{index}/{len(runs)}] {run_dir.name}")
+            try:
+                results.append(evaluate_folder(run_dir, folder, decoded))
+            except DataError as error:
+                results.append({"run_id": run_dir.name, "error": str(error)})
     return ranked(results)
 
 
