@@ -294,8 +294,8 @@ def cmd_predict(args) -> int:
 
     if args.output:
         summary = predict_to_file(args.run_dir, args.inputs, args.output, batch_size=args.batch_size,
-                                     top_k=args.top_k, executor=args.executor, address=args.address,
-                                     exported=args.exported)
+                                  top_k=args.top_k, executor=args.executor, address=args.address,
+                                  exported=args.exported)
         steady = summary["steady_images_per_second"]
         # The first batch pays for loading the model and compiling it: the rate after it is what more
         # images cost; the whole command's time stays the headline.

@@ -223,8 +223,9 @@ class Predictor:
     def answer(self, locations, top_k: int = 5, mask_dir=None, threads: int = DECODE_THREADS) -> list[dict]:
         """One answer per location, in order: ``path``, ``label`` (top-1 class), ``probability``,
         ``top_k`` ([{label, probability}], best first), ``probabilities`` ({class: probability}, every
-        class in the run's order), ``error`` (None, or why it could not be predicted); segmentation adds ``mask`` (the file written under ``mask_dir``, or None)
-        and reports class proportions of the image as its probabilities."""
+        class in the run's order), ``error`` (None, or why it could not be predicted); segmentation adds
+        ``mask`` (the file written under ``mask_dir``, or None) and reports class proportions of the image
+        as its probabilities."""
         locations = [str(location) for location in locations]
         prepared = [None] * len(locations)
 
@@ -447,8 +448,8 @@ class _CsvWriter:
     def write(self, table) -> None:
         for row in table.select(["path", "probabilities", "error"]).to_pylist():
             if row["error"] is None:
-                self._csv.writerow([sample_id(row["path"]), *(repr(row["probabilities"][name])
-                                                              for name in self._classes)])
+                # csv writes a float's shortest round-trip form (repr): the probabilities in full
+                self._csv.writerow([sample_id(row["path"]), *(row["probabilities"][name] for name in self._classes)])
 
     def close(self) -> None:
         self._file.close()

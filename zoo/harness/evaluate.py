@@ -57,8 +57,7 @@ def evaluate_folder(run_dir, folder, cache_root=None) -> dict:
     if cache_root is None:
         with tempfile.TemporaryDirectory(prefix="zoo-evaluate-") as temporary:
             return evaluate_folder(run_dir, folder, temporary)
-    from zoo.harness.stages import (ModelPredict, RunData, _host, _predicted, add_uncertainty, input_memory_limit,
-                                    start_runtime)
+    from zoo.harness.stages import ModelPredict, RunData, add_uncertainty, input_memory_limit, score_into, start_runtime
     from zoo.heads import head_task
     from zoo.results import load_run_model
 
@@ -78,8 +77,7 @@ def evaluate_folder(run_dir, folder, cache_root=None) -> dict:
                        sizes={"test": source.info.splits[split]}, train_counts=None, class_weights=None,
                        options=options, augment=False, cache="auto", cache_root=str(cache_root),
                        memory_limit=input_memory_limit(None))
-        for targets, rows, outputs in _predicted(predict, data.pipeline("test", training=False)):
-            scorer.add(_host(targets)[:rows], outputs[:rows])
+        score_into(scorer, predict, data.pipeline("test", training=False))
         example_ids += source.example_ids(split)
     result, predictions = scorer.finish()
     predictions["example_ids"] = np.array(example_ids)

@@ -272,7 +272,7 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     a tracking URI (else the suite's ``tracking.mlflow``, else MLFLOW_TRACKING_URI) each finished
     run is logged to.
     """
-    from zoo.harness.preflight import (NotReadyError, changed_data_warnings, check_readiness, format_problems,
+    from zoo.harness.preflight import (NotReadyError, check_readiness, format_problems,
                                        prepare_missing, slow_backend_warnings, small_class_warnings)
 
     started = time.perf_counter()
@@ -281,11 +281,7 @@ def run_suite(suite: dict, out_dir, only: str | None = None, force: bool = False
     runs, selected = select_runs(suite, only)
     runs_dir = out_dir / "runs"
     todo = pending_runs(selected, runs_dir, force)
-    for warning in changed_data_warnings(_finished(selected, todo), runs_dir, out_dir / "cache",
-                                         f"zoo run {suite_path or 'SUITE'} --out {out_dir}"):
-        log(warning)
-    for note in _older_score_notes(_finished(selected, todo), runs_dir, f"zoo run {suite_path or 'SUITE'} --out {out_dir}"):
-        log(f"warning: {note}")
+    _warn_about_finished(_finished(selected, todo), out_dir, suite_path, log)
     runner = make_executor(executor, workers, **(executor_options or {}))
     try:
         if todo and hasattr(runner, "check"):
@@ -497,10 +493,18 @@ def _write_index(out_dir: Path, all_ids) -> None:
             raise
 
 
-def _older_score_notes(finished, runs_dir: Path, command: str) -> list[str]:
-    """zoo.results.older_score_notes of the finished runs of this suite."""
-    return older_score_notes([row for row in (read_result(runs_dir / run.run_id) for run in finished) if row],
-                             command)
+def _warn_about_finished(finished, out_dir: Path, suite_path: str | None, log) -> None:
+    """What `zoo run` and `zoo plan` say of a suite's finished runs before going on: those that saw other images
+    than the data holds now (zoo.harness.preflight.changed_data_warnings), and those scored by an older zoo in a
+    way that has changed since (zoo.results.older_score_notes)."""
+    from zoo.harness.preflight import changed_data_warnings
+
+    runs_dir, command = out_dir / "runs", f"zoo run {suite_path or 'SUITE'} --out {out_dir}"
+    for warning in changed_data_warnings(finished, runs_dir, out_dir / "cache", command):
+        log(warning)
+    rows = [row for row in (read_result(runs_dir / run.run_id) for run in finished) if row]
+    for note in older_score_notes(rows, command):
+        log(f"warning: {note}")
 
 
 PLAN_FILE = "plan.json"
@@ -528,19 +532,14 @@ def plan_suite(suite: dict, out_dir, only: str | None = None, log=_log, record: 
     the runs reuse, and with ``record`` OUT/plan.json (the estimates, which ``zoo serve`` shows beside
     the time each run then takes); ``workers``: zoo run --workers N's N, the suite's time also given as
     the runs spread over N workers. 2 if a run cannot start."""
-    from zoo.harness.preflight import (changed_data_warnings, check_readiness, format_plan, format_problems,
+    from zoo.harness.preflight import (check_readiness, format_plan, format_problems,
                                        make_plan, slow_backend_warnings)
 
     out_dir = Path(out_dir)
     check_output_folder(out_dir, suite)
     _, selected = select_runs(suite, only)
     todo = pending_runs(selected, out_dir / "runs", force=False)
-    for warning in changed_data_warnings(_finished(selected, todo), out_dir / "runs", out_dir / "cache",
-                                         f"zoo run {suite_path or 'SUITE'} --out {out_dir}"):
-        log(warning)
-    for note in _older_score_notes(_finished(selected, todo), out_dir / "runs",
-                                   f"zoo run {suite_path or 'SUITE'} --out {out_dir}"):
-        log(f"warning: {note}")
+    _warn_about_finished(_finished(selected, todo), out_dir, suite_path, log)
     sources, problems = check_readiness(todo, cache_dir=out_dir / "cache")
     log_skipped_files(sources, log)
     plan = make_plan(selected, out_dir, sources, problems, log=log)

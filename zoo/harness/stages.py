@@ -495,6 +495,13 @@ def _predicted(predict, test_data):
         yield targets, rows, outputs
 
 
+def score_into(scorer, predict, test_data) -> None:
+    """Every batch of ``test_data`` predicted by ``predict`` and added to the task's ``scorer``, its
+    padding cut from predictions and targets alike."""
+    for targets, rows, outputs in _predicted(predict, test_data):
+        scorer.add(_host(targets)[:rows], outputs[:rows])
+
+
 def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
     """The test metrics and predictions of ``predict`` (batch in, probabilities out: device tensors
     or NumPy) over ``test_data`` (a zoo.data.pipeline.ArrayBatches: full batches, each ending with
@@ -502,8 +509,7 @@ def score(data: RunData, predict, test_data) -> tuple[dict, dict]:
     trained model's, or an exported copy's (zoo.harness.deploy)."""
     start = time.perf_counter()
     scorer = TASKS.get(data.task).scorer(data.info.class_names, data.info.ignore_classes)
-    for targets, rows, outputs in _predicted(predict, test_data):
-        scorer.add(_host(targets)[:rows], outputs[:rows])
+    score_into(scorer, predict, test_data)
     eval_seconds = time.perf_counter() - start
     result, predictions = scorer.finish()
     result["eval_seconds"] = eval_seconds
