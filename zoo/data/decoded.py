@@ -202,7 +202,7 @@ def _folder(cache_root: Path, source, split: str, size: int) -> Path:
 def _expected(source, split: str, size: int) -> dict:
     info = source.info
     count = int(info.splits[split])
-    masks = info.task != "classification"
+    masks = info.has_masks
     return {"count": count, "images_shape": [count, int(size), int(size), int(info.channels)],
             "images_dtype": storage_dtype(info.max_pixel_value).name,
             "targets_shape": [count, int(size), int(size)] if masks else [count],
@@ -242,7 +242,7 @@ def _decoded_examples(source, split: str, size: int):
 def _fill(source, split: str, size: int, images, targets, expected: dict) -> None:
     """Decode every example of ``split`` into the arrays ``images`` and ``targets`` (in memory or mapped)."""
     info = source.info
-    masks = info.task != "classification"
+    masks = info.has_masks
     written = 0
     for position, image, target in _decoded_examples(source, split, size):
         if image.shape[-1] != info.channels:  # a grey photo among colour ones (tfds too)
@@ -296,7 +296,7 @@ def decode_seconds_per_example(source, split: str, size: int, sample: int = 16) 
     start = time.perf_counter()
     examples = (source.example_arrays(split, size=size) if source.reads_by_position
                 else list(source.examples(split).take(count).as_numpy_iterator()))
-    rows = StreamedRows(examples, size, info.max_pixel_value, info.task != "classification")
+    rows = StreamedRows(examples, size, info.max_pixel_value, info.has_masks)
     rows[np.arange(count)]
     rows.pool.shutdown()
     return (time.perf_counter() - start) / count
@@ -375,7 +375,7 @@ def open_decoded(source, split: str, size: int, cache_root, mode: str = "auto", 
 def _streamed(source, split: str, size: int) -> DecodedSplit:
     info = source.info
     rows = StreamedRows(source.example_arrays(split, size=size), size, info.max_pixel_value,
-                        info.task != "classification")
+                        info.has_masks)
     return DecodedSplit(None, None, "off", stream=rows)
 
 

@@ -170,7 +170,7 @@ def preparation_for(info, options: PipelineOptions):
     """The on-device preparation (zoo.data.prepare.Preparation) a run's options ask for."""
     from zoo.data.prepare import Preparation
 
-    segmentation = info.task == "segmentation"
+    segmentation = info.has_masks
     ignore = [c for c in info.ignore_classes if c < info.num_classes]
     weights = (options.class_weights if options.class_weights is not None
                else [0.0 if c in ignore else 1.0 for c in range(info.num_classes)])
@@ -196,7 +196,7 @@ def input_pipeline(source, split, indices, info, options: PipelineOptions, train
     rows = np.arange(len(decoded)) if indices is None else np.asarray(indices, dtype=np.int64)
     prepare = compiled(preparation_for(info, options))
     augment = options.augment and training
-    pairs = augment and info.task == "segmentation"
+    pairs = augment and info.has_masks
     seed, size = int(options.seed), int(options.image_size)
     # Held on the accelerator when they fit: an epoch is then indexing there (segmentation's flips and
     # quarter turns, drawn and done on the host, need host rows).

@@ -41,6 +41,12 @@ class DatasetInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def has_masks(self) -> bool:
+        """Each example's target is a mask, one class per pixel (a segmentation dataset, which distribution
+        heads also train on), not one class per image."""
+        return self.task != "classification"
+
     def to_dict(self) -> dict:
         return {**asdict(self), "num_classes": self.num_classes}
 
@@ -258,7 +264,7 @@ class TfdsSource(Source):
         return self._targets_by_split[split]
 
     def labels(self, split):
-        if self.info.task != "classification":
+        if self.info.has_masks:
             return None
         return self._read_targets(split).astype(np.int64)
 
@@ -354,12 +360,12 @@ class SyntheticSource(Source):
             pass  # only a cache: the runs generate the data again
 
     def labels(self, split):
-        return self.targets if self.info.task == "classification" else None
+        return None if self.info.has_masks else self.targets
 
     def example_arrays(self, split, indices=None, size=None):
         rows = np.arange(len(self.images)) if indices is None else np.asarray(indices)
         return ExampleArrays(len(rows), lambda i: (self.images[rows[i]].astype(np.float32), self.targets[rows[i]]),
-                             self.info.channels, masks=self.info.task != "classification")
+                             self.info.channels, masks=self.info.has_masks)
 
 
 # --- the user's folders -----------------------------------------------------------------
@@ -386,7 +392,7 @@ class FolderSource(Source):
             class_counts=self.scan.class_counts, copies=self.scan.copy_groups)
 
     def labels(self, split):
-        if self.info.task != "classification":
+        if self.info.has_masks:
             return None
         return np.array([label for _, label in self.scan.examples[split]], dtype=np.int64)
 
@@ -396,7 +402,7 @@ class FolderSource(Source):
     def folder_groups(self, split):
         # Below the class folder (classification) or images/ (segmentation): an image directly there is its own
         # group, one in a subfolder shares the subfolder's.
-        classification = self.info.task == "classification"
+        classification = not self.info.has_masks
         groups = []
         for path, _ in self.scan.examples[split]:
             place = Path(path).relative_to(self.scan.split_folders[split])
@@ -418,7 +424,7 @@ class FolderSource(Source):
 
     def example_files(self, split):
         items = self.scan.examples[split]
-        masks = [str(target) for _, target in items] if self.info.task != "classification" else []
+        masks = [str(target) for _, target in items] if self.info.has_masks else []
         return [str(path) for path, _ in items] + masks
 
     def example_arrays(self, split, indices=None, size=None):
@@ -428,7 +434,7 @@ class FolderSource(Source):
         if indices is not None:
             items = [items[i] for i in indices]
         channels, maximum = self.info.channels, self.info.max_pixel_value
-        masks = self.info.task != "classification"
+        masks = self.info.has_masks
         void_value, void_index = self.scan.void_value, self.scan.void_index
 
         def load(position):

@@ -288,7 +288,7 @@ def small_class_warnings(runs, sources: dict) -> list[str]:
 
     warnings = []
     for run, source, fractions in _carvings(runs, sources):
-        if source.info.task != "classification":
+        if source.info.has_masks:
             continue
         try:
             missing = classes_missing_from_splits(source, plan_for_source(source, fractions, run.split_seed))
