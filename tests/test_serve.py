@@ -189,6 +189,30 @@ def test_a_run_page_says_where_the_run_s_time_went(study):
             f"the") in page
 
 
+def test_a_run_page_shows_its_task_s_figures_and_the_leaderboard_counts_as_the_report_does(study):
+    import pandas as pd
+
+    out, server = study
+    table = pd.read_csv(out / "results.csv").set_index("run_id")
+
+    def figures(run_id):
+        page = server.get(f"/s/0/run/{url(run_id)}")[1].decode()
+        row = re.search(r'<table class="figures">\s*<tr>(.*?)</tr>', page, re.S).group(1)
+        return dict(re.findall(r"<th>([^<]+)</th><td>([^<]+)</td>", row))
+
+    terrain, landcover = run_ids(out, "synthetic_terrain")[0], run_ids(out, "synthetic_landcover")[0]
+    shown = figures(terrain)
+    assert shown["accuracy"] == f"{table.loc[terrain, 'accuracy']:.4f}" and "mIoU" not in shown, shown
+    assert shown["macro F1"] == f"{table.loc[terrain, 'macro_f1']:.4f}"
+    shown = figures(landcover)  # a segmentation run's accuracy is its pixels'
+    assert "macro F1" not in shown and shown["pixel accuracy"] == f"{table.loc[landcover, 'accuracy']:.4f}", shown
+    assert (shown["mIoU"], shown["KL score"]) == (f"{table.loc[landcover, 'miou']:.4f}",
+                                                  f"{table.loc[landcover, 'kl_score']:.4f}")
+    board = server.get("/s/0/leaderboard")[1].decode()
+    for params in table["params"]:
+        assert f'<td data-value="{params}">{int(params):,}</td>' in board
+
+
 def test_files_of_a_run_are_served_read_only(study):
     out, server = study
     run_id = run_ids(out)[0]

@@ -37,6 +37,7 @@ class Task:
     one_label_per_image: bool            # class weights go to Keras's class_weight, else to the target's weights
     comparable_metrics: tuple[str, ...]  # with a per-example form (example_scores): zoo compare, headline_metric
     interval_metrics: tuple[str, ...]    # every run records their 95 % bootstrap interval
+    figures: tuple[tuple[str, str], ...]  # (results.csv column, its name for people): what a run page shows first
     losses: tuple[str, ...] = ("auto", "crossentropy", "focal")  # what ``train.loss`` may name for it
     class_weights_apply: bool = True     # train.class_weights weighs its images or pixels by their class
 
@@ -99,6 +100,7 @@ class Classification(Task):
     target, one_label_per_image = "labels", True
     comparable_metrics = ("accuracy", "macro_f1")
     interval_metrics = ("accuracy",)
+    figures = (("accuracy", "accuracy"), ("macro_f1", "macro F1"))
 
     def loss(self, name):
         return _label_loss(name, pixels=False)
@@ -159,6 +161,7 @@ class Segmentation(Task):
     target, one_label_per_image = "masks", False
     comparable_metrics = ("kl_score", "miou", "accuracy")
     interval_metrics = ("accuracy", "miou", "kl_score")
+    figures = (("miou", "mIoU"), ("accuracy", "pixel accuracy"), ("kl_score", "KL score"))
 
     def loss(self, name):
         return _label_loss(name, pixels=True)
@@ -211,6 +214,7 @@ class Distribution(Task):
     target, one_label_per_image = "proportions", False
     comparable_metrics = ("kl_score",)
     interval_metrics = ("kl_score",)
+    figures = (("kl_score", "KL score"),)
     # Cross-entropy of proportions is their KL divergence plus the truth's own entropy: the same gradients.
     # The focal loss is for labels, not proportions.
     losses = ("auto", "crossentropy")

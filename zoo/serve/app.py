@@ -101,6 +101,7 @@ def make_app(folders, token: str | None = None, models: int = 2) -> Starlette:
     templates = Environment(loader=PackageLoader("zoo.serve", "templates"), autoescape=True)
     templates.filters["seconds"] = _format_seconds
     templates.filters["number"] = _format_number
+    templates.filters["thousands"] = _format_thousands
     templates.filters["inline_md"] = _inline_markdown
 
     def study_of(request: Request) -> tuple[int, Study]:
@@ -417,3 +418,10 @@ def _format_number(value, digits: int = 4) -> str:
     if _missing(value):
         return "–"
     return f"{float(value):.{digits}f}"
+
+
+def _format_thousands(value) -> str:
+    """A count or a rate as the report writes it: whole, with thousands separated (94,115 parameters)."""
+    if _missing(value):
+        return "–"
+    return f"{round(float(value)):,}"

@@ -297,10 +297,13 @@ class Study:
                        for name in FORMATS
                        if result.get(f"{name}_megabytes") is not None or result.get(f"{name}_error")]
         from zoo.metrics import ignored_classes_note
+        from zoo.tasks import TASKS
 
+        task = result.get("task") or "classification"
+        figures = TASKS.get(task).figures if task in TASKS else ()
         return {"run_id": run_id, "result": result, "metrics": metrics, "problems": problems,
                 "files": files, "deployments": deployments, "has_model": (folder / "model.keras").is_file(),
-                "task": result.get("task") or "classification",
+                "task": task, "figures": [(label, result.get(column)) for column, label in figures],
                 "ignored": ignored_classes_note(metrics, _read_json(folder / "dataset.json") or {})}
 
     def history(self, run_id: str):
