@@ -119,3 +119,32 @@ def test_a_large_study_details_the_first_models_and_every_one_the_recommendation
     assert "The 1 other models have their leaderboard rows only" in text
     assert sum(1 for line in text.splitlines() if line.startswith("|") and "/linear " in line) >= len(MODELS)
     assert len(list((tmp_path / "figures").glob("confusion-*.png"))) == 3
+
+
+def test_the_latency_budget_counts_exported_forms_as_the_size_budget_does(report, tmp_path):
+    """The best model (resnet50, 10 ms in Keras) exported to two forms timed on the CPU: within 6 ms both
+    are, and the one that loses less is named; within 2.5 ms only the other; within 0.5 ms nothing is, and
+    the quickest form of any model is named."""
+    _, _, trained = report
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    run = out / "runs" / "synthetic_terrain-resnet50-linear-s0"
+    row = json.loads((run / "result.json").read_text())
+    row.update(export_metric="accuracy", tflite_quantize="int8", tflite_megabytes=1.0, tflite_latency_ms=3.0,
+               tflite_accuracy=row["accuracy"], tflite_accuracy_drop=0.0, tflite_error=None,
+               onnx_quantize="int8", onnx_megabytes=1.0, onnx_latency_ms=2.0, onnx_accuracy=row["accuracy"] - 0.005,
+               onnx_accuracy_drop=0.005, onnx_error=None)
+    write_atomic(run / "result.json", json.dumps(row))
+    write_results_csv(out, [f"synthetic_terrain-{b}-linear-s0" for b in MODELS])
+
+    def recommendation(budget):
+        assert main(["report", str(out), "-o", str(tmp_path / str(budget)), "--format", "md",
+                     "--latency-budget", str(budget)]) == 0
+        text = (tmp_path / str(budget) / "report.md").read_text()
+        return next(line for line in text.splitlines() if "latency budget" in line)
+
+    assert "**resnet50/linear**, 1.0000, at 3.00 ms per image as tflite int8 on the CPU; accuracy after " \
+           "conversion 1.0000 (drop 0.0000)" in recommendation(6)
+    assert "**resnet50/linear**, 1.0000, at 2.00 ms per image as onnx int8 on the CPU" in recommendation(2.5)
+    assert "No model meets the 0.5 ms latency budget; the quickest, vgg16/linear, takes 1.00 ms per image." \
+           in recommendation(0.5)
