@@ -240,7 +240,7 @@ class ReportBuilder:
 
     def latency_pick(self, board: list[dict]) -> tuple[str, dict | None]:
         """The best model (leaderboard order) with a working form within the latency budget: of its forms
-        that are (the Keras model as its run timed it, exported files as the CPU ran them), the one that
+        within it (the Keras model as its run timed it, exported files as the CPU ran them), the one that
         loses least; the sentence saying so and the model's row (None when nothing is quick enough)."""
         def forms(row):
             found = [(d["latency_ms"], f"{_form_name(d)} on the CPU", d)
