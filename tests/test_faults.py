@@ -340,7 +340,7 @@ def test_a_messy_folder_runs_and_says_what_it_skipped_and_what_it_cannot_judge(t
     assert rare["precision"] is None and rare["recall"] is None
     report = (tmp_path / "reports" / "messy" / "report.md").read_text()
     assert "&lt;b&gt;x" in report and "<b>x" not in report
-    assert "Skipped files: 3 could not be read" in report
+    assert "Skipped files: 3 were left out of the data" in report
     assert "Classes without a test example: rare" in report
     from markupsafe import escape
 
